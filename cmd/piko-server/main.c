@@ -1,0 +1,64 @@
+/* piko-server: parse the configuration, build the node, run the loop, tear down. */
+#include "base/base.h"
+#include "base/log.h"
+#include "config/config.h"
+#include "server/server.h"
+
+#include <event2/event.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    PK_UNUSED(what);
+    PK_INFO("server", "received %s", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    pk_server_shutdown(arg);
+}
+
+int main(int argc, char **argv)
+{
+    struct pk_server_config cfg;
+    char err[1024];
+    memset(&cfg, 0, sizeof(cfg));
+    int rv = pk_config_load(pk_server_opts, pk_server_nopts, &cfg, argc, argv, "piko-server",
+                            "Piko server: routes downstream requests to sidecars' tunnels.", err,
+                            sizeof(err));
+    if (rv == PK_CONFIG_HELP)
+        return 0;
+    if (rv == 0 && pk_server_config_check(&cfg, err, sizeof(err)) != 0)
+        rv = PK_ERR_INVALID;
+    if (rv != 0) {
+        fprintf(stderr, "piko-server: config error: %s\n", err);
+        pk_config_free(pk_server_opts, pk_server_nopts, &cfg);
+        return 2;
+    }
+    enum pk_log_level lvl;
+    pk_log_parse_level(cfg.log_level, &lvl);
+    pk_log_set_level(lvl);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct event_base *base = event_base_new();
+    struct pk_server *srv = pk_server_new(base, &cfg, err, sizeof(err));
+    if (!srv) {
+        fprintf(stderr, "piko-server: %s\n", err);
+        event_base_free(base);
+        pk_config_free(pk_server_opts, pk_server_nopts, &cfg);
+        return 1;
+    }
+    struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, srv);
+    struct event *sigint = evsignal_new(base, SIGINT, on_signal, srv);
+    event_add(sigterm, NULL);
+    event_add(sigint, NULL);
+    PK_INFO("server", "piko-server %s ready", PIKO_VERSION);
+
+    event_base_dispatch(base);
+
+    event_free(sigterm);
+    event_free(sigint);
+    pk_server_del(srv);
+    event_base_free(base);
+    pk_config_free(pk_server_opts, pk_server_nopts, &cfg);
+    PK_INFO("server", "exited");
+    return 0;
+}

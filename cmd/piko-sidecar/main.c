@@ -1,0 +1,62 @@
+/* piko-sidecar: parse the configuration, start the tunnels, run the loop, tear down. */
+#include "base/base.h"
+#include "base/log.h"
+#include "config/config.h"
+#include "sidecar/sidecar.h"
+
+#include <event2/event.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    PK_UNUSED(what);
+    PK_INFO("sidecar", "received %s", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    pk_sidecar_shutdown(arg);
+}
+
+int main(int argc, char **argv)
+{
+    struct pk_sidecar_config cfg;
+    char err[1024];
+    memset(&cfg, 0, sizeof(cfg));
+    int rv = pk_config_load(pk_sidecar_opts, pk_sidecar_nopts, &cfg, argc, argv, "piko-sidecar",
+                            "Piko sidecar: exposes local services through tunnels it dials out.",
+                            err, sizeof(err));
+    if (rv == PK_CONFIG_HELP)
+        return 0;
+    if (rv == 0 && pk_sidecar_config_check(&cfg, err, sizeof(err)) != 0)
+        rv = PK_ERR_INVALID;
+    if (rv != 0) {
+        fprintf(stderr, "piko-sidecar: config error: %s\n", err);
+        pk_config_free(pk_sidecar_opts, pk_sidecar_nopts, &cfg);
+        return 2;
+    }
+    enum pk_log_level lvl;
+    pk_log_parse_level(cfg.log_level, &lvl);
+    pk_log_set_level(lvl);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct event_base *base = event_base_new();
+    struct pk_sidecar *sc = pk_sidecar_new(base, &cfg, err, sizeof(err));
+    if (!sc) {
+        fprintf(stderr, "piko-sidecar: %s\n", err);
+        event_base_free(base);
+        pk_config_free(pk_sidecar_opts, pk_sidecar_nopts, &cfg);
+        return 1;
+    }
+    struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, sc);
+    struct event *sigint = evsignal_new(base, SIGINT, on_signal, sc);
+    event_add(sigterm, NULL);
+    event_add(sigint, NULL);
+
+    event_base_dispatch(base);
+
+    event_free(sigterm);
+    event_free(sigint);
+    pk_sidecar_del(sc);
+    event_base_free(base);
+    pk_config_free(pk_sidecar_opts, pk_sidecar_nopts, &cfg);
+    return 0;
+}

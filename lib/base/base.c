@@ -1,0 +1,129 @@
+#include "base/base.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+const char *pk_strerror(int err)
+{
+    switch (err) {
+    case PK_OK:
+        return "success";
+    case PK_ERR_INVALID:
+        return "invalid argument";
+    case PK_ERR_NOMEM:
+        return "buffer full";
+    case PK_ERR_IO:
+        return "i/o error";
+    case PK_ERR_NOTFOUND:
+        return "not found";
+    case PK_ERR_TIMEOUT:
+        return "timed out";
+    case PK_ERR_PROTOCOL:
+        return "protocol error";
+    case PK_ERR_CLOSED:
+        return "closed";
+    case PK_ERR_TOO_LARGE:
+        return "too large";
+    default:
+        return "unknown error";
+    }
+}
+
+static void oom(size_t n)
+{
+    fprintf(stderr, "fatal: out of memory allocating %zu bytes\n", n);
+    abort();
+}
+
+void *pk_xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p)
+        oom(n);
+    return p;
+}
+
+void *pk_xcalloc(size_t nmemb, size_t size)
+{
+    void *p = calloc(nmemb ? nmemb : 1, size ? size : 1);
+    if (!p)
+        oom(nmemb * size);
+    return p;
+}
+
+void *pk_xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+    if (!q)
+        oom(n);
+    return q;
+}
+
+char *pk_xstrdup(const char *s)
+{
+    return pk_xstrndup(s, strlen(s));
+}
+
+char *pk_xstrndup(const char *s, size_t n)
+{
+    char *p = pk_xmalloc(n + 1);
+    memcpy(p, s, n);
+    p[n] = '\0';
+    return p;
+}
+
+char *pk_xasprintf(const char *fmt, ...)
+{
+    va_list ap;
+    char *out = NULL;
+    va_start(ap, fmt);
+    int n = vasprintf(&out, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        oom(0);
+    return out;
+}
+
+uint64_t pk_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static int lower(int c)
+{
+    return (c >= 'A' && c <= 'Z') ? c + 32 : c;
+}
+
+bool pk_memcaseeq(const char *a, size_t alen, const char *b)
+{
+    size_t i;
+    for (i = 0; i < alen; i++) {
+        if (b[i] == '\0' || lower((unsigned char)a[i]) != lower((unsigned char)b[i]))
+            return false;
+    }
+    return b[i] == '\0';
+}
+
+bool pk_strcaseeq(const char *a, const char *b)
+{
+    return pk_memcaseeq(a, strlen(a), b);
+}
+
+bool pk_endpoint_id_valid(const char *s, size_t len)
+{
+    if (len == 0 || len > 128)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '.' || c == '_' || c == '-';
+        if (!ok)
+            return false;
+    }
+    return true;
+}

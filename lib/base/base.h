@@ -1,0 +1,52 @@
+/* base: allocation, error codes, time and small string helpers shared by every module.
+ *
+ * Allocation of small objects never fails from the caller's point of view: pk_xmalloc
+ * and friends abort the process when memory is exhausted. Sizes that come from the
+ * network are bounded by the caller before they reach an allocator. */
+#ifndef PK_BASE_H
+#define PK_BASE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Error codes: 0 is success, failures are negative. */
+enum pk_err {
+    PK_OK = 0,
+    PK_ERR_INVALID = -1,   /* bad argument or malformed input */
+    PK_ERR_NOMEM = -2,     /* a bounded buffer is full */
+    PK_ERR_IO = -3,        /* a socket or file operation failed */
+    PK_ERR_NOTFOUND = -4,  /* no such thing (endpoint, file, key) */
+    PK_ERR_TIMEOUT = -5,   /* a deadline passed */
+    PK_ERR_PROTOCOL = -6,  /* the peer broke the protocol */
+    PK_ERR_CLOSED = -7,    /* the object is closing or closed */
+    PK_ERR_TOO_LARGE = -8, /* input above a configured limit */
+};
+
+/* A static, human-readable description of an error code. */
+const char *pk_strerror(int err);
+
+void *pk_xmalloc(size_t n);
+void *pk_xcalloc(size_t nmemb, size_t size);
+void *pk_xrealloc(void *p, size_t n);
+char *pk_xstrdup(const char *s);
+char *pk_xstrndup(const char *s, size_t n);
+/* printf into a newly allocated string. */
+char *pk_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Monotonic clock in milliseconds. */
+uint64_t pk_now_ms(void);
+
+/* ASCII case-insensitive comparisons for protocol tokens. */
+bool pk_strcaseeq(const char *a, const char *b);
+bool pk_memcaseeq(const char *a, size_t alen, const char *b);
+
+/* True when s is 1-128 characters of [A-Za-z0-9._-] (PROTOCOL.md 1.1). */
+bool pk_endpoint_id_valid(const char *s, size_t len);
+
+#define PK_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define PK_MIN(a, b)    ((a) < (b) ? (a) : (b))
+#define PK_MAX(a, b)    ((a) > (b) ? (a) : (b))
+#define PK_UNUSED(x)    (void)(x)
+
+#endif

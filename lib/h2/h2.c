@@ -1,0 +1,797 @@
+#include "h2/h2.h"
+
+#include "base/base.h"
+#include "base/log.h"
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <nghttp2/nghttp2.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DRAIN_PING_OPAQUE "pkdrain!"
+
+struct pk_h2stream {
+    struct pk_h2conn *c;
+    int32_t id;
+    struct pk_head head;     /* received head */
+    struct pk_hdrs trailers; /* received trailers, until handed to the sink */
+    bool head_done;
+    bool remote_ended;
+    bool deferred; /* the data provider is waiting for the source pipe */
+    bool has_handler;
+    struct pk_pipe *sink; /* received DATA */
+    struct pk_pipe *src;  /* DATA to send */
+    size_t unconsumed;    /* bytes given to the sink and not yet taken */
+    const struct pk_h2stream_cbs *cbs;
+    void *ud;
+    struct pk_h2stream *prev, *next;
+};
+
+struct pk_h2conn {
+    struct event_base *base;
+    struct bufferevent *bev;
+    nghttp2_session *ng;
+    bool server;
+    struct pk_h2_settings set;
+    const struct pk_h2conn_cbs *cbs;
+    void *ud;
+    char *name;
+    struct event *flush_ev;
+    struct event *ping_ev;
+    struct event *deadline_ev;
+    uint64_t last_rx_ms;
+    uint64_t ping_sent_ms;
+    bool ready;
+    bool closing;           /* destruction scheduled */
+    bool close_after_flush; /* destroy once the output buffer is empty */
+    bool goaway_recv;
+    int drain_state; /* 0 none, 1 shutdown notice sent (two-step), 2 final GOAWAY sent */
+    const char *why;
+    struct pk_h2stream *streams;
+    size_t nstreams;
+};
+
+void pk_h2_settings_default(struct pk_h2_settings *s)
+{
+    memset(s, 0, sizeof(*s));
+    s->max_concurrent_streams = 1024;
+    s->stream_window = 1u << 20;
+    s->conn_window = 16u << 20;
+    s->max_header_bytes = 64 * 1024;
+    s->ping_interval_ms = 10000;
+    s->ping_timeout_ms = 10000;
+    s->settings_timeout_ms = 10000;
+    s->out_hwm = 256 * 1024;
+}
+
+static void schedule_flush(struct pk_h2conn *c)
+{
+    event_active(c->flush_ev, EV_WRITE, 0);
+}
+
+/* ---- streams ---------------------------------------------------------------------- */
+
+static struct pk_h2stream *stream_new(struct pk_h2conn *c, int32_t id)
+{
+    struct pk_h2stream *s = pk_xcalloc(1, sizeof(*s));
+    s->c = c;
+    s->id = id;
+    pk_head_init(&s->head);
+    pk_hdrs_init(&s->trailers);
+    s->next = c->streams;
+    if (c->streams)
+        c->streams->prev = s;
+    c->streams = s;
+    c->nstreams++;
+    return s;
+}
+
+static void sink_drained(struct pk_pipe *p, size_t n, void *producer)
+{
+    struct pk_h2stream *s = producer;
+    PK_UNUSED(p);
+    if (n > s->unconsumed)
+        n = s->unconsumed;
+    s->unconsumed -= n;
+    nghttp2_session_consume(s->c->ng, s->id, n);
+    schedule_flush(s->c);
+}
+
+static void src_readable(struct pk_pipe *p, void *consumer)
+{
+    struct pk_h2stream *s = consumer;
+    PK_UNUSED(p);
+    if (s->deferred) {
+        s->deferred = false;
+        nghttp2_session_resume_data(s->c->ng, s->id);
+    }
+    schedule_flush(s->c);
+}
+
+static void end_sink(struct pk_h2stream *s)
+{
+    if (!s->sink)
+        return;
+    if (s->trailers.n) {
+        pk_hdrs_move(&s->sink->trailers, &s->trailers);
+        s->sink->has_trailers = true;
+    }
+    pk_pipe_close(s->sink);
+}
+
+/* Detaches the pipes, returns the credit still held and frees the stream. */
+static void stream_finish(struct pk_h2stream *s, uint32_t error_code)
+{
+    struct pk_h2conn *c = s->c;
+    if (s->unconsumed) {
+        nghttp2_session_consume_connection(c->ng, s->unconsumed);
+        s->unconsumed = 0;
+    }
+    if (s->sink) {
+        pk_pipe_set_producer(s->sink, NULL, NULL);
+        if (!s->sink->eof)
+            pk_pipe_abort(s->sink);
+        s->sink = NULL;
+    }
+    if (s->src) {
+        pk_pipe_set_consumer(s->src, NULL, NULL);
+        s->src = NULL;
+    }
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        c->streams = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    c->nstreams--;
+    if (s->has_handler && s->cbs && s->cbs->on_close)
+        s->cbs->on_close(s, error_code, s->ud);
+    pk_head_free(&s->head);
+    pk_hdrs_free(&s->trailers);
+    free(s);
+}
+
+static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length,
+                         uint32_t *flags, nghttp2_data_source *source, void *user_data)
+{
+    struct pk_h2stream *s = source->ptr;
+    PK_UNUSED(user_data);
+    struct pk_pipe *p = s ? s->src : NULL;
+    if (!p || p->aborted)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    size_t n = pk_pipe_read(p, buf, length);
+    if (pk_pipe_done(p)) {
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+        if (p->has_trailers && p->trailers.n) {
+            nghttp2_nv *nv = pk_xcalloc(p->trailers.n, sizeof(*nv));
+            for (size_t i = 0; i < p->trailers.n; i++) {
+                nv[i] = (nghttp2_nv){(uint8_t *)p->trailers.v[i].name,
+                                     (uint8_t *)p->trailers.v[i].value, p->trailers.v[i].nlen,
+                                     p->trailers.v[i].vlen, NGHTTP2_NV_FLAG_NONE};
+            }
+            if (nghttp2_submit_trailer(ng, id, nv, p->trailers.n) == 0)
+                *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            free(nv);
+        }
+        pk_pipe_set_consumer(p, NULL, NULL);
+        s->src = NULL;
+        return (ssize_t)n;
+    }
+    if (n == 0) {
+        s->deferred = true;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    return (ssize_t)n;
+}
+
+/* Builds the nghttp2 field array of a head: pseudo-fields first. */
+static nghttp2_nv *make_nv(const struct pk_head *h, size_t *n, char *status_buf)
+{
+    nghttp2_nv *nv = pk_xcalloc(h->hdrs.n + 6, sizeof(*nv));
+    size_t i = 0;
+#define NV(k, v)                                                                                   \
+    nv[i++] = (nghttp2_nv)                                                                         \
+    {                                                                                              \
+        (uint8_t *)(k), (uint8_t *)(v), strlen(k), strlen(v), NGHTTP2_NV_FLAG_NONE                 \
+    }
+    if (h->status) {
+        snprintf(status_buf, 4, "%03u", (unsigned)h->status % 1000u);
+        NV(":status", status_buf);
+    } else {
+        NV(":method", h->method);
+        if (h->protocol)
+            NV(":protocol", h->protocol);
+        if (h->scheme)
+            NV(":scheme", h->scheme);
+        if (h->authority)
+            NV(":authority", h->authority);
+        if (h->path)
+            NV(":path", h->path);
+    }
+#undef NV
+    for (size_t j = 0; j < h->hdrs.n; j++) {
+        nv[i++] = (nghttp2_nv){(uint8_t *)h->hdrs.v[j].name, (uint8_t *)h->hdrs.v[j].value,
+                               h->hdrs.v[j].nlen, h->hdrs.v[j].vlen, NGHTTP2_NV_FLAG_NONE};
+    }
+    *n = i;
+    return nv;
+}
+
+struct pk_h2stream *pk_h2conn_request(struct pk_h2conn *c, const struct pk_head *head,
+                                      struct pk_pipe *body, const struct pk_h2stream_cbs *cbs,
+                                      void *ud)
+{
+    if (c->closing || c->server)
+        return NULL;
+    char status[4];
+    size_t n;
+    nghttp2_nv *nv = make_nv(head, &n, status);
+    struct pk_h2stream *s = stream_new(c, -1);
+    s->cbs = cbs;
+    s->ud = ud;
+    s->has_handler = true;
+    nghttp2_data_provider prd = {.source.ptr = s, .read_callback = read_body};
+    int32_t id = nghttp2_submit_request(c->ng, NULL, nv, n, body ? &prd : NULL, s);
+    free(nv);
+    if (id < 0) {
+        PK_WARN("h2", "conn=%s submit request failed: %s", c->name, nghttp2_strerror(id));
+        s->has_handler = false; /* no on_close for a stream that never existed */
+        stream_finish(s, NGHTTP2_INTERNAL_ERROR);
+        return NULL;
+    }
+    s->id = id;
+    if (body) {
+        s->src = body;
+        pk_pipe_set_consumer(body, src_readable, s);
+    }
+    schedule_flush(c);
+    return s;
+}
+
+void pk_h2stream_set_handler(struct pk_h2stream *s, const struct pk_h2stream_cbs *cbs, void *ud)
+{
+    s->cbs = cbs;
+    s->ud = ud;
+    s->has_handler = true;
+}
+
+void pk_h2stream_set_sink(struct pk_h2stream *s, struct pk_pipe *sink)
+{
+    s->sink = sink;
+    if (!sink)
+        return;
+    pk_pipe_set_producer(sink, sink_drained, s);
+    if (s->remote_ended)
+        end_sink(s);
+}
+
+int pk_h2stream_respond(struct pk_h2stream *s, const struct pk_head *head, struct pk_pipe *body)
+{
+    char status[4];
+    size_t n;
+    nghttp2_nv *nv = make_nv(head, &n, status);
+    nghttp2_data_provider prd = {.source.ptr = s, .read_callback = read_body};
+    int rv = nghttp2_submit_response(s->c->ng, s->id, nv, n, body ? &prd : NULL);
+    free(nv);
+    if (rv != 0)
+        return PK_ERR_PROTOCOL;
+    if (body) {
+        s->src = body;
+        pk_pipe_set_consumer(body, src_readable, s);
+    }
+    schedule_flush(s->c);
+    return 0;
+}
+
+void pk_h2stream_reset(struct pk_h2stream *s, uint32_t error_code)
+{
+    nghttp2_submit_rst_stream(s->c->ng, NGHTTP2_FLAG_NONE, s->id, error_code);
+    schedule_flush(s->c);
+}
+
+struct pk_head *pk_h2stream_head(struct pk_h2stream *s)
+{
+    return &s->head;
+}
+
+int32_t pk_h2stream_id(const struct pk_h2stream *s)
+{
+    return s->id;
+}
+
+struct pk_h2conn *pk_h2stream_conn(const struct pk_h2stream *s)
+{
+    return s->c;
+}
+
+bool pk_h2stream_remote_ended(const struct pk_h2stream *s)
+{
+    return s->remote_ended;
+}
+
+/* ---- nghttp2 callbacks -------------------------------------------------------------- */
+
+static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void *user_data)
+{
+    struct pk_h2conn *c = user_data;
+    PK_UNUSED(ng);
+    PK_UNUSED(hd);
+    c->last_rx_ms = pk_now_ms();
+    return 0;
+}
+
+static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *user_data)
+{
+    struct pk_h2conn *c = user_data;
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST ||
+        !c->server)
+        return 0;
+    struct pk_h2stream *s = stream_new(c, frame->hd.stream_id);
+    nghttp2_session_set_stream_user_data(ng, frame->hd.stream_id, s);
+    return 0;
+}
+
+static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name,
+                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                     void *user_data)
+{
+    struct pk_h2conn *c = user_data;
+    PK_UNUSED(flags);
+    if (frame->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    struct pk_h2stream *s = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+    if (!s)
+        return 0;
+    struct pk_hdrs *dst = s->head_done ? &s->trailers : &s->head.hdrs;
+    if (dst->bytes + namelen + valuelen > c->set.max_header_bytes) {
+        PK_INFO("h2", "conn=%s stream=%d header block over %zu bytes: reset", c->name, s->id,
+                c->set.max_header_bytes);
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    const char *n = (const char *)name, *v = (const char *)value;
+    if (namelen > 0 && n[0] == ':' && !s->head_done) {
+        struct pk_head *h = &s->head;
+        if (namelen == 7 && memcmp(n, ":status", 7) == 0)
+            h->status = atoi(v);
+        else if (namelen == 7 && memcmp(n, ":method", 7) == 0)
+            pk_head_set(&h->method, v, valuelen);
+        else if (namelen == 7 && memcmp(n, ":scheme", 7) == 0)
+            pk_head_set(&h->scheme, v, valuelen);
+        else if (namelen == 10 && memcmp(n, ":authority", 10) == 0)
+            pk_head_set(&h->authority, v, valuelen);
+        else if (namelen == 5 && memcmp(n, ":path", 5) == 0)
+            pk_head_set(&h->path, v, valuelen);
+        else if (namelen == 9 && memcmp(n, ":protocol", 9) == 0)
+            pk_head_set(&h->protocol, v, valuelen);
+        return 0;
+    }
+    pk_hdrs_add(dst, n, namelen, v, valuelen);
+    return 0;
+}
+
+static void check_idle_drained(struct pk_h2conn *c)
+{
+    if ((c->drain_state == 2 || c->goaway_recv) && c->nstreams == 0 && !c->close_after_flush) {
+        c->close_after_flush = true;
+        c->why = "drained";
+        schedule_flush(c);
+    }
+}
+
+static void headers_received(struct pk_h2conn *c, struct pk_h2stream *s, const nghttp2_frame *f)
+{
+    bool end = (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    /* Known before the handlers run, so they can tell a request without a body. */
+    if (end)
+        s->remote_ended = true;
+    if (!s->head_done) {
+        if (!c->server && s->head.status >= 100 && s->head.status < 200 && s->head.status != 101) {
+            /* Interim response: dropped (PROTOCOL.md 1.4). */
+            pk_hdrs_free(&s->head.hdrs);
+            s->head.status = 0;
+            return;
+        }
+        s->head_done = true;
+        if (c->server) {
+            if (c->cbs->on_stream)
+                c->cbs->on_stream(c, s, c->ud);
+            if (!s->has_handler) {
+                nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_REFUSED_STREAM);
+                return;
+            }
+        } else if (s->cbs && s->cbs->on_head) {
+            s->cbs->on_head(s, s->ud);
+        }
+    }
+    if (end)
+        end_sink(s);
+}
+
+static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *user_data)
+{
+    struct pk_h2conn *c = user_data;
+    struct pk_h2stream *s = NULL;
+    switch (frame->hd.type) {
+    case NGHTTP2_HEADERS:
+        s = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+        if (s)
+            headers_received(c, s, frame);
+        break;
+    case NGHTTP2_DATA:
+        s = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+        if (s && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+            s->remote_ended = true;
+            end_sink(s);
+        }
+        break;
+    case NGHTTP2_SETTINGS:
+        if (!(frame->hd.flags & NGHTTP2_FLAG_ACK) && !c->ready) {
+            c->ready = true;
+            if (c->cbs->on_ready)
+                c->cbs->on_ready(c, c->ud);
+        }
+        break;
+    case NGHTTP2_GOAWAY:
+        c->goaway_recv = true;
+        PK_DEBUG("h2", "conn=%s GOAWAY received error=%u last_stream=%d", c->name,
+                 frame->goaway.error_code, frame->goaway.last_stream_id);
+        if (c->cbs->on_goaway)
+            c->cbs->on_goaway(c, frame->goaway.error_code, c->ud);
+        check_idle_drained(c);
+        break;
+    case NGHTTP2_PING:
+        if ((frame->hd.flags & NGHTTP2_FLAG_ACK) && c->drain_state == 1 &&
+            memcmp(frame->ping.opaque_data, DRAIN_PING_OPAQUE, 8) == 0) {
+            nghttp2_submit_goaway(ng, NGHTTP2_FLAG_NONE,
+                                  nghttp2_session_get_last_proc_stream_id(ng), NGHTTP2_NO_ERROR,
+                                  NULL, 0);
+            c->drain_state = 2;
+            check_idle_drained(c);
+        }
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data,
+                         size_t len, void *user_data)
+{
+    PK_UNUSED(flags);
+    PK_UNUSED(user_data);
+    struct pk_h2stream *s = nghttp2_session_get_stream_user_data(ng, id);
+    if (!s || !s->sink || s->sink->eof || s->sink->aborted) {
+        nghttp2_session_consume(ng, id, len);
+        return 0;
+    }
+    s->unconsumed += len;
+    pk_pipe_write(s->sink, data, len);
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code, void *user_data)
+{
+    struct pk_h2conn *c = user_data;
+    struct pk_h2stream *s = nghttp2_session_get_stream_user_data(ng, id);
+    if (!s)
+        return 0;
+    nghttp2_session_set_stream_user_data(ng, id, NULL);
+    stream_finish(s, error_code);
+    if (c->cbs->on_stream_closed)
+        c->cbs->on_stream_closed(c, c->ud);
+    check_idle_drained(c);
+    return 0;
+}
+
+static int on_error(nghttp2_session *ng, int lib_error_code, const char *msg, size_t len,
+                    void *user_data)
+{
+    struct pk_h2conn *c = user_data;
+    PK_UNUSED(ng);
+    PK_DEBUG("h2", "conn=%s nghttp2: %.*s (%d)", c->name, (int)len, msg, lib_error_code);
+    return 0;
+}
+
+/* ---- connection ---------------------------------------------------------------------- */
+
+static void destroy(struct pk_h2conn *c)
+{
+    while (c->streams) {
+        struct pk_h2stream *s = c->streams;
+        if (s->id > 0)
+            nghttp2_session_set_stream_user_data(c->ng, s->id, NULL);
+        stream_finish(s, PK_H2_CONN_LOST);
+    }
+    if (c->cbs->on_close)
+        c->cbs->on_close(c, c->why ? c->why : "closed", c->ud);
+    nghttp2_session_del(c->ng);
+    bufferevent_free(c->bev);
+    event_free(c->flush_ev);
+    if (c->ping_ev)
+        event_free(c->ping_ev);
+    event_free(c->deadline_ev);
+    free(c->name);
+    free(c);
+}
+
+/* Produces frames into the output buffer up to the high-water mark. Never called from
+ * inside nghttp2. */
+static void produce(struct pk_h2conn *c)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    while (!c->closing && evbuffer_get_length(out) < c->set.out_hwm) {
+        const uint8_t *data;
+        ssize_t n = nghttp2_session_mem_send(c->ng, &data);
+        if (n < 0) {
+            PK_WARN("h2", "conn=%s send failed: %s", c->name, nghttp2_strerror((int)n));
+            pk_h2conn_close(c, "http2 send error");
+            return;
+        }
+        if (n == 0)
+            break;
+        bufferevent_write(c->bev, data, (size_t)n);
+    }
+    if (!c->closing && !c->close_after_flush && !nghttp2_session_want_read(c->ng) &&
+        !nghttp2_session_want_write(c->ng)) {
+        c->close_after_flush = true;
+        if (!c->why)
+            c->why = "session ended";
+    }
+    if (c->close_after_flush && !c->closing && evbuffer_get_length(out) == 0)
+        pk_h2conn_close(c, c->why);
+}
+
+static void flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct pk_h2conn *c = arg;
+    PK_UNUSED(fd);
+    PK_UNUSED(what);
+    if (c->closing) {
+        destroy(c);
+        return;
+    }
+    produce(c);
+}
+
+static void consume_input(struct pk_h2conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    size_t len;
+    while (!c->closing && (len = evbuffer_get_length(in)) > 0) {
+        size_t chunk = len < 65536 ? len : 65536;
+        const uint8_t *data = evbuffer_pullup(in, (ssize_t)chunk);
+        ssize_t n = nghttp2_session_mem_recv(c->ng, data, chunk);
+        if (n < 0) {
+            PK_INFO("h2", "conn=%s receive failed: %s", c->name, nghttp2_strerror((int)n));
+            pk_h2conn_close(c, "http2 protocol error");
+            return;
+        }
+        evbuffer_drain(in, (size_t)n);
+    }
+}
+
+static void read_cb(struct bufferevent *bev, void *arg)
+{
+    struct pk_h2conn *c = arg;
+    PK_UNUSED(bev);
+    if (c->closing)
+        return;
+    consume_input(c);
+    produce(c);
+}
+
+static void write_cb(struct bufferevent *bev, void *arg)
+{
+    struct pk_h2conn *c = arg;
+    PK_UNUSED(bev);
+    if (!c->closing)
+        produce(c);
+}
+
+static void event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct pk_h2conn *c = arg;
+    PK_UNUSED(bev);
+    if (c->closing)
+        return;
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+        /* libevent 2.1 may report EOF before all input was delivered. */
+        consume_input(c);
+        pk_h2conn_close(c,
+                        (what & BEV_EVENT_EOF) ? "peer closed the connection" : "connection error");
+    }
+}
+
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct pk_h2conn *c = arg;
+    PK_UNUSED(fd);
+    PK_UNUSED(what);
+    if (!c->ready) {
+        PK_WARN("h2", "conn=%s no SETTINGS from peer in time: closing", c->name);
+        pk_h2conn_close(c, "no SETTINGS from peer");
+    } else if (c->ping_sent_ms && c->last_rx_ms < c->ping_sent_ms) {
+        PK_WARN("h2", "conn=%s heartbeat timeout: no frame for %llu ms: closing", c->name,
+                (unsigned long long)(pk_now_ms() - c->ping_sent_ms));
+        pk_h2conn_close(c, "heartbeat timeout");
+    }
+}
+
+static void ping_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct pk_h2conn *c = arg;
+    PK_UNUSED(fd);
+    PK_UNUSED(what);
+    if (c->closing || !c->ready)
+        return;
+    nghttp2_submit_ping(c->ng, NGHTTP2_FLAG_NONE, NULL);
+    c->ping_sent_ms = pk_now_ms();
+    struct timeval tv = {(time_t)(c->set.ping_timeout_ms / 1000),
+                         (suseconds_t)((c->set.ping_timeout_ms % 1000) * 1000)};
+    event_add(c->deadline_ev, &tv);
+    schedule_flush(c);
+}
+
+static nghttp2_session_callbacks *make_callbacks(void)
+{
+    nghttp2_session_callbacks *cb;
+    nghttp2_session_callbacks_new(&cb);
+    nghttp2_session_callbacks_set_on_begin_frame_callback(cb, on_begin_frame);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_session_callbacks_set_error_callback2(cb, on_error);
+    return cb;
+}
+
+struct pk_h2conn *pk_h2conn_new(struct event_base *base, struct bufferevent *bev, bool server_role,
+                                const struct pk_h2_settings *settings,
+                                const struct pk_h2conn_cbs *cbs, void *ud, const char *name)
+{
+    struct pk_h2conn *c = pk_xcalloc(1, sizeof(*c));
+    c->base = base;
+    c->bev = bev;
+    c->server = server_role;
+    c->set = *settings;
+    c->cbs = cbs;
+    c->ud = ud;
+    c->name = pk_xstrdup(name);
+    c->last_rx_ms = pk_now_ms();
+
+    nghttp2_session_callbacks *cb = make_callbacks();
+    nghttp2_option *opt;
+    nghttp2_option_new(&opt);
+    nghttp2_option_set_no_auto_window_update(opt, 1);
+    nghttp2_option_set_peer_max_concurrent_streams(opt, 100);
+    nghttp2_option_set_max_outbound_ack(opt, 1000);
+    /* Rapid-reset defence: 1000 resets, refilled at 33 per second (nghttp2's own default). */
+    nghttp2_option_set_stream_reset_rate_limit(opt, 1000, 33);
+    int rv = server_role ? nghttp2_session_server_new2(&c->ng, cb, c, opt)
+                         : nghttp2_session_client_new2(&c->ng, cb, c, opt);
+    nghttp2_option_del(opt);
+    nghttp2_session_callbacks_del(cb);
+    if (rv != 0) {
+        PK_ERROR("h2", "conn=%s cannot create session: %s", name, nghttp2_strerror(rv));
+        bufferevent_free(bev);
+        free(c->name);
+        free(c);
+        return NULL;
+    }
+
+    nghttp2_settings_entry iv[5];
+    size_t niv = 0;
+    iv[niv++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS,
+                                         server_role ? settings->max_concurrent_streams : 0};
+    iv[niv++] =
+        (nghttp2_settings_entry){NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, settings->stream_window};
+    iv[niv++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE,
+                                         (uint32_t)settings->max_header_bytes};
+    if (server_role && settings->enable_connect_protocol)
+        iv[niv++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL, 1};
+    if (!server_role)
+        iv[niv++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_ENABLE_PUSH, 0};
+    nghttp2_submit_settings(c->ng, NGHTTP2_FLAG_NONE, iv, niv);
+    nghttp2_session_set_local_window_size(c->ng, NGHTTP2_FLAG_NONE, 0,
+                                          (int32_t)settings->conn_window);
+
+    c->flush_ev = event_new(base, -1, 0, flush_cb, c);
+    c->deadline_ev = event_new(base, -1, 0, deadline_cb, c);
+    if (settings->ping_interval_ms) {
+        c->ping_ev = event_new(base, -1, EV_PERSIST, ping_cb, c);
+        struct timeval tv = {(time_t)(settings->ping_interval_ms / 1000),
+                             (suseconds_t)((settings->ping_interval_ms % 1000) * 1000)};
+        event_add(c->ping_ev, &tv);
+    }
+    if (settings->settings_timeout_ms) {
+        struct timeval tv = {(time_t)(settings->settings_timeout_ms / 1000),
+                             (suseconds_t)((settings->settings_timeout_ms % 1000) * 1000)};
+        event_add(c->deadline_ev, &tv);
+    }
+    bufferevent_setcb(bev, read_cb, write_cb, event_cb, c);
+    bufferevent_setwatermark(bev, EV_WRITE, settings->out_hwm / 2, 0);
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    /* Bytes that arrived together with the handshake are HTTP/2 already. */
+    if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)
+        consume_input(c);
+    schedule_flush(c);
+    return c;
+}
+
+void pk_h2conn_close(struct pk_h2conn *c, const char *why)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    if (!c->why)
+        c->why = why;
+    PK_DEBUG("h2", "conn=%s closing: %s", c->name, c->why ? c->why : "closed");
+    bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+    event_active(c->flush_ev, EV_WRITE, 0);
+}
+
+void pk_h2conn_drain(struct pk_h2conn *c, int32_t last_stream_id)
+{
+    if (c->closing || c->drain_state == 2)
+        return;
+    nghttp2_submit_goaway(c->ng, NGHTTP2_FLAG_NONE, last_stream_id, NGHTTP2_NO_ERROR, NULL, 0);
+    c->drain_state = 2;
+    check_idle_drained(c);
+    schedule_flush(c);
+}
+
+void pk_h2conn_drain_two_step(struct pk_h2conn *c)
+{
+    if (c->closing || c->drain_state != 0)
+        return;
+    if (!c->server) {
+        pk_h2conn_drain(c, 0);
+        return;
+    }
+    nghttp2_submit_shutdown_notice(c->ng);
+    nghttp2_submit_ping(c->ng, NGHTTP2_FLAG_NONE, (const uint8_t *)DRAIN_PING_OPAQUE);
+    c->drain_state = 1;
+    schedule_flush(c);
+}
+
+int32_t pk_h2conn_last_stream_id(const struct pk_h2conn *c)
+{
+    return nghttp2_session_get_last_proc_stream_id(c->ng);
+}
+
+bool pk_h2conn_is_ready(const struct pk_h2conn *c)
+{
+    return c->ready && !c->closing;
+}
+
+bool pk_h2conn_is_draining(const struct pk_h2conn *c)
+{
+    return c->drain_state != 0 || c->goaway_recv || c->closing || c->close_after_flush;
+}
+
+size_t pk_h2conn_nstreams(const struct pk_h2conn *c)
+{
+    return c->nstreams;
+}
+
+bool pk_h2conn_can_open(const struct pk_h2conn *c)
+{
+    if (!pk_h2conn_is_ready(c) || pk_h2conn_is_draining(c))
+        return false;
+    return c->nstreams <
+           nghttp2_session_get_remote_settings(c->ng, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+}
+
+const char *pk_h2conn_name(const struct pk_h2conn *c)
+{
+    return c->name;
+}
+
+void *pk_h2conn_userdata(const struct pk_h2conn *c)
+{
+    return c->ud;
+}

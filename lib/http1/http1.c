@@ -1,0 +1,391 @@
+#include "http1/http1.h"
+
+#include "base/base.h"
+
+#include <event2/buffer.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+static struct pk_h1parser *P(http_parser *hp)
+{
+    return hp->data;
+}
+
+/* Accounts head bytes; returns non-zero (stop the parser) above the limit. */
+static int count(struct pk_h1parser *p, size_t n)
+{
+    p->head_bytes += n;
+    if (p->head_bytes > p->max_head) {
+        p->error = PK_H1_HEAD_TOO_LARGE;
+        return 1;
+    }
+    return 0;
+}
+
+static void append(char **s, size_t *len, const char *at, size_t n)
+{
+    *s = pk_xrealloc(*s, *len + n + 1);
+    memcpy(*s + *len, at, n);
+    *len += n;
+    (*s)[*len] = '\0';
+}
+
+static void flush_field(struct pk_h1parser *p)
+{
+    if (!p->field)
+        return;
+    struct pk_hdrs *dst = p->head_done ? &p->trailers : &p->head.hdrs;
+    /* Optional whitespace around values is not part of the value (RFC 9110 5.5). */
+    const char *v = p->value ? p->value : "";
+    size_t vlen = p->value_len;
+    while (vlen && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t'))
+        vlen--;
+    pk_hdrs_add(dst, p->field, p->field_len, v, vlen);
+    free(p->field);
+    free(p->value);
+    p->field = p->value = NULL;
+    p->field_len = p->value_len = 0;
+    p->in_value = false;
+}
+
+static int on_message_begin(http_parser *hp)
+{
+    struct pk_h1parser *p = P(hp);
+    pk_head_free(&p->head);
+    pk_hdrs_free(&p->trailers);
+    free(p->url);
+    p->url = NULL;
+    p->url_len = 0;
+    p->head_bytes = 0;
+    p->head_done = p->message_done = p->upgrade = false;
+    return 0;
+}
+
+static int on_url(http_parser *hp, const char *at, size_t n)
+{
+    struct pk_h1parser *p = P(hp);
+    if (count(p, n))
+        return 1;
+    append(&p->url, &p->url_len, at, n);
+    return 0;
+}
+
+static int on_status(http_parser *hp, const char *at, size_t n)
+{
+    PK_UNUSED(at);
+    return count(P(hp), n);
+}
+
+static int on_header_field(http_parser *hp, const char *at, size_t n)
+{
+    struct pk_h1parser *p = P(hp);
+    if (count(p, n + 4))
+        return 1;
+    if (p->in_value)
+        flush_field(p);
+    append(&p->field, &p->field_len, at, n);
+    return 0;
+}
+
+static int on_header_value(http_parser *hp, const char *at, size_t n)
+{
+    struct pk_h1parser *p = P(hp);
+    if (count(p, n))
+        return 1;
+    p->in_value = true;
+    append(&p->value, &p->value_len, at, n);
+    return 0;
+}
+
+/* Splits the request target: absolute-form gives the authority and the path. */
+static int set_target(struct pk_h1parser *p)
+{
+    struct http_parser_url u;
+    const char *url = p->url ? p->url : "";
+    if (p->hp.method == HTTP_CONNECT) {
+        pk_head_set(&p->head.authority, url, p->url_len);
+        return 0;
+    }
+    if (url[0] == '/' || url[0] == '*') {
+        pk_head_set(&p->head.path, url, p->url_len);
+        return 0;
+    }
+    http_parser_url_init(&u);
+    if (http_parser_parse_url(url, p->url_len, 0, &u) != 0 || !(u.field_set & (1 << UF_HOST)))
+        return -1;
+    size_t start = u.field_data[UF_HOST].off, len = u.field_data[UF_HOST].len;
+    if (u.field_set & (1 << UF_PORT))
+        len = u.field_data[UF_PORT].off + u.field_data[UF_PORT].len - start;
+    if (start > 0 && url[start - 1] == '[') { /* keep IPv6 brackets */
+        start--;
+        len += 2;
+    }
+    pk_head_set(&p->head.authority, url + start, len);
+    if (u.field_set & (1 << UF_PATH)) {
+        size_t off = u.field_data[UF_PATH].off;
+        pk_head_set(&p->head.path, url + off, p->url_len - off);
+    } else {
+        const char *q = strchr(url + start + len, '?');
+        char *path = q ? pk_xasprintf("/%s", q) : pk_xstrdup("/");
+        pk_head_set(&p->head.path, path, strlen(path));
+        free(path);
+    }
+    return 0;
+}
+
+static int on_headers_complete(http_parser *hp)
+{
+    struct pk_h1parser *p = P(hp);
+    flush_field(p);
+    p->head_done = true;
+    p->http_minor = hp->http_minor;
+    p->keep_alive = http_should_keep_alive(hp) != 0;
+    p->chunked = (hp->flags & F_CHUNKED) != 0;
+    p->has_length = !p->chunked && hp->content_length != ULLONG_MAX;
+    p->content_length = p->has_length ? hp->content_length : 0;
+    if (hp->type == HTTP_REQUEST) {
+        const char *m = http_method_str((enum http_method)hp->method);
+        pk_head_set(&p->head.method, m, strlen(m));
+        if (set_target(p) != 0) {
+            p->error = PK_H1_MALFORMED;
+            p->error_detail = "bad request target";
+            return -1;
+        }
+    } else {
+        p->head.status = (int)hp->status_code;
+    }
+    bool skip = p->cbs->on_head ? p->cbs->on_head(p, p->ud) : false;
+    return skip ? 1 : 0;
+}
+
+static int on_body(http_parser *hp, const char *at, size_t n)
+{
+    struct pk_h1parser *p = P(hp);
+    if (p->cbs->on_body)
+        p->cbs->on_body(p, at, n, p->ud);
+    return 0;
+}
+
+static int on_message_complete(http_parser *hp)
+{
+    struct pk_h1parser *p = P(hp);
+    flush_field(p);
+    p->message_done = true;
+    if (p->cbs->on_complete)
+        p->cbs->on_complete(p, p->ud);
+    http_parser_pause(hp, 1);
+    return 0;
+}
+
+static const http_parser_settings settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_status = on_status,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+void pk_h1parser_init(struct pk_h1parser *p, enum http_parser_type type, size_t max_head,
+                      const struct pk_h1parser_cbs *cbs, void *ud)
+{
+    memset(p, 0, sizeof(*p));
+    http_parser_init(&p->hp, type);
+    p->hp.data = p;
+    p->cbs = cbs;
+    p->ud = ud;
+    p->max_head = max_head;
+}
+
+void pk_h1parser_free(struct pk_h1parser *p)
+{
+    pk_head_free(&p->head);
+    pk_hdrs_free(&p->trailers);
+    free(p->url);
+    free(p->field);
+    free(p->value);
+    p->url = p->field = p->value = NULL;
+}
+
+ssize_t pk_h1parser_feed(struct pk_h1parser *p, const char *data, size_t len)
+{
+    if (p->error)
+        return -1;
+    if (p->message_done || (p->upgrade && p->head_done))
+        return 0;
+    size_t n = http_parser_execute(&p->hp, &settings, data, len);
+    enum http_errno e = HTTP_PARSER_ERRNO(&p->hp);
+    if (e != HPE_OK && e != HPE_PAUSED) {
+        if (!p->error) {
+            p->error = e == HPE_HEADER_OVERFLOW ? PK_H1_HEAD_TOO_LARGE : PK_H1_MALFORMED;
+            p->error_detail = http_errno_description(e);
+        }
+        return -1;
+    }
+    if (p->hp.upgrade) {
+        p->upgrade = true;
+        if (!p->message_done) {
+            p->message_done = true;
+            if (p->cbs->on_complete)
+                p->cbs->on_complete(p, p->ud);
+        }
+    }
+    return (ssize_t)n;
+}
+
+int pk_h1parser_eof(struct pk_h1parser *p)
+{
+    if (p->error)
+        return -1;
+    if (p->message_done)
+        return 0;
+    http_parser_execute(&p->hp, &settings, NULL, 0);
+    enum http_errno e = HTTP_PARSER_ERRNO(&p->hp);
+    if ((e == HPE_OK || e == HPE_PAUSED) && p->message_done)
+        return 0;
+    p->error = PK_H1_MALFORMED;
+    p->error_detail = "connection closed before the message was complete";
+    return -1;
+}
+
+void pk_h1parser_next(struct pk_h1parser *p)
+{
+    p->message_done = false;
+    p->head_done = false;
+    http_parser_pause(&p->hp, 0);
+}
+
+static void write_fields(struct evbuffer *out, const struct pk_hdrs *h)
+{
+    for (size_t i = 0; i < h->n; i++) {
+        evbuffer_add(out, h->v[i].name, h->v[i].nlen);
+        evbuffer_add(out, ": ", 2);
+        evbuffer_add(out, h->v[i].value, h->v[i].vlen);
+        evbuffer_add(out, "\r\n", 2);
+    }
+}
+
+void pk_h1_write_request_head(struct evbuffer *out, const struct pk_head *h)
+{
+    evbuffer_add_printf(out, "%s %s HTTP/1.1\r\n", h->method, h->path ? h->path : "/");
+    if (h->authority)
+        evbuffer_add_printf(out, "host: %s\r\n", h->authority);
+    write_fields(out, &h->hdrs);
+    evbuffer_add(out, "\r\n", 2);
+}
+
+void pk_h1_write_response_head(struct evbuffer *out, const struct pk_head *h, int http_minor)
+{
+    evbuffer_add_printf(out, "HTTP/1.%d %d %s\r\n", http_minor ? 1 : 0, h->status,
+                        pk_h1_reason(h->status));
+    write_fields(out, &h->hdrs);
+    evbuffer_add(out, "\r\n", 2);
+}
+
+void pk_h1_write_chunk(struct evbuffer *out, struct evbuffer *data, size_t len)
+{
+    if (len == 0)
+        return;
+    evbuffer_add_printf(out, "%zx\r\n", len);
+    evbuffer_remove_buffer(data, out, len);
+    evbuffer_add(out, "\r\n", 2);
+}
+
+void pk_h1_write_last_chunk(struct evbuffer *out, const struct pk_hdrs *trailers)
+{
+    evbuffer_add(out, "0\r\n", 3);
+    if (trailers)
+        write_fields(out, trailers);
+    evbuffer_add(out, "\r\n", 2);
+}
+
+const char *pk_h1_reason(int status)
+{
+    switch (status) {
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 206:
+        return "Partial Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 304:
+        return "Not Modified";
+    case 307:
+        return "Temporary Redirect";
+    case 308:
+        return "Permanent Redirect";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 413:
+        return "Content Too Large";
+    case 426:
+        return "Upgrade Required";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "Status";
+    }
+}
+
+void pk_h1_strip_hop_by_hop(struct pk_hdrs *h, bool keep_te_trailers)
+{
+    /* Fields named by Connection are hop-by-hop too; collect the names first, since
+     * deleting compacts the array. */
+    char *names = pk_xstrdup("");
+    for (size_t i = 0; i < h->n; i++) {
+        if (strcmp(h->v[i].name, "connection") == 0) {
+            char *joined = pk_xasprintf("%s,%s", names, h->v[i].value);
+            free(names);
+            names = joined;
+        }
+    }
+    char *save = NULL;
+    for (char *tok = strtok_r(names, ", \t", &save); tok; tok = strtok_r(NULL, ", \t", &save)) {
+        for (char *c = tok; *c; c++)
+            if (*c >= 'A' && *c <= 'Z')
+                *c = (char)(*c + 32);
+        if (!(keep_te_trailers && strcmp(tok, "te") == 0))
+            pk_hdrs_del(h, tok);
+    }
+    free(names);
+    static const char *const hop[] = {"connection",        "keep-alive", "proxy-connection",
+                                      "transfer-encoding", "upgrade",    "host"};
+    for (size_t i = 0; i < PK_ARRAY_LEN(hop); i++)
+        pk_hdrs_del(h, hop[i]);
+    const char *te = pk_hdrs_get(h, "te");
+    if (te && !(keep_te_trailers && pk_strcaseeq(te, "trailers")))
+        pk_hdrs_del(h, "te");
+}

@@ -1,0 +1,924 @@
+/* The proxy port: downstream HTTP/1.1 and h2c connections, and the exchange that joins a
+ * downstream request to a stream on a sidecar's tunnel.
+ *
+ * An exchange has two sides. The downstream side is an HTTP/1.1 connection (struct
+ * h1conn, one exchange at a time) or a stream of a downstream HTTP/2 connection; the
+ * upstream side is a stream on a tunnel. Bodies move through two pipes owned by the
+ * exchange (req_body: downstream -> tunnel, resp_body: tunnel -> downstream). Each side
+ * detaches itself when it is done or gone; the exchange is freed when both have. Objects
+ * are never freed from inside a pipe or nghttp2 callback of their own: connections close
+ * through a deferred event. */
+#include "base/base.h"
+#include "base/log.h"
+#include "http1/http1.h"
+#include "net/net.h"
+#include "server/server_int.h"
+
+#include <arpa/inet.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <nghttp2/nghttp2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define H2_PREFACE     "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#define H2_PREFACE_LEN 24
+#define PIPE_HWM       (256 * 1024)
+#define OUT_HWM        (256 * 1024)
+
+struct h1conn;
+struct h2down;
+
+struct exchange {
+    struct pk_server *srv;
+    char endpoint[130];
+    char client[80];    /* "ip:port" of the downstream client, for logs */
+    struct pk_head req; /* the request as sent on the tunnel */
+    struct pk_pipe req_body;
+    struct pk_pipe resp_body;
+    bool req_has_body;
+    bool is_head;
+    bool expect_continue;
+    /* upstream side */
+    struct pk_h2stream *us;
+    const struct tunnel *last_tunnel;
+    bool retried;
+    bool timed_out;
+    /* downstream side */
+    struct h1conn *h1;
+    struct pk_h2stream *ds;
+    bool ds_gone;
+    bool head_sent;
+    int status;
+    struct event *timer;
+    bool waiting;
+    struct exchange *wnext;
+    uint64_t start_ms;
+};
+
+struct h1conn {
+    struct pk_server *srv;
+    struct bufferevent *bev;
+    struct pk_h1parser parser;
+    char ip[64];
+    uint16_t port;
+    struct exchange *ex;
+    struct event *kick_ev; /* deferred: continue parsing, or destroy */
+    bool closing;
+    bool abort; /* close without flushing (a response was cut short) */
+    bool keep_alive;
+    bool detecting;   /* still deciding between HTTP/1.1 and h2c */
+    bool chunked_out; /* the response body is written with chunked framing */
+    bool resp_body_expected;
+    bool resp_done;
+    bool read_paused;
+    struct h1conn *prev, *next;
+};
+
+struct h2down {
+    struct pk_server *srv;
+    struct pk_h2conn *h2;
+    char ip[64];
+    uint16_t port;
+    struct h2down *prev, *next;
+};
+
+static void ex_dispatch(struct exchange *ex);
+static void ex_fail(struct exchange *ex, int status, const char *msg);
+static void h1_kick(struct h1conn *hc);
+static void h1_close(struct h1conn *hc, bool abort);
+
+/* ---- exchange ------------------------------------------------------------------------ */
+
+static void ex_timer_cb(evutil_socket_t fd, short what, void *arg);
+
+static struct exchange *ex_new(struct pk_server *srv, const char *ip, uint16_t port)
+{
+    struct exchange *ex = pk_xcalloc(1, sizeof(*ex));
+    ex->srv = srv;
+    pk_head_init(&ex->req);
+    pk_pipe_init(&ex->req_body, PIPE_HWM);
+    pk_pipe_init(&ex->resp_body, PIPE_HWM);
+    snprintf(ex->client, sizeof(ex->client), strchr(ip, ':') ? "[%s]:%u" : "%s:%u", ip, port);
+    ex->timer = event_new(srv->base, -1, 0, ex_timer_cb, ex);
+    ex->start_ms = pk_now_ms();
+    srv->nexchanges++;
+    return ex;
+}
+
+static void ex_unwait(struct exchange *ex)
+{
+    if (!ex->waiting)
+        return;
+    for (struct exchange **pp = &ex->srv->waiting; *pp; pp = &(*pp)->wnext) {
+        if (*pp == ex) {
+            *pp = ex->wnext;
+            break;
+        }
+    }
+    ex->waiting = false;
+}
+
+/* Frees the exchange once neither side uses it. */
+static void ex_maybe_free(struct exchange *ex)
+{
+    if (ex->us || !ex->ds_gone)
+        return;
+    struct pk_server *srv = ex->srv;
+    ex_unwait(ex);
+    PK_DEBUG("proxy",
+             "done endpoint=%s client=%s method=%s path=%s status=%d ms=%llu in=%llu out=%llu",
+             ex->endpoint, ex->client, ex->req.method ? ex->req.method : "-",
+             ex->req.path ? ex->req.path : "-", ex->status,
+             (unsigned long long)(pk_now_ms() - ex->start_ms),
+             (unsigned long long)ex->req_body.total_in, (unsigned long long)ex->resp_body.total_in);
+    event_free(ex->timer);
+    pk_head_free(&ex->req);
+    pk_pipe_free(&ex->req_body);
+    pk_pipe_free(&ex->resp_body);
+    free(ex);
+    srv->nexchanges--;
+    pk_server_check_drained(srv);
+}
+
+static void ex_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct exchange *ex = arg;
+    PK_UNUSED(fd);
+    PK_UNUSED(what);
+    if (ex->head_sent)
+        return;
+    PK_INFO("proxy", "upstream timeout endpoint=%s client=%s path=%s after=%llums", ex->endpoint,
+            ex->client, ex->req.path ? ex->req.path : "-",
+            (unsigned long long)ex->srv->cfg->proxy_timeout_ms);
+    ex->timed_out = true;
+    ex_unwait(ex);
+    if (ex->us)
+        pk_h2stream_reset(ex->us, NGHTTP2_CANCEL);
+    ex_fail(ex, 504, "upstream timeout");
+}
+
+/* Sends the response head downstream; the body (if any) follows from resp_body. */
+static void ds_send_head(struct exchange *ex, struct pk_head *resp, bool body);
+static void ds_abort(struct exchange *ex);
+
+/* Answers with a JSON error (PROTOCOL.md 4), or aborts the downstream side when a
+ * response head was already sent (never a silently short body). */
+static void ex_fail(struct exchange *ex, int status, const char *msg)
+{
+    if (ex->ds_gone)
+        return;
+    if (ex->head_sent) {
+        ds_abort(ex);
+        return;
+    }
+    /* The failed upstream attempt may have aborted the pipe: start a fresh one. */
+    pk_pipe_free(&ex->resp_body);
+    pk_pipe_init(&ex->resp_body, PIPE_HWM);
+    char body[256], len[16];
+    int n = snprintf(body, sizeof(body), "{\"error\":\"%s\"}\n", msg);
+    snprintf(len, sizeof(len), "%d", n);
+    struct pk_head h;
+    pk_head_init(&h);
+    h.status = status;
+    pk_hdrs_add_str(&h.hdrs, "content-type", "application/json");
+    pk_hdrs_add_str(&h.hdrs, "content-length", len);
+    pk_pipe_write(&ex->resp_body, body, (size_t)n);
+    pk_pipe_close(&ex->resp_body);
+    ds_send_head(ex, &h, !ex->is_head);
+    pk_head_free(&h);
+}
+
+static void us_on_head(struct pk_h2stream *s, void *ud)
+{
+    struct exchange *ex = ud;
+    if (ex->ds_gone || ex->timed_out)
+        return;
+    event_del(ex->timer);
+    struct pk_head *h = pk_h2stream_head(s);
+    struct pk_head resp;
+    pk_head_init(&resp);
+    resp.status = h->status;
+    pk_hdrs_move(&resp.hdrs, &h->hdrs);
+    pk_h1_strip_hop_by_hop(&resp.hdrs, false);
+    bool body = !(ex->is_head || resp.status == 204 || resp.status == 304 ||
+                  (pk_h2stream_remote_ended(s) && pk_pipe_len(&ex->resp_body) == 0 &&
+                   pk_hdrs_get(&resp.hdrs, "content-length") == NULL));
+    if (!body && !ex->is_head && resp.status != 204 && resp.status != 304)
+        pk_hdrs_set(&resp.hdrs, "content-length", "0");
+    ds_send_head(ex, &resp, body);
+    pk_head_free(&resp);
+}
+
+static void us_on_close(struct pk_h2stream *s, uint32_t code, void *ud)
+{
+    struct exchange *ex = ud;
+    PK_UNUSED(s);
+    ex->us = NULL;
+    if (code != NGHTTP2_NO_ERROR && !ex->timed_out && !ex->ds_gone) {
+        if (!ex->head_sent && code == NGHTTP2_REFUSED_STREAM && !ex->retried &&
+            ex->req_body.total_out == 0) {
+            /* Refused before any body byte was taken: one retry on another tunnel. */
+            PK_DEBUG("proxy", "stream refused endpoint=%s: retrying on another tunnel",
+                     ex->endpoint);
+            ex->retried = true;
+            pk_pipe_free(&ex->resp_body);
+            pk_pipe_init(&ex->resp_body, PIPE_HWM);
+            ex_dispatch(ex);
+            return;
+        }
+        PK_INFO("proxy", "upstream failed endpoint=%s client=%s code=%s head_sent=%d", ex->endpoint,
+                ex->client, code == PK_H2_CONN_LOST ? "tunnel lost" : nghttp2_http2_strerror(code),
+                ex->head_sent);
+        ex_fail(ex, 502, "upstream unreachable");
+    }
+    ex_maybe_free(ex);
+}
+
+static const struct pk_h2stream_cbs us_cbs = {.on_head = us_on_head, .on_close = us_on_close};
+
+static void ex_dispatch(struct exchange *ex)
+{
+    bool exists;
+    struct tunnel *t =
+        pk_upstream_pick(ex->srv, ex->endpoint, &exists, ex->retried ? ex->last_tunnel : NULL);
+    if (!t) {
+        if (exists || (ex->retried && ex->last_tunnel)) {
+            if (!exists) {
+                ex_fail(ex, 502, "upstream unreachable");
+                return;
+            }
+            /* Every tunnel is at its stream limit: wait for a slot (PROTOCOL.md 1.5). */
+            if (!ex->waiting) {
+                ex->waiting = true;
+                ex->wnext = ex->srv->waiting;
+                ex->srv->waiting = ex;
+            }
+            return;
+        }
+        ex_fail(ex, 502, "no available upstreams");
+        return;
+    }
+    ex->last_tunnel = t;
+    ex->us =
+        pk_h2conn_request(t->h2, &ex->req, ex->req_has_body ? &ex->req_body : NULL, &us_cbs, ex);
+    if (!ex->us) {
+        ex_fail(ex, 502, "upstream unreachable");
+        return;
+    }
+    t->served++;
+    pk_h2stream_set_sink(ex->us, &ex->resp_body);
+    if (ex->expect_continue && ex->h1) {
+        /* The proxy answers 100 Continue itself once a tunnel is found (PROTOCOL.md 1.4). */
+        ex->expect_continue = false;
+        evbuffer_add_printf(bufferevent_get_output(ex->h1->bev), "HTTP/1.1 100 Continue\r\n\r\n");
+    }
+}
+
+void pk_proxy_slot_free(struct pk_server *srv, const char *endpoint)
+{
+    struct exchange *ready = NULL;
+    for (struct exchange **pp = &srv->waiting; *pp;) {
+        struct exchange *ex = *pp;
+        if (strcmp(ex->endpoint, endpoint) == 0) {
+            *pp = ex->wnext;
+            ex->waiting = false;
+            ex->wnext = ready;
+            ready = ex;
+        } else {
+            pp = &ex->wnext;
+        }
+    }
+    while (ready) {
+        struct exchange *ex = ready;
+        ready = ex->wnext;
+        ex->wnext = NULL;
+        ex_dispatch(ex);
+    }
+}
+
+/* Chooses the endpoint (PROTOCOL.md 4): x-piko-endpoint, x-endpoint-id, then the first
+ * label of a Host that has a dot and is not an IP literal. Returns 0 or an HTTP status. */
+static int route(const struct pk_head *req, char *out, size_t outlen, const char **msg)
+{
+    const char *id = pk_hdrs_get(&req->hdrs, "x-piko-endpoint");
+    if (!id)
+        id = pk_hdrs_get(&req->hdrs, "x-endpoint-id");
+    size_t len = id ? strlen(id) : 0;
+    if (!id && req->authority) {
+        const char *host = req->authority;
+        char buf[256];
+        struct in6_addr a6;
+        size_t hlen = strcspn(host, ":");
+        if (host[0] == '[' || hlen >= sizeof(buf)) {
+            host = NULL;
+        } else {
+            memcpy(buf, host, hlen);
+            buf[hlen] = '\0';
+            if (!strchr(buf, '.') || inet_pton(AF_INET, buf, &a6) == 1)
+                host = NULL;
+        }
+        if (host) {
+            id = host;
+            len = strcspn(host, ".");
+        }
+    }
+    if (!id) {
+        *msg = "missing endpoint id";
+        return 400;
+    }
+    if (!pk_endpoint_id_valid(id, len)) {
+        *msg = "invalid endpoint id";
+        return 400;
+    }
+    snprintf(out, outlen, "%.*s", (int)len, id);
+    return 0;
+}
+
+/* Builds the request sent on the tunnel from the downstream one (PROTOCOL.md 1.4). */
+static void prepare_request(struct exchange *ex, struct pk_head *in, const char *ip, uint16_t port)
+{
+    struct pk_head *r = &ex->req;
+    r->method = in->method;
+    in->method = NULL;
+    r->path = in->path ? in->path : pk_xstrdup("/");
+    in->path = NULL;
+    r->scheme = pk_xstrdup("http");
+    const char *host = in->authority ? in->authority : pk_hdrs_get(&in->hdrs, "host");
+    r->authority = pk_xstrdup(host ? host : ex->endpoint);
+    pk_hdrs_move(&r->hdrs, &in->hdrs);
+    ex->expect_continue = pk_hdrs_get(&r->hdrs, "expect") != NULL &&
+                          pk_strcaseeq(pk_hdrs_get(&r->hdrs, "expect"), "100-continue");
+    pk_h1_strip_hop_by_hop(&r->hdrs, true);
+    pk_hdrs_del(&r->hdrs, "expect");
+    pk_hdrs_del(&r->hdrs, "x-piko-authorization");
+    for (size_t i = 0; i < r->hdrs.n;) {
+        if (strncmp(r->hdrs.v[i].name, "piko-", 5) == 0)
+            pk_hdrs_del(&r->hdrs, r->hdrs.v[i].name);
+        else
+            i++;
+    }
+    const char *xff = pk_hdrs_get(&r->hdrs, "x-forwarded-for");
+    char *v = xff ? pk_xasprintf("%s, %s", xff, ip) : pk_xstrdup(ip);
+    pk_hdrs_set(&r->hdrs, "x-forwarded-for", v);
+    free(v);
+    pk_hdrs_set(&r->hdrs, "x-forwarded-proto", "http");
+    pk_hdrs_set(&r->hdrs, "x-forwarded-host", r->authority);
+    char addr[96];
+    snprintf(addr, sizeof(addr), strchr(ip, ':') ? "[%s]:%u" : "%s:%u", ip, port);
+    pk_hdrs_add_str(&r->hdrs, "piko-client-addr", addr);
+    ex->is_head = strcmp(r->method, "HEAD") == 0;
+}
+
+/* Routes and starts an exchange whose downstream side is set up. */
+static void ex_start(struct exchange *ex, struct pk_head *in, const char *ip, uint16_t port)
+{
+    const char *msg = NULL;
+    int status = route(in, ex->endpoint, sizeof(ex->endpoint), &msg);
+    ex->is_head = in->method && strcmp(in->method, "HEAD") == 0;
+    if (status) {
+        snprintf(ex->endpoint, sizeof(ex->endpoint), "-");
+        ex_fail(ex, status, msg);
+        return;
+    }
+    prepare_request(ex, in, ip, port);
+    struct timeval tv = {(time_t)(ex->srv->cfg->proxy_timeout_ms / 1000),
+                         (suseconds_t)((ex->srv->cfg->proxy_timeout_ms % 1000) * 1000)};
+    event_add(ex->timer, &tv);
+    ex_dispatch(ex);
+}
+
+/* ---- downstream HTTP/1.1 --------------------------------------------------------------- */
+
+static void h1_resp_readable(struct pk_pipe *p, void *consumer);
+
+/* Moves response bytes into the socket's output while it is below its mark. */
+static void h1_pump_response(struct h1conn *hc)
+{
+    struct exchange *ex = hc->ex;
+    if (!ex || !ex->head_sent || hc->resp_done)
+        return;
+    struct pk_pipe *p = &ex->resp_body;
+    struct evbuffer *out = bufferevent_get_output(hc->bev);
+    if (p->aborted) {
+        PK_INFO("proxy", "response aborted mid-body endpoint=%s client=%s: closing", ex->endpoint,
+                ex->client);
+        h1_close(hc, true);
+        return;
+    }
+    while (pk_pipe_len(p) > 0 && evbuffer_get_length(out) < OUT_HWM) {
+        size_t room = OUT_HWM - evbuffer_get_length(out);
+        if (!hc->resp_body_expected) {
+            size_t n = pk_pipe_len(p);
+            struct evbuffer *sink = evbuffer_new();
+            pk_pipe_move(p, sink, n); /* bodies of HEAD/204/304 are dropped */
+            evbuffer_free(sink);
+        } else if (hc->chunked_out) {
+            size_t n = PK_MIN(pk_pipe_len(p), room);
+            struct evbuffer *tmp = evbuffer_new();
+            pk_pipe_move(p, tmp, n);
+            pk_h1_write_chunk(out, tmp, n);
+            evbuffer_free(tmp);
+        } else {
+            pk_pipe_move(p, out, room);
+        }
+    }
+    if (pk_pipe_done(p)) {
+        if (hc->chunked_out)
+            pk_h1_write_last_chunk(out, p->has_trailers ? &p->trailers : NULL);
+        hc->resp_done = true;
+        pk_pipe_set_consumer(p, NULL, NULL);
+        h1_kick(hc);
+    }
+}
+
+static void h1_resp_readable(struct pk_pipe *p, void *consumer)
+{
+    PK_UNUSED(p);
+    h1_pump_response(consumer);
+}
+
+static void ds_abort(struct exchange *ex)
+{
+    if (ex->h1)
+        h1_close(ex->h1, true);
+    else if (ex->ds)
+        pk_h2stream_reset(ex->ds, NGHTTP2_INTERNAL_ERROR);
+}
+
+static void h1_send_head(struct h1conn *hc, struct exchange *ex, struct pk_head *resp, bool body)
+{
+    hc->resp_body_expected = body;
+    hc->chunked_out = false;
+    if (body && !pk_hdrs_get(&resp->hdrs, "content-length")) {
+        if (hc->parser.http_minor >= 1) {
+            pk_hdrs_add_str(&resp->hdrs, "transfer-encoding", "chunked");
+            hc->chunked_out = true;
+        } else {
+            hc->keep_alive = false; /* close-delimited for an HTTP/1.0 client */
+        }
+    }
+    if (hc->srv->draining)
+        hc->keep_alive = false;
+    if (!hc->keep_alive)
+        pk_hdrs_set(&resp->hdrs, "connection", "close");
+    else if (hc->parser.http_minor == 0)
+        pk_hdrs_set(&resp->hdrs, "connection", "keep-alive");
+    pk_h1_write_response_head(bufferevent_get_output(hc->bev), resp, hc->parser.http_minor);
+    pk_pipe_set_consumer(&ex->resp_body, h1_resp_readable, hc);
+    h1_pump_response(hc);
+}
+
+static void h2_send_head(struct exchange *ex, struct pk_head *resp, bool body);
+
+static void ds_send_head(struct exchange *ex, struct pk_head *resp, bool body)
+{
+    ex->head_sent = true;
+    ex->status = resp->status;
+    event_del(ex->timer);
+    if (ex->h1)
+        h1_send_head(ex->h1, ex, resp, body);
+    else if (ex->ds)
+        h2_send_head(ex, resp, body);
+}
+
+static void h1_req_drained(struct pk_pipe *p, size_t n, void *producer)
+{
+    struct h1conn *hc = producer;
+    PK_UNUSED(n);
+    if (hc->read_paused && !pk_pipe_full(p)) {
+        hc->read_paused = false;
+        h1_kick(hc);
+    }
+}
+
+/* The downstream side of the current exchange is finished: detach from it. */
+static void h1_detach(struct h1conn *hc)
+{
+    struct exchange *ex = hc->ex;
+    if (!ex)
+        return;
+    hc->ex = NULL;
+    pk_pipe_set_consumer(&ex->resp_body, NULL, NULL);
+    pk_pipe_set_producer(&ex->req_body, NULL, NULL);
+    if (!ex->req_body.eof)
+        pk_pipe_abort(&ex->req_body);
+    ex->h1 = NULL;
+    ex->ds_gone = true;
+    if (ex->us && !(ex->resp_body.eof && ex->req_body.eof))
+        pk_h2stream_reset(ex->us, NGHTTP2_CANCEL);
+    ex_maybe_free(ex);
+}
+
+static void h1_destroy(struct h1conn *hc)
+{
+    struct pk_server *srv = hc->srv;
+    h1_detach(hc);
+    if (hc->prev)
+        hc->prev->next = hc->next;
+    else
+        srv->h1conns = hc->next;
+    if (hc->next)
+        hc->next->prev = hc->prev;
+    if (hc->abort)
+        bufferevent_free(hc->bev);
+    else
+        pk_bev_linger_close(hc->bev);
+    event_free(hc->kick_ev);
+    pk_h1parser_free(&hc->parser);
+    free(hc);
+    srv->nconns--;
+    pk_server_check_drained(srv);
+}
+
+static void h1_close(struct h1conn *hc, bool abort)
+{
+    if (!hc->closing) {
+        hc->closing = true;
+        bufferevent_disable(hc->bev, EV_READ);
+    }
+    hc->abort = hc->abort || abort;
+    event_active(hc->kick_ev, EV_WRITE, 0);
+}
+
+/* An error before any exchange could start: answer and close. */
+static void h1_reject(struct h1conn *hc, int status, const char *msg)
+{
+    char body[256];
+    int n = snprintf(body, sizeof(body), "{\"error\":\"%s\"}\n", msg);
+    evbuffer_add_printf(bufferevent_get_output(hc->bev),
+                        "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                        "connection: close\r\n\r\n%s",
+                        status, pk_h1_reason(status), n, body);
+    PK_INFO("proxy", "rejected client=%s:%u status=%d: %s", hc->ip, hc->port, status, msg);
+    h1_close(hc, false);
+}
+
+static bool h1_on_head(struct pk_h1parser *p, void *ud)
+{
+    struct h1conn *hc = ud;
+    bufferevent_set_timeouts(hc->bev, NULL, NULL);
+    struct exchange *ex = ex_new(hc->srv, hc->ip, hc->port);
+    hc->ex = ex;
+    ex->h1 = hc;
+    hc->keep_alive = p->keep_alive;
+    hc->resp_done = false;
+    ex->req_has_body = p->chunked || (p->has_length && p->content_length > 0);
+    if (p->has_length && p->content_length == 0 && !p->chunked)
+        ex->req_has_body = false;
+    pk_pipe_set_producer(&ex->req_body, h1_req_drained, hc);
+    if (!ex->req_has_body)
+        pk_pipe_close(&ex->req_body);
+    if (p->upgrade) {
+        /* Upgrades ride extended CONNECT streams (a later capability): refuse clearly. */
+        hc->keep_alive = false;
+        ex_fail(ex, 501, "upgrade not supported on this endpoint");
+        return false;
+    }
+    if (!p->head.authority) {
+        const char *host = pk_hdrs_get(&p->head.hdrs, "host");
+        if (host)
+            pk_head_set(&p->head.authority, host, strlen(host));
+    }
+    ex_start(ex, &p->head, hc->ip, hc->port);
+    return false;
+}
+
+static void h1_on_body(struct pk_h1parser *p, const char *data, size_t len, void *ud)
+{
+    struct h1conn *hc = ud;
+    PK_UNUSED(p);
+    if (hc->ex)
+        pk_pipe_write(&hc->ex->req_body, data, len);
+}
+
+static void h1_on_complete(struct pk_h1parser *p, void *ud)
+{
+    struct h1conn *hc = ud;
+    if (!hc->ex)
+        return;
+    struct pk_pipe *rb = &hc->ex->req_body;
+    if (p->trailers.n) {
+        pk_hdrs_move(&rb->trailers, &p->trailers);
+        rb->has_trailers = true;
+    }
+    pk_pipe_close(rb);
+}
+
+static const struct pk_h1parser_cbs h1_parser_cbs = {
+    .on_head = h1_on_head,
+    .on_body = h1_on_body,
+    .on_complete = h1_on_complete,
+};
+
+static void set_timeout(struct bufferevent *bev, uint64_t ms)
+{
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    bufferevent_set_timeouts(bev, ms ? &tv : NULL, NULL);
+}
+
+/* Feeds buffered input to the parser while the current exchange can take it. */
+static void h1_process(struct h1conn *hc)
+{
+    struct evbuffer *in = bufferevent_get_input(hc->bev);
+    while (!hc->closing) {
+        /* A finished exchange: next request (keep-alive) or close. */
+        if (hc->ex && hc->resp_done && hc->parser.message_done) {
+            h1_detach(hc);
+            if (!hc->keep_alive || hc->srv->draining) {
+                h1_close(hc, false);
+                return;
+            }
+            pk_h1parser_next(&hc->parser);
+            set_timeout(hc->bev, evbuffer_get_length(in) ? hc->srv->cfg->proxy_head_timeout_ms
+                                                         : hc->srv->cfg->proxy_idle_timeout_ms);
+        }
+        if (hc->ex && hc->resp_done && !hc->parser.message_done) {
+            /* The service answered before the whole request arrived (PROTOCOL.md 1.3). */
+            h1_close(hc, false);
+            return;
+        }
+        if (hc->parser.message_done || evbuffer_get_length(in) == 0)
+            break;
+        if (hc->ex && pk_pipe_full(&hc->ex->req_body)) {
+            hc->read_paused = true;
+            break;
+        }
+        size_t len = evbuffer_get_length(in);
+        size_t chunk = PK_MIN(len, (size_t)65536);
+        const char *data = (const char *)evbuffer_pullup(in, (ssize_t)chunk);
+        bool had_ex = hc->ex != NULL;
+        ssize_t n = pk_h1parser_feed(&hc->parser, data, chunk);
+        if (n < 0) {
+            if (had_ex || hc->ex) {
+                PK_INFO("proxy", "bad request body client=%s:%u: %s", hc->ip, hc->port,
+                        hc->parser.error_detail ? hc->parser.error_detail : "malformed");
+                if (hc->ex && !hc->ex->head_sent)
+                    ex_fail(hc->ex, 400, "malformed request");
+                else
+                    h1_close(hc, true);
+                hc->keep_alive = false;
+                if (hc->ex && hc->ex->req_body.eof == false)
+                    pk_pipe_abort(&hc->ex->req_body);
+                break;
+            }
+            if (hc->parser.error == PK_H1_HEAD_TOO_LARGE)
+                h1_reject(hc, 431, "request header fields too large");
+            else
+                h1_reject(hc, 400, "malformed request");
+            return;
+        }
+        evbuffer_drain(in, (size_t)n);
+        if (!hc->ex && !hc->parser.head_done && evbuffer_get_length(in) == 0 && n > 0)
+            set_timeout(hc->bev, hc->srv->cfg->proxy_head_timeout_ms);
+        if (n == 0 && !hc->parser.message_done)
+            break;
+    }
+    bool want_read = !hc->closing && !hc->read_paused && !hc->parser.message_done;
+    if (want_read)
+        bufferevent_enable(hc->bev, EV_READ);
+    else if (!hc->closing)
+        bufferevent_disable(hc->bev, EV_READ);
+}
+
+static void h1_kick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct h1conn *hc = arg;
+    PK_UNUSED(fd);
+    PK_UNUSED(what);
+    if (hc->closing) {
+        h1_destroy(hc);
+        return;
+    }
+    h1_process(hc);
+}
+
+static void h1_kick(struct h1conn *hc)
+{
+    event_active(hc->kick_ev, EV_WRITE, 0);
+}
+
+static void h1_read(struct bufferevent *bev, void *arg)
+{
+    PK_UNUSED(bev);
+    h1_process(arg);
+}
+
+static void h1_write(struct bufferevent *bev, void *arg)
+{
+    struct h1conn *hc = arg;
+    PK_UNUSED(bev);
+    if (!hc->closing)
+        h1_pump_response(hc);
+}
+
+static void h1_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct h1conn *hc = arg;
+    PK_UNUSED(bev);
+    if (hc->closing)
+        return;
+    if (what & BEV_EVENT_TIMEOUT) {
+        if (!hc->ex && hc->parser.head_bytes > 0 && !hc->parser.head_done) {
+            h1_reject(hc, 408, "request timeout");
+            return;
+        }
+        if (!hc->ex) {
+            h1_close(hc, false);
+            return;
+        }
+        bufferevent_enable(hc->bev, EV_READ);
+        return;
+    }
+    if (what & BEV_EVENT_EOF) {
+        /* The client finished sending. A request in flight may still be answered if its
+         * body was complete; otherwise the exchange is cancelled. */
+        if (hc->ex && hc->parser.message_done && !hc->resp_done) {
+            hc->keep_alive = false;
+            bufferevent_disable(hc->bev, EV_READ);
+            return;
+        }
+        if (hc->ex && pk_h1parser_eof(&hc->parser) == 0 && !hc->resp_done) {
+            hc->keep_alive = false;
+            return;
+        }
+    }
+    h1_close(hc, true);
+}
+
+static struct h1conn *h1_new(struct pk_server *srv, struct bufferevent *bev, const char *ip,
+                             uint16_t port)
+{
+    struct h1conn *hc = pk_xcalloc(1, sizeof(*hc));
+    hc->srv = srv;
+    hc->bev = bev;
+    snprintf(hc->ip, sizeof(hc->ip), "%s", ip);
+    hc->port = port;
+    hc->kick_ev = event_new(srv->base, -1, 0, h1_kick_cb, hc);
+    pk_h1parser_init(&hc->parser, HTTP_REQUEST, srv->cfg->proxy_max_header_bytes, &h1_parser_cbs,
+                     hc);
+    hc->next = srv->h1conns;
+    if (srv->h1conns)
+        srv->h1conns->prev = hc;
+    srv->h1conns = hc;
+    bufferevent_setcb(bev, h1_read, h1_write, h1_event, hc);
+    bufferevent_setwatermark(bev, EV_WRITE, OUT_HWM / 2, 0);
+    bufferevent_setwatermark(bev, EV_READ, 0, 256 * 1024);
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    return hc;
+}
+
+/* ---- downstream HTTP/2 (h2c prior knowledge) ------------------------------------------- */
+
+static void h2_send_head(struct exchange *ex, struct pk_head *resp, bool body)
+{
+    pk_h2stream_respond(ex->ds, resp, body ? &ex->resp_body : NULL);
+}
+
+static void ds_on_close(struct pk_h2stream *s, uint32_t code, void *ud)
+{
+    struct exchange *ex = ud;
+    PK_UNUSED(s);
+    PK_UNUSED(code);
+    ex->ds = NULL;
+    ex->ds_gone = true;
+    if (ex->us && !(ex->resp_body.eof && ex->req_body.eof))
+        pk_h2stream_reset(ex->us, NGHTTP2_CANCEL);
+    ex_maybe_free(ex);
+}
+
+static const struct pk_h2stream_cbs ds_cbs = {.on_close = ds_on_close};
+
+static void h2d_on_stream(struct pk_h2conn *c, struct pk_h2stream *s, void *ud)
+{
+    struct h2down *d = ud;
+    PK_UNUSED(c);
+    struct exchange *ex = ex_new(d->srv, d->ip, d->port);
+    ex->ds = s;
+    pk_h2stream_set_handler(s, &ds_cbs, ex);
+    struct pk_head *in = pk_h2stream_head(s);
+    ex->req_has_body = !pk_h2stream_remote_ended(s);
+    pk_h2stream_set_sink(s, &ex->req_body);
+    if (in->protocol || (in->method && strcmp(in->method, "CONNECT") == 0)) {
+        ex_fail(ex, 501, "CONNECT not supported on this endpoint");
+        return;
+    }
+    ex_start(ex, in, d->ip, d->port);
+}
+
+static void h2d_on_close(struct pk_h2conn *c, const char *why, void *ud)
+{
+    struct h2down *d = ud;
+    struct pk_server *srv = d->srv;
+    PK_UNUSED(c);
+    PK_DEBUG("proxy", "h2 connection closed client=%s:%u: %s", d->ip, d->port, why);
+    if (d->prev)
+        d->prev->next = d->next;
+    else
+        srv->h2conns = d->next;
+    if (d->next)
+        d->next->prev = d->prev;
+    free(d);
+    srv->nconns--;
+    pk_server_check_drained(srv);
+}
+
+static const struct pk_h2conn_cbs h2d_cbs = {.on_stream = h2d_on_stream, .on_close = h2d_on_close};
+
+static void h2d_new(struct pk_server *srv, struct bufferevent *bev, const char *ip, uint16_t port)
+{
+    struct h2down *d = pk_xcalloc(1, sizeof(*d));
+    d->srv = srv;
+    snprintf(d->ip, sizeof(d->ip), "%s", ip);
+    d->port = port;
+    char name[128];
+    snprintf(name, sizeof(name), "downstream/%s:%u", ip, port);
+    d->next = srv->h2conns;
+    if (srv->h2conns)
+        srv->h2conns->prev = d;
+    srv->h2conns = d;
+    d->h2 = pk_h2conn_new(srv->base, bev, true, &srv->down_settings, &h2d_cbs, d, name);
+    if (!d->h2) {
+        srv->h2conns = d->next;
+        if (d->next)
+            d->next->prev = NULL;
+        free(d);
+        srv->nconns--;
+    }
+}
+
+/* ---- accepting and protocol detection ------------------------------------------------- */
+
+struct detect {
+    struct pk_server *srv;
+    char ip[64];
+    uint16_t port;
+};
+
+static void detect_read(struct bufferevent *bev, void *arg)
+{
+    struct detect *dt = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    size_t len = evbuffer_get_length(in);
+    size_t n = PK_MIN(len, (size_t)H2_PREFACE_LEN);
+    const char *data = (const char *)evbuffer_pullup(in, (ssize_t)n);
+    bool h2 = memcmp(data, H2_PREFACE, n) == 0;
+    if (h2 && n < H2_PREFACE_LEN)
+        return; /* wait for the whole preface */
+    struct detect d = *dt;
+    free(dt);
+    bufferevent_set_timeouts(bev, NULL, NULL);
+    if (h2) {
+        h2d_new(d.srv, bev, d.ip, d.port);
+        return;
+    }
+    struct h1conn *hc = h1_new(d.srv, bev, d.ip, d.port);
+    set_timeout(bev, d.srv->cfg->proxy_head_timeout_ms);
+    h1_process(hc);
+}
+
+static void detect_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct detect *dt = arg;
+    PK_UNUSED(what);
+    dt->srv->nconns--;
+    free(dt);
+    bufferevent_free(bev);
+}
+
+static void proxy_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                         int salen, void *arg)
+{
+    struct pk_server *srv = arg;
+    PK_UNUSED(l);
+    PK_UNUSED(salen);
+    struct detect *dt = pk_xcalloc(1, sizeof(*dt));
+    dt->srv = srv;
+    pk_sockaddr_ip(sa, dt->ip, sizeof(dt->ip), &dt->port);
+    pk_tune_socket(fd);
+    struct bufferevent *bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    srv->nconns++;
+    set_timeout(bev, srv->cfg->proxy_idle_timeout_ms);
+    bufferevent_setcb(bev, detect_read, NULL, detect_event, dt);
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+}
+
+int pk_proxy_listen(struct pk_server *srv, char *err, size_t errlen)
+{
+    srv->proxy_l = pk_listen(srv->base, srv->cfg->proxy_bind_addr, proxy_accept, srv, err, errlen);
+    return srv->proxy_l ? 0 : PK_ERR_IO;
+}
+
+void pk_proxy_drain_all(struct pk_server *srv)
+{
+    for (struct h2down *d = srv->h2conns; d; d = d->next)
+        pk_h2conn_drain(d->h2, pk_h2conn_last_stream_id(d->h2));
+    for (struct h1conn *hc = srv->h1conns; hc; hc = hc->next) {
+        hc->keep_alive = false;
+        if (!hc->ex)
+            h1_close(hc, false);
+    }
+}

@@ -1,0 +1,51 @@
+/* server: one piko-server node — proxy, upstream and admin listeners on one loop.
+ *
+ * Everything hangs off struct pk_server; there is no mutable global state, so several
+ * workers (one loop each) can come later without a rewrite. */
+#ifndef PK_SERVER_H
+#define PK_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+#include "config/config.h"
+struct pk_server;
+
+struct pk_server_config {
+    char *proxy_bind_addr;
+    uint64_t proxy_timeout_ms;
+    uint64_t proxy_max_header_bytes;
+    uint64_t proxy_head_timeout_ms;
+    uint64_t proxy_idle_timeout_ms;
+    long long proxy_max_h2_streams;
+    char *upstream_bind_addr;
+    uint64_t upstream_heartbeat_interval_ms;
+    uint64_t upstream_heartbeat_timeout_ms;
+    uint64_t upstream_stream_window;
+    uint64_t upstream_connection_window;
+    char *admin_bind_addr;
+    char *log_level;
+    uint64_t grace_period_ms;
+};
+
+/* The option table of piko-server (flags and YAML keys). */
+extern const struct pk_opt pk_server_opts[];
+extern const size_t pk_server_nopts;
+
+/* Checks values that parse but make no sense together. Returns 0 or PK_ERR_INVALID with
+ * a message naming the key. */
+int pk_server_config_check(const struct pk_server_config *cfg, char *err, size_t errlen);
+
+/* Binds every listener. Returns NULL with a message on failure. The config is borrowed
+ * and must outlive the server. */
+struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_config *cfg,
+                                char *err, size_t errlen);
+/* Starts a graceful shutdown: not ready, GOAWAY on every tunnel and downstream h2
+ * connection, idle keep-alive connections closed; the loop exits when in-flight work is
+ * done or the grace period ends. Idempotent. */
+void pk_server_shutdown(struct pk_server *srv);
+void pk_server_del(struct pk_server *srv);
+
+#endif

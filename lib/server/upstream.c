@@ -1,0 +1,322 @@
+/* The upstream port: sidecars' tunnel handshakes (PROTOCOL.md 1.1) and the registry of
+ * tunnels by endpoint. */
+#include "base/base.h"
+#include "base/log.h"
+#include "http1/http1.h"
+#include "net/net.h"
+#include "server/server_int.h"
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define UPGRADE_TOKEN   "piko-reverse-h2"
+#define UPSTREAM_PREFIX "/piko/v1/upstream/"
+
+/* ---- registry ---------------------------------------------------------------------- */
+
+static unsigned hash_id(const char *s)
+{
+    unsigned h = 2166136261u;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h % PK_EP_BUCKETS;
+}
+
+static struct endpoint *ep_find(struct pk_server *srv, const char *id)
+{
+    for (struct endpoint *e = srv->eps[hash_id(id)]; e; e = e->next)
+        if (strcmp(e->id, id) == 0)
+            return e;
+    return NULL;
+}
+
+static void ep_add(struct pk_server *srv, struct tunnel *t)
+{
+    struct endpoint *e = ep_find(srv, t->endpoint_id);
+    if (!e) {
+        e = pk_xcalloc(1, sizeof(*e));
+        e->id = pk_xstrdup(t->endpoint_id);
+        unsigned b = hash_id(e->id);
+        e->next = srv->eps[b];
+        srv->eps[b] = e;
+    }
+    t->ep = e;
+    t->next = e->tunnels;
+    e->tunnels = t;
+    e->ntunnels++;
+    PK_INFO("upstream", "tunnel up endpoint=%s sidecar=%s peer=%s tunnels=%zu", e->id,
+            t->sidecar_id, t->peer, e->ntunnels);
+}
+
+/* Takes a tunnel out of routing at once (it may still finish its streams). */
+static void ep_remove(struct pk_server *srv, struct tunnel *t)
+{
+    struct endpoint *e = t->ep;
+    if (!e)
+        return;
+    for (struct tunnel **pp = &e->tunnels; *pp; pp = &(*pp)->next) {
+        if (*pp == t) {
+            *pp = t->next;
+            e->ntunnels--;
+            break;
+        }
+    }
+    t->ep = NULL;
+    if (e->ntunnels == 0) {
+        unsigned b = hash_id(e->id);
+        for (struct endpoint **pp = &srv->eps[b]; *pp; pp = &(*pp)->next) {
+            if (*pp == e) {
+                *pp = e->next;
+                break;
+            }
+        }
+        free(e->id);
+        free(e);
+    }
+}
+
+struct tunnel *pk_upstream_pick(struct pk_server *srv, const char *endpoint, bool *exists,
+                                const struct tunnel *avoid)
+{
+    struct endpoint *e = ep_find(srv, endpoint);
+    *exists = e != NULL && e->ntunnels > 0;
+    if (!e)
+        return NULL;
+    /* Fewest open streams; ties broken round-robin by starting after the cursor. */
+    struct tunnel *best = NULL;
+    size_t best_n = 0, i = 0, start = e->rr++ % e->ntunnels;
+    for (size_t pass = 0; pass < 2; pass++) {
+        i = 0;
+        for (struct tunnel *t = e->tunnels; t; t = t->next, i++) {
+            if ((pass == 0 && i < start) || (pass == 1 && i >= start))
+                continue;
+            if (t == avoid || !pk_h2conn_can_open(t->h2))
+                continue;
+            size_t n = pk_h2conn_nstreams(t->h2);
+            if (!best || n < best_n) {
+                best = t;
+                best_n = n;
+            }
+        }
+    }
+    return best;
+}
+
+void pk_upstream_drain_all(struct pk_server *srv)
+{
+    for (size_t b = 0; b < PK_EP_BUCKETS; b++) {
+        for (struct endpoint *e = srv->eps[b]; e; e = e->next)
+            for (struct tunnel *t = e->tunnels; t; t = t->next)
+                pk_h2conn_drain(t->h2, 0);
+    }
+}
+
+/* ---- tunnel connection ------------------------------------------------------------- */
+
+static void tunnel_ready(struct pk_h2conn *c, void *ud)
+{
+    struct tunnel *t = ud;
+    PK_UNUSED(c);
+    if (t->srv->draining) {
+        pk_h2conn_drain(t->h2, 0);
+        return;
+    }
+    ep_add(t->srv, t);
+    pk_proxy_slot_free(t->srv, t->endpoint_id);
+}
+
+static void tunnel_goaway(struct pk_h2conn *c, uint32_t error_code, void *ud)
+{
+    struct tunnel *t = ud;
+    PK_UNUSED(c);
+    PK_INFO("upstream", "tunnel draining (GOAWAY from sidecar) endpoint=%s sidecar=%s error=%u",
+            t->endpoint_id, t->sidecar_id, error_code);
+    ep_remove(t->srv, t);
+}
+
+static void tunnel_stream_closed(struct pk_h2conn *c, void *ud)
+{
+    struct tunnel *t = ud;
+    PK_UNUSED(c);
+    if (t->ep)
+        pk_proxy_slot_free(t->srv, t->endpoint_id);
+}
+
+static void tunnel_closed(struct pk_h2conn *c, const char *why, void *ud)
+{
+    struct tunnel *t = ud;
+    struct pk_server *srv = t->srv;
+    PK_UNUSED(c);
+    PK_INFO("upstream", "tunnel closed endpoint=%s sidecar=%s peer=%s streams_served=%llu: %s",
+            t->endpoint_id, t->sidecar_id, t->peer, (unsigned long long)t->served, why);
+    ep_remove(srv, t);
+    free(t->endpoint_id);
+    free(t->sidecar_id);
+    free(t);
+    srv->ntunnels_open--;
+    pk_server_check_drained(srv);
+}
+
+static const struct pk_h2conn_cbs tunnel_cbs = {
+    .on_ready = tunnel_ready,
+    .on_goaway = tunnel_goaway,
+    .on_stream_closed = tunnel_stream_closed,
+    .on_close = tunnel_closed,
+};
+
+/* ---- handshake ---------------------------------------------------------------------- */
+
+struct handshake {
+    struct pk_server *srv;
+    struct bufferevent *bev;
+    struct pk_h1parser parser;
+    char peer[64];
+};
+
+static void hs_free(struct handshake *hs)
+{
+    pk_h1parser_free(&hs->parser);
+    free(hs);
+}
+
+static void hs_reject(struct handshake *hs, int status, const char *msg, const char *extra)
+{
+    struct evbuffer *out = bufferevent_get_output(hs->bev);
+    char body[256];
+    int n = snprintf(body, sizeof(body), "{\"error\":\"%s\"}\n", msg);
+    evbuffer_add_printf(out,
+                        "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+                        "content-length: %d\r\nconnection: close\r\n%s\r\n%s",
+                        status, pk_h1_reason(status), n, extra ? extra : "", body);
+    PK_INFO("upstream", "handshake rejected peer=%s status=%d: %s", hs->peer, status, msg);
+    pk_bev_linger_close(hs->bev);
+    hs->srv->ntunnels_open--;
+    hs_free(hs);
+}
+
+static void hs_accept(struct handshake *hs, const char *endpoint)
+{
+    struct pk_server *srv = hs->srv;
+    struct pk_head *h = &hs->parser.head;
+    struct tunnel *t = pk_xcalloc(1, sizeof(*t));
+    t->srv = srv;
+    t->endpoint_id = pk_xstrdup(endpoint);
+    const char *sid = pk_hdrs_get(&h->hdrs, "piko-sidecar-id");
+    t->sidecar_id = pk_xstrdup(sid ? sid : "-");
+    snprintf(t->peer, sizeof(t->peer), "%s", hs->peer);
+
+    evbuffer_add_printf(bufferevent_get_output(hs->bev),
+                        "HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\n"
+                        "upgrade: " UPGRADE_TOKEN "\r\npiko-node-id: %s\r\n\r\n",
+                        "piko-server");
+    char name[256];
+    snprintf(name, sizeof(name), "tunnel/%s/%s", endpoint, hs->peer);
+    struct bufferevent *bev = hs->bev;
+    bufferevent_set_timeouts(bev, NULL, NULL);
+    hs_free(hs);
+    /* Leftover bytes after the request head stay in bev's input: HTTP/2 reads them. */
+    t->h2 = pk_h2conn_new(srv->base, bev, false, &srv->tunnel_settings, &tunnel_cbs, t, name);
+    if (!t->h2) {
+        free(t->endpoint_id);
+        free(t->sidecar_id);
+        free(t);
+        srv->ntunnels_open--;
+    }
+}
+
+static void hs_read(struct bufferevent *bev, void *arg)
+{
+    struct handshake *hs = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    size_t len = evbuffer_get_length(in);
+    const char *data = (const char *)evbuffer_pullup(in, (ssize_t)len);
+    ssize_t n = pk_h1parser_feed(&hs->parser, data, len);
+    if (n < 0) {
+        if (hs->parser.error == PK_H1_HEAD_TOO_LARGE)
+            hs_reject(hs, 431, "request header fields too large", NULL);
+        else
+            hs_reject(hs, 400, "malformed request", NULL);
+        return;
+    }
+    evbuffer_drain(in, (size_t)n);
+    if (!hs->parser.message_done)
+        return;
+
+    struct pk_head *h = &hs->parser.head;
+    const char *path = h->path ? h->path : "";
+    if (strncmp(path, UPSTREAM_PREFIX, strlen(UPSTREAM_PREFIX)) != 0) {
+        hs_reject(hs, 404, "not found", NULL);
+        return;
+    }
+    if (strcmp(h->method, "GET") != 0) {
+        hs_reject(hs, 405, "method not allowed", "allow: GET\r\n");
+        return;
+    }
+    const char *endpoint = path + strlen(UPSTREAM_PREFIX);
+    if (!pk_endpoint_id_valid(endpoint, strlen(endpoint))) {
+        hs_reject(hs, 400, "invalid endpoint id", NULL);
+        return;
+    }
+    if (!hs->parser.upgrade || !pk_hdrs_has_token(&h->hdrs, "upgrade", UPGRADE_TOKEN)) {
+        hs_reject(hs, 426, "upgrade required", "upgrade: " UPGRADE_TOKEN "\r\n");
+        return;
+    }
+    if (hs->srv->draining) {
+        hs_reject(hs, 503, "node draining", NULL);
+        return;
+    }
+    char *ep = pk_xstrdup(endpoint);
+    hs_accept(hs, ep);
+    free(ep);
+}
+
+static void hs_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct handshake *hs = arg;
+    if (what & BEV_EVENT_TIMEOUT) {
+        hs_reject(hs, 408, "request timeout", NULL);
+        return;
+    }
+    PK_DEBUG("upstream", "handshake aborted by peer=%s", hs->peer);
+    bufferevent_free(bev);
+    hs->srv->ntunnels_open--;
+    hs_free(hs);
+}
+
+static const struct pk_h1parser_cbs hs_parser_cbs = {0};
+
+static void upstream_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                            int salen, void *arg)
+{
+    struct pk_server *srv = arg;
+    PK_UNUSED(l);
+    PK_UNUSED(salen);
+    struct handshake *hs = pk_xcalloc(1, sizeof(*hs));
+    char ip[64];
+    uint16_t port;
+    pk_sockaddr_ip(sa, ip, sizeof(ip), &port);
+    snprintf(hs->peer, sizeof(hs->peer), "%s:%u", ip, port);
+    hs->srv = srv;
+    pk_tune_socket(fd);
+    hs->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    pk_h1parser_init(&hs->parser, HTTP_REQUEST, srv->cfg->proxy_max_header_bytes, &hs_parser_cbs,
+                     hs);
+    srv->ntunnels_open++;
+    struct timeval tv = {(time_t)(srv->cfg->upstream_heartbeat_timeout_ms / 1000),
+                         (suseconds_t)(srv->cfg->upstream_heartbeat_timeout_ms % 1000) * 1000};
+    bufferevent_set_timeouts(hs->bev, &tv, NULL);
+    bufferevent_setcb(hs->bev, hs_read, NULL, hs_event, hs);
+    bufferevent_enable(hs->bev, EV_READ | EV_WRITE);
+}
+
+int pk_upstream_listen(struct pk_server *srv, char *err, size_t errlen)
+{
+    srv->upstream_l =
+        pk_listen(srv->base, srv->cfg->upstream_bind_addr, upstream_accept, srv, err, errlen);
+    return srv->upstream_l ? 0 : PK_ERR_IO;
+}

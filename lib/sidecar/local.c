@@ -1,0 +1,523 @@
+/* Serving tunnel streams from the local service over HTTP/1.1 keep-alive connections.
+ *
+ * A local exchange (struct lx) joins one tunnel stream to one connection to the service
+ * (struct lconn). The request body flows stream -> req_body pipe -> connection, the
+ * response body connection -> resp_body pipe -> stream, each bounded by the pipe mark
+ * (reading stops) and the HTTP/2 window (credit is returned as bytes leave). A connection
+ * whose exchange finished cleanly goes back to the endpoint's idle pool. */
+#include "base/base.h"
+#include "base/log.h"
+#include "dns/dns.h"
+#include "http1/http1.h"
+#include "net/dial.h"
+#include "net/net.h"
+#include "sidecar/sidecar_int.h"
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <nghttp2/nghttp2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PIPE_HWM (256 * 1024)
+#define OUT_HWM  (256 * 1024)
+
+struct lx {
+    struct sc_endpoint *ep;
+    struct pk_h2stream *s;
+    struct lconn *lc;
+    struct pk_pipe req_body;
+    struct pk_pipe resp_body;
+    bool is_head;
+    bool req_chunked;
+    bool req_sent;
+    bool resp_started;
+    bool resp_complete;
+    bool pooled_conn; /* the connection came from the pool: a stale one may be retried */
+    bool got_bytes;   /* the service sent something */
+};
+
+struct lconn {
+    struct sc_endpoint *ep;
+    struct bufferevent *bev;
+    struct pk_dial *dial;
+    struct pk_h1parser parser;
+    struct lx *lx;
+    struct event *kick_ev;
+    bool closing;
+    bool read_paused;
+    struct lconn *next; /* idle list */
+};
+
+static void lc_close(struct lconn *lc);
+static void lx_attach(struct lx *x, struct lconn *lc);
+static void lx_connect(struct lx *x);
+
+/* ---- exchange --------------------------------------------------------------------- */
+
+static void lx_free(struct lx *x)
+{
+    pk_pipe_free(&x->req_body);
+    pk_pipe_free(&x->resp_body);
+    x->ep->sc->nstreams--;
+    pk_sidecar_check_done(x->ep->sc);
+    free(x);
+}
+
+static void idle_event(struct bufferevent *bev, short what, void *arg);
+static void idle_read(struct bufferevent *bev, void *arg);
+
+/* Returns a connection to the pool or closes it. */
+static void lc_release(struct lconn *lc, bool reusable)
+{
+    struct sc_endpoint *ep = lc->ep;
+    lc->lx = NULL;
+    if (!reusable || lc->closing || ep->sc->draining ||
+        ep->nidle >= (size_t)ep->sc->cfg->local_max_idle) {
+        lc_close(lc);
+        return;
+    }
+    pk_h1parser_free(&lc->parser);
+    memset(&lc->parser, 0, sizeof(lc->parser));
+    bufferevent_setcb(lc->bev, idle_read, NULL, idle_event, lc);
+    bufferevent_enable(lc->bev, EV_READ);
+    lc->next = ep->idle;
+    ep->idle = lc;
+    ep->nidle++;
+}
+
+static void stream_closed(struct pk_h2stream *s, uint32_t code, void *ud)
+{
+    struct lx *x = ud;
+    PK_UNUSED(s);
+    x->s = NULL;
+    if (code != NGHTTP2_NO_ERROR)
+        PK_DEBUG("local", "endpoint=%s stream closed: %s", x->ep->name,
+                 code == PK_H2_CONN_LOST ? "tunnel lost" : nghttp2_http2_strerror(code));
+    if (x->lc) {
+        struct lconn *lc = x->lc;
+        x->lc = NULL;
+        pk_pipe_set_consumer(&x->req_body, NULL, NULL);
+        pk_pipe_set_producer(&x->resp_body, NULL, NULL);
+        lc_release(lc, code == NGHTTP2_NO_ERROR && x->req_sent && x->resp_complete &&
+                           lc->parser.keep_alive);
+    }
+    lx_free(x);
+}
+
+static const struct pk_h2stream_cbs stream_cbs = {.on_close = stream_closed};
+
+/* The service failed this exchange: tell the server how (PROTOCOL.md 1.3). */
+static void lx_fail(struct lx *x, uint32_t code, const char *why)
+{
+    PK_INFO("local", "endpoint=%s service %s:%u: %s", x->ep->name, x->ep->host, x->ep->port, why);
+    if (x->lc) {
+        struct lconn *lc = x->lc;
+        x->lc = NULL;
+        pk_pipe_set_consumer(&x->req_body, NULL, NULL);
+        pk_pipe_set_producer(&x->resp_body, NULL, NULL);
+        lc_release(lc, false);
+    }
+    if (!x->s)
+        return;
+    if (x->resp_started)
+        pk_pipe_abort(&x->resp_body);
+    else
+        pk_h2stream_reset(x->s, code);
+}
+
+/* ---- request: stream -> service ---------------------------------------------------- */
+
+static void pump_request(struct lconn *lc)
+{
+    struct lx *x = lc->lx;
+    if (!x || x->req_sent)
+        return;
+    struct pk_pipe *p = &x->req_body;
+    struct evbuffer *out = bufferevent_get_output(lc->bev);
+    if (p->aborted) {
+        lx_fail(x, NGHTTP2_CANCEL, "request aborted by the client");
+        return;
+    }
+    while (pk_pipe_len(p) > 0 && evbuffer_get_length(out) < OUT_HWM) {
+        size_t room = OUT_HWM - evbuffer_get_length(out);
+        if (x->req_chunked) {
+            size_t n = PK_MIN(pk_pipe_len(p), room);
+            struct evbuffer *tmp = evbuffer_new();
+            pk_pipe_move(p, tmp, n);
+            pk_h1_write_chunk(out, tmp, n);
+            evbuffer_free(tmp);
+        } else {
+            pk_pipe_move(p, out, room);
+        }
+    }
+    if (pk_pipe_done(p)) {
+        if (x->req_chunked)
+            pk_h1_write_last_chunk(out, p->has_trailers ? &p->trailers : NULL);
+        x->req_sent = true;
+        pk_pipe_set_consumer(p, NULL, NULL);
+    }
+}
+
+static void req_readable(struct pk_pipe *p, void *consumer)
+{
+    PK_UNUSED(p);
+    pump_request(consumer);
+}
+
+static void write_request_head(struct lx *x, struct evbuffer *out)
+{
+    struct pk_head *in = pk_h2stream_head(x->s);
+    struct pk_head h;
+    pk_head_init(&h);
+    h.method = in->method;
+    h.path = in->path;
+    h.authority = in->authority;
+    /* Cookies split across fields are joined before HTTP/1.1 (RFC 9113 8.2.3). */
+    char *cookie = NULL;
+    bool te_trailers = false;
+    for (size_t i = 0; i < in->hdrs.n; i++) {
+        struct pk_hdr *f = &in->hdrs.v[i];
+        if (strncmp(f->name, "piko-", 5) == 0)
+            continue;
+        if (strcmp(f->name, "cookie") == 0) {
+            char *c = cookie ? pk_xasprintf("%s; %s", cookie, f->value) : pk_xstrdup(f->value);
+            free(cookie);
+            cookie = c;
+            continue;
+        }
+        if (strcmp(f->name, "te") == 0) {
+            te_trailers = true;
+            continue;
+        }
+        pk_hdrs_add(&h.hdrs, f->name, f->nlen, f->value, f->vlen);
+    }
+    if (cookie) {
+        pk_hdrs_add_str(&h.hdrs, "cookie", cookie);
+        free(cookie);
+    }
+    if (te_trailers) {
+        pk_hdrs_add_str(&h.hdrs, "te", "trailers");
+        pk_hdrs_add_str(&h.hdrs, "connection", "te");
+    }
+    x->req_chunked = false;
+    if (!pk_hdrs_get(&h.hdrs, "content-length")) {
+        if (pk_h2stream_remote_ended(x->s) && pk_pipe_len(&x->req_body) == 0) {
+            const char *m = h.method ? h.method : "";
+            if (!strcmp(m, "POST") || !strcmp(m, "PUT") || !strcmp(m, "PATCH"))
+                pk_hdrs_add_str(&h.hdrs, "content-length", "0");
+        } else {
+            pk_hdrs_add_str(&h.hdrs, "transfer-encoding", "chunked");
+            x->req_chunked = true;
+        }
+    }
+    pk_h1_write_request_head(out, &h);
+    pk_hdrs_free(&h.hdrs);
+}
+
+/* ---- response: service -> stream ---------------------------------------------------- */
+
+static bool resp_on_head(struct pk_h1parser *p, void *ud)
+{
+    struct lconn *lc = ud;
+    struct lx *x = lc->lx;
+    int status = p->head.status;
+    if (!x || (status >= 100 && status < 200))
+        return false; /* interim responses are not relayed */
+    struct pk_head h;
+    pk_head_init(&h);
+    h.status = status;
+    pk_hdrs_move(&h.hdrs, &p->head.hdrs);
+    pk_h1_strip_hop_by_hop(&h.hdrs, false);
+    for (size_t i = 0; i < h.hdrs.n;) {
+        if (strncmp(h.hdrs.v[i].name, "piko-", 5) == 0)
+            pk_hdrs_del(&h.hdrs, h.hdrs.v[i].name);
+        else
+            i++;
+    }
+    bool body = !(x->is_head || status == 204 || status == 304);
+    if (x->s) {
+        x->resp_started = true;
+        pk_h2stream_respond(x->s, &h, body ? &x->resp_body : NULL);
+    }
+    pk_head_free(&h);
+    return x->is_head;
+}
+
+static void resp_on_body(struct pk_h1parser *p, const char *data, size_t len, void *ud)
+{
+    struct lconn *lc = ud;
+    PK_UNUSED(p);
+    if (lc->lx)
+        pk_pipe_write(&lc->lx->resp_body, data, len);
+}
+
+static void resp_on_complete(struct pk_h1parser *p, void *ud)
+{
+    struct lconn *lc = ud;
+    struct lx *x = lc->lx;
+    if (!x || (p->head.status >= 100 && p->head.status < 200))
+        return;
+    x->resp_complete = true;
+    if (p->trailers.n) {
+        pk_hdrs_move(&x->resp_body.trailers, &p->trailers);
+        x->resp_body.has_trailers = true;
+    }
+    pk_pipe_close(&x->resp_body);
+}
+
+static const struct pk_h1parser_cbs resp_cbs = {
+    .on_head = resp_on_head,
+    .on_body = resp_on_body,
+    .on_complete = resp_on_complete,
+};
+
+static void resp_drained(struct pk_pipe *p, size_t n, void *producer)
+{
+    struct lconn *lc = producer;
+    PK_UNUSED(n);
+    if (lc->read_paused && !pk_pipe_full(p)) {
+        lc->read_paused = false;
+        event_active(lc->kick_ev, EV_READ, 0);
+    }
+}
+
+static void lc_process(struct lconn *lc)
+{
+    struct evbuffer *in = bufferevent_get_input(lc->bev);
+    while (lc->lx && !lc->closing && evbuffer_get_length(in) > 0) {
+        struct lx *x = lc->lx;
+        if (x->resp_complete)
+            break; /* anything more is not ours: the connection is not reused */
+        if (pk_pipe_full(&x->resp_body)) {
+            lc->read_paused = true;
+            bufferevent_disable(lc->bev, EV_READ);
+            return;
+        }
+        x->got_bytes = true;
+        size_t chunk = PK_MIN(evbuffer_get_length(in), (size_t)65536);
+        const char *data = (const char *)evbuffer_pullup(in, (ssize_t)chunk);
+        ssize_t n = pk_h1parser_feed(&lc->parser, data, chunk);
+        if (n < 0) {
+            lx_fail(x, NGHTTP2_INTERNAL_ERROR, "malformed response");
+            return;
+        }
+        evbuffer_drain(in, (size_t)n);
+        if (lc->parser.message_done && !x->resp_complete) {
+            pk_h1parser_next(&lc->parser); /* after an interim response */
+            continue;
+        }
+        if (n == 0)
+            break;
+    }
+    if (lc->lx && !lc->closing)
+        bufferevent_enable(lc->bev, EV_READ);
+}
+
+static void lc_read(struct bufferevent *bev, void *arg)
+{
+    PK_UNUSED(bev);
+    lc_process(arg);
+}
+
+static void lc_write(struct bufferevent *bev, void *arg)
+{
+    PK_UNUSED(bev);
+    pump_request(arg);
+}
+
+static void lc_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct lconn *lc = arg;
+    PK_UNUSED(bev);
+    struct lx *x = lc->lx;
+    if (!x) {
+        lc_close(lc);
+        return;
+    }
+    lc_process(lc);
+    if ((what & BEV_EVENT_EOF) && lc->lx && !x->resp_complete &&
+        pk_h1parser_eof(&lc->parser) == 0 && x->resp_complete) {
+        /* A close-delimited body ended. */
+        lc->parser.keep_alive = false;
+        return;
+    }
+    if (!lc->lx || x->resp_complete)
+        return;
+    if (x->pooled_conn && !x->got_bytes && !x->resp_started && x->req_body.total_out == 0) {
+        /* A pooled connection the service had closed: dial a fresh one. */
+        PK_DEBUG("local", "endpoint=%s stale pooled connection: redialling", x->ep->name);
+        x->lc = NULL;
+        lc->lx = NULL;
+        lc_close(lc);
+        x->pooled_conn = false;
+        lx_connect(x);
+        return;
+    }
+    lx_fail(x, NGHTTP2_INTERNAL_ERROR,
+            (what & BEV_EVENT_EOF) ? "closed the connection before the response was complete"
+                                   : "connection error");
+}
+
+static void kick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct lconn *lc = arg;
+    PK_UNUSED(fd);
+    PK_UNUSED(what);
+    if (lc->closing) {
+        if (lc->dial)
+            pk_dial_cancel(lc->dial);
+        if (lc->bev)
+            bufferevent_free(lc->bev);
+        pk_h1parser_free(&lc->parser);
+        event_free(lc->kick_ev);
+        free(lc);
+        return;
+    }
+    lc_process(lc);
+}
+
+static void lc_close(struct lconn *lc)
+{
+    if (lc->closing)
+        return;
+    lc->closing = true;
+    if (lc->bev)
+        bufferevent_disable(lc->bev, EV_READ | EV_WRITE);
+    event_active(lc->kick_ev, EV_WRITE, 0);
+}
+
+/* ---- idle pool --------------------------------------------------------------------- */
+
+static void pool_remove(struct lconn *lc)
+{
+    struct sc_endpoint *ep = lc->ep;
+    for (struct lconn **pp = &ep->idle; *pp; pp = &(*pp)->next) {
+        if (*pp == lc) {
+            *pp = lc->next;
+            ep->nidle--;
+            return;
+        }
+    }
+}
+
+static void idle_event(struct bufferevent *bev, short what, void *arg)
+{
+    PK_UNUSED(bev);
+    PK_UNUSED(what);
+    pool_remove(arg);
+    lc_close(arg);
+}
+
+static void idle_read(struct bufferevent *bev, void *arg)
+{
+    /* A service does not speak first on an idle keep-alive connection. */
+    PK_UNUSED(bev);
+    pool_remove(arg);
+    lc_close(arg);
+}
+
+void pk_local_pool_free(struct sc_endpoint *ep)
+{
+    while (ep->idle) {
+        struct lconn *lc = ep->idle;
+        ep->idle = lc->next;
+        ep->nidle--;
+        lc_close(lc);
+    }
+}
+
+/* ---- connecting ---------------------------------------------------------------------- */
+
+static struct lconn *lc_new(struct sc_endpoint *ep)
+{
+    struct lconn *lc = pk_xcalloc(1, sizeof(*lc));
+    lc->ep = ep;
+    lc->kick_ev = event_new(ep->sc->base, -1, 0, kick_cb, lc);
+    return lc;
+}
+
+static void lx_attach(struct lx *x, struct lconn *lc)
+{
+    x->lc = lc;
+    lc->lx = x;
+    pk_h1parser_init(&lc->parser, HTTP_RESPONSE, 64 * 1024, &resp_cbs, lc);
+    bufferevent_setcb(lc->bev, lc_read, lc_write, lc_event, lc);
+    bufferevent_setwatermark(lc->bev, EV_WRITE, OUT_HWM / 2, 0);
+    bufferevent_setwatermark(lc->bev, EV_READ, 0, 256 * 1024);
+    write_request_head(x, bufferevent_get_output(lc->bev));
+    pk_pipe_set_consumer(&x->req_body, req_readable, lc);
+    pk_pipe_set_producer(&x->resp_body, resp_drained, lc);
+    bufferevent_enable(lc->bev, EV_READ | EV_WRITE);
+    pump_request(lc);
+}
+
+static void dialed(int err, struct bufferevent *bev, const char *why, void *arg)
+{
+    struct lconn *lc = arg;
+    lc->dial = NULL;
+    struct lx *x = lc->lx;
+    if (err) {
+        lc->lx = NULL;
+        lc_close(lc);
+        if (x) {
+            x->lc = NULL;
+            /* Nothing reached the service: the server may retry elsewhere (1.3). */
+            lx_fail(x, NGHTTP2_REFUSED_STREAM, why);
+        }
+        return;
+    }
+    lc->bev = bev;
+    if (!x) {
+        lc_close(lc);
+        return;
+    }
+    lx_attach(x, lc);
+}
+
+static void lx_connect(struct lx *x)
+{
+    struct sc_endpoint *ep = x->ep;
+    while (ep->idle) {
+        struct lconn *lc = ep->idle;
+        ep->idle = lc->next;
+        ep->nidle--;
+        x->pooled_conn = true;
+        lx_attach(x, lc);
+        return;
+    }
+    struct lconn *lc = lc_new(ep);
+    lc->lx = x;
+    x->lc = lc;
+    lc->dial = pk_dial_start(ep->sc->base, ep->sc->resolver, ep->host, ep->port,
+                             ep->sc->cfg->local_connect_timeout_ms, dialed, lc);
+    if (!lc->dial) {
+        x->lc = NULL;
+        lc->lx = NULL;
+        lc_close(lc);
+        lx_fail(x, NGHTTP2_REFUSED_STREAM, "cannot resolve the service address");
+    }
+}
+
+void pk_local_serve(struct sc_endpoint *ep, struct pk_h2stream *s)
+{
+    struct pk_head *h = pk_h2stream_head(s);
+    if (h->method && strcmp(h->method, "CONNECT") == 0) {
+        /* Plain CONNECT is never sent (PROTOCOL.md 1.2); raw streams come later. */
+        pk_h2stream_set_handler(s, NULL, NULL);
+        pk_h2stream_reset(s, h->protocol ? NGHTTP2_REFUSED_STREAM : NGHTTP2_PROTOCOL_ERROR);
+        return;
+    }
+    struct lx *x = pk_xcalloc(1, sizeof(*x));
+    x->ep = ep;
+    x->s = s;
+    x->is_head = h->method && strcmp(h->method, "HEAD") == 0;
+    pk_pipe_init(&x->req_body, PIPE_HWM);
+    pk_pipe_init(&x->resp_body, PIPE_HWM);
+    ep->sc->nstreams++;
+    pk_h2stream_set_handler(s, &stream_cbs, x);
+    pk_h2stream_set_sink(s, &x->req_body);
+    lx_connect(x);
+}

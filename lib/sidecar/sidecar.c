@@ -1,0 +1,583 @@
+#include "sidecar/sidecar.h"
+
+#include "base/base.h"
+#include "base/log.h"
+#include "dns/dns.h"
+#include "http1/http1.h"
+#include "net/dial.h"
+#include "net/net.h"
+#include "sidecar/sidecar_int.h"
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/listener.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define OPT(name, type, field, def, help)                                                          \
+    {                                                                                              \
+        name, type, offsetof(struct pk_sidecar_config, field), def, help, NULL                     \
+    }
+
+const struct pk_opt pk_sidecar_opts[] = {
+    OPT("connect.url", PK_OPT_STRING, connect_url, "http://localhost:8001",
+        "Server upstream URL (http:// or https://)"),
+    OPT("connect.timeout", PK_OPT_DURATION, connect_timeout_ms, "10s",
+        "Time allowed to dial the server and complete the handshake"),
+    OPT("connect.heartbeat-interval", PK_OPT_DURATION, heartbeat_interval_ms, "10s",
+        "PING interval on tunnels"),
+    OPT("connect.heartbeat-timeout", PK_OPT_DURATION, heartbeat_timeout_ms, "10s",
+        "A tunnel with no frame this long after a PING is dead"),
+    OPT("connect.max-streams", PK_OPT_INT, max_streams, "1024",
+        "Concurrent streams accepted per tunnel (SETTINGS_MAX_CONCURRENT_STREAMS)"),
+    OPT("connect.stream-window", PK_OPT_SIZE, stream_window, "1MiB",
+        "HTTP/2 stream flow-control window"),
+    OPT("connect.connection-window", PK_OPT_SIZE, connection_window, "16MiB",
+        "HTTP/2 connection flow-control window"),
+    {"endpoint", PK_OPT_STRING_LIST, offsetof(struct pk_sidecar_config, endpoints), NULL,
+     "Expose a local HTTP service as endpoint NAME (ADDR: port, host:port or http://host:port)",
+     "NAME=ADDR"},
+    OPT("local.connect-timeout", PK_OPT_DURATION, local_connect_timeout_ms, "5s",
+        "Time allowed to connect to a local service"),
+    OPT("local.max-idle", PK_OPT_INT, local_max_idle, "64",
+        "Idle keep-alive connections kept per local service"),
+    OPT("admin.bind-addr", PK_OPT_STRING, admin_bind_addr, "127.0.0.1:5000",
+        "Address for /health and /ready"),
+    OPT("log.level", PK_OPT_STRING, log_level, "info", "debug, info, warn or error"),
+    OPT("grace-period", PK_OPT_DURATION, grace_period_ms, "30s",
+        "On SIGTERM/SIGINT, time allowed for in-flight streams"),
+    OPT("dns.servers", PK_OPT_STRING, dns_servers, NULL,
+        "DNS servers (ip[:port],...) instead of /etc/resolv.conf"),
+};
+const size_t pk_sidecar_nopts = PK_ARRAY_LEN(pk_sidecar_opts);
+
+/* Parses "NAME=ADDR" where ADDR is "port", "host:port" or "http://host:port[/]". */
+static int parse_endpoint(const char *spec, char **name, char **host, uint16_t *port, char *err,
+                          size_t errlen)
+{
+    const char *eq = strchr(spec, '=');
+    *name = *host = NULL;
+    if (!eq || eq == spec) {
+        snprintf(err, errlen, "endpoint: '%s' is not NAME=ADDR", spec);
+        return PK_ERR_INVALID;
+    }
+    if (!pk_endpoint_id_valid(spec, (size_t)(eq - spec))) {
+        snprintf(err, errlen, "endpoint: invalid endpoint id '%.*s' (1-128 of [A-Za-z0-9._-])",
+                 (int)(eq - spec), spec);
+        return PK_ERR_INVALID;
+    }
+    const char *addr = eq + 1;
+    char buf[512];
+    if (strncmp(addr, "http://", 7) == 0) {
+        snprintf(buf, sizeof(buf), "%s", addr + 7);
+        size_t l = strlen(buf);
+        if (l && buf[l - 1] == '/')
+            buf[l - 1] = '\0';
+        if (!strchr(buf, ':'))
+            strncat(buf, ":80", sizeof(buf) - strlen(buf) - 1);
+    } else if (strspn(addr, "0123456789") == strlen(addr) && *addr) {
+        snprintf(buf, sizeof(buf), "127.0.0.1:%s", addr);
+    } else {
+        snprintf(buf, sizeof(buf), "%s", addr);
+    }
+    if (pk_split_hostport(buf, host, port, false) != 0 || !*host) {
+        snprintf(err, errlen, "endpoint: invalid address '%s' in '%s' (port, host:port or URL)",
+                 addr, spec);
+        free(*host);
+        *host = NULL;
+        return PK_ERR_INVALID;
+    }
+    *name = pk_xstrndup(spec, (size_t)(eq - spec));
+    return 0;
+}
+
+/* Parses the connect URL into host, port and TLS flag. */
+static int parse_url(const char *url, char **host, uint16_t *port, bool *tls, char *err,
+                     size_t errlen)
+{
+    const char *rest;
+    if (strncmp(url, "http://", 7) == 0) {
+        *tls = false;
+        rest = url + 7;
+    } else if (strncmp(url, "https://", 8) == 0) {
+        *tls = true;
+        rest = url + 8;
+    } else {
+        snprintf(err, errlen, "connect.url: '%s' must start with http:// or https://", url);
+        return PK_ERR_INVALID;
+    }
+    char buf[512];
+    snprintf(buf, sizeof(buf), "%s", rest);
+    size_t l = strcspn(buf, "/");
+    buf[l] = '\0';
+    if (!strchr(buf, ':') || buf[strlen(buf) - 1] == ']')
+        strncat(buf, *tls ? ":443" : ":80", sizeof(buf) - strlen(buf) - 1);
+    if (pk_split_hostport(buf, host, port, false) != 0 || !*host) {
+        snprintf(err, errlen, "connect.url: invalid host or port in '%s'", url);
+        free(*host);
+        *host = NULL;
+        return PK_ERR_INVALID;
+    }
+    return 0;
+}
+
+int pk_sidecar_config_check(const struct pk_sidecar_config *cfg, char *err, size_t errlen)
+{
+    enum pk_log_level lvl;
+    if (!cfg->log_level || pk_log_parse_level(cfg->log_level, &lvl) != 0) {
+        snprintf(err, errlen, "log.level: invalid level '%s' (debug, info, warn or error)",
+                 cfg->log_level ? cfg->log_level : "");
+        return PK_ERR_INVALID;
+    }
+    char *host = NULL, *name = NULL;
+    uint16_t port;
+    bool tls;
+    if (!cfg->connect_url || parse_url(cfg->connect_url, &host, &port, &tls, err, errlen) != 0)
+        return PK_ERR_INVALID;
+    free(host);
+    if (tls) {
+        snprintf(err, errlen, "connect.url: https is not supported by this build yet");
+        return PK_ERR_INVALID;
+    }
+    if (cfg->endpoints.n == 0) {
+        snprintf(err, errlen, "endpoint: at least one --endpoint NAME=ADDR is required");
+        return PK_ERR_INVALID;
+    }
+    for (size_t i = 0; i < cfg->endpoints.n; i++) {
+        if (parse_endpoint(cfg->endpoints.v[i], &name, &host, &port, err, errlen) != 0)
+            return PK_ERR_INVALID;
+        free(name);
+        free(host);
+    }
+    if (cfg->max_streams < 1 || cfg->max_streams > 100000) {
+        snprintf(err, errlen, "connect.max-streams: must be between 1 and 100000");
+        return PK_ERR_INVALID;
+    }
+    if (cfg->stream_window < 65535 || cfg->stream_window > 0x7fffffff ||
+        cfg->connection_window < 65535 || cfg->connection_window > 0x7fffffff) {
+        snprintf(err, errlen, "connect.stream-window/connection-window: 64KiB to 2GiB");
+        return PK_ERR_INVALID;
+    }
+    if (cfg->local_max_idle < 0) {
+        snprintf(err, errlen, "local.max-idle: must not be negative");
+        return PK_ERR_INVALID;
+    }
+    return 0;
+}
+
+/* ---- tunnels ------------------------------------------------------------------------ */
+
+static void dial_tunnel(struct sc_endpoint *ep);
+
+static void schedule_redial(struct sc_endpoint *ep, uint64_t delay_ms)
+{
+    if (ep->sc->draining)
+        return;
+    struct timeval tv = {(time_t)(delay_ms / 1000), (suseconds_t)((delay_ms % 1000) * 1000)};
+    event_add(ep->redial_ev, &tv);
+}
+
+/* 100 ms doubling to 15 s, with jitter (PROTOCOL.md 1.5). */
+static uint64_t next_backoff(struct sc_endpoint *ep, bool to_max)
+{
+    if (to_max || ep->backoff_ms >= 15000)
+        ep->backoff_ms = 15000;
+    else
+        ep->backoff_ms = ep->backoff_ms ? ep->backoff_ms * 2 : 100;
+    if (ep->backoff_ms > 15000)
+        ep->backoff_ms = 15000;
+    uint64_t jitter = ep->backoff_ms / 5;
+    return ep->backoff_ms - jitter + (uint64_t)(random() % (long)(2 * jitter + 1));
+}
+
+static void redial_cb(evutil_socket_t fd, short what, void *arg)
+{
+    PK_UNUSED(fd);
+    PK_UNUSED(what);
+    dial_tunnel(arg);
+}
+
+static void tunnel_unlink(struct sc_tunnel *t)
+{
+    struct sc_endpoint *ep = t->ep;
+    for (struct sc_tunnel **pp = &ep->tunnels; *pp; pp = &(*pp)->next) {
+        if (*pp == t) {
+            *pp = t->next;
+            break;
+        }
+    }
+}
+
+static size_t usable_tunnels(struct sc_endpoint *ep)
+{
+    size_t n = 0;
+    for (struct sc_tunnel *t = ep->tunnels; t; t = t->next)
+        if (t->up && !pk_h2conn_is_draining(t->h2))
+            n++;
+    return n;
+}
+
+static void t_on_stream(struct pk_h2conn *c, struct pk_h2stream *s, void *ud)
+{
+    struct sc_tunnel *t = ud;
+    PK_UNUSED(c);
+    pk_local_serve(t->ep, s);
+}
+
+static void t_on_ready(struct pk_h2conn *c, void *ud)
+{
+    struct sc_tunnel *t = ud;
+    PK_UNUSED(c);
+    t->up = true;
+    t->up_since_ms = pk_now_ms();
+    t->ep->ntunnels_up++;
+    PK_INFO("tunnel", "tunnel up endpoint=%s server=%s", t->ep->name, t->ep->sc->cfg->connect_url);
+}
+
+static void t_on_goaway(struct pk_h2conn *c, uint32_t code, void *ud)
+{
+    struct sc_tunnel *t = ud;
+    PK_UNUSED(c);
+    struct sc_endpoint *ep = t->ep;
+    PK_INFO("tunnel", "server sent GOAWAY endpoint=%s code=%u: dialling a replacement", ep->name,
+            code);
+    if (!t->replaced && !ep->sc->draining) {
+        /* Make-before-break: the old tunnel finishes its streams meanwhile. */
+        t->replaced = true;
+        schedule_redial(ep, (uint64_t)(random() % 1000));
+    }
+}
+
+static void t_on_close(struct pk_h2conn *c, const char *why, void *ud)
+{
+    struct sc_tunnel *t = ud;
+    PK_UNUSED(c);
+    struct sc_endpoint *ep = t->ep;
+    struct pk_sidecar *sc = ep->sc;
+    bool was_up = t->up;
+    uint64_t lived = was_up ? pk_now_ms() - t->up_since_ms : 0;
+    if (was_up)
+        ep->ntunnels_up--;
+    tunnel_unlink(t);
+    PK_INFO("tunnel", "tunnel closed endpoint=%s lived_ms=%llu: %s", ep->name,
+            (unsigned long long)lived, why);
+    bool replaced = t->replaced;
+    free(t);
+    sc->ntunnels--;
+    if (!sc->draining && !replaced && usable_tunnels(ep) == 0 && !ep->dialing) {
+        if (lived > 5000)
+            ep->backoff_ms = 0;
+        schedule_redial(ep, next_backoff(ep, false));
+    }
+    pk_sidecar_check_done(sc);
+}
+
+static const struct pk_h2conn_cbs tunnel_cbs = {
+    .on_stream = t_on_stream,
+    .on_ready = t_on_ready,
+    .on_goaway = t_on_goaway,
+    .on_close = t_on_close,
+};
+
+/* The handshake in flight for one endpoint. */
+struct hs {
+    struct sc_endpoint *ep;
+    struct bufferevent *bev;
+    struct pk_h1parser parser;
+    struct evbuffer *body; /* error body, for the log */
+};
+
+static void hs_body(struct pk_h1parser *p, const char *data, size_t len, void *ud)
+{
+    struct hs *h = ud;
+    PK_UNUSED(p);
+    if (evbuffer_get_length(h->body) < 512)
+        evbuffer_add(h->body, data, len);
+}
+
+static const struct pk_h1parser_cbs hs_cbs = {.on_body = hs_body};
+
+static void hs_done(struct hs *h, bool ok, bool to_max, const char *why)
+{
+    struct sc_endpoint *ep = h->ep;
+    ep->dialing = false;
+    pk_h1parser_free(&h->parser);
+    evbuffer_free(h->body);
+    if (!ok) {
+        if (h->bev)
+            bufferevent_free(h->bev);
+        uint64_t delay = next_backoff(ep, to_max);
+        if (to_max)
+            PK_ERROR("tunnel", "endpoint=%s handshake refused: %s (retry in %llums)", ep->name, why,
+                     (unsigned long long)delay);
+        else
+            PK_WARN("tunnel", "endpoint=%s cannot connect to %s: %s (retry in %llums)", ep->name,
+                    ep->sc->cfg->connect_url, why, (unsigned long long)delay);
+        schedule_redial(ep, delay);
+    }
+    free(h);
+}
+
+static void hs_read(struct bufferevent *bev, void *arg)
+{
+    struct hs *h = arg;
+    struct sc_endpoint *ep = h->ep;
+    struct pk_sidecar *sc = ep->sc;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    size_t len = evbuffer_get_length(in);
+    const char *data = (const char *)evbuffer_pullup(in, (ssize_t)len);
+    ssize_t n = pk_h1parser_feed(&h->parser, data, len);
+    if (n < 0) {
+        hs_done(h, false, false, "malformed handshake response");
+        return;
+    }
+    evbuffer_drain(in, (size_t)n);
+    if (!h->parser.message_done)
+        return;
+    int status = h->parser.head.status;
+    if (status != 101) {
+        char why[768];
+        size_t bl = evbuffer_get_length(h->body);
+        snprintf(why, sizeof(why), "status %d %.*s", status, (int)PK_MIN(bl, (size_t)512),
+                 (const char *)evbuffer_pullup(h->body, -1));
+        for (char *c = why; *c; c++)
+            if (*c == '\n' || *c == '\r')
+                *c = ' ';
+        hs_done(h, false, status == 401 || status == 403, why);
+        return;
+    }
+    /* HTTP/2 starts right after the 101's empty line: leftover input is HTTP/2. */
+    h->bev = NULL;
+    hs_done(h, true, false, NULL);
+    bufferevent_set_timeouts(bev, NULL, NULL);
+    struct sc_tunnel *t = pk_xcalloc(1, sizeof(*t));
+    t->ep = ep;
+    char name[256];
+    snprintf(name, sizeof(name), "tunnel/%s", ep->name);
+    t->next = ep->tunnels;
+    ep->tunnels = t;
+    sc->ntunnels++;
+    t->h2 = pk_h2conn_new(sc->base, bev, true, &sc->tunnel_settings, &tunnel_cbs, t, name);
+    if (!t->h2) {
+        tunnel_unlink(t);
+        free(t);
+        sc->ntunnels--;
+        schedule_redial(ep, next_backoff(ep, false));
+    }
+}
+
+static void hs_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct hs *h = arg;
+    PK_UNUSED(bev);
+    hs_done(h, false, false,
+            (what & BEV_EVENT_TIMEOUT) ? "handshake timeout"
+                                       : "connection closed during handshake");
+}
+
+static void dialed(int err, struct bufferevent *bev, const char *why, void *arg)
+{
+    struct hs *h = arg;
+    if (err) {
+        hs_done(h, false, false, why);
+        return;
+    }
+    struct sc_endpoint *ep = h->ep;
+    struct pk_sidecar *sc = ep->sc;
+    h->bev = bev;
+    evbuffer_add_printf(bufferevent_get_output(bev),
+                        "GET /piko/v1/upstream/%s HTTP/1.1\r\nHost: %s\r\n"
+                        "Connection: Upgrade\r\nUpgrade: piko-reverse-h2\r\n"
+                        "Piko-Sidecar-Id: %s\r\n\r\n",
+                        ep->name, sc->server_authority, sc->sidecar_id);
+    struct timeval tv = {(time_t)(sc->cfg->connect_timeout_ms / 1000),
+                         (suseconds_t)((sc->cfg->connect_timeout_ms % 1000) * 1000)};
+    bufferevent_set_timeouts(bev, &tv, NULL);
+    bufferevent_setcb(bev, hs_read, NULL, hs_event, h);
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+}
+
+static void dial_tunnel(struct sc_endpoint *ep)
+{
+    struct pk_sidecar *sc = ep->sc;
+    if (sc->draining || ep->dialing)
+        return;
+    ep->dialing = true;
+    struct hs *h = pk_xcalloc(1, sizeof(*h));
+    h->ep = ep;
+    h->body = evbuffer_new();
+    pk_h1parser_init(&h->parser, HTTP_RESPONSE, 64 * 1024, &hs_cbs, h);
+    PK_DEBUG("tunnel", "endpoint=%s dialling %s", ep->name, sc->cfg->connect_url);
+    if (!pk_dial_start(sc->base, sc->resolver, sc->server_host, sc->server_port,
+                       sc->cfg->connect_timeout_ms, dialed, h))
+        hs_done(h, false, false, "cannot resolve the server host");
+}
+
+/* ---- admin ------------------------------------------------------------------------- */
+
+static void reply(struct evhttp_request *req, int code, const char *body)
+{
+    struct evbuffer *b = evbuffer_new();
+    evbuffer_add_printf(b, "%s\n", body);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "content-type", "application/json");
+    evhttp_send_reply(req, code, code == 200 ? "OK" : code == 404 ? "Not Found" : "Unavailable", b);
+    evbuffer_free(b);
+}
+
+static void admin_health(struct evhttp_request *req, void *arg)
+{
+    PK_UNUSED(arg);
+    reply(req, 200, "{\"status\":\"ok\"}");
+}
+
+static void admin_ready(struct evhttp_request *req, void *arg)
+{
+    struct pk_sidecar *sc = arg;
+    bool ready = !sc->draining;
+    for (struct sc_endpoint *ep = sc->eps; ep && ready; ep = ep->next)
+        ready = usable_tunnels(ep) > 0;
+    reply(req, ready ? 200 : 503,
+          ready ? "{\"status\":\"ready\"}"
+                : (sc->draining ? "{\"status\":\"draining\"}" : "{\"status\":\"connecting\"}"));
+}
+
+static void admin_other(struct evhttp_request *req, void *arg)
+{
+    PK_UNUSED(arg);
+    reply(req, 404, "{\"error\":\"not found\"}");
+}
+
+/* ---- lifecycle ---------------------------------------------------------------------- */
+
+void pk_sidecar_check_done(struct pk_sidecar *sc)
+{
+    if (sc->draining && sc->ntunnels == 0)
+        event_active(sc->check_ev, EV_TIMEOUT, 0);
+}
+
+static void check_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct pk_sidecar *sc = arg;
+    PK_UNUSED(fd);
+    PK_UNUSED(what);
+    if (sc->draining && sc->ntunnels == 0) {
+        PK_INFO("sidecar", "every tunnel closed: exiting");
+        event_base_loopexit(sc->base, NULL);
+    }
+}
+
+static void grace_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct pk_sidecar *sc = arg;
+    PK_UNUSED(fd);
+    PK_UNUSED(what);
+    PK_WARN("sidecar", "grace period over with %zu streams in flight: exiting", sc->nstreams);
+    event_base_loopexit(sc->base, NULL);
+}
+
+void pk_sidecar_shutdown(struct pk_sidecar *sc)
+{
+    if (sc->draining)
+        return;
+    sc->draining = true;
+    PK_INFO("sidecar", "shutting down: %zu streams in flight", sc->nstreams);
+    for (struct sc_endpoint *ep = sc->eps; ep; ep = ep->next) {
+        event_del(ep->redial_ev);
+        for (struct sc_tunnel *t = ep->tunnels; t; t = t->next)
+            pk_h2conn_drain_two_step(t->h2);
+        pk_local_pool_free(ep);
+    }
+    struct timeval tv = {(time_t)(sc->cfg->grace_period_ms / 1000),
+                         (suseconds_t)((sc->cfg->grace_period_ms % 1000) * 1000)};
+    event_add(sc->grace_ev, &tv);
+    pk_sidecar_check_done(sc);
+}
+
+struct pk_sidecar *pk_sidecar_new(struct event_base *base, const struct pk_sidecar_config *cfg,
+                                  char *err, size_t errlen)
+{
+    struct pk_sidecar *sc = pk_xcalloc(1, sizeof(*sc));
+    sc->base = base;
+    sc->cfg = cfg;
+    sc->grace_ev = event_new(base, -1, 0, grace_cb, sc);
+    sc->check_ev = event_new(base, -1, 0, check_cb, sc);
+    char host[64];
+    gethostname(host, sizeof(host));
+    host[sizeof(host) - 1] = '\0';
+    snprintf(sc->sidecar_id, sizeof(sc->sidecar_id), "%.40s-%d", host, (int)getpid());
+    srandom((unsigned)(pk_now_ms() ^ (uint64_t)getpid()));
+
+    parse_url(cfg->connect_url, &sc->server_host, &sc->server_port, &sc->tls, err, errlen);
+    sc->server_authority = strchr(sc->server_host, ':')
+                               ? pk_xasprintf("[%s]:%u", sc->server_host, sc->server_port)
+                               : pk_xasprintf("%s:%u", sc->server_host, sc->server_port);
+
+    pk_h2_settings_default(&sc->tunnel_settings);
+    sc->tunnel_settings.max_concurrent_streams = (uint32_t)cfg->max_streams;
+    sc->tunnel_settings.enable_connect_protocol = true;
+    sc->tunnel_settings.stream_window = (uint32_t)cfg->stream_window;
+    sc->tunnel_settings.conn_window = (uint32_t)cfg->connection_window;
+    sc->tunnel_settings.ping_interval_ms = cfg->heartbeat_interval_ms;
+    sc->tunnel_settings.ping_timeout_ms = cfg->heartbeat_timeout_ms;
+    sc->tunnel_settings.settings_timeout_ms = cfg->heartbeat_timeout_ms;
+
+    sc->resolver = pk_resolver_new(base, cfg->dns_servers, err, errlen);
+    if (!sc->resolver)
+        goto fail;
+
+    struct evconnlistener *l = pk_listen(base, cfg->admin_bind_addr, NULL, NULL, err, errlen);
+    if (!l)
+        goto fail;
+    sc->admin = evhttp_new(base);
+    evhttp_bind_listener(sc->admin, l);
+    evconnlistener_enable(l);
+    evhttp_set_cb(sc->admin, "/health", admin_health, sc);
+    evhttp_set_cb(sc->admin, "/ready", admin_ready, sc);
+    evhttp_set_gencb(sc->admin, admin_other, sc);
+    char addr[128];
+    pk_listener_addr(l, addr, sizeof(addr));
+    PK_INFO("sidecar", "admin listening addr=%s", addr);
+
+    struct sc_endpoint **tail = &sc->eps;
+    for (size_t i = 0; i < cfg->endpoints.n; i++) {
+        struct sc_endpoint *ep = pk_xcalloc(1, sizeof(*ep));
+        ep->sc = sc;
+        parse_endpoint(cfg->endpoints.v[i], &ep->name, &ep->host, &ep->port, err, errlen);
+        ep->redial_ev = event_new(base, -1, 0, redial_cb, ep);
+        *tail = ep;
+        tail = &ep->next;
+        PK_INFO("sidecar", "endpoint=%s service=%s:%u", ep->name, ep->host, ep->port);
+        dial_tunnel(ep);
+    }
+    return sc;
+fail:
+    pk_sidecar_del(sc);
+    return NULL;
+}
+
+void pk_sidecar_del(struct pk_sidecar *sc)
+{
+    if (!sc)
+        return;
+    while (sc->eps) {
+        struct sc_endpoint *ep = sc->eps;
+        sc->eps = ep->next;
+        pk_local_pool_free(ep);
+        event_free(ep->redial_ev);
+        free(ep->name);
+        free(ep->host);
+        free(ep);
+    }
+    if (sc->admin)
+        evhttp_free(sc->admin);
+    pk_resolver_del(sc->resolver);
+    event_free(sc->grace_ev);
+    event_free(sc->check_ev);
+    free(sc->server_host);
+    free(sc->server_authority);
+    free(sc);
+}

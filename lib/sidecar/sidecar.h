@@ -1,0 +1,44 @@
+/* sidecar: piko-sidecar — keeps tunnels to the server for each endpoint and hands their
+ * streams to the local services. */
+#ifndef PK_SIDECAR_H
+#define PK_SIDECAR_H
+
+#include "config/config.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+struct pk_sidecar;
+
+struct pk_sidecar_config {
+    char *connect_url;
+    uint64_t connect_timeout_ms;
+    uint64_t heartbeat_interval_ms;
+    uint64_t heartbeat_timeout_ms;
+    long long max_streams;
+    uint64_t stream_window;
+    uint64_t connection_window;
+    struct pk_strlist endpoints;
+    uint64_t local_connect_timeout_ms;
+    long long local_max_idle;
+    char *admin_bind_addr;
+    char *log_level;
+    uint64_t grace_period_ms;
+    char *dns_servers;
+};
+
+extern const struct pk_opt pk_sidecar_opts[];
+extern const size_t pk_sidecar_nopts;
+
+int pk_sidecar_config_check(const struct pk_sidecar_config *cfg, char *err, size_t errlen);
+
+struct pk_sidecar *pk_sidecar_new(struct event_base *base, const struct pk_sidecar_config *cfg,
+                                  char *err, size_t errlen);
+/* Graceful stop: two-step GOAWAY on every tunnel, no more dials; the loop exits once every
+ * tunnel closed or the grace period ended. Idempotent. */
+void pk_sidecar_shutdown(struct pk_sidecar *sc);
+void pk_sidecar_del(struct pk_sidecar *sc);
+
+#endif

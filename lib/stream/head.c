@@ -1,0 +1,139 @@
+#include "stream/head.h"
+
+#include "base/base.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void pk_hdrs_init(struct pk_hdrs *h)
+{
+    memset(h, 0, sizeof(*h));
+}
+
+void pk_hdrs_free(struct pk_hdrs *h)
+{
+    for (size_t i = 0; i < h->n; i++) {
+        free(h->v[i].name);
+        free(h->v[i].value);
+    }
+    free(h->v);
+    memset(h, 0, sizeof(*h));
+}
+
+void pk_hdrs_add(struct pk_hdrs *h, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    if (h->n == h->cap) {
+        h->cap = h->cap ? h->cap * 2 : 16;
+        h->v = pk_xrealloc(h->v, h->cap * sizeof(*h->v));
+    }
+    struct pk_hdr *f = &h->v[h->n++];
+    f->name = pk_xstrndup(name, nlen);
+    for (size_t i = 0; i < nlen; i++) {
+        if (f->name[i] >= 'A' && f->name[i] <= 'Z')
+            f->name[i] = (char)(f->name[i] + 32);
+    }
+    f->value = pk_xstrndup(value, vlen);
+    f->nlen = nlen;
+    f->vlen = vlen;
+    h->bytes += nlen + vlen;
+}
+
+void pk_hdrs_add_str(struct pk_hdrs *h, const char *name, const char *value)
+{
+    pk_hdrs_add(h, name, strlen(name), value, strlen(value));
+}
+
+const char *pk_hdrs_get(const struct pk_hdrs *h, const char *name)
+{
+    for (size_t i = 0; i < h->n; i++) {
+        if (strcmp(h->v[i].name, name) == 0)
+            return h->v[i].value;
+    }
+    return NULL;
+}
+
+size_t pk_hdrs_del(struct pk_hdrs *h, const char *name)
+{
+    size_t out = 0, removed = 0;
+    for (size_t i = 0; i < h->n; i++) {
+        if (strcmp(h->v[i].name, name) == 0) {
+            h->bytes -= h->v[i].nlen + h->v[i].vlen;
+            free(h->v[i].name);
+            free(h->v[i].value);
+            removed++;
+            continue;
+        }
+        h->v[out++] = h->v[i];
+    }
+    h->n = out;
+    return removed;
+}
+
+void pk_hdrs_set(struct pk_hdrs *h, const char *name, const char *value)
+{
+    pk_hdrs_del(h, name);
+    pk_hdrs_add_str(h, name, value);
+}
+
+static bool list_has_token(const char *v, const char *token)
+{
+    size_t tlen = strlen(token);
+    while (*v) {
+        while (*v == ' ' || *v == '\t' || *v == ',')
+            v++;
+        const char *start = v;
+        while (*v && *v != ',')
+            v++;
+        const char *end = v;
+        while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
+            end--;
+        if ((size_t)(end - start) == tlen && pk_memcaseeq(start, tlen, token))
+            return true;
+    }
+    return false;
+}
+
+bool pk_hdrs_has_token(const struct pk_hdrs *h, const char *name, const char *token)
+{
+    for (size_t i = 0; i < h->n; i++) {
+        if (strcmp(h->v[i].name, name) == 0 && list_has_token(h->v[i].value, token))
+            return true;
+    }
+    return false;
+}
+
+void pk_hdrs_move(struct pk_hdrs *dst, struct pk_hdrs *src)
+{
+    for (size_t i = 0; i < src->n; i++) {
+        if (dst->n == dst->cap) {
+            dst->cap = dst->cap ? dst->cap * 2 : 16;
+            dst->v = pk_xrealloc(dst->v, dst->cap * sizeof(*dst->v));
+        }
+        dst->v[dst->n++] = src->v[i];
+        dst->bytes += src->v[i].nlen + src->v[i].vlen;
+    }
+    free(src->v);
+    memset(src, 0, sizeof(*src));
+}
+
+void pk_head_init(struct pk_head *h)
+{
+    memset(h, 0, sizeof(*h));
+}
+
+void pk_head_free(struct pk_head *h)
+{
+    free(h->method);
+    free(h->scheme);
+    free(h->authority);
+    free(h->path);
+    free(h->protocol);
+    pk_hdrs_free(&h->hdrs);
+    memset(h, 0, sizeof(*h));
+}
+
+void pk_head_set(char **member, const char *s, size_t len)
+{
+    free(*member);
+    *member = s ? pk_xstrndup(s, len) : NULL;
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Piko needs to build, test, benchmark and demo.
+# Idempotent: only missing packages are installed. Uses sudo when not root.
+set -euo pipefail
+
+BUILD_PKGS=(build-essential cmake ninja-build pkg-config
+    libnghttp2-dev libevent-dev libssl-dev libc-ares-dev libcurl4-openssl-dev
+    libjson-c-dev libcunit1-dev libhttp-parser-dev libyaml-dev libcjose-dev libjansson-dev)
+TEST_PKGS=(clang clang-format libclang-rt-14-dev curl nghttp2-client python3 python3-pytest procps)
+BENCH_PKGS=(wrk nginx-light)
+
+case "${1:-test}" in
+    build) want=("${BUILD_PKGS[@]}") ;;
+    test | demo) want=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}") ;;
+    bench) want=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}" "${BENCH_PKGS[@]}") ;;
+    *) echo "usage: $0 [build|test|demo|bench]" >&2; exit 2 ;;
+esac
+
+missing=()
+for p in "${want[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
