@@ -430,8 +430,10 @@ static uint16_t dnsmasq_start(void)
     if (!dm_port) {
         fprintf(stderr, "\nFAIL: dnsmasq (%s) did not start\n", bin);
         dump_log();
-        return 0;
     }
+    unlink(dm_log); /* only read when the start fails; dnsmasq keeps its descriptor */
+    if (!dm_port)
+        return 0;
     snprintf(dm_servers, sizeof(dm_servers), "127.0.0.1:%u", (unsigned)dm_port);
     return dm_port;
 }
@@ -443,11 +445,8 @@ static void dnsmasq_stop(void)
         kill(dm_pid, SIGTERM);
         waitpid(dm_pid, &status, 0);
     }
-    if (dm_log[0])
-        unlink(dm_log);
     dm_pid = 0;
     dm_port = 0;
-    dm_log[0] = '\0';
 }
 
 /* A resolver on dnsmasq, or NULL after recording a failure. */

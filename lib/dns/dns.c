@@ -268,7 +268,7 @@ static void add_addrs(struct pk_resolve_req *req, const struct ares_addrinfo *re
 
     for (const struct ares_addrinfo_node *n = res->nodes; n; n = n->ai_next) {
         if (n->ai_family != family || !n->ai_addr || out->n == PK_RESOLVE_MAX_ADDRS)
-            continue;
+            continue; /* the array holds min(nodes, PK_RESOLVE_MAX_ADDRS) entries */
         size_t need = family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
         if ((size_t)n->ai_addrlen < need)
             continue;
@@ -295,7 +295,11 @@ static void addrinfo_cb(void *arg, int status, int timeouts, struct ares_addrinf
 
     if (answer_wanted(req, status)) {
         if (status == ARES_SUCCESS && res) {
-            req->addrs.v = pk_xcalloc(PK_RESOLVE_MAX_ADDRS, sizeof(*req->addrs.v));
+            size_t n = 0;
+            for (const struct ares_addrinfo_node *p = res->nodes; p; p = p->ai_next)
+                n++;
+            req->addrs.v =
+                pk_xcalloc(PK_MIN(n, (size_t)PK_RESOLVE_MAX_ADDRS), sizeof(*req->addrs.v));
             add_addrs(req, res, AF_INET);
             add_addrs(req, res, AF_INET6);
         }
@@ -319,7 +323,10 @@ static void srv_cb(void *arg, int status, int timeouts, unsigned char *abuf, int
         status = ares_parse_srv_reply(abuf, alen, &reply);
     if (status == ARES_SUCCESS) {
         struct pk_srvs *out = &req->srvs;
-        out->v = pk_xcalloc(PK_RESOLVE_MAX_SRV, sizeof(*out->v));
+        size_t n = 0;
+        for (struct ares_srv_reply *s = reply; s; s = s->next)
+            n++;
+        out->v = pk_xcalloc(PK_MIN(n, (size_t)PK_RESOLVE_MAX_SRV), sizeof(*out->v));
         for (struct ares_srv_reply *s = reply; s && out->n < PK_RESOLVE_MAX_SRV; s = s->next) {
             size_t len = s->host ? strlen(s->host) : 0;
             while (len && s->host[len - 1] == '.')

@@ -1,7 +1,9 @@
 /* dns: asynchronous name and SRV lookups with c-ares, driven by a libevent loop.
  *
  * A pk_resolver is one c-ares channel whose sockets and timer are events on one
- * event_base. Every function here must be called from the thread running that loop.
+ * event_base. Every function here must be called from the thread running that loop, and
+ * resolvers are created and deleted by one thread at a time (c-ares 1.18 counts its
+ * library initialisation without a lock).
  *
  * Callbacks are always delivered from the loop (a deferred event), never from inside
  * pk_resolve / pk_resolve_srv and never from inside c-ares. A callback may therefore call
@@ -96,9 +98,9 @@ struct pk_resolve_req *pk_resolve(struct pk_resolver *r, const char *host, uint1
 /* Same error codes as pk_resolve_cb; srvs is NULL on error and n >= 1 on success. */
 typedef void (*pk_srv_cb)(int err, const struct pk_srvs *srvs, void *arg);
 
-/* Looks up the SRV records of name (e.g. "_cluster._tcp.piko.ns.svc.cluster.local").
- * c-ares 1.18 gives no TTL: callers re-resolve on an interval. Returns NULL when name is
- * NULL or empty. */
+/* Looks up the SRV records of name (e.g. "_cluster._tcp.piko.ns.svc.cluster.local"),
+ * queried as given: no search domains are appended. c-ares 1.18 gives no TTL: callers
+ * re-resolve on an interval. Returns NULL when name is NULL or empty or cb is NULL. */
 struct pk_resolve_req *pk_resolve_srv(struct pk_resolver *r, const char *name, pk_srv_cb cb,
                                       void *arg);
 
@@ -106,8 +108,9 @@ struct pk_resolve_req *pk_resolve_srv(struct pk_resolver *r, const char *name, p
  * NULL is a no-op. Must not be called on a request whose callback has started. */
 void pk_resolve_cancel(struct pk_resolve_req *req);
 
-/* c-ares' description of the status behind the most recent failed callback of r (or
- * "success"). A static string; meant for logging inside the callback. */
+/* c-ares' description of the status behind the callback of r being delivered (or the
+ * last one delivered), e.g. "Domain name not found". A static string; meant for logging
+ * inside a failed callback, where the PK_ERR_ code alone says less. */
 const char *pk_resolve_errstr(const struct pk_resolver *r);
 
 /* Sorts srvs in place: priority ascending, then RFC 2782 weighted order inside each

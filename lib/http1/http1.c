@@ -77,11 +77,25 @@ static int on_status(http_parser *hp, const char *at, size_t n)
     return count(P(hp), n);
 }
 
+/* RFC 9110 5.6.2 token characters. */
+static bool is_tchar(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
 static int on_header_field(http_parser *hp, const char *at, size_t n)
 {
     struct pk_h1parser *p = P(hp);
     if (count(p, n + 4))
         return 1;
+    for (size_t i = 0; i < n; i++) {
+        if (!is_tchar((unsigned char)at[i])) {
+            p->error = PK_H1_MALFORMED;
+            p->error_detail = "invalid character in a field name";
+            return 1;
+        }
+    }
     if (p->in_value)
         flush_field(p);
     append(&p->field, &p->field_len, at, n);
@@ -210,12 +224,47 @@ void pk_h1parser_free(struct pk_h1parser *p)
     p->url = p->field = p->value = NULL;
 }
 
+/* http-parser (non-strict build) accepts any letters where "HTTP" belongs; the version
+ * token of a request line is checked here: the line must end in " HTTP/1.0" or
+ * " HTTP/1.1". Empty lines before a request are skipped (RFC 9112 2.2). */
+static int check_request_line(struct pk_h1parser *p, const char *data, size_t len)
+{
+    for (size_t i = 0; i < len && !p->line_checked; i++) {
+        char c = data[i];
+        if (c == '\n') {
+            size_t l = p->line_len;
+            if (l && p->line[l - 1] == '\r')
+                l--;
+            if (l == 0) {
+                p->line_len = 0;
+                continue;
+            }
+            p->line_checked = true;
+            if (l < 10 || memcmp(p->line + l - 9, " HTTP/1.", 8) != 0 ||
+                (p->line[l - 1] != '0' && p->line[l - 1] != '1')) {
+                p->error = PK_H1_MALFORMED;
+                p->error_detail = "bad request line";
+                return -1;
+            }
+        } else if (p->line_len < sizeof(p->line)) {
+            p->line[p->line_len++] = c;
+        } else {
+            /* Longer than we keep: check the tail only. */
+            memmove(p->line, p->line + 1, sizeof(p->line) - 1);
+            p->line[sizeof(p->line) - 1] = c;
+        }
+    }
+    return 0;
+}
+
 ssize_t pk_h1parser_feed(struct pk_h1parser *p, const char *data, size_t len)
 {
     if (p->error)
         return -1;
     if (p->message_done || (p->upgrade && p->head_done))
         return 0;
+    if (!p->line_checked && p->hp.type == HTTP_REQUEST && check_request_line(p, data, len) != 0)
+        return -1;
     size_t n = http_parser_execute(&p->hp, &settings, data, len);
     enum http_errno e = HTTP_PARSER_ERRNO(&p->hp);
     if (e != HPE_OK && e != HPE_PAUSED) {
@@ -253,6 +302,8 @@ int pk_h1parser_eof(struct pk_h1parser *p)
 
 void pk_h1parser_next(struct pk_h1parser *p)
 {
+    p->line_checked = false;
+    p->line_len = 0;
     p->message_done = false;
     p->head_done = false;
     http_parser_pause(&p->hp, 0);

@@ -58,6 +58,9 @@ struct pk_h1parser {
     bool has_length; /* content-length was given */
     uint64_t content_length;
     int http_minor;
+    char line[16]; /* tail of the request line, for the version check */
+    size_t line_len;
+    bool line_checked;
     enum pk_h1_error error;
     const char *error_detail;
 };

@@ -111,6 +111,19 @@ void pk_tune_socket(int fd)
     setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
 }
 
+struct pk_linger {
+    void (*done)(void *arg);
+    void *arg;
+};
+
+static void linger_end(struct bufferevent *bev, struct pk_linger *lg)
+{
+    bufferevent_free(bev);
+    if (lg->done)
+        lg->done(lg->arg);
+    free(lg);
+}
+
 static void linger_read(struct bufferevent *bev, void *arg)
 {
     PK_UNUSED(arg);
@@ -121,35 +134,36 @@ static void linger_read(struct bufferevent *bev, void *arg)
 static void linger_event(struct bufferevent *bev, short what, void *arg)
 {
     PK_UNUSED(what);
-    PK_UNUSED(arg);
-    bufferevent_free(bev);
+    linger_end(bev, arg);
 }
 
 static void linger_flushed(struct bufferevent *bev, void *arg)
 {
-    PK_UNUSED(arg);
     if (evbuffer_get_length(bufferevent_get_output(bev)) > 0)
         return;
     evutil_socket_t fd = bufferevent_getfd(bev);
     if (fd >= 0)
         shutdown(fd, SHUT_WR);
     struct timeval tv = {2, 0};
-    bufferevent_setcb(bev, linger_read, NULL, linger_event, NULL);
+    bufferevent_setcb(bev, linger_read, NULL, linger_event, arg);
     bufferevent_set_timeouts(bev, &tv, NULL);
     bufferevent_enable(bev, EV_READ);
 }
 
-void pk_bev_linger_close(struct bufferevent *bev)
+void pk_bev_linger_close(struct bufferevent *bev, void (*done)(void *arg), void *arg)
 {
     struct timeval tv = {10, 0};
+    struct pk_linger *lg = pk_xcalloc(1, sizeof(*lg));
+    lg->done = done;
+    lg->arg = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
     evbuffer_drain(in, evbuffer_get_length(in));
     bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
     bufferevent_setwatermark(bev, EV_READ, 0, 0);
-    bufferevent_setcb(bev, linger_read, linger_flushed, linger_event, NULL);
+    bufferevent_setcb(bev, linger_read, linger_flushed, linger_event, lg);
     /* A peer that never reads gets 10 s to take the response. */
     bufferevent_set_timeouts(bev, &tv, &tv);
     bufferevent_enable(bev, EV_READ | EV_WRITE);
     if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-        linger_flushed(bev, NULL);
+        linger_flushed(bev, lg);
 }

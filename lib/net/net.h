@@ -27,7 +27,8 @@ void pk_sockaddr_ip(const struct sockaddr *sa, char *ip, size_t iplen, uint16_t 
 
 /* Closes a bufferevent after its output is flushed: then the write side is shut down and
  * input is read and discarded until EOF or 2 seconds (a lingering close, so a response
- * is not destroyed by a reset when the peer still sends). Takes ownership of bev. */
-void pk_bev_linger_close(struct bufferevent *bev);
+ * is not destroyed by a reset when the peer still sends). Takes ownership of bev; done
+ * (may be NULL) is called once the connection is gone. */
+void pk_bev_linger_close(struct bufferevent *bev, void (*done)(void *arg), void *arg);
 
 #endif

@@ -246,20 +246,21 @@ static void ex_dispatch(struct exchange *ex)
     struct tunnel *t =
         pk_upstream_pick(ex->srv, ex->endpoint, &exists, ex->retried ? ex->last_tunnel : NULL);
     if (!t) {
-        if (exists || (ex->retried && ex->last_tunnel)) {
-            if (!exists) {
-                ex_fail(ex, 502, "upstream unreachable");
-                return;
-            }
-            /* Every tunnel is at its stream limit: wait for a slot (PROTOCOL.md 1.5). */
-            if (!ex->waiting) {
-                ex->waiting = true;
-                ex->wnext = ex->srv->waiting;
-                ex->srv->waiting = ex;
-            }
+        if (!exists) {
+            ex_fail(ex, 502, ex->retried ? "upstream unreachable" : "no available upstreams");
             return;
         }
-        ex_fail(ex, 502, "no available upstreams");
+        if (ex->retried) {
+            /* The one retry has no other tunnel to go to. */
+            ex_fail(ex, 502, "upstream unreachable");
+            return;
+        }
+        /* Every tunnel is at its stream limit: wait for a slot (PROTOCOL.md 1.5). */
+        if (!ex->waiting) {
+            ex->waiting = true;
+            ex->wnext = ex->srv->waiting;
+            ex->srv->waiting = ex;
+        }
         return;
     }
     ex->last_tunnel = t;
@@ -513,6 +514,13 @@ static void h1_detach(struct h1conn *hc)
     ex_maybe_free(ex);
 }
 
+static void lingered(void *arg)
+{
+    struct pk_server *srv = arg;
+    srv->nlinger--;
+    pk_server_check_drained(srv);
+}
+
 static void h1_destroy(struct h1conn *hc)
 {
     struct pk_server *srv = hc->srv;
@@ -523,10 +531,12 @@ static void h1_destroy(struct h1conn *hc)
         srv->h1conns = hc->next;
     if (hc->next)
         hc->next->prev = hc->prev;
-    if (hc->abort)
+    if (hc->abort) {
         bufferevent_free(hc->bev);
-    else
-        pk_bev_linger_close(hc->bev);
+    } else {
+        srv->nlinger++;
+        pk_bev_linger_close(hc->bev, lingered, srv);
+    }
     event_free(hc->kick_ev);
     pk_h1parser_free(&hc->parser);
     free(hc);

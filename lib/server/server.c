@@ -3,6 +3,7 @@
 #include "base/base.h"
 #include "base/log.h"
 #include "config/config.h"
+#include "dns/dns.h"
 #include "h2/h2.h"
 #include "net/net.h"
 #include "server/server_int.h"
@@ -58,6 +59,19 @@ int pk_server_config_check(const struct pk_server_config *cfg, char *err, size_t
         snprintf(err, errlen, "log.level: invalid level '%s' (debug, info, warn or error)",
                  cfg->log_level ? cfg->log_level : "");
         return PK_ERR_INVALID;
+    }
+    const char *addrs[][2] = {{"proxy.bind-addr", cfg->proxy_bind_addr},
+                              {"upstream.bind-addr", cfg->upstream_bind_addr},
+                              {"admin.bind-addr", cfg->admin_bind_addr}};
+    for (size_t i = 0; i < PK_ARRAY_LEN(addrs); i++) {
+        char *host = NULL;
+        uint16_t port;
+        if (!addrs[i][1] || pk_split_hostport(addrs[i][1], &host, &port, true) != 0) {
+            snprintf(err, errlen, "%s: invalid address '%s' (want host:port or :port)", addrs[i][0],
+                     addrs[i][1] ? addrs[i][1] : "");
+            return PK_ERR_INVALID;
+        }
+        free(host);
     }
     if (cfg->proxy_timeout_ms == 0) {
         snprintf(err, errlen, "proxy.timeout: must be greater than 0");
@@ -162,7 +176,7 @@ static void check_cb(evutil_socket_t fd, short what, void *arg)
     struct pk_server *srv = arg;
     PK_UNUSED(fd);
     PK_UNUSED(what);
-    if (srv->draining && srv->nexchanges == 0) {
+    if (srv->draining && srv->nexchanges == 0 && srv->nconns == 0 && srv->nlinger == 0) {
         PK_INFO("server", "drained: exiting");
         event_base_loopexit(srv->base, NULL);
     }
@@ -170,7 +184,7 @@ static void check_cb(evutil_socket_t fd, short what, void *arg)
 
 void pk_server_check_drained(struct pk_server *srv)
 {
-    if (srv->draining && srv->nexchanges == 0)
+    if (srv->draining && srv->nexchanges == 0 && srv->nconns == 0 && srv->nlinger == 0)
         event_active(srv->check_ev, EV_TIMEOUT, 0);
 }
 

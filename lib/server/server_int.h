@@ -52,6 +52,7 @@ struct pk_server {
     size_t nconns;        /* downstream connections (h1 + h2) */
     size_t ntunnels_open; /* tunnels incl. handshaking ones */
     size_t nexchanges;
+    size_t nlinger;           /* closed connections still flushing their last response */
     struct exchange *waiting; /* exchanges waiting for a tunnel slot */
     struct h1conn *h1conns;   /* for drain: idle ones are closed */
     struct h2down *h2conns;

@@ -194,7 +194,7 @@ static void hs_reject(struct handshake *hs, int status, const char *msg, const c
                         "content-length: %d\r\nconnection: close\r\n%s\r\n%s",
                         status, pk_h1_reason(status), n, extra ? extra : "", body);
     PK_INFO("upstream", "handshake rejected peer=%s status=%d: %s", hs->peer, status, msg);
-    pk_bev_linger_close(hs->bev);
+    pk_bev_linger_close(hs->bev, NULL, NULL);
     hs->srv->ntunnels_open--;
     hs_free(hs);
 }

@@ -143,6 +143,12 @@ int pk_sidecar_config_check(const struct pk_sidecar_config *cfg, char *err, size
         snprintf(err, errlen, "connect.url: https is not supported by this build yet");
         return PK_ERR_INVALID;
     }
+    if (!cfg->admin_bind_addr || pk_split_hostport(cfg->admin_bind_addr, &host, &port, true) != 0) {
+        snprintf(err, errlen, "admin.bind-addr: invalid address '%s' (want host:port or :port)",
+                 cfg->admin_bind_addr ? cfg->admin_bind_addr : "");
+        return PK_ERR_INVALID;
+    }
+    free(host);
     if (cfg->endpoints.n == 0) {
         snprintf(err, errlen, "endpoint: at least one --endpoint NAME=ADDR is required");
         return PK_ERR_INVALID;
