@@ -356,12 +356,7 @@ static void prepare_request(struct exchange *ex, struct pk_head *in, const char 
     pk_h1_strip_hop_by_hop(&r->hdrs, true);
     pk_hdrs_del(&r->hdrs, "expect");
     pk_hdrs_del(&r->hdrs, "x-piko-authorization");
-    for (size_t i = 0; i < r->hdrs.n;) {
-        if (strncmp(r->hdrs.v[i].name, "piko-", 5) == 0)
-            pk_hdrs_del(&r->hdrs, r->hdrs.v[i].name);
-        else
-            i++;
-    }
+    pk_hdrs_del_prefix(&r->hdrs, "piko-");
     const char *xff = pk_hdrs_get(&r->hdrs, "x-forwarded-for");
     char *v = xff ? pk_xasprintf("%s, %s", xff, ip) : pk_xstrdup(ip);
     pk_hdrs_set(&r->hdrs, "x-forwarded-for", v);

@@ -231,12 +231,7 @@ static bool resp_on_head(struct pk_h1parser *p, void *ud)
     h.status = status;
     pk_hdrs_move(&h.hdrs, &p->head.hdrs);
     pk_h1_strip_hop_by_hop(&h.hdrs, false);
-    for (size_t i = 0; i < h.hdrs.n;) {
-        if (strncmp(h.hdrs.v[i].name, "piko-", 5) == 0)
-            pk_hdrs_del(&h.hdrs, h.hdrs.v[i].name);
-        else
-            i++;
-    }
+    pk_hdrs_del_prefix(&h.hdrs, "piko-");
     bool body = !(x->is_head || status == 204 || status == 304);
     if (x->s) {
         x->resp_started = true;

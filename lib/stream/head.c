@@ -52,11 +52,13 @@ const char *pk_hdrs_get(const struct pk_hdrs *h, const char *name)
     return NULL;
 }
 
-size_t pk_hdrs_del(struct pk_hdrs *h, const char *name)
+static size_t del_matching(struct pk_hdrs *h, const char *name, size_t cmp_len)
 {
     size_t out = 0, removed = 0;
     for (size_t i = 0; i < h->n; i++) {
-        if (strcmp(h->v[i].name, name) == 0) {
+        bool match =
+            cmp_len ? strncmp(h->v[i].name, name, cmp_len) == 0 : strcmp(h->v[i].name, name) == 0;
+        if (match) {
             h->bytes -= h->v[i].nlen + h->v[i].vlen;
             free(h->v[i].name);
             free(h->v[i].value);
@@ -67,6 +69,16 @@ size_t pk_hdrs_del(struct pk_hdrs *h, const char *name)
     }
     h->n = out;
     return removed;
+}
+
+size_t pk_hdrs_del(struct pk_hdrs *h, const char *name)
+{
+    return del_matching(h, name, 0);
+}
+
+size_t pk_hdrs_del_prefix(struct pk_hdrs *h, const char *prefix)
+{
+    return prefix[0] ? del_matching(h, prefix, strlen(prefix)) : 0;
 }
 
 void pk_hdrs_set(struct pk_hdrs *h, const char *name, const char *value)

@@ -41,6 +41,8 @@ void pk_hdrs_add_str(struct pk_hdrs *h, const char *name, const char *value);
 const char *pk_hdrs_get(const struct pk_hdrs *h, const char *name);
 /* Removes every field with this name; returns how many were removed. */
 size_t pk_hdrs_del(struct pk_hdrs *h, const char *name);
+/* Removes every field whose name starts with prefix (lower-case); returns the count. */
+size_t pk_hdrs_del_prefix(struct pk_hdrs *h, const char *prefix);
 /* Replaces every field of this name by a single one. */
 void pk_hdrs_set(struct pk_hdrs *h, const char *name, const char *value);
 /* True when a comma-separated field of that name lists token (case-insensitive). */
