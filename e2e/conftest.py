@@ -194,8 +194,16 @@ class Proc:
 
     def log_tail(self, lines=60):
         text = self.log_text().splitlines()
-        return "---- %s (%s), last %d lines ----\n%s" % (
+        out = "---- %s (%s), last %d lines ----\n%s" % (
             self.name, self.log_path, lines, "\n".join(text[-lines:]))
+        # A sanitizer report is long; its first lines (what and where) matter most.
+        for i, line in enumerate(text):
+            if any(m in line for m in SANITIZER_MARKERS):
+                if i < len(text) - lines:
+                    out = "---- %s: sanitizer report ----\n%s\n%s" % (
+                        self.name, "\n".join(text[max(0, i - 2):i + 30]), out)
+                break
+        return out
 
     def wait_log(self, predicate, timeout=5.0, message="log line"):
         return poll(lambda: predicate(self.log_text()), timeout * SLOW,

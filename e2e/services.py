@@ -6,9 +6,11 @@ can read its counters and open its gates directly. Routes:
   /echo            JSON: service name, method, path, version, headers (in order, with
                    duplicates), body length and sha256 (content-length or chunked body).
   /upload          reads the body streaming (content-length or chunked), answers JSON
-                   with its length, sha256 and any request trailers.
+                   with its length, sha256 and any request trailers. ?pause_ms=N (with
+                   content-length): read 1 MiB, set `upload_paused`, stop reading N ms.
   /download        ?bytes=N&seed=S[&chunked=1][&chunk=K] streams N deterministic bytes
                    (see pattern_stream); content-length unless chunked=1.
+                   `download_sent` counts the bytes written to the socket.
   /sse             sends event 1, waits for `sse_release` (set by the test), sends
                    event 2, ends. `sse_waited` records whether the gate was opened.
   /slow?ms=N       answers after N ms (counted in `in_flight`, `arrived`).
@@ -248,7 +250,25 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _route_upload(self, url, query):
-        length, sha, trailers = self._hash_body()
+        pause_ms = int(query.get("pause_ms", "0"))
+        if pause_ms:
+            # Read 1 MiB, then stop reading for a while: the sender must be held back.
+            first = self.rfile.read(MiB)
+            self.svc.upload_paused.set()
+            time.sleep(pause_ms / 1000.0)
+            d = hashlib.sha256(first)
+            count = [len(first)]
+
+            def sink(piece):
+                d.update(piece)
+                count[0] += len(piece)
+
+            cl = int(self.headers.get("Content-Length", "0"))
+            self.headers.replace_header("Content-Length", str(cl - len(first)))
+            trailers = self._read_body(sink)
+            length, sha = count[0], d.hexdigest()
+        else:
+            length, sha, trailers = self._hash_body()
         self._json(
             {"service": self.svc.name, "length": length, "sha256": sha, "trailers": trailers}
         )
@@ -287,11 +307,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command == "HEAD":
             return
+        svc = self.svc
         for piece in pattern_stream(n, seed, chunk):
             if chunked:
                 self._chunk(piece)
             else:
                 self.wfile.write(piece)
+            svc.download_sent += len(piece)  # written into the socket (backpressure)
         if chunked:
             self.wfile.write(b"0\r\n\r\n")
 
@@ -372,6 +394,8 @@ class Service:
         self.sse_sent_first = threading.Event()
         self.sse_waited = None
         self.hang_release = threading.Event()
+        self.upload_paused = threading.Event()
+        self.download_sent = 0
         self._httpd = _Server(("127.0.0.1", port), self)
         self.port = self._httpd.server_address[1]
         self._thread = None

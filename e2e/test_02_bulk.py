@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import SLOW, RawConn, curl, nghttp, peak_rss_check
+from helpers import SANITIZED, assert_json_error, SLOW, RawConn, curl, nghttp, peak_rss_check
 from services import MiB, pattern_sha256, pattern_stream
 
 GiB = 1 << 30
@@ -38,14 +38,21 @@ def download_sha(conn_port, path, headers=None, timeout=120):
         conn.close()
 
 
-def upload(port, nbytes, seed, chunked=False, timeout=120):
+def upload(port, nbytes, seed, chunked=False, timeout=120, path="/upload", progress=None):
+    """POST nbytes of the seed's pattern; progress[0] counts the bytes handed to the
+    socket so far."""
+    def body():
+        for piece in pattern_stream(nbytes, seed):
+            yield piece
+            if progress is not None:
+                progress[0] += len(piece)
+
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout * SLOW)
     try:
         headers = dict(EP)
         if not chunked:
             headers["Content-Length"] = str(nbytes)
-        conn.request("POST", "/upload", body=pattern_stream(nbytes, seed), headers=headers,
-                     encode_chunked=chunked)
+        conn.request("POST", path, body=body(), headers=headers, encode_chunked=chunked)
         r = conn.getresponse()
         body = r.read()
         assert r.status == 200, (r.status, body[:300])
@@ -75,6 +82,89 @@ def test_download_1gib_identical_and_bounded_memory(stack):
     assert total == GiB
     assert sha == pattern_sha256(GiB, 12)
     peak_rss_check([srv, sc])
+
+
+def wait_stable(read, settle=0.5, timeout=10.0):
+    """Poll read() until its value has not changed for `settle` seconds."""
+    deadline = time.monotonic() + timeout * SLOW
+    last, since = read(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        v = read()
+        if v != last:
+            last, since = v, time.monotonic()
+        elif time.monotonic() - since >= settle:
+            break
+    return last
+
+
+# In flight between a stalled reader and the writer: socket buffers on three hops (a few
+# MiB each on loopback) plus the tunnel's windows (1 MiB stream, 16 MiB connection).
+BACKPRESSURE_BOUND = 128 * MiB
+
+
+@pytest.mark.deadline(90)
+def test_download_backpressure_stalled_client(stack):
+    srv, sc, svc = stack
+    n = 512 * MiB
+    conn = http.client.HTTPConnection("127.0.0.1", srv.proxy_port, timeout=60 * SLOW)
+    try:
+        conn.request("GET", "/download?bytes=%d&seed=21" % n, headers=EP)
+        r = conn.getresponse()
+        assert r.status == 200
+        d = hashlib.sha256(r.read(MiB))
+        # The client stops reading: the service must be held back, not the proxy fill up.
+        sent = wait_stable(lambda: svc.download_sent)
+        assert sent <= BACKPRESSURE_BOUND, (
+            "service wrote %d MiB while the client read 1 MiB: no backpressure" % (sent >> 20))
+        rss = {p.name: p.rss_kib()["VmRSS"] for p in (srv, sc)}
+        buf = bytearray(MiB)
+        mv = memoryview(buf)
+        total = MiB
+        while True:
+            k = r.readinto(mv)
+            if not k:
+                break
+            d.update(mv[:k])
+            total += k
+    finally:
+        conn.close()
+    assert (total, d.hexdigest()) == (n, pattern_sha256(n, 21))
+    if not SANITIZED:
+        for name, kib in rss.items():
+            assert kib < 64 * 1024, "%s RSS %d MiB while the client stalled" % (
+                name, kib >> 10)
+
+
+@pytest.mark.deadline(90)
+def test_upload_backpressure_stalled_service(stack):
+    srv, sc, svc = stack
+    n = 512 * MiB
+    progress = [0]
+    result = {}
+
+    def run():
+        try:
+            result["got"] = upload(srv.proxy_port, n, seed=22, progress=progress,
+                                   path="/upload?pause_ms=%d" % int(3000 * SLOW))
+        except Exception as e:  # noqa: BLE001 - reported below
+            result["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert svc.upload_paused.wait(10 * SLOW), "upload never reached the service"
+    sent = wait_stable(lambda: progress[0], timeout=2.0)
+    assert sent <= BACKPRESSURE_BOUND, (
+        "client sent %d MiB while the service read 1 MiB: no backpressure" % (sent >> 20))
+    rss = {p.name: p.rss_kib()["VmRSS"] for p in (srv, sc)}
+    t.join(60 * SLOW)
+    assert "error" not in result, result.get("error")
+    got = result["got"]
+    assert (got["length"], got["sha256"]) == (n, pattern_sha256(n, 22))
+    if not SANITIZED:
+        for name, kib in rss.items():
+            assert kib < 64 * 1024, "%s RSS %d MiB while the service stalled" % (
+                name, kib >> 10)
 
 
 @pytest.mark.deadline(90)
@@ -253,3 +343,14 @@ def test_expect_100_continue_curl_large_body(shared_stack):
     assert r.json()["sha256"] == hashlib.sha256(body).hexdigest()
     # curl waits up to --expect100-timeout for the 100; the proxy must send it.
     assert elapsed < 10 * SLOW, "curl waited %.1fs: no 100 Continue?" % elapsed
+
+
+def test_expect_100_continue_not_sent_when_no_upstream(shared_stack):
+    """The proxy says 100 only once it has found a tunnel; otherwise the final error
+    comes at once and the client never has to send its body."""
+    srv, _, _ = shared_stack
+    with RawConn(srv.proxy_port) as c:
+        c.send(b"POST /echo HTTP/1.1\r\nHost: nobody.example.com\r\n"
+               b"Expect: 100-continue\r\nContent-Length: 1000000\r\n\r\n")
+        r = c.read_response()
+        assert_json_error(r, 502, "no available upstreams")

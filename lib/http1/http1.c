@@ -87,7 +87,9 @@ static bool is_tchar(unsigned char c)
 static int on_header_field(http_parser *hp, const char *at, size_t n)
 {
     struct pk_h1parser *p = P(hp);
-    if (count(p, n + 4))
+    /* ": " and CRLF are charged once per field, however the bytes arrive. */
+    bool new_field = p->in_value || !p->field;
+    if (count(p, n + (new_field ? 4 : 0)))
         return 1;
     for (size_t i = 0; i < n; i++) {
         if (!is_tchar((unsigned char)at[i])) {
@@ -128,19 +130,21 @@ static int set_target(struct pk_h1parser *p)
     http_parser_url_init(&u);
     if (http_parser_parse_url(url, p->url_len, 0, &u) != 0 || !(u.field_set & (1 << UF_HOST)))
         return -1;
-    size_t start = u.field_data[UF_HOST].off, len = u.field_data[UF_HOST].len;
-    if (u.field_set & (1 << UF_PORT))
-        len = u.field_data[UF_PORT].off + u.field_data[UF_PORT].len - start;
+    size_t start = u.field_data[UF_HOST].off;
+    size_t end = start + u.field_data[UF_HOST].len;
     if (start > 0 && url[start - 1] == '[') { /* keep IPv6 brackets */
         start--;
-        len += 2;
+        end++;
     }
+    if (u.field_set & (1 << UF_PORT))
+        end = u.field_data[UF_PORT].off + u.field_data[UF_PORT].len;
+    size_t len = end - start;
     pk_head_set(&p->head.authority, url + start, len);
     if (u.field_set & (1 << UF_PATH)) {
         size_t off = u.field_data[UF_PATH].off;
         pk_head_set(&p->head.path, url + off, p->url_len - off);
     } else {
-        const char *q = strchr(url + start + len, '?');
+        const char *q = strchr(url + end, '?');
         char *path = q ? pk_xasprintf("/%s", q) : pk_xstrdup("/");
         pk_head_set(&p->head.path, path, strlen(path));
         free(path);
