@@ -8,11 +8,16 @@
 #include "net/net.h"
 #include "sidecar/sidecar_int.h"
 
+#include <arpa/inet.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/listener.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -139,10 +144,6 @@ int pk_sidecar_config_check(const struct pk_sidecar_config *cfg, char *err, size
     if (!cfg->connect_url || parse_url(cfg->connect_url, &host, &port, &tls, err, errlen) != 0)
         return PK_ERR_INVALID;
     free(host);
-    if (tls) {
-        snprintf(err, errlen, "connect.url: https is not supported by this build yet");
-        return PK_ERR_INVALID;
-    }
     if (!cfg->admin_bind_addr || pk_split_hostport(cfg->admin_bind_addr, &host, &port, true) != 0) {
         snprintf(err, errlen, "admin.bind-addr: invalid address '%s' (want host:port or :port)",
                  cfg->admin_bind_addr ? cfg->admin_bind_addr : "");
@@ -385,6 +386,73 @@ static void hs_event(struct bufferevent *bev, short what, void *arg)
                                        : "connection closed during handshake");
 }
 
+static void send_handshake(struct hs *h)
+{
+    struct sc_endpoint *ep = h->ep;
+    struct pk_sidecar *sc = ep->sc;
+    evbuffer_add_printf(bufferevent_get_output(h->bev),
+                        "GET /piko/v1/upstream/%s HTTP/1.1\r\nHost: %s\r\n"
+                        "Connection: Upgrade\r\nUpgrade: piko-reverse-h2\r\n"
+                        "Piko-Sidecar-Id: %s\r\n\r\n",
+                        ep->name, sc->server_authority, sc->sidecar_id);
+    bufferevent_setcb(h->bev, hs_read, NULL, hs_event, h);
+    bufferevent_enable(h->bev, EV_READ | EV_WRITE);
+}
+
+static void tls_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct hs *h = arg;
+    if (what & BEV_EVENT_CONNECTED) {
+        send_handshake(h);
+        return;
+    }
+    char why[512];
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+    unsigned long e = bufferevent_get_openssl_error(bev);
+    if (vr != X509_V_OK)
+        snprintf(why, sizeof(why), "TLS handshake failed: certificate verify failed: %s",
+                 X509_verify_cert_error_string(vr));
+    else if (e)
+        snprintf(why, sizeof(why), "TLS handshake failed: %s", ERR_reason_error_string(e));
+    else
+        snprintf(why, sizeof(why), "TLS handshake failed: %s",
+                 (what & BEV_EVENT_TIMEOUT) ? "timeout" : "connection closed");
+    hs_done(h, false, false, why);
+}
+
+/* Wraps a connected socket in TLS: SNI and certificate verification against the system
+ * roots (OpenSSL's default paths, so SSL_CERT_FILE and SSL_CERT_DIR apply). */
+static int start_tls(struct hs *h, struct bufferevent *bev)
+{
+    struct pk_sidecar *sc = h->ep->sc;
+    SSL *ssl = SSL_new(sc->tls_ctx);
+    if (!ssl)
+        return -1;
+    struct in6_addr a6;
+    bool ip = inet_pton(AF_INET, sc->server_host, &a6) == 1 ||
+              inet_pton(AF_INET6, sc->server_host, &a6) == 1;
+    if (ip) {
+        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), sc->server_host);
+    } else {
+        SSL_set_tlsext_host_name(ssl, sc->server_host);
+        SSL_set1_host(ssl, sc->server_host);
+    }
+    struct bufferevent *tb = bufferevent_openssl_filter_new(
+        sc->base, bev, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
+    if (!tb) {
+        SSL_free(ssl);
+        return -1;
+    }
+    h->bev = tb;
+    struct timeval tv = {(time_t)(sc->cfg->connect_timeout_ms / 1000),
+                         (suseconds_t)((sc->cfg->connect_timeout_ms % 1000) * 1000)};
+    bufferevent_set_timeouts(tb, &tv, NULL);
+    bufferevent_setcb(tb, NULL, NULL, tls_event, h);
+    bufferevent_enable(tb, EV_READ | EV_WRITE);
+    return 0;
+}
+
 static void dialed(int err, struct bufferevent *bev, const char *why, void *arg)
 {
     struct hs *h = arg;
@@ -392,19 +460,19 @@ static void dialed(int err, struct bufferevent *bev, const char *why, void *arg)
         hs_done(h, false, false, why);
         return;
     }
-    struct sc_endpoint *ep = h->ep;
-    struct pk_sidecar *sc = ep->sc;
+    struct pk_sidecar *sc = h->ep->sc;
+    if (sc->tls) {
+        if (start_tls(h, bev) != 0) {
+            bufferevent_free(bev);
+            hs_done(h, false, false, "cannot start TLS");
+        }
+        return;
+    }
     h->bev = bev;
-    evbuffer_add_printf(bufferevent_get_output(bev),
-                        "GET /piko/v1/upstream/%s HTTP/1.1\r\nHost: %s\r\n"
-                        "Connection: Upgrade\r\nUpgrade: piko-reverse-h2\r\n"
-                        "Piko-Sidecar-Id: %s\r\n\r\n",
-                        ep->name, sc->server_authority, sc->sidecar_id);
     struct timeval tv = {(time_t)(sc->cfg->connect_timeout_ms / 1000),
                          (suseconds_t)((sc->cfg->connect_timeout_ms % 1000) * 1000)};
     bufferevent_set_timeouts(bev, &tv, NULL);
-    bufferevent_setcb(bev, hs_read, NULL, hs_event, h);
-    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    send_handshake(h);
 }
 
 static void dial_tunnel(struct sc_endpoint *ep)
@@ -531,6 +599,19 @@ struct pk_sidecar *pk_sidecar_new(struct event_base *base, const struct pk_sidec
     sc->tunnel_settings.ping_timeout_ms = cfg->heartbeat_timeout_ms;
     sc->tunnel_settings.settings_timeout_ms = cfg->heartbeat_timeout_ms;
 
+    if (sc->tls) {
+        sc->tls_ctx = SSL_CTX_new(TLS_client_method());
+        if (!sc->tls_ctx) {
+            snprintf(err, errlen, "cannot create a TLS context");
+            goto fail;
+        }
+        SSL_CTX_set_min_proto_version(sc->tls_ctx, TLS1_2_VERSION);
+        SSL_CTX_set_default_verify_paths(sc->tls_ctx);
+        SSL_CTX_set_verify(sc->tls_ctx, SSL_VERIFY_PEER, NULL);
+        /* libevent 2.1 with OpenSSL 3 reports a close without close_notify as an error;
+         * HTTP/2 framing detects truncation anyway. */
+        SSL_CTX_set_options(sc->tls_ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    }
     sc->resolver = pk_resolver_new(base, cfg->dns_servers, err, errlen);
     if (!sc->resolver)
         goto fail;
@@ -581,6 +662,8 @@ void pk_sidecar_del(struct pk_sidecar *sc)
     if (sc->admin)
         evhttp_free(sc->admin);
     pk_resolver_del(sc->resolver);
+    if (sc->tls_ctx)
+        SSL_CTX_free(sc->tls_ctx);
     event_free(sc->grace_ev);
     event_free(sc->check_ev);
     free(sc->server_host);

@@ -47,6 +47,7 @@ struct pk_sidecar {
     uint16_t server_port;
     char *server_authority;
     bool tls;
+    struct ssl_ctx_st *tls_ctx; /* SSL_CTX, when connect.url is https */
     char sidecar_id[64];
     struct pk_h2_settings tunnel_settings;
     bool draining;
