@@ -252,12 +252,14 @@ def _parse_curl_headers(out, body):
 
 
 def h2load(port, path, n, c=1, m=None, headers=None, timeout=60.0):
+    """Run h2load over h2c (prior knowledge); returns its counters as a dict."""
     argv = ["h2load", "-n", str(n), "-c", str(c)]
     if m:
         argv += ["-m", str(m)]
     for k, v in (headers or {}).items():
         argv += ["-H", "%s: %s" % (k, v)]
-    argv.append("http://127.0.0.1:%d%s" % (port, path))
+    paths = [path] if isinstance(path, str) else list(path)  # several: used in turn
+    argv += ["http://127.0.0.1:%d%s" % (port, p) for p in paths]
     p = subprocess.run(argv, capture_output=True, timeout=timeout * SLOW, text=True)
     out = p.stdout
     stats = {}
@@ -271,6 +273,8 @@ def h2load(port, path, n, c=1, m=None, headers=None, timeout=60.0):
         stats[key] = int(val)
     for key, val in zip(("2xx", "3xx", "4xx", "5xx"), mst.groups()):
         stats[key] = int(val)
+    mdata = re.search(r"traffic: .* \((\d+)\) data", out)
+    stats["data_bytes"] = int(mdata.group(1)) if mdata else None
     stats["output"] = out + p.stderr
     stats["h2"] = "h2c" in out or "Application protocol: h2c" in out
     return stats

@@ -188,6 +188,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+            with self.svc.lock:
+                self.svc.body_bytes_sent += len(body)
 
     def _json(self, obj, code=200, extra=()):
         self._send(code, json.dumps(obj) + "\n", extra=extra)
@@ -396,6 +398,7 @@ class Service:
         self.hang_release = threading.Event()
         self.upload_paused = threading.Event()
         self.download_sent = 0
+        self.body_bytes_sent = 0
         self._httpd = _Server(("127.0.0.1", port), self)
         self.port = self._httpd.server_address[1]
         self._thread = None
@@ -408,6 +411,7 @@ class Service:
             self.paths = []
             self.body_errors = []
             self.saw_expect = 0
+            self.body_bytes_sent = 0
 
     @property
     def addr(self):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from helpers import SLOW, h2load, nghttp
+from helpers import SLOW, h2load
 
 EP = {"x-piko-endpoint": "my-service"}
 
@@ -52,11 +52,14 @@ def test_h2load_200_concurrent_streams_one_connection(shared_stack):
 
 
 @pytest.mark.deadline(90)
-def test_nghttp_200_concurrent_streams_bodies_correct(shared_stack):
-    srv, _, _ = shared_stack
+def test_200_distinct_concurrent_h2_streams_all_delivered(shared_stack):
+    """200 different requests at once on one h2c connection: each reaches the service
+    exactly once and every response byte reaches the client. (curl 7.88 cannot reuse
+    an h2c prior-knowledge connection, curl issue 10634, and nghttp interleaves the
+    bodies of concurrent streams on stdout, so h2load's byte count is the check.)"""
+    srv, _, svc = shared_stack
     paths = ["/echo?i=%d" % i for i in range(200)]
-    rc, out, err = nghttp(srv.proxy_port, paths, headers=EP)
-    assert rc == 0, err
-    got = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
-    assert sorted(g["path"] for g in got) == sorted(paths)
-    assert all(g["service"] == "svc" for g in got)
+    stats = h2load(srv.proxy_port, paths, n=200, c=1, m=200, headers=EP)
+    assert stats["succeeded"] == 200 and stats["2xx"] == 200, stats["output"]
+    assert sorted(svc.paths) == sorted(paths)
+    assert stats["data_bytes"] == svc.body_bytes_sent, stats["output"]

@@ -4,8 +4,10 @@
 #include "base/log.h"
 
 #include <CUnit/CUnit.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 void pk_test_register_base(void);
 
@@ -163,6 +165,82 @@ static void test_log_set_level(void)
     pk_log_set_level(saved);
 }
 
+/* Runs fn with stderr redirected to a temporary file; returns what was written. */
+static char *capture_stderr(void (*fn)(void))
+{
+    char path[] = "/tmp/piko-log-test-XXXXXX";
+    int fd = mkstemp(path);
+    CU_ASSERT_FATAL(fd >= 0);
+    unlink(path);
+    fflush(stderr);
+    int saved = dup(2);
+    dup2(fd, 2);
+    fn();
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    off_t len = lseek(fd, 0, SEEK_END);
+    char *out = pk_xmalloc((size_t)len + 1);
+    CU_ASSERT_EQUAL(pread(fd, out, (size_t)len, 0), len);
+    out[len] = '\0';
+    close(fd);
+    return out;
+}
+
+static void log_short(void)
+{
+    pk_log_write(PK_LOG_WARN, "tunnel", "endpoint=%s streams=%d", "ep-1", 3);
+}
+
+static void log_long(void)
+{
+    char big[5000];
+    memset(big, 'x', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    pk_log_write(PK_LOG_ERROR, "h2", "%s", big);
+}
+
+static void log_filtered(void)
+{
+    enum pk_log_level saved = pk_log_min_level;
+    pk_log_set_level(PK_LOG_WARN);
+    PK_DEBUG("x", "debug %d", 1);
+    PK_INFO("x", "info %d", 2);
+    PK_WARN("x", "warn %d", 3);
+    PK_ERROR("x", "error %d", 4);
+    pk_log_set_level(saved);
+}
+
+static void test_log_write(void)
+{
+    char *out = capture_stderr(log_short);
+    /* "2026-01-02T03:04:05.678Z warn  tunnel   endpoint=ep-1 streams=3\n" */
+    size_t len = strlen(out);
+    CU_ASSERT(len > 25);
+    CU_ASSERT_EQUAL(out[4], '-');
+    CU_ASSERT_EQUAL(out[10], 'T');
+    CU_ASSERT_EQUAL(out[23], 'Z');
+    ASSERT_STR(out + 24, " warn  tunnel   endpoint=ep-1 streams=3\n");
+    free(out);
+
+    /* A message longer than the line buffer is cut, and the line still ends in one \n. */
+    out = capture_stderr(log_long);
+    len = strlen(out);
+    CU_ASSERT(len > 1000 && len < 5000);
+    CU_ASSERT_EQUAL(out[len - 1], '\n');
+    CU_ASSERT_PTR_EQUAL(strchr(out, '\n'), out + len - 1);
+    CU_ASSERT_EQUAL(out[len - 2], 'x');
+    free(out);
+
+    /* Below the level nothing is written. */
+    out = capture_stderr(log_filtered);
+    CU_ASSERT_PTR_NULL(strstr(out, "debug 1"));
+    CU_ASSERT_PTR_NULL(strstr(out, "info 2"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, " warn  x        warn 3\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, " error x        error 4\n"));
+    free(out);
+}
+
 static void test_strerror(void)
 {
     static const struct {
@@ -222,6 +300,7 @@ void pk_test_register_base(void)
     CU_add_test(s, "xstrndup", test_xstrndup);
     CU_add_test(s, "log_parse_level", test_log_parse_level);
     CU_add_test(s, "log_set_level", test_log_set_level);
+    CU_add_test(s, "log_write", test_log_write);
     CU_add_test(s, "strerror", test_strerror);
     CU_add_test(s, "minmax", test_minmax);
     CU_add_test(s, "now_ms_monotonic", test_now_ms_monotonic);

@@ -1,8 +1,10 @@
 /* Unit tests for lib/h2: a client-role and a server-role pk_h2conn joined by an in-memory
  * bufferevent pair, driven by the event loop until a condition holds (with a guard timer so
  * that a bug fails the test instead of hanging it). Covers requests and responses, bodies in
- * both directions, flow-control backpressure through pipes, trailers, resets, drain, close,
- * refused streams and the concurrency limit. */
+ * both directions, flow-control backpressure through pipes and credit returned at reset,
+ * trailers, resets, drain (both roles, two-step), close (also from inside callbacks),
+ * refused and malformed streams, the concurrency limit, the SETTINGS deadline and the
+ * heartbeat. A few tests talk to a bare bufferevent instead of a second pk_h2conn. */
 #include "base/base.h"
 #include "h2/h2.h"
 #include "stream/head.h"
@@ -99,18 +101,30 @@ enum srv_mode {
     SRV_HANDLER_ONLY,         /* handler but no sink: the test sets it later */
 };
 
+/* Where a test makes a callback close its own connection (re-entrancy). */
+enum close_at {
+    CLOSE_NONE,
+    CLOSE_IN_HEAD,
+    CLOSE_IN_DATA,
+    CLOSE_IN_STREAM_CLOSE,
+    CLOSE_IN_ON_STREAM
+};
+
 struct h2t {
     struct event_base *base;
+    enum close_at close_at;
     struct side cli, srv;
     int seq; /* orders close events */
     bool timed_out;
+    int guard_ms; /* WAIT's limit; 0: GUARD_SEC */
     enum srv_mode mode;
     bool srv_consume; /* SRV_HOLD: whether the server's sinks are read */
     /* What the server responds with. */
     int resp_status;
     const char *resp_text;
     uint64_t resp_len;
-    bool resp_body; /* send a body pipe even when empty */
+    bool resp_body;      /* send a body pipe even when empty */
+    bool resp_keep_open; /* leave the response body pipe open (the test writes it) */
     const char *resp_trailer_name, *resp_trailer_value;
     struct tstream cs[MAX_TS]; /* client streams */
     struct tstream ss[MAX_TS]; /* server streams */
@@ -147,7 +161,8 @@ static void guard_cb(evutil_socket_t fd, short what, void *arg)
 #define WAIT(t, cond)                                                                              \
     do {                                                                                           \
         struct event *g_ = evtimer_new((t)->base, guard_cb, &(t)->timed_out);                      \
-        struct timeval tv_ = {GUARD_SEC, 0};                                                       \
+        int ms_ = (t)->guard_ms ? (t)->guard_ms : GUARD_SEC * 1000;                                \
+        struct timeval tv_ = {ms_ / 1000, (ms_ % 1000) * 1000};                                    \
         (t)->timed_out = false;                                                                    \
         evtimer_add(g_, &tv_);                                                                     \
         while (!(cond) && !(t)->timed_out)                                                         \
@@ -202,6 +217,8 @@ static void sink_readable(struct pk_pipe *p, void *consumer)
         ts->sink_aborted = true;
     if (ts->consume)
         drain_sink(ts);
+    if (ts->t->close_at == CLOSE_IN_DATA && !ts->server_side && ts->s && ts->got > 0)
+        pk_h2conn_close(pk_h2stream_conn(ts->s), "closed from the sink");
     if (pk_pipe_done(p) && !ts->sink_done) {
         ts->sink_done = true;
         /* Server streams that wait for the whole request respond now. */
@@ -260,6 +277,8 @@ static void ts_on_head(struct pk_h2stream *s, void *ud)
     ts->heads++;
     ts->head_status = h->status;
     copy_str(ts->head_ctype, sizeof(ts->head_ctype), pk_hdrs_get(&h->hdrs, "content-type"));
+    if (ts->t->close_at == CLOSE_IN_HEAD)
+        pk_h2conn_close(pk_h2stream_conn(s), "closed from on_head");
 }
 
 static void ts_on_close(struct pk_h2stream *s, uint32_t error_code, void *ud)
@@ -273,6 +292,8 @@ static void ts_on_close(struct pk_h2stream *s, uint32_t error_code, void *ud)
     ts->detached_at_close = (!ts->sink_init || ts->sink.on_drained == NULL) &&
                             (!ts->body_init || ts->body.on_readable == NULL);
     ts->s = NULL;
+    if (ts->t->close_at == CLOSE_IN_STREAM_CLOSE && !ts->server_side)
+        pk_h2conn_close(pk_h2stream_conn(s), "closed from on_close");
 }
 
 static const struct pk_h2stream_cbs ts_cbs = {ts_on_head, ts_on_close};
@@ -291,7 +312,7 @@ static void respond(struct tstream *ts)
         init_body(ts);
         ts->text = t->resp_text;
         ts->to_send = t->resp_text ? strlen(t->resp_text) : t->resp_len;
-        ts->close_body = true;
+        ts->close_body = !t->resp_keep_open;
         ts->trailer_name = t->resp_trailer_name;
         ts->trailer_value = t->resp_trailer_value;
     }
@@ -305,7 +326,6 @@ static void srv_on_stream(struct pk_h2conn *c, struct pk_h2stream *s, void *ud)
 {
     struct side *sd = ud;
     struct h2t *t = sd->t;
-    PK_UNUSED(c);
     t->on_stream_calls++;
     if (t->nss >= MAX_TS)
         return; /* refused */
@@ -320,6 +340,8 @@ static void srv_on_stream(struct pk_h2conn *c, struct pk_h2stream *s, void *ud)
     copy_str(ts->path, sizeof(ts->path), h->path);
     copy_str(ts->xtest, sizeof(ts->xtest), pk_hdrs_get(&h->hdrs, "x-test"));
     ts->remote_ended_at_stream = pk_h2stream_remote_ended(s);
+    if (t->close_at == CLOSE_IN_ON_STREAM)
+        pk_h2conn_close(c, "closed from on_stream");
     if (t->mode == SRV_NO_HANDLER)
         return;
     pk_h2stream_set_handler(s, &ts_cbs, ts);
@@ -845,6 +867,44 @@ static void test_sink_set_after_end(void)
     h2t_free(t);
 }
 
+/* Regression: pk_h2stream_set_sink() with another pipe leaves the stream registered as the
+ * old pipe's producer (sink_drained with the stream as argument). stream_finish() only
+ * detaches the current sink, so once the stream is freed a read from the old pipe calls
+ * sink_drained() on freed memory. */
+static void test_set_sink_replacement_detaches_old(void)
+{
+    struct h2t *t = h2t_new();
+    t->mode = SRV_HOLD;
+    t->srv_consume = true;
+    t->resp_body = true;
+    t->resp_keep_open = true;
+    wait_ready(t);
+    struct tstream *c = new_cs(t);
+    c->consume = false;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(client_request(c, "/switch", false));
+    WAIT(t, t->nss == 1);
+    struct tstream *s = &t->ss[0];
+    respond(s);
+    pk_pipe_write(&s->body, "part1", 5);
+    WAIT(t, pk_pipe_len(&c->sink) == 5);
+
+    struct pk_pipe other;
+    pk_pipe_init(&other, PIPE_HWM);
+    pk_h2stream_set_sink(c->s, &other);
+    CU_ASSERT_PTR_NULL(c->sink.on_drained); /* the old sink no longer points at the stream */
+    CU_ASSERT_PTR_NOT_NULL(other.on_drained);
+
+    pk_pipe_write(&s->body, "part2", 5);
+    pk_pipe_close(&s->body);
+    WAIT(t, c->closes == 1);
+    CU_ASSERT_EQUAL(c->close_code, 0);
+    CU_ASSERT_EQUAL(pk_pipe_len(&other), 5);
+    CU_ASSERT_TRUE(other.eof);
+    CU_ASSERT_PTR_NULL(other.on_drained);
+    pk_pipe_free(&other);
+    h2t_free(t);
+}
+
 static void test_reset_by_server(void)
 {
     struct h2t *t = h2t_new();
@@ -995,6 +1055,62 @@ static void test_drain_server(void)
     h2t_free(t);
 }
 
+/* Sidecar drain (RFC 9113 6.8): GOAWAY(2^31-1), PING, then GOAWAY(last accepted); the
+ * open stream completes and both ends close. */
+static void test_drain_two_step(void)
+{
+    struct h2t *t = h2t_new();
+    t->mode = SRV_HOLD;
+    t->srv_consume = true;
+    t->resp_text = "finished";
+    wait_ready(t);
+    struct tstream *c = new_cs(t);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(client_request(c, "/long", false));
+    WAIT(t, t->nss == 1);
+
+    pk_h2conn_drain_two_step(t->srv.c);
+    CU_ASSERT_TRUE(pk_h2conn_is_draining(t->srv.c));
+    WAIT(t, t->cli.goaways == 2);
+    settle(t);
+    CU_ASSERT_EQUAL(t->cli.goaway_code, NGHTTP2_NO_ERROR);
+    CU_ASSERT_FALSE(pk_h2conn_can_open(t->cli.c));
+    CU_ASSERT_EQUAL(c->closes, 0);
+    CU_ASSERT_PTR_NOT_NULL(t->cli.c);
+    CU_ASSERT_PTR_NOT_NULL(t->srv.c);
+
+    respond(&t->ss[0]);
+    WAIT(t, !t->cli.c && !t->srv.c);
+    CU_ASSERT_EQUAL(c->close_code, 0);
+    ASSERT_STR(c->got_text, "finished");
+    h2t_free(t);
+}
+
+/* A request the server's nghttp2 rejects (no :path, no :scheme) never reaches on_stream;
+ * the stream object made for it is freed (ASan) and the client sees a reset. */
+static void test_malformed_request_rejected(void)
+{
+    struct h2t *t = h2t_new();
+    t->mode = SRV_RESPOND;
+    wait_ready(t);
+    struct tstream *c = new_cs(t);
+    struct pk_head h;
+    pk_head_init(&h);
+    pk_head_set(&h.method, "GET", 3);
+    pk_head_set(&h.authority, "a", 1);
+    init_sink(c);
+    c->s = pk_h2conn_request(t->cli.c, &h, NULL, &ts_cbs, c);
+    pk_head_free(&h);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c->s);
+    pk_h2stream_set_sink(c->s, &c->sink);
+    WAIT(t, c->closes == 1);
+    CU_ASSERT_EQUAL(c->close_code, NGHTTP2_PROTOCOL_ERROR);
+    CU_ASSERT_EQUAL(t->on_stream_calls, 0);
+    settle(t);
+    CU_ASSERT_PTR_NOT_NULL(t->srv.c);
+    CU_ASSERT_EQUAL(pk_h2conn_nstreams(t->srv.c), 0);
+    h2t_free(t);
+}
+
 static void test_close(void)
 {
     struct h2t *t = h2t_new();
@@ -1038,6 +1154,97 @@ static void test_close(void)
     CU_ASSERT_EQUAL(t->ss[1].close_code, PK_H2_CONN_LOST);
     CU_ASSERT_TRUE(t->ss[1].sink.aborted);
     CU_ASSERT(t->ss[1].close_seq < t->srv.close_seq);
+    h2t_free(t);
+}
+
+/* Every pk_h2 function may be called from callbacks: a connection closed from inside its
+ * own stream callbacks (some of them run inside nghttp2) tears down cleanly (ASan). */
+static void test_close_from_callbacks(void)
+{
+    static const struct {
+        enum close_at at;
+        const char *why;
+        uint32_t code; /* the client stream's close code */
+    } cases[] = {
+        {CLOSE_IN_HEAD, "closed from on_head", PK_H2_CONN_LOST},
+        {CLOSE_IN_DATA, "closed from the sink", PK_H2_CONN_LOST},
+        {CLOSE_IN_STREAM_CLOSE, "closed from on_close", 0},
+    };
+    for (size_t i = 0; i < PK_ARRAY_LEN(cases); i++) {
+        struct h2t *t = h2t_new();
+        t->mode = SRV_RESPOND;
+        t->resp_len = 256 * 1024;
+        wait_ready(t);
+        t->close_at = cases[i].at;
+        struct tstream *c = new_cs(t);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(client_request(c, "/reentrant", false));
+        WAIT(t, t->cli.closes == 1);
+        settle(t);
+        CU_ASSERT_EQUAL(c->closes, 1);
+        CU_ASSERT_EQUAL(c->close_code, cases[i].code);
+        CU_ASSERT_EQUAL(c->heads, 1);
+        ASSERT_STR(t->cli.why, cases[i].why);
+        CU_ASSERT(c->close_seq < t->cli.close_seq);
+        h2t_free(t);
+    }
+
+    /* The server closes from on_stream. */
+    struct h2t *t = h2t_new();
+    t->mode = SRV_RESPOND;
+    wait_ready(t);
+    t->close_at = CLOSE_IN_ON_STREAM;
+    struct tstream *c = new_cs(t);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(client_request(c, "/x", false));
+    WAIT(t, t->srv.closes == 1);
+    settle(t);
+    ASSERT_STR(t->srv.why, "closed from on_stream");
+    CU_ASSERT_EQUAL(t->nss, 1);
+    CU_ASSERT_EQUAL(t->ss[0].closes, 1);
+    CU_ASSERT_EQUAL(t->ss[0].close_code, PK_H2_CONN_LOST);
+    h2t_free(t);
+}
+
+/* Closing either end in the middle of bodies flowing both ways. */
+static void test_close_mid_transfer(void)
+{
+    struct h2t *t = h2t_new();
+    t->mode = SRV_HOLD;
+    t->srv_consume = false; /* nobody reads: the bodies stop half-way */
+    t->resp_len = BIG_BODY;
+    wait_ready(t);
+    for (int i = 0; i < 3; i++) {
+        struct tstream *c = new_cs(t);
+        c->to_send = BIG_BODY;
+        c->consume = false;
+        CU_ASSERT_PTR_NOT_NULL_FATAL(client_request(c, "/both-ways", true));
+    }
+    WAIT(t, t->nss == 3);
+    for (int i = 0; i < 3; i++)
+        respond(&t->ss[i]);
+    settle(t);
+    for (int i = 0; i < 3; i++) {
+        CU_ASSERT(pk_pipe_len(&t->ss[i].sink) > 0);
+        CU_ASSERT(pk_pipe_len(&t->cs[i].sink) > 0);
+        CU_ASSERT_EQUAL(t->cs[i].closes, 0);
+    }
+    pk_h2conn_close(t->srv.c, "server gone");
+    WAIT(t, t->srv.closes == 1);
+    for (int i = 0; i < 3; i++) {
+        CU_ASSERT_EQUAL(t->ss[i].closes, 1);
+        CU_ASSERT_EQUAL(t->ss[i].close_code, PK_H2_CONN_LOST);
+        CU_ASSERT_TRUE(t->ss[i].sink.aborted);
+        CU_ASSERT_TRUE(t->ss[i].detached_at_close);
+    }
+    /* The producers keep writing into detached pipes: harmless. */
+    for (int i = 0; i < 3; i++)
+        pk_pipe_write(&t->ss[i].body, "x", 1);
+    pk_h2conn_close(t->cli.c, "client gone");
+    WAIT(t, t->cli.closes == 1);
+    for (int i = 0; i < 3; i++) {
+        CU_ASSERT_EQUAL(t->cs[i].closes, 1);
+        CU_ASSERT_EQUAL(t->cs[i].close_code, PK_H2_CONN_LOST);
+        CU_ASSERT_TRUE(t->cs[i].sink.aborted);
+    }
     h2t_free(t);
 }
 
@@ -1227,6 +1434,59 @@ static void test_garbage_input_closes(void)
     event_base_free(r.t.base);
 }
 
+/* A peer that sent its preface and SETTINGS, then never answers a PING (it does not even
+ * read). The conn must close with "heartbeat timeout" once ping_timeout_ms passes after a
+ * PING. Returns the reason the server end closed, or "" if it did not within 1 s. */
+static void heartbeat_case(uint64_t interval_ms, uint64_t timeout_ms, char *why, size_t whylen)
+{
+    struct rawt r;
+    memset(&r, 0, sizeof(r));
+    struct bufferevent *pair[2];
+    struct pk_h2_settings s;
+    test_settings(&s);
+    s.ping_interval_ms = interval_ms;
+    s.ping_timeout_ms = timeout_ms;
+    r.t.base = event_base_new();
+    r.t.guard_ms = 1000;
+    CU_ASSERT_EQUAL_FATAL(bufferevent_pair_new(r.t.base, BEV_OPT_CLOSE_ON_FREE, pair), 0);
+    r.peer = pair[0];
+    r.t.srv.t = &r.t;
+    r.t.srv.c = pk_h2conn_new(r.t.base, pair[1], true, &s, &srv_cbs, &r.t.srv, "heartbeat");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r.t.srv.c);
+    static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+                                  "\x00\x00\x00\x04\x00\x00\x00\x00\x00"; /* empty SETTINGS */
+    bufferevent_write(r.peer, preface, sizeof(preface) - 1);
+    WAIT(&r.t, r.t.srv.ready == 1);
+    WAIT(&r.t, r.t.srv.closes == 1);
+    snprintf(why, whylen, "%s", r.t.srv.closes ? r.t.srv.why : "");
+    if (r.t.srv.c) {
+        r.t.guard_ms = 0;
+        pk_h2conn_close(r.t.srv.c, "test over");
+        WAIT(&r.t, !r.t.srv.c);
+    }
+    bufferevent_free(r.peer);
+    event_base_free(r.t.base);
+}
+
+static void test_heartbeat_timeout_short_interval(void)
+{
+    char why[64];
+    /* Interval longer than the timeout: the deadline fires between two PINGs. */
+    heartbeat_case(40, 10, why, sizeof(why));
+    ASSERT_STR(why, "heartbeat timeout");
+}
+
+/* Regression: with ping_interval_ms < ping_timeout_ms every PING re-arms the pending
+ * deadline (ping_cb calls event_add on deadline_ev again and moves ping_sent_ms), so the
+ * deadline never fires and a dead peer is never detected. With equal values (the defaults,
+ * 10 s and 10 s) it fires only when both timers happen to fall due in the same round. */
+static void test_heartbeat_timeout_interval_below_timeout(void)
+{
+    char why[64];
+    heartbeat_case(10, 40, why, sizeof(why));
+    ASSERT_STR(why, "heartbeat timeout");
+}
+
 void pk_test_register_h2(void)
 {
     CU_pSuite s = CU_add_suite("h2", NULL, NULL);
@@ -1243,13 +1503,18 @@ void pk_test_register_h2(void)
     CU_add_test(s, "trailers_both_directions", test_trailers_both_directions);
     CU_add_test(s, "trailers_empty_body", test_trailers_empty_body);
     CU_add_test(s, "sink_set_after_end", test_sink_set_after_end);
+    CU_add_test(s, "set_sink_replacement_detaches_old", test_set_sink_replacement_detaches_old);
     CU_add_test(s, "reset_by_server", test_reset_by_server);
     CU_add_test(s, "reset_by_client", test_reset_by_client);
     CU_add_test(s, "aborted_body_resets", test_aborted_body_resets);
     CU_add_test(s, "drain_client", test_drain_client);
     CU_add_test(s, "drain_idle", test_drain_idle);
     CU_add_test(s, "drain_server", test_drain_server);
+    CU_add_test(s, "drain_two_step", test_drain_two_step);
+    CU_add_test(s, "malformed_request_rejected", test_malformed_request_rejected);
     CU_add_test(s, "close", test_close);
+    CU_add_test(s, "close_from_callbacks", test_close_from_callbacks);
+    CU_add_test(s, "close_mid_transfer", test_close_mid_transfer);
     CU_add_test(s, "refused_without_handler", test_refused_without_handler);
     CU_add_test(s, "refused_without_on_stream", test_refused_without_on_stream);
     CU_add_test(s, "max_concurrent_streams", test_max_concurrent_streams);
@@ -1257,4 +1522,7 @@ void pk_test_register_h2(void)
     CU_add_test(s, "server_role_cannot_request", test_server_role_cannot_request);
     CU_add_test(s, "settings_timeout", test_settings_timeout);
     CU_add_test(s, "garbage_input_closes", test_garbage_input_closes);
+    CU_add_test(s, "heartbeat_timeout_short_interval", test_heartbeat_timeout_short_interval);
+    CU_add_test(s, "heartbeat_timeout_interval_below_timeout",
+                test_heartbeat_timeout_interval_below_timeout);
 }

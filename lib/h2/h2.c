@@ -259,6 +259,8 @@ void pk_h2stream_set_handler(struct pk_h2stream *s, const struct pk_h2stream_cbs
 
 void pk_h2stream_set_sink(struct pk_h2stream *s, struct pk_pipe *sink)
 {
+    if (s->sink && s->sink != sink)
+        pk_pipe_set_producer(s->sink, NULL, NULL);
     s->sink = sink;
     if (!sink)
         return;
@@ -626,6 +628,9 @@ static void ping_cb(evutil_socket_t fd, short what, void *arg)
     PK_UNUSED(fd);
     PK_UNUSED(what);
     if (c->closing || !c->ready)
+        return;
+    /* One PING at a time: an unanswered one keeps its deadline. */
+    if (c->ping_sent_ms && c->last_rx_ms < c->ping_sent_ms)
         return;
     nghttp2_submit_ping(c->ng, NGHTTP2_FLAG_NONE, NULL);
     c->ping_sent_ms = pk_now_ms();

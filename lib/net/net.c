@@ -112,16 +112,37 @@ void pk_tune_socket(int fd)
 }
 
 struct pk_linger {
-    void (*done)(void *arg);
-    void *arg;
+    struct pk_list link;
+    struct bufferevent *bev;
+    struct pk_linger_list *list;
 };
 
-static void linger_end(struct bufferevent *bev, struct pk_linger *lg)
+void pk_linger_list_init(struct pk_linger_list *l, void (*on_change)(void *arg), void *arg)
 {
-    bufferevent_free(bev);
-    if (lg->done)
-        lg->done(lg->arg);
+    pk_list_init(&l->head);
+    l->n = 0;
+    l->on_change = on_change;
+    l->arg = arg;
+}
+
+static void linger_end(struct pk_linger *lg)
+{
+    struct pk_linger_list *list = lg->list;
+    bufferevent_free(lg->bev);
+    pk_list_remove(&lg->link);
     free(lg);
+    if (list) {
+        list->n--;
+        if (list->on_change)
+            list->on_change(list->arg);
+    }
+}
+
+void pk_linger_list_free(struct pk_linger_list *l)
+{
+    l->on_change = NULL;
+    while (!pk_list_empty(&l->head))
+        linger_end(PK_CONTAINER_OF(l->head.next, struct pk_linger, link));
 }
 
 static void linger_read(struct bufferevent *bev, void *arg)
@@ -133,8 +154,9 @@ static void linger_read(struct bufferevent *bev, void *arg)
 
 static void linger_event(struct bufferevent *bev, short what, void *arg)
 {
+    PK_UNUSED(bev);
     PK_UNUSED(what);
-    linger_end(bev, arg);
+    linger_end(arg);
 }
 
 static void linger_flushed(struct bufferevent *bev, void *arg)
@@ -150,12 +172,17 @@ static void linger_flushed(struct bufferevent *bev, void *arg)
     bufferevent_enable(bev, EV_READ);
 }
 
-void pk_bev_linger_close(struct bufferevent *bev, void (*done)(void *arg), void *arg)
+void pk_bev_linger_close(struct bufferevent *bev, struct pk_linger_list *list)
 {
     struct timeval tv = {10, 0};
     struct pk_linger *lg = pk_xcalloc(1, sizeof(*lg));
-    lg->done = done;
-    lg->arg = arg;
+    lg->bev = bev;
+    lg->list = list;
+    pk_list_init(&lg->link);
+    if (list) {
+        pk_list_insert(&list->head, &lg->link);
+        list->n++;
+    }
     struct evbuffer *in = bufferevent_get_input(bev);
     evbuffer_drain(in, evbuffer_get_length(in));
     bufferevent_setwatermark(bev, EV_WRITE, 0, 0);

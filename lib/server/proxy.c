@@ -32,6 +32,14 @@
 struct h1conn;
 struct h2down;
 
+/* Every downstream connection is on srv->conns, whatever its protocol. */
+enum dconn_kind { DCONN_DETECT, DCONN_H1, DCONN_H2 };
+
+struct dconn {
+    struct pk_list link;
+    enum dconn_kind kind;
+};
+
 struct exchange {
     struct pk_server *srv;
     char endpoint[130];
@@ -60,6 +68,7 @@ struct exchange {
 };
 
 struct h1conn {
+    struct dconn dc;
     struct pk_server *srv;
     struct bufferevent *bev;
     struct pk_h1parser parser;
@@ -75,15 +84,14 @@ struct h1conn {
     bool resp_body_expected;
     bool resp_done;
     bool read_paused;
-    struct h1conn *prev, *next;
 };
 
 struct h2down {
+    struct dconn dc;
     struct pk_server *srv;
     struct pk_h2conn *h2;
     char ip[64];
     uint16_t port;
-    struct h2down *prev, *next;
 };
 
 static void ex_dispatch(struct exchange *ex);
@@ -509,29 +517,15 @@ static void h1_detach(struct h1conn *hc)
     ex_maybe_free(ex);
 }
 
-static void lingered(void *arg)
-{
-    struct pk_server *srv = arg;
-    srv->nlinger--;
-    pk_server_check_drained(srv);
-}
-
 static void h1_destroy(struct h1conn *hc)
 {
     struct pk_server *srv = hc->srv;
     h1_detach(hc);
-    if (hc->prev)
-        hc->prev->next = hc->next;
-    else
-        srv->h1conns = hc->next;
-    if (hc->next)
-        hc->next->prev = hc->prev;
-    if (hc->abort) {
+    pk_list_remove(&hc->dc.link);
+    if (hc->abort)
         bufferevent_free(hc->bev);
-    } else {
-        srv->nlinger++;
-        pk_bev_linger_close(hc->bev, lingered, srv);
-    }
+    else
+        pk_bev_linger_close(hc->bev, &srv->lingers);
     event_free(hc->kick_ev);
     pk_h1parser_free(&hc->parser);
     free(hc);
@@ -765,10 +759,8 @@ static struct h1conn *h1_new(struct pk_server *srv, struct bufferevent *bev, con
     hc->kick_ev = event_new(srv->base, -1, 0, h1_kick_cb, hc);
     pk_h1parser_init(&hc->parser, HTTP_REQUEST, srv->cfg->proxy_max_header_bytes, &h1_parser_cbs,
                      hc);
-    hc->next = srv->h1conns;
-    if (srv->h1conns)
-        srv->h1conns->prev = hc;
-    srv->h1conns = hc;
+    hc->dc.kind = DCONN_H1;
+    pk_list_insert(&srv->conns, &hc->dc.link);
     bufferevent_setcb(bev, h1_read, h1_write, h1_event, hc);
     bufferevent_setwatermark(bev, EV_WRITE, OUT_HWM / 2, 0);
     bufferevent_setwatermark(bev, EV_READ, 0, 256 * 1024);
@@ -820,12 +812,7 @@ static void h2d_on_close(struct pk_h2conn *c, const char *why, void *ud)
     struct pk_server *srv = d->srv;
     PK_UNUSED(c);
     PK_DEBUG("proxy", "h2 connection closed client=%s:%u: %s", d->ip, d->port, why);
-    if (d->prev)
-        d->prev->next = d->next;
-    else
-        srv->h2conns = d->next;
-    if (d->next)
-        d->next->prev = d->prev;
+    pk_list_remove(&d->dc.link);
     free(d);
     srv->nconns--;
     pk_server_check_drained(srv);
@@ -841,15 +828,11 @@ static void h2d_new(struct pk_server *srv, struct bufferevent *bev, const char *
     d->port = port;
     char name[128];
     snprintf(name, sizeof(name), "downstream/%s:%u", ip, port);
-    d->next = srv->h2conns;
-    if (srv->h2conns)
-        srv->h2conns->prev = d;
-    srv->h2conns = d;
+    d->dc.kind = DCONN_H2;
+    pk_list_insert(&srv->conns, &d->dc.link);
     d->h2 = pk_h2conn_new(srv->base, bev, true, &srv->down_settings, &h2d_cbs, d, name);
     if (!d->h2) {
-        srv->h2conns = d->next;
-        if (d->next)
-            d->next->prev = NULL;
+        pk_list_remove(&d->dc.link);
         free(d);
         srv->nconns--;
     }
@@ -858,7 +841,9 @@ static void h2d_new(struct pk_server *srv, struct bufferevent *bev, const char *
 /* ---- accepting and protocol detection ------------------------------------------------- */
 
 struct detect {
+    struct dconn dc;
     struct pk_server *srv;
+    struct bufferevent *bev;
     char ip[64];
     uint16_t port;
 };
@@ -874,6 +859,7 @@ static void detect_read(struct bufferevent *bev, void *arg)
     if (h2 && n < H2_PREFACE_LEN)
         return; /* wait for the whole preface */
     struct detect d = *dt;
+    pk_list_remove(&dt->dc.link);
     free(dt);
     bufferevent_set_timeouts(bev, NULL, NULL);
     if (h2) {
@@ -889,9 +875,12 @@ static void detect_event(struct bufferevent *bev, short what, void *arg)
 {
     struct detect *dt = arg;
     PK_UNUSED(what);
-    dt->srv->nconns--;
+    struct pk_server *srv = dt->srv;
+    pk_list_remove(&dt->dc.link);
     free(dt);
     bufferevent_free(bev);
+    srv->nconns--;
+    pk_server_check_drained(srv);
 }
 
 static void proxy_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
@@ -905,6 +894,9 @@ static void proxy_accept(struct evconnlistener *l, evutil_socket_t fd, struct so
     pk_sockaddr_ip(sa, dt->ip, sizeof(dt->ip), &dt->port);
     pk_tune_socket(fd);
     struct bufferevent *bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    dt->bev = bev;
+    dt->dc.kind = DCONN_DETECT;
+    pk_list_insert(&srv->conns, &dt->dc.link);
     srv->nconns++;
     set_timeout(bev, srv->cfg->proxy_idle_timeout_ms);
     bufferevent_setcb(bev, detect_read, NULL, detect_event, dt);
@@ -919,11 +911,38 @@ int pk_proxy_listen(struct pk_server *srv, char *err, size_t errlen)
 
 void pk_proxy_drain_all(struct pk_server *srv)
 {
-    for (struct h2down *d = srv->h2conns; d; d = d->next)
-        pk_h2conn_drain(d->h2, pk_h2conn_last_stream_id(d->h2));
-    for (struct h1conn *hc = srv->h1conns; hc; hc = hc->next) {
-        hc->keep_alive = false;
-        if (!hc->ex)
-            h1_close(hc, false);
+    struct pk_list *l, *next;
+    for (l = srv->conns.next; l != &srv->conns; l = next) {
+        next = l->next;
+        struct dconn *dc = PK_CONTAINER_OF(l, struct dconn, link);
+        if (dc->kind == DCONN_H2) {
+            struct h2down *d = PK_CONTAINER_OF(dc, struct h2down, dc);
+            pk_h2conn_drain(d->h2, pk_h2conn_last_stream_id(d->h2));
+        } else if (dc->kind == DCONN_H1) {
+            struct h1conn *hc = PK_CONTAINER_OF(dc, struct h1conn, dc);
+            hc->keep_alive = false;
+            if (!hc->ex)
+                h1_close(hc, false);
+        } else {
+            /* Nothing was sent on it yet: close it like an idle keep-alive connection. */
+            detect_event(PK_CONTAINER_OF(dc, struct detect, dc)->bev, BEV_EVENT_EOF,
+                         PK_CONTAINER_OF(dc, struct detect, dc));
+        }
+    }
+}
+
+void pk_proxy_abort_all(struct pk_server *srv)
+{
+    struct pk_list *l, *next;
+    for (l = srv->conns.next; l != &srv->conns; l = next) {
+        next = l->next;
+        struct dconn *dc = PK_CONTAINER_OF(l, struct dconn, link);
+        if (dc->kind == DCONN_H2)
+            pk_h2conn_close(PK_CONTAINER_OF(dc, struct h2down, dc)->h2, "shutting down");
+        else if (dc->kind == DCONN_H1)
+            h1_close(PK_CONTAINER_OF(dc, struct h1conn, dc), true);
+        else
+            detect_event(PK_CONTAINER_OF(dc, struct detect, dc)->bev, BEV_EVENT_EOF,
+                         PK_CONTAINER_OF(dc, struct detect, dc));
     }
 }

@@ -176,7 +176,7 @@ static void check_cb(evutil_socket_t fd, short what, void *arg)
     struct pk_server *srv = arg;
     PK_UNUSED(fd);
     PK_UNUSED(what);
-    if (srv->draining && srv->nexchanges == 0 && srv->nconns == 0 && srv->nlinger == 0) {
+    if (srv->draining && srv->nexchanges == 0 && srv->nconns == 0 && srv->lingers.n == 0) {
         PK_INFO("server", "drained: exiting");
         event_base_loopexit(srv->base, NULL);
     }
@@ -184,8 +184,13 @@ static void check_cb(evutil_socket_t fd, short what, void *arg)
 
 void pk_server_check_drained(struct pk_server *srv)
 {
-    if (srv->draining && srv->nexchanges == 0 && srv->nconns == 0 && srv->nlinger == 0)
+    if (srv->draining && srv->nexchanges == 0 && srv->nconns == 0 && srv->lingers.n == 0)
         event_active(srv->check_ev, EV_TIMEOUT, 0);
+}
+
+static void linger_done(void *arg)
+{
+    pk_server_check_drained(arg);
 }
 
 void pk_server_shutdown(struct pk_server *srv)
@@ -215,6 +220,10 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
     srv->cfg = cfg;
     srv->grace_ev = event_new(base, -1, 0, grace_cb, srv);
     srv->check_ev = event_new(base, -1, 0, check_cb, srv);
+    pk_list_init(&srv->conns);
+    pk_list_init(&srv->tunnels);
+    pk_list_init(&srv->handshakes);
+    pk_linger_list_init(&srv->lingers, linger_done, srv);
 
     pk_h2_settings_default(&srv->tunnel_settings);
     srv->tunnel_settings.stream_window = (uint32_t)cfg->upstream_stream_window;
@@ -247,6 +256,12 @@ void pk_server_del(struct pk_server *srv)
 {
     if (!srv)
         return;
+    /* Abort whatever is left and let the deferred closes run, so nothing leaks. */
+    pk_proxy_abort_all(srv);
+    pk_upstream_abort_all(srv);
+    for (int i = 0; i < 100 && (srv->nconns || srv->ntunnels_open || srv->nexchanges); i++)
+        event_base_loop(srv->base, EVLOOP_NONBLOCK);
+    pk_linger_list_free(&srv->lingers);
     if (srv->proxy_l)
         evconnlistener_free(srv->proxy_l);
     if (srv->upstream_l)

@@ -2,7 +2,9 @@
 #ifndef PK_SERVER_INT_H
 #define PK_SERVER_INT_H
 
+#include "base/list.h"
 #include "h2/h2.h"
+#include "net/net.h"
 #include "server/server.h"
 #include "stream/pipe.h"
 
@@ -24,6 +26,7 @@ struct tunnel {
     char peer[64];
     uint64_t served;     /* streams opened on it, for logs */
     struct tunnel *next; /* in ep->tunnels */
+    struct pk_list link; /* in srv->tunnels */
 };
 
 struct endpoint {
@@ -49,13 +52,14 @@ struct pk_server {
     bool draining;
     struct event *grace_ev;
     struct event *check_ev;
-    size_t nconns;        /* downstream connections (h1 + h2) */
+    size_t nconns;        /* downstream connections (h1 + h2 + undecided) */
     size_t ntunnels_open; /* tunnels incl. handshaking ones */
     size_t nexchanges;
-    size_t nlinger;           /* closed connections still flushing their last response */
     struct exchange *waiting; /* exchanges waiting for a tunnel slot */
-    struct h1conn *h1conns;   /* for drain: idle ones are closed */
-    struct h2down *h2conns;
+    struct pk_list conns;     /* downstream connections, for drain and teardown */
+    struct pk_list tunnels;   /* every tunnel, registered or not */
+    struct pk_list handshakes;
+    struct pk_linger_list lingers; /* closed connections still flushing */
 };
 
 /* upstream.c */
@@ -71,6 +75,9 @@ int pk_proxy_listen(struct pk_server *srv, char *err, size_t errlen);
 /* A tunnel of this endpoint has a free slot again (or a new one arrived). */
 void pk_proxy_slot_free(struct pk_server *srv, const char *endpoint);
 void pk_proxy_drain_all(struct pk_server *srv);
+/* Teardown: aborts every downstream connection (deferred) / every tunnel and handshake. */
+void pk_proxy_abort_all(struct pk_server *srv);
+void pk_upstream_abort_all(struct pk_server *srv);
 
 /* server.c */
 /* Called whenever work finishes during a drain: exits the loop when nothing is left. */

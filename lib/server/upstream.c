@@ -155,6 +155,7 @@ static void tunnel_closed(struct pk_h2conn *c, const char *why, void *ud)
     PK_INFO("upstream", "tunnel closed endpoint=%s sidecar=%s peer=%s streams_served=%llu: %s",
             t->endpoint_id, t->sidecar_id, t->peer, (unsigned long long)t->served, why);
     ep_remove(srv, t);
+    pk_list_remove(&t->link);
     free(t->endpoint_id);
     free(t->sidecar_id);
     free(t);
@@ -172,6 +173,7 @@ static const struct pk_h2conn_cbs tunnel_cbs = {
 /* ---- handshake ---------------------------------------------------------------------- */
 
 struct handshake {
+    struct pk_list link; /* in srv->handshakes */
     struct pk_server *srv;
     struct bufferevent *bev;
     struct pk_h1parser parser;
@@ -180,6 +182,7 @@ struct handshake {
 
 static void hs_free(struct handshake *hs)
 {
+    pk_list_remove(&hs->link);
     pk_h1parser_free(&hs->parser);
     free(hs);
 }
@@ -194,7 +197,7 @@ static void hs_reject(struct handshake *hs, int status, const char *msg, const c
                         "content-length: %d\r\nconnection: close\r\n%s\r\n%s",
                         status, pk_h1_reason(status), n, extra ? extra : "", body);
     PK_INFO("upstream", "handshake rejected peer=%s status=%d: %s", hs->peer, status, msg);
-    pk_bev_linger_close(hs->bev, NULL, NULL);
+    pk_bev_linger_close(hs->bev, &hs->srv->lingers);
     hs->srv->ntunnels_open--;
     hs_free(hs);
 }
@@ -205,6 +208,7 @@ static void hs_accept(struct handshake *hs, const char *endpoint)
     struct pk_head *h = &hs->parser.head;
     struct tunnel *t = pk_xcalloc(1, sizeof(*t));
     t->srv = srv;
+    pk_list_insert(&srv->tunnels, &t->link);
     t->endpoint_id = pk_xstrdup(endpoint);
     const char *sid = pk_hdrs_get(&h->hdrs, "piko-sidecar-id");
     t->sidecar_id = pk_xstrdup(sid ? sid : "-");
@@ -222,6 +226,7 @@ static void hs_accept(struct handshake *hs, const char *endpoint)
     /* Leftover bytes after the request head stay in bev's input: HTTP/2 reads them. */
     t->h2 = pk_h2conn_new(srv->base, bev, false, &srv->tunnel_settings, &tunnel_cbs, t, name);
     if (!t->h2) {
+        pk_list_remove(&t->link);
         free(t->endpoint_id);
         free(t->sidecar_id);
         free(t);
@@ -302,6 +307,7 @@ static void upstream_accept(struct evconnlistener *l, evutil_socket_t fd, struct
     pk_sockaddr_ip(sa, ip, sizeof(ip), &port);
     snprintf(hs->peer, sizeof(hs->peer), "%s:%u", ip, port);
     hs->srv = srv;
+    pk_list_insert(&srv->handshakes, &hs->link);
     pk_tune_socket(fd);
     hs->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
     pk_h1parser_init(&hs->parser, HTTP_REQUEST, srv->cfg->proxy_max_header_bytes, &hs_parser_cbs,
@@ -319,4 +325,16 @@ int pk_upstream_listen(struct pk_server *srv, char *err, size_t errlen)
     srv->upstream_l =
         pk_listen(srv->base, srv->cfg->upstream_bind_addr, upstream_accept, srv, err, errlen);
     return srv->upstream_l ? 0 : PK_ERR_IO;
+}
+
+void pk_upstream_abort_all(struct pk_server *srv)
+{
+    while (!pk_list_empty(&srv->handshakes)) {
+        struct handshake *hs = PK_CONTAINER_OF(srv->handshakes.next, struct handshake, link);
+        bufferevent_free(hs->bev);
+        srv->ntunnels_open--;
+        hs_free(hs);
+    }
+    for (struct pk_list *l = srv->tunnels.next; l != &srv->tunnels; l = l->next)
+        pk_h2conn_close(PK_CONTAINER_OF(l, struct tunnel, link)->h2, "shutting down");
 }

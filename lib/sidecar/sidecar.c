@@ -293,6 +293,7 @@ static const struct pk_h2conn_cbs tunnel_cbs = {
 /* The handshake in flight for one endpoint. */
 struct hs {
     struct sc_endpoint *ep;
+    struct pk_dial *dial;
     struct bufferevent *bev;
     struct pk_h1parser parser;
     struct evbuffer *body; /* error body, for the log */
@@ -312,6 +313,7 @@ static void hs_done(struct hs *h, bool ok, bool to_max, const char *why)
 {
     struct sc_endpoint *ep = h->ep;
     ep->dialing = false;
+    ep->hs = NULL;
     pk_h1parser_free(&h->parser);
     evbuffer_free(h->body);
     if (!ok) {
@@ -456,6 +458,7 @@ static int start_tls(struct hs *h, struct bufferevent *bev)
 static void dialed(int err, struct bufferevent *bev, const char *why, void *arg)
 {
     struct hs *h = arg;
+    h->dial = NULL;
     if (err) {
         hs_done(h, false, false, why);
         return;
@@ -486,8 +489,10 @@ static void dial_tunnel(struct sc_endpoint *ep)
     h->body = evbuffer_new();
     pk_h1parser_init(&h->parser, HTTP_RESPONSE, 64 * 1024, &hs_cbs, h);
     PK_DEBUG("tunnel", "endpoint=%s dialling %s", ep->name, sc->cfg->connect_url);
-    if (!pk_dial_start(sc->base, sc->resolver, sc->server_host, sc->server_port,
-                       sc->cfg->connect_timeout_ms, dialed, h))
+    ep->hs = h;
+    h->dial = pk_dial_start(sc->base, sc->resolver, sc->server_host, sc->server_port,
+                            sc->cfg->connect_timeout_ms, dialed, h);
+    if (!h->dial)
         hs_done(h, false, false, "cannot resolve the server host");
 }
 
@@ -650,10 +655,33 @@ void pk_sidecar_del(struct pk_sidecar *sc)
 {
     if (!sc)
         return;
+    /* Abort whatever is left and let the deferred closes run, so nothing leaks. */
+    sc->draining = true;
+    for (struct sc_endpoint *ep = sc->eps; ep; ep = ep->next) {
+        event_del(ep->redial_ev);
+        if (ep->hs) {
+            struct hs *h = ep->hs;
+            pk_dial_cancel(h->dial);
+            if (h->bev)
+                bufferevent_free(h->bev);
+            h->bev = NULL;
+            pk_h1parser_free(&h->parser);
+            evbuffer_free(h->body);
+            free(h);
+            ep->hs = NULL;
+        }
+        for (struct sc_tunnel *t = ep->tunnels; t; t = t->next)
+            pk_h2conn_close(t->h2, "shutting down");
+        pk_local_pool_free(ep);
+    }
+    for (int i = 0; i < 100 && (sc->ntunnels || sc->nstreams); i++)
+        event_base_loop(sc->base, EVLOOP_NONBLOCK);
+    for (struct sc_endpoint *ep = sc->eps; ep; ep = ep->next)
+        pk_local_pool_free(ep);
+    event_base_loop(sc->base, EVLOOP_NONBLOCK);
     while (sc->eps) {
         struct sc_endpoint *ep = sc->eps;
         sc->eps = ep->next;
-        pk_local_pool_free(ep);
         event_free(ep->redial_ev);
         free(ep->name);
         free(ep->host);

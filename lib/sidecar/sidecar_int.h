@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+struct hs;
 struct lconn;
 struct pk_dial;
 struct event;
@@ -21,6 +22,7 @@ struct sc_endpoint {
     struct sc_tunnel *tunnels;
     size_t ntunnels_up;
     bool dialing;
+    struct hs *hs; /* the tunnel handshake in flight */
     uint64_t backoff_ms;
     struct event *redial_ev;
     struct lconn *idle; /* keep-alive connections to the service */
