@@ -5,8 +5,14 @@ PIKO_BIN_DIR names the directory holding the binaries (default: <repo>/build/bin
 path containing "asan" marks a sanitized build: waits are stretched (helpers.SLOW) and
 peak-RSS assertions are skipped.
 
+Fixtures: `piko` (a per-test harness: piko.service(), piko.server(), piko.sidecar(),
+piko.stack()), the `server`/`sidecar`/`service` factories, `stack`, and `shared` /
+`shared_stack` (one set of processes per module, for tests that do not change process
+state).
+
 Every process writes stdout+stderr to a log file in the test's tmp_path; the tail of
-each log is attached to the report of a failing test. At teardown every process still
+each log (and the head of any sanitizer report) is attached to the report of a failing
+test. At teardown every process still
 running gets SIGTERM (then SIGKILL after a bound); a process that crashed, exited
 non-zero after SIGTERM, ignored SIGTERM, or printed a sanitizer report makes the test
 error at teardown.
@@ -24,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SANITIZED, SLOW, poll
+from helpers import SLOW, poll
 from services import Service
 
 REPO = Path(__file__).resolve().parent.parent
@@ -238,6 +244,14 @@ class SidecarProc(Proc):
         self.endpoints = dict(endpoints)
 
 
+def _env(extra):
+    if not extra:
+        return None
+    env = dict(os.environ)
+    env.update(extra)
+    return env
+
+
 def flags_to_argv(flags):
     argv = []
     for key, value in flags.items():
@@ -282,9 +296,10 @@ class Piko:
     def new_server_ports():
         return {"proxy": free_port(), "upstream": free_port(), "admin": free_port()}
 
-    def server(self, flags=None, ports=None, wait=True, args=(), name="server"):
+    def server(self, flags=None, ports=None, wait=True, args=(), name="server", env=None):
         """Start piko-server on explicit loopback ports; waits for /ready 200.
-        flags: {"proxy.timeout": "1s", ...}; a None value drops a default flag."""
+        flags: {"proxy.timeout": "1s", ...}; a None value drops a default flag.
+        env: extra environment variables for this process only."""
         ports = ports or self.new_server_ports()
         all_flags = {
             "proxy.bind-addr": "127.0.0.1:%d" % ports["proxy"],
@@ -294,7 +309,7 @@ class Piko:
         all_flags.update(self.DEFAULT_SERVER_FLAGS)
         all_flags.update(flags or {})
         argv = [binary("piko-server")] + flags_to_argv(all_flags) + list(args)
-        proc = ServerProc(name, argv, self._log_path(name), ports)
+        proc = ServerProc(name, argv, self._log_path(name), ports, env=_env(env))
         self.procs.append(proc)
         proc.start()
         if wait:
@@ -304,7 +319,7 @@ class Piko:
     # -- sidecar ----------------------------------------------------------------------
 
     def sidecar(self, endpoints, server=None, connect_url=None, flags=None, wait=True,
-                routable=True, args=(), name="sidecar"):
+                routable=True, args=(), name="sidecar", env=None):
         """Start piko-sidecar serving endpoints {name: addr}. With wait, waits for
         /ready 200 and (routable) until the server routes every endpoint to a tunnel."""
         admin_port = free_port()
@@ -318,7 +333,8 @@ class Piko:
         all_flags.update(self.DEFAULT_SIDECAR_FLAGS)
         all_flags.update(flags or {})
         argv = [binary("piko-sidecar")] + flags_to_argv(all_flags) + list(args)
-        proc = SidecarProc(name, argv, self._log_path(name), admin_port, endpoints)
+        proc = SidecarProc(name, argv, self._log_path(name), admin_port, endpoints,
+                           env=_env(env))
         self.procs.append(proc)
         proc.start()
         if wait:

@@ -27,7 +27,6 @@ import hashlib
 import json
 import random
 import socket
-import socketserver
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer

@@ -1,8 +1,10 @@
 """Routing on the proxy port and what the service sees (PROTOCOL.md 1.4 and 4)."""
 
+import json
+
 import pytest
 
-from helpers import RawConn, assert_json_error, curl, raw_exchange
+from helpers import RawConn, curl, nghttp, raw_exchange
 
 PROTOCOLS = ["http1", "h2c"]
 
@@ -208,11 +210,9 @@ def test_http10_without_host_uses_endpoint_as_authority(shared_stack):
 def test_split_cookie_fields_joined_for_http1(shared_stack):
     """An h2 client may split cookies into several fields; HTTP/1.1 needs one."""
     srv, _, _ = shared_stack
-    from helpers import nghttp
     rc, out, err = nghttp(srv.proxy_port, ["/echo"], headers={
         "x-piko-endpoint": "my-service", "cookie": "a=1"}, extra=["-H", "cookie: b=2"])
     assert rc == 0, err
-    import json
     body = json.loads(out)
     cookies = [v for k, v in body["headers"] if k == "cookie"]
     assert len(cookies) == 1, cookies

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from helpers import SLOW, assert_json_error, curl, raw_exchange
+from helpers import SLOW, RawConn, assert_json_error, curl, raw_exchange
 from services import closed_port
 
 PROTOCOLS = ["http1", "h2c"]
@@ -107,7 +107,6 @@ def test_upstream_timeout(piko, proto):
 def test_error_on_keepalive_connection_keeps_it_usable(shared_stack):
     """A JSON error is a normal response: the keep-alive connection goes on."""
     srv, _, _ = shared_stack
-    from helpers import RawConn
     with RawConn(srv.proxy_port) as c:
         c.send(b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         r = c.read_response()

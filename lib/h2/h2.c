@@ -21,6 +21,8 @@ struct pk_h2stream {
     bool remote_ended;
     bool deferred; /* the data provider is waiting for the source pipe */
     bool has_handler;
+    bool end_sent;        /* our END_STREAM went out */
+    bool rst_after_end;   /* RST_STREAM(NO_ERROR) once it has */
     struct pk_pipe *sink; /* received DATA */
     struct pk_pipe *src;  /* DATA to send */
     size_t unconsumed;    /* bytes given to the sink and not yet taken */
@@ -293,6 +295,15 @@ void pk_h2stream_reset(struct pk_h2stream *s, uint32_t error_code)
     schedule_flush(s->c);
 }
 
+void pk_h2stream_end_early(struct pk_h2stream *s)
+{
+    if (s->end_sent) {
+        pk_h2stream_reset(s, NGHTTP2_NO_ERROR);
+        return;
+    }
+    s->rst_after_end = true;
+}
+
 struct pk_head *pk_h2stream_head(struct pk_h2stream *s)
 {
     return &s->head;
@@ -488,6 +499,21 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code,
     return 0;
 }
 
+static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *user_data)
+{
+    PK_UNUSED(user_data);
+    if (!(frame->hd.flags & NGHTTP2_FLAG_END_STREAM) ||
+        (frame->hd.type != NGHTTP2_DATA && frame->hd.type != NGHTTP2_HEADERS))
+        return 0;
+    struct pk_h2stream *s = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+    if (!s)
+        return 0;
+    s->end_sent = true;
+    if (s->rst_after_end)
+        nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_NO_ERROR);
+    return 0;
+}
+
 static int on_error(nghttp2_session *ng, int lib_error_code, const char *msg, size_t len,
                     void *user_data)
 {
@@ -650,6 +676,7 @@ static nghttp2_session_callbacks *make_callbacks(void)
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
     nghttp2_session_callbacks_set_error_callback2(cb, on_error);
     return cb;
 }

@@ -109,6 +109,10 @@ void pk_h2stream_set_sink(struct pk_h2stream *s, struct pk_pipe *sink);
 /* Server role: submits the response head; body NULL means none (END_STREAM on HEADERS). */
 int pk_h2stream_respond(struct pk_h2stream *s, const struct pk_head *head, struct pk_pipe *body);
 void pk_h2stream_reset(struct pk_h2stream *s, uint32_t error_code);
+/* The response is complete but the request body is not needed: once our END_STREAM has
+ * gone out (now, if it has), RST_STREAM(NO_ERROR) tells the peer to stop sending
+ * (RFC 9113 8.1, PROTOCOL.md 1.3). */
+void pk_h2stream_end_early(struct pk_h2stream *s);
 /* The received head (request in server role, response in client role). */
 struct pk_head *pk_h2stream_head(struct pk_h2stream *s);
 int32_t pk_h2stream_id(const struct pk_h2stream *s);

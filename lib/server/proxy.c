@@ -242,6 +242,10 @@ static void us_on_close(struct pk_h2stream *s, uint32_t code, void *ud)
                 ex->client, code == PK_H2_CONN_LOST ? "tunnel lost" : nghttp2_http2_strerror(code),
                 ex->head_sent);
         ex_fail(ex, 502, "upstream unreachable");
+    } else if (code == NGHTTP2_NO_ERROR && ex->ds && !ex->req_body.eof) {
+        /* The service answered without reading the whole request: the downstream h2
+         * stream ends the same way. (HTTP/1.1 closes after the response instead.) */
+        pk_h2stream_end_early(ex->ds);
     }
     ex_maybe_free(ex);
 }
@@ -465,7 +469,9 @@ static void h1_send_head(struct h1conn *hc, struct exchange *ex, struct pk_head 
             hc->keep_alive = false; /* close-delimited for an HTTP/1.0 client */
         }
     }
-    if (hc->srv->draining)
+    /* A response that starts while the request body is still arriving closes the
+     * connection: the service may not read the rest (PROTOCOL.md 1.3). */
+    if (hc->srv->draining || (ex->req_has_body && !ex->req_body.eof))
         hc->keep_alive = false;
     if (!hc->keep_alive)
         pk_hdrs_set(&resp->hdrs, "connection", "close");

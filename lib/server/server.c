@@ -106,7 +106,7 @@ static void admin_reply(struct evhttp_request *req, int code, const char *body)
 {
     struct evbuffer *b = evbuffer_new();
     evbuffer_add_printf(b, "%s\n", body);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "content-type", "application/json");
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
     evhttp_send_reply(req, code, code == 200 ? "OK" : "Service Unavailable", b);
     evbuffer_free(b);
 }
@@ -132,7 +132,7 @@ static void admin_notfound(struct evhttp_request *req, void *arg)
     PK_UNUSED(arg);
     struct evbuffer *b = evbuffer_new();
     evbuffer_add_printf(b, "{\"error\":\"not found\"}\n");
-    evhttp_add_header(evhttp_request_get_output_headers(req), "content-type", "application/json");
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
     evhttp_send_reply(req, 404, "Not Found", b);
     evbuffer_free(b);
 }

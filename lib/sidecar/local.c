@@ -138,6 +138,14 @@ static void pump_request(struct lconn *lc)
     struct pk_pipe *p = &x->req_body;
     struct evbuffer *out = bufferevent_get_output(lc->bev);
     if (p->aborted) {
+        if (x->resp_complete) {
+            /* The stream ended early after a complete response: nothing failed. */
+            x->lc = NULL;
+            pk_pipe_set_consumer(p, NULL, NULL);
+            pk_pipe_set_producer(&x->resp_body, NULL, NULL);
+            lc_release(lc, false);
+            return;
+        }
         lx_fail(x, NGHTTP2_CANCEL, "request aborted by the client");
         return;
     }
@@ -256,6 +264,14 @@ static void resp_on_complete(struct pk_h1parser *p, void *ud)
     if (!x || (p->head.status >= 100 && p->head.status < 200))
         return;
     x->resp_complete = true;
+    if (!x->req_sent && x->s) {
+        /* The service answered before reading the whole request: relay the complete
+         * response, then stop the request (PROTOCOL.md 1.3). The connection is not
+         * reused: unread request bytes may still be in flight to it. */
+        PK_DEBUG("local", "endpoint=%s response complete before the request body", x->ep->name);
+        lc->parser.keep_alive = false;
+        pk_h2stream_end_early(x->s);
+    }
     if (p->trailers.n) {
         pk_hdrs_move(&x->resp_body.trailers, &p->trailers);
         x->resp_body.has_trailers = true;

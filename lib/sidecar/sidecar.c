@@ -502,7 +502,7 @@ static void reply(struct evhttp_request *req, int code, const char *body)
 {
     struct evbuffer *b = evbuffer_new();
     evbuffer_add_printf(b, "%s\n", body);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "content-type", "application/json");
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
     evhttp_send_reply(req, code, code == 200 ? "OK" : code == 404 ? "Not Found" : "Unavailable", b);
     evbuffer_free(b);
 }
