@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
 
 #define OPT(name, type, field, def, help)                                                          \
     {                                                                                              \
@@ -218,6 +220,13 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
     char addr[256];
     srv->base = base;
     srv->cfg = cfg;
+    char host[64] = "piko";
+    uint32_t suffix = 0;
+    gethostname(host, sizeof(host));
+    host[sizeof(host) - 1] = '\0';
+    if (getrandom(&suffix, sizeof(suffix), 0) != sizeof(suffix))
+        suffix = (uint32_t)pk_now_ms() ^ (uint32_t)getpid();
+    snprintf(srv->node_id, sizeof(srv->node_id), "%s-%08x", host, suffix);
     srv->grace_ev = event_new(base, -1, 0, grace_cb, srv);
     srv->check_ev = event_new(base, -1, 0, check_cb, srv);
     pk_list_init(&srv->conns);
@@ -245,6 +254,7 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
         return NULL;
     }
     pk_listener_addr(srv->proxy_l, addr, sizeof(addr));
+    PK_INFO("server", "node id=%s", srv->node_id);
     PK_INFO("server", "proxy listening addr=%s", addr);
     pk_listener_addr(srv->upstream_l, addr, sizeof(addr));
     PK_INFO("server", "upstream listening addr=%s", addr);

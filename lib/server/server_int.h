@@ -41,6 +41,7 @@ struct endpoint {
 
 struct pk_server {
     struct event_base *base;
+    char node_id[96]; /* hostname plus a random suffix, new at every start */
     const struct pk_server_config *cfg;
     struct evconnlistener *proxy_l;
     struct evconnlistener *upstream_l;

@@ -217,7 +217,7 @@ static void hs_accept(struct handshake *hs, const char *endpoint)
     evbuffer_add_printf(bufferevent_get_output(hs->bev),
                         "HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\n"
                         "upgrade: " UPGRADE_TOKEN "\r\npiko-node-id: %s\r\n\r\n",
-                        "piko-server");
+                        srv->node_id);
     char name[256];
     snprintf(name, sizeof(name), "tunnel/%s/%s", endpoint, hs->peer);
     struct bufferevent *bev = hs->bev;
