@@ -22,6 +22,7 @@ struct pk_h2stream {
     bool deferred; /* the data provider is waiting for the source pipe */
     bool has_handler;
     bool end_sent;        /* our END_STREAM went out */
+    bool raw;             /* a CONNECT stream: DATA are the bytes of a connection */
     bool rst_after_end;   /* RST_STREAM(NO_ERROR) once it has */
     struct pk_pipe *sink; /* received DATA */
     struct pk_pipe *src;  /* DATA to send */
@@ -161,8 +162,16 @@ static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
     struct pk_h2stream *s = source->ptr;
     PK_UNUSED(user_data);
     struct pk_pipe *p = s ? s->src : NULL;
-    if (!p || p->aborted)
+    if (!p)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    if (p->aborted) {
+        /* The source failed: a raw stream reports a reset connection (CONNECT_ERROR,
+         * PROTOCOL.md 1.2), anything else INTERNAL_ERROR. */
+        nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, id,
+                                  s->raw ? NGHTTP2_CONNECT_ERROR : NGHTTP2_INTERNAL_ERROR);
+        s->deferred = true;
+        return NGHTTP2_ERR_DEFERRED;
+    }
     size_t n = pk_pipe_read(p, buf, length);
     if (pk_pipe_done(p)) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
@@ -234,6 +243,7 @@ struct pk_h2stream *pk_h2conn_request(struct pk_h2conn *c, const struct pk_head 
     s->cbs = cbs;
     s->ud = ud;
     s->has_handler = true;
+    s->raw = head->method && strcmp(head->method, "CONNECT") == 0;
     nghttp2_data_provider prd = {.source.ptr = s, .read_callback = read_body};
     int32_t id = nghttp2_submit_request(c->ng, NULL, nv, n, body ? &prd : NULL, s);
     free(nv);
@@ -407,6 +417,7 @@ static void headers_received(struct pk_h2conn *c, struct pk_h2stream *s, const n
             return;
         }
         s->head_done = true;
+        s->raw = c->server && s->head.method && strcmp(s->head.method, "CONNECT") == 0;
         if (c->server) {
             if (c->cbs->on_stream)
                 c->cbs->on_stream(c, s, c->ud);

@@ -159,6 +159,12 @@ static int on_headers_complete(http_parser *hp)
     p->head_done = true;
     p->http_minor = hp->http_minor;
     p->keep_alive = http_should_keep_alive(hp) != 0;
+    /* http-parser sets upgrade before this callback; a request with a body is parsed as
+     * an ordinary message (RFC 9110 7.8) and only then would it stop. */
+    bool has_body =
+        (hp->flags & F_CHUNKED) || (hp->content_length > 0 && hp->content_length != ULLONG_MAX);
+    p->upgrade =
+        hp->upgrade && (hp->method == HTTP_CONNECT || !has_body || hp->type == HTTP_RESPONSE);
     p->chunked = (hp->flags & F_CHUNKED) != 0;
     p->has_length = !p->chunked && hp->content_length != ULLONG_MAX;
     p->content_length = p->has_length ? hp->content_length : 0;
@@ -278,8 +284,7 @@ ssize_t pk_h1parser_feed(struct pk_h1parser *p, const char *data, size_t len)
         }
         return -1;
     }
-    if (p->hp.upgrade) {
-        p->upgrade = true;
+    if (p->upgrade) {
         if (!p->message_done) {
             p->message_done = true;
             if (p->cbs->on_complete)

@@ -13,6 +13,7 @@
 #include "http1/http1.h"
 #include "net/net.h"
 #include "server/server_int.h"
+#include "stream/bevpipe.h"
 
 #include <arpa/inet.h>
 #include <event2/buffer.h>
@@ -24,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define TCP_PREFIX     "/_piko/v1/tcp/"
 #define H2_PREFACE     "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #define H2_PREFACE_LEN 24
 #define PIPE_HWM       (256 * 1024)
@@ -49,6 +51,9 @@ struct exchange {
     struct pk_pipe resp_body;
     bool req_has_body;
     bool is_head;
+    bool raw;       /* an upgrade or a TCP tunnel: an extended CONNECT stream */
+    bool tcp;       /* /_piko/v1/tcp/{endpoint} */
+    char token[64]; /* the upgrade token (:protocol) */
     bool expect_continue;
     /* upstream side */
     struct pk_h2stream *us;
@@ -84,6 +89,7 @@ struct h1conn {
     bool resp_body_expected;
     bool resp_done;
     bool read_paused;
+    struct pk_bevpipe *bp; /* after an upgrade: the socket is a raw byte stream */
 };
 
 struct h2down {
@@ -175,7 +181,16 @@ static void ds_abort(struct exchange *ex);
 
 /* Answers with a JSON error (PROTOCOL.md 4), or aborts the downstream side when a
  * response head was already sent (never a silently short body). */
+static void ex_fail_hdr(struct exchange *ex, int status, const char *msg, const char *name,
+                        const char *value);
+
 static void ex_fail(struct exchange *ex, int status, const char *msg)
+{
+    ex_fail_hdr(ex, status, msg, NULL, NULL);
+}
+
+static void ex_fail_hdr(struct exchange *ex, int status, const char *msg, const char *name,
+                        const char *value)
 {
     if (ex->ds_gone)
         return;
@@ -194,11 +209,15 @@ static void ex_fail(struct exchange *ex, int status, const char *msg)
     h.status = status;
     pk_hdrs_add_str(&h.hdrs, "content-type", "application/json");
     pk_hdrs_add_str(&h.hdrs, "content-length", len);
+    if (name)
+        pk_hdrs_add_str(&h.hdrs, name, value);
     pk_pipe_write(&ex->resp_body, body, (size_t)n);
     pk_pipe_close(&ex->resp_body);
     ds_send_head(ex, &h, !ex->is_head);
     pk_head_free(&h);
 }
+
+static void ds_establish(struct exchange *ex, struct pk_head *resp);
 
 static void us_on_head(struct pk_h2stream *s, void *ud)
 {
@@ -212,6 +231,11 @@ static void us_on_head(struct pk_h2stream *s, void *ud)
     resp.status = h->status;
     pk_hdrs_move(&resp.hdrs, &h->hdrs);
     pk_h1_strip_hop_by_hop(&resp.hdrs, false);
+    if (ex->raw && resp.status >= 200 && resp.status < 300) {
+        ds_establish(ex, &resp);
+        pk_head_free(&resp);
+        return;
+    }
     bool body = !(ex->is_head || resp.status == 204 || resp.status == 304 ||
                   (pk_h2stream_remote_ended(s) && pk_pipe_len(&ex->resp_body) == 0 &&
                    pk_hdrs_get(&resp.hdrs, "content-length") == NULL));
@@ -385,7 +409,16 @@ static void prepare_request(struct exchange *ex, struct pk_head *in, const char 
 static void ex_start(struct exchange *ex, struct pk_head *in, const char *ip, uint16_t port)
 {
     const char *msg = NULL;
-    int status = route(in, ex->endpoint, sizeof(ex->endpoint), &msg);
+    int status;
+    if (ex->tcp) {
+        const char *id = in->path + strlen(TCP_PREFIX);
+        status = pk_endpoint_id_valid(id, strlen(id)) ? 0 : 400;
+        msg = "invalid endpoint id";
+        if (!status)
+            snprintf(ex->endpoint, sizeof(ex->endpoint), "%s", id);
+    } else {
+        status = route(in, ex->endpoint, sizeof(ex->endpoint), &msg);
+    }
     ex->is_head = in->method && strcmp(in->method, "HEAD") == 0;
     if (status) {
         snprintf(ex->endpoint, sizeof(ex->endpoint), "-");
@@ -393,6 +426,27 @@ static void ex_start(struct exchange *ex, struct pk_head *in, const char *ip, ui
         return;
     }
     prepare_request(ex, in, ip, port);
+    if (ex->raw) {
+        /* Extended CONNECT (PROTOCOL.md 1.2): the method becomes CONNECT, the upgrade
+         * token :protocol. A TCP tunnel carries only the client address. */
+        struct pk_head *r = &ex->req;
+        pk_head_set(&r->method, "CONNECT", 7);
+        pk_head_set(&r->protocol, ex->token, strlen(ex->token));
+        if (ex->tcp) {
+            char auth[160];
+            snprintf(auth, sizeof(auth), "%s:0", ex->endpoint);
+            pk_head_set(&r->authority, auth, strlen(auth));
+            pk_head_set(&r->path, "/", 1);
+            const char *ca = pk_hdrs_get(&r->hdrs, "piko-client-addr");
+            char *addr = ca ? pk_xstrdup(ca) : NULL;
+            pk_hdrs_free(&r->hdrs);
+            if (addr) {
+                pk_hdrs_add_str(&r->hdrs, "piko-client-addr", addr);
+                free(addr);
+            }
+        }
+        pk_hdrs_del(&r->hdrs, "content-length");
+    }
     struct timeval tv = {(time_t)(ex->srv->cfg->proxy_timeout_ms / 1000),
                          (suseconds_t)((ex->srv->cfg->proxy_timeout_ms % 1000) * 1000)};
     event_add(ex->timer, &tv);
@@ -484,6 +538,50 @@ static void h1_send_head(struct h1conn *hc, struct exchange *ex, struct pk_head 
 
 static void h2_send_head(struct exchange *ex, struct pk_head *resp, bool body);
 
+static void h1_raw_done(struct pk_bevpipe *bp, int err, void *arg)
+{
+    struct h1conn *hc = arg;
+    PK_UNUSED(bp);
+    struct exchange *ex = hc->ex;
+    if (ex)
+        PK_DEBUG("proxy", "raw stream done endpoint=%s client=%s err=%d in=%llu out=%llu",
+                 ex->endpoint, ex->client, err, (unsigned long long)pk_bevpipe_bytes_in(hc->bp),
+                 (unsigned long long)pk_bevpipe_bytes_out(hc->bp));
+    h1_close(hc, err != 0);
+}
+
+/* The sidecar accepted an upgrade or a TCP tunnel: answer 101 and turn the socket into a
+ * raw byte stream joined to the exchange's pipes. */
+static void h1_establish(struct h1conn *hc, struct exchange *ex, struct pk_head *resp)
+{
+    struct evbuffer *out = bufferevent_get_output(hc->bev);
+    resp->status = 101;
+    pk_hdrs_set(&resp->hdrs, "connection", "Upgrade");
+    pk_hdrs_set(&resp->hdrs, "upgrade", ex->token);
+    pk_h1_write_response_head(out, resp, 1);
+    hc->resp_done = false;
+    hc->bp = pk_bevpipe_new(hc->srv->base, hc->bev, &ex->req_body, &ex->resp_body, true, OUT_HWM,
+                            h1_raw_done, hc);
+    if (hc->srv->cfg->proxy_raw_idle_timeout_ms)
+        pk_bevpipe_set_idle_timeout(hc->bp, hc->srv->cfg->proxy_raw_idle_timeout_ms);
+}
+
+static void ds_establish(struct exchange *ex, struct pk_head *resp)
+{
+    ex->head_sent = true;
+    ex->status = resp->status;
+    event_del(ex->timer);
+    if (ex->h1) {
+        h1_establish(ex->h1, ex, resp);
+    } else if (ex->ds) {
+        /* RFC 8441: an HTTP/2 client sent no key, so it gets no accept (the sidecar
+         * checked it). */
+        pk_hdrs_del(&resp->hdrs, "sec-websocket-accept");
+        resp->status = 200;
+        pk_h2stream_respond(ex->ds, resp, &ex->resp_body);
+    }
+}
+
 static void ds_send_head(struct exchange *ex, struct pk_head *resp, bool body)
 {
     ex->head_sent = true;
@@ -526,12 +624,19 @@ static void h1_detach(struct h1conn *hc)
 static void h1_destroy(struct h1conn *hc)
 {
     struct pk_server *srv = hc->srv;
+    if (hc->bp) {
+        /* Detach the bevpipe from the exchange's pipes before they can go away. */
+        pk_bevpipe_free(hc->bp);
+        hc->bp = NULL;
+        hc->bev = NULL;
+    }
     h1_detach(hc);
     pk_list_remove(&hc->dc.link);
-    if (hc->abort)
+    if (hc->bev && hc->abort)
         bufferevent_free(hc->bev);
-    else
+    else if (hc->bev)
         pk_bev_linger_close(hc->bev, &srv->lingers);
+    /* else it belonged to the bevpipe, already freed */
     event_free(hc->kick_ev);
     pk_h1parser_free(&hc->parser);
     free(hc);
@@ -577,11 +682,31 @@ static bool h1_on_head(struct pk_h1parser *p, void *ud)
     pk_pipe_set_producer(&ex->req_body, h1_req_drained, hc);
     if (!ex->req_has_body)
         pk_pipe_close(&ex->req_body);
-    if (p->upgrade) {
-        /* Upgrades ride extended CONNECT streams (a later capability): refuse clearly. */
+    const char *path = p->head.path ? p->head.path : "";
+    ex->tcp = strncmp(path, TCP_PREFIX, strlen(TCP_PREFIX)) == 0;
+    if (ex->tcp && !(p->upgrade && pk_hdrs_has_token(&p->head.hdrs, "upgrade", "piko-tcp"))) {
         hc->keep_alive = false;
-        ex_fail(ex, 501, "upgrade not supported on this endpoint");
+        ex_fail_hdr(ex, 426, "upgrade required", "upgrade", "piko-tcp");
         return false;
+    }
+    if (p->upgrade)
+        hc->keep_alive = false; /* whatever happens, the connection is not reused */
+    if (p->upgrade && !ex->tcp && strcmp(p->head.method, "GET") != 0) {
+        /* Only a GET is carried as an upgrade (PROTOCOL.md 1.2); any other request with
+         * Upgrade is a plain exchange (Upgrade is hop-by-hop and removed). */
+    } else if (p->upgrade) {
+        const char *up = ex->tcp ? "piko-tcp" : pk_hdrs_get(&p->head.hdrs, "upgrade");
+        size_t n = up ? strcspn(up, ", \t") : 0;
+        if (n == 0 || n >= sizeof(ex->token)) {
+            ex_fail(ex, 400, "bad upgrade token");
+            return false;
+        }
+        snprintf(ex->token, sizeof(ex->token), "%.*s", (int)n, up);
+        ex->raw = true;
+        /* Raw bytes follow the 101; until then the socket is not read. */
+        pk_pipe_free(&ex->req_body);
+        pk_pipe_init(&ex->req_body, PIPE_HWM);
+        ex->req_has_body = true;
     }
     if (!p->head.authority) {
         const char *host = pk_hdrs_get(&p->head.hdrs, "host");
@@ -603,8 +728,8 @@ static void h1_on_body(struct pk_h1parser *p, const char *data, size_t len, void
 static void h1_on_complete(struct pk_h1parser *p, void *ud)
 {
     struct h1conn *hc = ud;
-    if (!hc->ex)
-        return;
+    if (!hc->ex || hc->ex->raw)
+        return; /* an upgrade's bytes come after the 101, through the bevpipe */
     struct pk_pipe *rb = &hc->ex->req_body;
     if (p->trailers.n) {
         pk_hdrs_move(&rb->trailers, &p->trailers);
@@ -628,6 +753,8 @@ static void set_timeout(struct bufferevent *bev, uint64_t ms)
 /* Feeds buffered input to the parser while the current exchange can take it. */
 static void h1_process(struct h1conn *hc)
 {
+    if (hc->bp)
+        return; /* upgraded: the bevpipe owns the socket */
     struct evbuffer *in = bufferevent_get_input(hc->bev);
     while (!hc->closing) {
         /* A finished exchange: next request (keep-alive) or close. */
@@ -805,9 +932,26 @@ static void h2d_on_stream(struct pk_h2conn *c, struct pk_h2stream *s, void *ud)
     struct pk_head *in = pk_h2stream_head(s);
     ex->req_has_body = !pk_h2stream_remote_ended(s);
     pk_h2stream_set_sink(s, &ex->req_body);
-    if (in->protocol || (in->method && strcmp(in->method, "CONNECT") == 0)) {
-        ex_fail(ex, 501, "CONNECT not supported on this endpoint");
-        return;
+    if (in->method && strcmp(in->method, "CONNECT") == 0) {
+        /* RFC 8441 extended CONNECT: a WebSocket (or other protocol) to an HTTP endpoint,
+         * or piko-tcp to /_piko/v1/tcp/{endpoint}. Plain CONNECT is not a proxy feature. */
+        const char *path = in->path ? in->path : "";
+        if (!in->protocol) {
+            ex_fail(ex, 405, "CONNECT is not supported");
+            return;
+        }
+        ex->tcp = strncmp(path, TCP_PREFIX, strlen(TCP_PREFIX)) == 0;
+        if (ex->tcp && strcmp(in->protocol, "piko-tcp") != 0) {
+            ex_fail(ex, 400, "the tcp path takes :protocol piko-tcp");
+            return;
+        }
+        if (strlen(in->protocol) >= sizeof(ex->token)) {
+            ex_fail(ex, 400, "bad upgrade token");
+            return;
+        }
+        snprintf(ex->token, sizeof(ex->token), "%s", in->protocol);
+        ex->raw = true;
+        ex->req_has_body = true;
     }
     ex_start(ex, in, d->ip, d->port);
 }

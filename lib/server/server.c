@@ -36,6 +36,8 @@ const struct pk_opt pk_server_opts[] = {
         "Idle keep-alive connections are closed after this"),
     OPT("proxy.max-h2-streams", PK_OPT_INT, proxy_max_h2_streams, "256",
         "Concurrent streams per downstream HTTP/2 connection"),
+    OPT("proxy.raw-idle-timeout", PK_OPT_DURATION, proxy_raw_idle_timeout_ms, "0",
+        "Close an upgraded or TCP stream idle this long (0: never)"),
     OPT("upstream.bind-addr", PK_OPT_STRING, upstream_bind_addr, ":8001",
         "Address for sidecar tunnels"),
     OPT("upstream.heartbeat-interval", PK_OPT_DURATION, upstream_heartbeat_interval_ms, "10s",
@@ -244,6 +246,7 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
 
     pk_h2_settings_default(&srv->down_settings);
     srv->down_settings.max_concurrent_streams = (uint32_t)cfg->proxy_max_h2_streams;
+    srv->down_settings.enable_connect_protocol = true; /* RFC 8441: WebSocket, piko-tcp */
     srv->down_settings.ping_interval_ms = 0;
     srv->down_settings.settings_timeout_ms = cfg->proxy_head_timeout_ms;
     srv->down_settings.max_header_bytes = cfg->proxy_max_header_bytes;

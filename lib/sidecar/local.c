@@ -516,9 +516,19 @@ void pk_local_serve(struct sc_endpoint *ep, struct pk_h2stream *s)
 {
     struct pk_head *h = pk_h2stream_head(s);
     if (h->method && strcmp(h->method, "CONNECT") == 0) {
-        /* Plain CONNECT is never sent (PROTOCOL.md 1.2); raw streams come later. */
+        if (h->protocol) {
+            pk_raw_serve(ep, s);
+            return;
+        }
+        /* Plain CONNECT is never sent (PROTOCOL.md 1.2). */
         pk_h2stream_set_handler(s, NULL, NULL);
-        pk_h2stream_reset(s, h->protocol ? NGHTTP2_REFUSED_STREAM : NGHTTP2_PROTOCOL_ERROR);
+        pk_h2stream_reset(s, NGHTTP2_PROTOCOL_ERROR);
+        return;
+    }
+    if (ep->tcp) {
+        /* An HTTP exchange sent to a TCP endpoint (PROTOCOL.md 1.3). */
+        pk_h2stream_set_handler(s, NULL, NULL);
+        pk_h2stream_reset(s, NGHTTP2_REFUSED_STREAM);
         return;
     }
     struct lx *x = pk_xcalloc(1, sizeof(*x));

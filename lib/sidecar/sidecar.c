@@ -46,6 +46,14 @@ const struct pk_opt pk_sidecar_opts[] = {
     {"endpoint", PK_OPT_STRING_LIST, offsetof(struct pk_sidecar_config, endpoints), NULL,
      "Expose a local HTTP service as endpoint NAME (ADDR: port, host:port or http://host:port)",
      "NAME=ADDR"},
+    {"tcp-endpoint", PK_OPT_STRING_LIST, offsetof(struct pk_sidecar_config, tcp_endpoints), NULL,
+     "Expose a local TCP service as endpoint NAME (optionally ,proxy-protocol=v1 or v2)",
+     "NAME=ADDR[,OPT]"},
+    {"forward", PK_OPT_STRING_LIST, offsetof(struct pk_sidecar_config, forwards), NULL,
+     "Listen on LOCAL_ADDR and tunnel each connection to the TCP endpoint ENDPOINT",
+     "LOCAL_ADDR=ENDPOINT"},
+    OPT("forward.url", PK_OPT_STRING, forward_url, "http://localhost:8000",
+        "Server proxy URL that --forward connections go through"),
     OPT("local.connect-timeout", PK_OPT_DURATION, local_connect_timeout_ms, "5s",
         "Time allowed to connect to a local service"),
     OPT("local.max-idle", PK_OPT_INT, local_max_idle, "64",
@@ -60,22 +68,41 @@ const struct pk_opt pk_sidecar_opts[] = {
 };
 const size_t pk_sidecar_nopts = PK_ARRAY_LEN(pk_sidecar_opts);
 
-/* Parses "NAME=ADDR" where ADDR is "port", "host:port" or "http://host:port[/]". */
-static int parse_endpoint(const char *spec, char **name, char **host, uint16_t *port, char *err,
-                          size_t errlen)
+/* Parses "NAME=ADDR[,proxy-protocol=v1|v2]" where ADDR is "port", "host:port" or
+ * "http://host:port[/]" (options only where key is "tcp-endpoint"). */
+static int parse_endpoint(const char *key, const char *spec, char **name, char **host,
+                          uint16_t *port, int *proxy_protocol, char *err, size_t errlen)
 {
     const char *eq = strchr(spec, '=');
     *name = *host = NULL;
+    *proxy_protocol = 0;
     if (!eq || eq == spec) {
-        snprintf(err, errlen, "endpoint: '%s' is not NAME=ADDR", spec);
+        snprintf(err, errlen, "%s: '%s' is not NAME=ADDR", key, spec);
         return PK_ERR_INVALID;
     }
     if (!pk_endpoint_id_valid(spec, (size_t)(eq - spec))) {
-        snprintf(err, errlen, "endpoint: invalid endpoint id '%.*s' (1-128 of [A-Za-z0-9._-])",
+        snprintf(err, errlen, "%s: invalid endpoint id '%.*s' (1-128 of [A-Za-z0-9._-])", key,
                  (int)(eq - spec), spec);
         return PK_ERR_INVALID;
     }
-    const char *addr = eq + 1;
+    char addr[512];
+    snprintf(addr, sizeof(addr), "%s", eq + 1);
+    char *opt = strchr(addr, ',');
+    if (opt) {
+        *opt++ = '\0';
+        if (strcmp(key, "tcp-endpoint") != 0) {
+            snprintf(err, errlen, "%s: options are only for --tcp-endpoint ('%s')", key, spec);
+            return PK_ERR_INVALID;
+        }
+        if (strcmp(opt, "proxy-protocol=v1") == 0) {
+            *proxy_protocol = 1;
+        } else if (strcmp(opt, "proxy-protocol=v2") == 0) {
+            *proxy_protocol = 2;
+        } else {
+            snprintf(err, errlen, "%s: unknown option '%s' (proxy-protocol=v1 or v2)", key, opt);
+            return PK_ERR_INVALID;
+        }
+    }
     char buf[512];
     if (strncmp(addr, "http://", 7) == 0) {
         snprintf(buf, sizeof(buf), "%s", addr + 7);
@@ -84,13 +111,13 @@ static int parse_endpoint(const char *spec, char **name, char **host, uint16_t *
             buf[l - 1] = '\0';
         if (!strchr(buf, ':'))
             strncat(buf, ":80", sizeof(buf) - strlen(buf) - 1);
-    } else if (strspn(addr, "0123456789") == strlen(addr) && *addr) {
+    } else if (strspn(addr, "0123456789") == strlen(addr) && addr[0]) {
         snprintf(buf, sizeof(buf), "127.0.0.1:%s", addr);
     } else {
         snprintf(buf, sizeof(buf), "%s", addr);
     }
     if (pk_split_hostport(buf, host, port, false) != 0 || !*host) {
-        snprintf(err, errlen, "endpoint: invalid address '%s' in '%s' (port, host:port or URL)",
+        snprintf(err, errlen, "%s: invalid address '%s' in '%s' (port, host:port or URL)", key,
                  addr, spec);
         free(*host);
         *host = NULL;
@@ -150,16 +177,29 @@ int pk_sidecar_config_check(const struct pk_sidecar_config *cfg, char *err, size
         return PK_ERR_INVALID;
     }
     free(host);
-    if (cfg->endpoints.n == 0) {
-        snprintf(err, errlen, "endpoint: at least one --endpoint NAME=ADDR is required");
+    if (cfg->endpoints.n == 0 && cfg->tcp_endpoints.n == 0 && cfg->forwards.n == 0) {
+        snprintf(err, errlen,
+                 "endpoint: nothing to do: give --endpoint NAME=ADDR, "
+                 "--tcp-endpoint NAME=ADDR or --forward LOCAL_ADDR=ENDPOINT");
         return PK_ERR_INVALID;
     }
+    int pp;
     for (size_t i = 0; i < cfg->endpoints.n; i++) {
-        if (parse_endpoint(cfg->endpoints.v[i], &name, &host, &port, err, errlen) != 0)
+        if (parse_endpoint("endpoint", cfg->endpoints.v[i], &name, &host, &port, &pp, err,
+                           errlen) != 0)
             return PK_ERR_INVALID;
         free(name);
         free(host);
     }
+    for (size_t i = 0; i < cfg->tcp_endpoints.n; i++) {
+        if (parse_endpoint("tcp-endpoint", cfg->tcp_endpoints.v[i], &name, &host, &port, &pp, err,
+                           errlen) != 0)
+            return PK_ERR_INVALID;
+        free(name);
+        free(host);
+    }
+    if (pk_forward_config_check(cfg, err, errlen) != 0)
+        return PK_ERR_INVALID;
     if (cfg->max_streams < 1 || cfg->max_streams > 100000) {
         snprintf(err, errlen, "connect.max-streams: must be between 1 and 100000");
         return PK_ERR_INVALID;
@@ -534,7 +574,7 @@ static void admin_other(struct evhttp_request *req, void *arg)
 
 void pk_sidecar_check_done(struct pk_sidecar *sc)
 {
-    if (sc->draining && sc->ntunnels == 0)
+    if (sc->draining && sc->ntunnels == 0 && sc->nforwards == 0)
         event_active(sc->check_ev, EV_TIMEOUT, 0);
 }
 
@@ -543,7 +583,7 @@ static void check_cb(evutil_socket_t fd, short what, void *arg)
     struct pk_sidecar *sc = arg;
     PK_UNUSED(fd);
     PK_UNUSED(what);
-    if (sc->draining && sc->ntunnels == 0) {
+    if (sc->draining && sc->ntunnels == 0 && sc->nforwards == 0) {
         PK_INFO("sidecar", "every tunnel closed: exiting");
         event_base_loopexit(sc->base, NULL);
     }
@@ -564,6 +604,7 @@ void pk_sidecar_shutdown(struct pk_sidecar *sc)
         return;
     sc->draining = true;
     PK_INFO("sidecar", "shutting down: %zu streams in flight", sc->nstreams);
+    pk_forward_stop_listening(sc);
     for (struct sc_endpoint *ep = sc->eps; ep; ep = ep->next) {
         event_del(ep->redial_ev);
         for (struct sc_tunnel *t = ep->tunnels; t; t = t->next)
@@ -635,16 +676,27 @@ struct pk_sidecar *pk_sidecar_new(struct event_base *base, const struct pk_sidec
     PK_INFO("sidecar", "admin listening addr=%s", addr);
 
     struct sc_endpoint **tail = &sc->eps;
-    for (size_t i = 0; i < cfg->endpoints.n; i++) {
+    size_t nall = cfg->endpoints.n + cfg->tcp_endpoints.n;
+    for (size_t i = 0; i < nall; i++) {
+        bool tcp = i >= cfg->endpoints.n;
+        const char *spec = tcp ? cfg->tcp_endpoints.v[i - cfg->endpoints.n] : cfg->endpoints.v[i];
         struct sc_endpoint *ep = pk_xcalloc(1, sizeof(*ep));
         ep->sc = sc;
-        parse_endpoint(cfg->endpoints.v[i], &ep->name, &ep->host, &ep->port, err, errlen);
+        ep->tcp = tcp;
+        parse_endpoint(tcp ? "tcp-endpoint" : "endpoint", spec, &ep->name, &ep->host, &ep->port,
+                       &ep->proxy_protocol, err, errlen);
         ep->redial_ev = event_new(base, -1, 0, redial_cb, ep);
         *tail = ep;
         tail = &ep->next;
-        PK_INFO("sidecar", "endpoint=%s service=%s:%u", ep->name, ep->host, ep->port);
+        PK_INFO("sidecar", "endpoint=%s kind=%s service=%s:%u%s", ep->name, tcp ? "tcp" : "http",
+                ep->host, ep->port,
+                ep->proxy_protocol == 1   ? " proxy-protocol=v1"
+                : ep->proxy_protocol == 2 ? " proxy-protocol=v2"
+                                          : "");
         dial_tunnel(ep);
     }
+    if (pk_forward_start(sc, err, errlen) != 0)
+        goto fail;
     return sc;
 fail:
     pk_sidecar_del(sc);
@@ -674,7 +726,8 @@ void pk_sidecar_del(struct pk_sidecar *sc)
             pk_h2conn_close(t->h2, "shutting down");
         pk_local_pool_free(ep);
     }
-    for (int i = 0; i < 100 && (sc->ntunnels || sc->nstreams); i++)
+    pk_forward_stop(sc);
+    for (int i = 0; i < 100 && (sc->ntunnels || sc->nstreams || sc->nforwards); i++)
         event_base_loop(sc->base, EVLOOP_NONBLOCK);
     for (struct sc_endpoint *ep = sc->eps; ep; ep = ep->next)
         pk_local_pool_free(ep);

@@ -21,6 +21,9 @@ struct pk_sidecar_config {
     uint64_t stream_window;
     uint64_t connection_window;
     struct pk_strlist endpoints;
+    struct pk_strlist tcp_endpoints;
+    struct pk_strlist forwards;
+    char *forward_url;
     uint64_t local_connect_timeout_ms;
     long long local_max_idle;
     char *admin_bind_addr;

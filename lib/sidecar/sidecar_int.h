@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 struct hs;
+struct sc_forward;
 struct lconn;
 struct pk_dial;
 struct event;
@@ -19,6 +20,8 @@ struct sc_endpoint {
     char *name;
     char *host; /* local service */
     uint16_t port;
+    bool tcp;           /* --tcp-endpoint: raw TCP only */
+    int proxy_protocol; /* 0, 1 or 2: PROXY header before a TCP stream's bytes */
     struct sc_tunnel *tunnels;
     size_t ntunnels_up;
     bool dialing;
@@ -57,11 +60,24 @@ struct pk_sidecar {
     struct event *check_ev;
     size_t ntunnels; /* tunnel connections alive (incl. handshaking) */
     size_t nstreams; /* streams in flight */
+    struct sc_forward *forwards;
+    size_t nforwards; /* forwarded connections alive */
+    char *fwd_host;
+    uint16_t fwd_port;
 };
 
 /* local.c: serves one tunnel stream from the endpoint's service. */
 void pk_local_serve(struct sc_endpoint *ep, struct pk_h2stream *s);
 void pk_local_pool_free(struct sc_endpoint *ep);
+/* raw.c: serves an extended CONNECT stream (piko-tcp or an HTTP upgrade). */
+void pk_raw_serve(struct sc_endpoint *ep, struct pk_h2stream *s);
+
+/* forward.c: --forward listeners. */
+int pk_forward_config_check(const struct pk_sidecar_config *cfg, char *err, size_t errlen);
+int pk_forward_start(struct pk_sidecar *sc, char *err, size_t errlen);
+void pk_forward_stop_listening(struct pk_sidecar *sc);
+/* Teardown: closes every listener and forwarded connection. */
+void pk_forward_stop(struct pk_sidecar *sc);
 
 /* sidecar.c */
 void pk_sidecar_check_done(struct pk_sidecar *sc);

@@ -1,0 +1,100 @@
+/* bevpipe: a bufferevent as the two ends of a raw byte stream, and splice, two bufferevents
+ * relaying raw bytes to each other.
+ *
+ * A bevpipe joins a connected bufferevent (a TCP service behind the sidecar, a downstream
+ * client after an upgrade, a --forward connection) to two pipes: bytes read from the
+ * connection are produced into `in`, bytes consumed from `out` are written to the
+ * connection. Both directions keep the pipes' backpressure: reading stops while `in` is
+ * full, and `out` is taken only while the connection's output is below out_hwm, so the
+ * memory one connection pins is bounded by in's mark plus out_hwm.
+ *
+ * Directions end separately (TCP half-close): EOF from the connection closes `in` while
+ * `out` keeps flowing; the end of `out` becomes a FIN (shutdown(SHUT_WR)) once everything
+ * before it was flushed. A reset travels both ways: a socket error aborts `in`; an
+ * aborted `out` resets the connection (RST).
+ *
+ * Re-entrancy: every function may be called from anywhere, including pipe callbacks and
+ * on_done; pk_bevpipe_free from inside a callback only detaches and defers the rest. on_done
+ * itself always runs from a deferred event of the loop, never inside a caller's call. */
+#ifndef PK_BEVPIPE_H
+#define PK_BEVPIPE_H
+
+#include "stream/pipe.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct bufferevent;
+struct event_base;
+struct pk_bevpipe;
+struct pk_splice;
+
+/* The stream is finished: err 0 when both directions ended cleanly (EOF was read and `in`
+ * closed, and `out` ended, was flushed and the write side shut down), else negative:
+ * PK_ERR_IO (the socket failed, e.g. ECONNRESET), PK_ERR_CLOSED (`out` was aborted, or
+ * pk_bevpipe_reset), PK_ERR_TIMEOUT (idle timeout). On every error `in` is aborted.
+ * Called exactly once; the owner then calls pk_bevpipe_free (it may do so here). */
+typedef void (*pk_bevpipe_done_cb)(struct pk_bevpipe *bp, int err, void *arg);
+
+/* Joins bev to two pipes: bevpipe becomes in's producer and out's consumer (it sets their
+ * producer/consumer callbacks; the owner keeps the other ends). Both pipes are owned by the
+ * caller and must outlive the bevpipe (until pk_bevpipe_free).
+ *
+ * Takes ownership of bev, which must be connected and own its socket
+ * (BEV_OPT_CLOSE_ON_FREE); its callbacks, watermarks and timeouts are replaced. Bytes
+ * already in bev's input are delivered first. out_hwm bounds bev's output (0: 256 KiB).
+ * shutdown_write: the end of `out` is a shutdown(fd, SHUT_WR) (plain sockets); false (TLS,
+ * which cannot half-close) only marks the write side done once the output is flushed.
+ *
+ * Nothing happens synchronously: the first bytes move from a deferred event. Never NULL. */
+struct pk_bevpipe *pk_bevpipe_new(struct event_base *base, struct bufferevent *bev,
+                                  struct pk_pipe *in, struct pk_pipe *out, bool shutdown_write,
+                                  size_t out_hwm, pk_bevpipe_done_cb on_done, void *arg);
+
+/* Fails the stream with PK_ERR_TIMEOUT (and resets the connection) when no byte moved in
+ * either direction for ms milliseconds. 0 disables it (the default). */
+void pk_bevpipe_set_idle_timeout(struct pk_bevpipe *bp, uint64_t ms);
+
+/* Resets the connection (RST) and aborts `in`; on_done(err, which must be negative) follows
+ * unless it was already reported. For an owner whose other side failed after `out` had
+ * already ended (so aborting `out` can no longer be seen). */
+void pk_bevpipe_reset(struct pk_bevpipe *bp, int err);
+
+/* Detaches from the pipes (neither is closed nor aborted) and frees bev, closing the
+ * socket (unsent output is dropped). on_done will not be called after this. NULL is a
+ * no-op. Safe from anywhere, including on_done and pipe callbacks. */
+void pk_bevpipe_free(struct pk_bevpipe *bp);
+
+/* Bytes produced into `in` and bytes taken from `out` so far, for logs. */
+uint64_t pk_bevpipe_bytes_in(const struct pk_bevpipe *bp);
+uint64_t pk_bevpipe_bytes_out(const struct pk_bevpipe *bp);
+
+/* Why the stream failed, for logs ("connection reset: Connection reset by peer",
+ * "idle timeout"...); "" while it has not failed. Valid until pk_bevpipe_free. */
+const char *pk_bevpipe_error(const struct pk_bevpipe *bp);
+
+/* ---- splice ------------------------------------------------------------------------- */
+
+/* All done: err 0 when both directions ended cleanly, else the first error (as for
+ * pk_bevpipe_done_cb). Called exactly once, from a deferred event; the owner then calls
+ * pk_splice_free (it may do so here). */
+typedef void (*pk_splice_done_cb)(struct pk_splice *sp, int err, void *arg);
+
+/* Relays raw bytes both ways between bev_a and bev_b (ownership of both is taken, as for
+ * pk_bevpipe_new) through two internal 256 KiB pipes. EOF on one side becomes a write
+ * shutdown of the other once everything before it was flushed (when that side's
+ * shutdown_* is true, see pk_bevpipe_new); a reset or error on either side resets the
+ * other. Never NULL. */
+struct pk_splice *pk_splice_new(struct event_base *base, struct bufferevent *bev_a,
+                                struct bufferevent *bev_b, bool shutdown_a, bool shutdown_b,
+                                pk_splice_done_cb on_done, void *arg);
+/* Idle timeout of the whole splice (no byte in either direction); 0 disables it. */
+void pk_splice_set_idle_timeout(struct pk_splice *sp, uint64_t ms);
+/* Bytes relayed from a to b and from b to a. */
+uint64_t pk_splice_bytes_ab(const struct pk_splice *sp);
+uint64_t pk_splice_bytes_ba(const struct pk_splice *sp);
+/* Frees both bufferevents (closing the sockets). NULL is a no-op. Safe from on_done. */
+void pk_splice_free(struct pk_splice *sp);
+
+#endif
