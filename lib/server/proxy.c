@@ -505,10 +505,12 @@ static void h1_resp_readable(struct pk_pipe *p, void *consumer)
 
 static void ds_abort(struct exchange *ex)
 {
-    if (ex->h1)
+    if (ex->h1 && ex->h1->bp)
+        pk_bevpipe_reset(ex->h1->bp, PK_ERR_CLOSED); /* a raw stream failed: reset the client */
+    else if (ex->h1)
         h1_close(ex->h1, true);
     else if (ex->ds)
-        pk_h2stream_reset(ex->ds, NGHTTP2_INTERNAL_ERROR);
+        pk_h2stream_reset(ex->ds, ex->raw ? NGHTTP2_CONNECT_ERROR : NGHTTP2_INTERNAL_ERROR);
 }
 
 static void h1_send_head(struct h1conn *hc, struct exchange *ex, struct pk_head *resp, bool body)

@@ -43,7 +43,9 @@ struct rx {
     bool upgrade;
     bool parser_used;
     bool responded;
-    bool relaying;   /* upgrade refused: relaying the service's HTTP response */
+    bool relaying; /* upgrade refused: relaying the service's HTTP response */
+    bool stream_gone;
+    bool conn_done;  /* the bevpipe finished (flushed) or never existed */
     char accept[64]; /* expected Sec-WebSocket-Accept when we made the key */
     char client_addr[80];
 };
@@ -78,10 +80,15 @@ static void stream_closed(struct pk_h2stream *s, uint32_t code, void *ud)
     struct rx *x = ud;
     PK_UNUSED(s);
     x->s = NULL;
+    x->stream_gone = true;
     PK_DEBUG("raw", "endpoint=%s stream closed code=%u", x->ep->name, code);
     /* The pipes were detached by h2 (an unfinished one aborted, which resets the
-     * connection through the bevpipe). Free at a safe point. */
-    event_active(x->done_ev, EV_WRITE, 0);
+     * connection through the bevpipe). A live connection still flushes what the stream
+     * gave it: the exchange is freed once both are done, at a safe point. */
+    if (code != NGHTTP2_NO_ERROR && x->bp && !x->conn_done)
+        pk_bevpipe_reset(x->bp, PK_ERR_CLOSED); /* the stream failed: reset the service */
+    else if (!x->bp || x->conn_done)
+        event_active(x->done_ev, EV_WRITE, 0);
 }
 
 static const struct pk_h2stream_cbs stream_cbs = {.on_close = stream_closed};
@@ -99,8 +106,11 @@ static void bp_done(struct pk_bevpipe *bp, int err, void *arg)
     PK_DEBUG("raw", "endpoint=%s connection done err=%d to_service=%llu from_service=%llu",
              x->ep->name, err, (unsigned long long)pk_bevpipe_bytes_out(bp),
              (unsigned long long)pk_bevpipe_bytes_in(bp));
+    x->conn_done = true;
     if (err && x->s)
         pk_h2stream_reset(x->s, NGHTTP2_CONNECT_ERROR);
+    if (x->stream_gone)
+        event_active(x->done_ev, EV_WRITE, 0);
 }
 
 /* Both directions become raw bytes on the connection. */

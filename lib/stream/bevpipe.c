@@ -144,6 +144,11 @@ static void pump_in(struct pk_bevpipe *bp)
 {
     if (!bp->in || bp->failed || bp->in_closed)
         return;
+    if (bp->in->aborted) {
+        /* Its consumer side failed (the owner aborted it): writes would be dropped. */
+        fail(bp, PK_ERR_CLOSED, true, "input aborted by its owner");
+        return;
+    }
     struct evbuffer *input = bufferevent_get_input(bp->bev);
     while (evbuffer_get_length(input) > 0) {
         if (pk_pipe_full(bp->in)) {
@@ -320,7 +325,8 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
     bp->reported = true;
     event_del(bp->idle_ev);
     detach(bp);
-    bp->on_done(bp, bp->err, bp->arg);
+    if (bp->on_done)
+        bp->on_done(bp, bp->err, bp->arg);
 out:
     leave(bp);
 }
@@ -408,6 +414,19 @@ void pk_bevpipe_free(struct pk_bevpipe *bp)
         bufferevent_disable(bp->bev, EV_READ | EV_WRITE);
     if (bp->depth == 0)
         destroy(bp);
+}
+
+struct bufferevent *pk_bevpipe_take_bev(struct pk_bevpipe *bp)
+{
+    struct bufferevent *bev = bp->bev;
+    bp->bev = NULL;
+    if (bev) {
+        bufferevent_disable(bev, EV_READ | EV_WRITE);
+        bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
+        bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
+    }
+    pk_bevpipe_free(bp);
+    return bev;
 }
 
 uint64_t pk_bevpipe_bytes_in(const struct pk_bevpipe *bp)

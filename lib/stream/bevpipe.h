@@ -11,7 +11,10 @@
  * Directions end separately (TCP half-close): EOF from the connection closes `in` while
  * `out` keeps flowing; the end of `out` becomes a FIN (shutdown(SHUT_WR)) once everything
  * before it was flushed. A reset travels both ways: a socket error aborts `in`; an
- * aborted `out` resets the connection (RST).
+ * aborted `out` resets the connection (RST). A pipe notifies only its consumer, so an
+ * owner whose other side fails must call pk_bevpipe_reset (aborting `in` itself is noticed
+ * only when the next bytes or EOF arrive; aborting `out` after its end was taken and
+ * flushed is not noticed at all).
  *
  * Re-entrancy: every function may be called from anywhere, including pipe callbacks and
  * on_done; pk_bevpipe_free from inside a callback only detaches and defers the rest. on_done
@@ -32,8 +35,9 @@ struct pk_splice;
 
 /* The stream is finished: err 0 when both directions ended cleanly (EOF was read and `in`
  * closed, and `out` ended, was flushed and the write side shut down), else negative:
- * PK_ERR_IO (the socket failed, e.g. ECONNRESET), PK_ERR_CLOSED (`out` was aborted, or
- * pk_bevpipe_reset), PK_ERR_TIMEOUT (idle timeout). On every error `in` is aborted.
+ * PK_ERR_IO (the socket failed, e.g. ECONNRESET), PK_ERR_CLOSED (`out` or `in` was
+ * aborted by the owner's side), PK_ERR_TIMEOUT (idle timeout), or pk_bevpipe_reset's err.
+ * On every error `in` is aborted.
  * Called exactly once; the owner then calls pk_bevpipe_free (it may do so here). */
 typedef void (*pk_bevpipe_done_cb)(struct pk_bevpipe *bp, int err, void *arg);
 
@@ -47,7 +51,8 @@ typedef void (*pk_bevpipe_done_cb)(struct pk_bevpipe *bp, int err, void *arg);
  * shutdown_write: the end of `out` is a shutdown(fd, SHUT_WR) (plain sockets); false (TLS,
  * which cannot half-close) only marks the write side done once the output is flushed.
  *
- * Nothing happens synchronously: the first bytes move from a deferred event. Never NULL. */
+ * on_done may be NULL (the owner then watches the pipes alone). Nothing happens
+ * synchronously: the first bytes move from a deferred event. Never NULL. */
 struct pk_bevpipe *pk_bevpipe_new(struct event_base *base, struct bufferevent *bev,
                                   struct pk_pipe *in, struct pk_pipe *out, bool shutdown_write,
                                   size_t out_hwm, pk_bevpipe_done_cb on_done, void *arg);
@@ -56,15 +61,21 @@ struct pk_bevpipe *pk_bevpipe_new(struct event_base *base, struct bufferevent *b
  * either direction for ms milliseconds. 0 disables it (the default). */
 void pk_bevpipe_set_idle_timeout(struct pk_bevpipe *bp, uint64_t ms);
 
-/* Resets the connection (RST) and aborts `in`; on_done(err, which must be negative) follows
- * unless it was already reported. For an owner whose other side failed after `out` had
- * already ended (so aborting `out` can no longer be seen). */
+/* Resets the connection (RST) and aborts `in`; on_done(err) follows unless it was already
+ * reported (an err that is not negative becomes PK_ERR_CLOSED). For an owner whose other
+ * side failed, whatever state the pipes are in. */
 void pk_bevpipe_reset(struct pk_bevpipe *bp, int err);
 
 /* Detaches from the pipes (neither is closed nor aborted) and frees bev, closing the
  * socket (unsent output is dropped). on_done will not be called after this. NULL is a
  * no-op. Safe from anywhere, including on_done and pipe callbacks. */
 void pk_bevpipe_free(struct pk_bevpipe *bp);
+
+/* Like pk_bevpipe_free, but hands bev back instead of freeing it (callbacks cleared, read
+ * and write disabled, leftover input and unsent output kept): e.g. to end a TLS
+ * connection with a close_notify and pk_bev_linger_close once its on_done(0) came. Returns
+ * NULL when the connection was already closed abortively. */
+struct bufferevent *pk_bevpipe_take_bev(struct pk_bevpipe *bp);
 
 /* Bytes produced into `in` and bytes taken from `out` so far, for logs. */
 uint64_t pk_bevpipe_bytes_in(const struct pk_bevpipe *bp);
