@@ -1,6 +1,6 @@
 # The two commands a user needs: `make demo` and `make test`. Both install missing
 # Debian packages first (scripts/install-deps.sh), so they work on a fresh machine.
-.PHONY: all deps build build-asan test test-unit test-e2e test-asan fmt fmt-check demo bench fuzz clean
+.PHONY: all deps build build-asan test test-unit test-e2e fmt fmt-check demo bench clean
 
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
@@ -50,6 +50,7 @@ bench:
 	@scripts/install-deps.sh bench
 	@$(MAKE) --no-print-directory build
 	@bench/http.sh $(BUILD)/bin
+	@bench/tcp.sh $(BUILD)/bin
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)
