@@ -598,17 +598,22 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
 static void consume_input(struct pk_h2conn *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    size_t len;
-    while (!c->closing && (len = evbuffer_get_length(in)) > 0) {
-        size_t chunk = len < 65536 ? len : 65536;
-        const uint8_t *data = evbuffer_pullup(in, (ssize_t)chunk);
-        ssize_t n = nghttp2_session_mem_recv(c->ng, data, chunk);
-        if (n < 0) {
-            PK_INFO("h2", "conn=%s receive failed: %s", c->name, nghttp2_strerror((int)n));
-            pk_h2conn_close(c, "http2 protocol error");
-            return;
+    struct evbuffer_iovec v[8];
+    while (!c->closing && evbuffer_get_length(in) > 0) {
+        /* Feed the buffer's segments as they are: no copy into one block. */
+        int nv = evbuffer_peek(in, -1, NULL, v, 8);
+        size_t done = 0;
+        for (int i = 0; i < nv && i < 8 && !c->closing; i++) {
+            ssize_t n = nghttp2_session_mem_recv(c->ng, v[i].iov_base, v[i].iov_len);
+            if (n < 0) {
+                PK_INFO("h2", "conn=%s receive failed: %s", c->name, nghttp2_strerror((int)n));
+                evbuffer_drain(in, done);
+                pk_h2conn_close(c, "http2 protocol error");
+                return;
+            }
+            done += (size_t)n;
         }
-        evbuffer_drain(in, (size_t)n);
+        evbuffer_drain(in, done);
     }
 }
 
@@ -677,6 +682,22 @@ static void ping_cb(evutil_socket_t fd, short what, void *arg)
     schedule_flush(c);
 }
 
+/* DATA frames as large as the peer allows (up to 64 KiB): fewer frames and callbacks per
+ * byte than nghttp2's default of 16 KiB. */
+static ssize_t read_length(nghttp2_session *ng, uint8_t frame_type, int32_t stream_id,
+                           int32_t session_window, int32_t stream_window, uint32_t max_frame,
+                           void *user_data)
+{
+    PK_UNUSED(ng);
+    PK_UNUSED(frame_type);
+    PK_UNUSED(stream_id);
+    PK_UNUSED(user_data);
+    ssize_t n = PK_MIN((ssize_t)session_window, (ssize_t)stream_window);
+    n = PK_MIN(n, (ssize_t)max_frame);
+    n = PK_MIN(n, (ssize_t)(64 * 1024));
+    return n > 0 ? n : 1;
+}
+
 static nghttp2_session_callbacks *make_callbacks(void)
 {
     nghttp2_session_callbacks *cb;
@@ -688,6 +709,7 @@ static nghttp2_session_callbacks *make_callbacks(void)
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
     nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
+    nghttp2_session_callbacks_set_data_source_read_length_callback(cb, read_length);
     nghttp2_session_callbacks_set_error_callback2(cb, on_error);
     return cb;
 }
@@ -726,12 +748,13 @@ struct pk_h2conn *pk_h2conn_new(struct event_base *base, struct bufferevent *bev
         return NULL;
     }
 
-    nghttp2_settings_entry iv[5];
+    nghttp2_settings_entry iv[6];
     size_t niv = 0;
     iv[niv++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS,
                                          server_role ? settings->max_concurrent_streams : 0};
     iv[niv++] =
         (nghttp2_settings_entry){NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, settings->stream_window};
+    iv[niv++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_FRAME_SIZE, 64 * 1024};
     iv[niv++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE,
                                          (uint32_t)settings->max_header_bytes};
     if (server_role && settings->enable_connect_protocol)

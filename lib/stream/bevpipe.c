@@ -158,16 +158,12 @@ static void pump_in(struct pk_bevpipe *bp)
         }
         /* At most up to the mark: `in` never holds more than hwm bytes from us. */
         size_t room = bp->in->hwm - pk_pipe_len(bp->in);
-        struct evbuffer_iovec v;
-        if (evbuffer_peek(input, -1, NULL, &v, 1) < 1)
-            break;
-        size_t n = PK_MIN(v.iov_len, room);
+        size_t n = PK_MIN(evbuffer_get_length(input), room);
         bp->bytes_in += n;
         active(bp);
-        pk_pipe_write(bp->in, v.iov_base, n);
+        pk_pipe_write_from(bp->in, input, n);
         if (bp->freed || bp->failed)
             return;
-        evbuffer_drain(input, n);
     }
     if (bp->read_eof) {
         bp->in_closed = true;

@@ -47,6 +47,19 @@ void pk_pipe_write(struct pk_pipe *p, const void *data, size_t len)
     notify_consumer(p);
 }
 
+void pk_pipe_write_from(struct pk_pipe *p, struct evbuffer *src, size_t len)
+{
+    if (p->eof || p->aborted || len == 0) {
+        evbuffer_drain(src, len);
+        return;
+    }
+    int n = evbuffer_remove_buffer(src, p->buf, len);
+    if (n <= 0)
+        return;
+    p->total_in += (size_t)n;
+    notify_consumer(p);
+}
+
 void pk_pipe_close(struct pk_pipe *p)
 {
     if (p->eof || p->aborted)

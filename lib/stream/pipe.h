@@ -52,6 +52,8 @@ void pk_pipe_set_producer(struct pk_pipe *p, pk_pipe_drained_cb cb, void *produc
 
 /* Producer API. Writes after the end or an abort are dropped. */
 void pk_pipe_write(struct pk_pipe *p, const void *data, size_t len);
+/* Moves len bytes from the front of src (no copy where the buffers allow it). */
+void pk_pipe_write_from(struct pk_pipe *p, struct evbuffer *src, size_t len);
 void pk_pipe_close(struct pk_pipe *p);
 void pk_pipe_abort(struct pk_pipe *p);
 bool pk_pipe_full(const struct pk_pipe *p);
