@@ -24,17 +24,15 @@ recorded in `svc.conns` as a `ConnRecord`):
 
 import base64
 import hashlib
-import http.client
 import json
 import os
 import re
 import socket
 import struct
 import threading
-import time
 
 from helpers import SLOW, Response, poll
-from services import MiB, pattern, pattern_sha256, pattern_stream, PATTERN_PERIOD
+from services import MiB, pattern_stream
 
 GiB = 1 << 30
 PROXY_V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -1038,4 +1036,3 @@ def h2_body_json(st):
         raise AssertionError("error body is not JSON: %r" % bytes(st.data[:300]))
 
 
-__all__ = [n for n in dir() if not n.startswith("_")] + ["_Reader"]

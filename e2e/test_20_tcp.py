@@ -8,14 +8,13 @@ import random
 import selectors
 import socket
 import struct
-import threading
 import time
 
 import pytest
 
 from conftest import free_port
-from helpers import SANITIZED, SLOW, assert_json_error, h1, peak_rss_check
-from services import MiB, pattern, pattern_sha256, PATTERN_PERIOD
+from helpers import SLOW, assert_json_error, h1, peak_rss_check
+from services import MiB, pattern, pattern_sha256
 from tcp_services import (GiB, H2Client, TcpService, TcpStream, _Reader, echo_roundtrip,
                           h2_body_json, outcome_of_reading, plain_connect,
                           read_response_head, service_unreachable_closed_port,
@@ -297,6 +296,44 @@ def test_upstream_unreachable_502(tcp_stack):
     # The proxy stays usable, the other endpoint works.
     with tcp_connect(srv.proxy_port, "db") as s:
         assert echo_roundtrip(s, b"still") == b"still"
+
+
+def test_no_101_before_the_service_accepted(piko):
+    """The 101 comes only after the sidecar's connect succeeded: a service whose accept
+    queue is full (SYNs dropped) makes the connect time out -> 502, never a 101."""
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    fillers = []
+    for _ in range(8):   # fill the accept queue; later SYNs are dropped
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex(full.getsockname())
+        fillers.append(c)
+    time.sleep(0.2)
+    try:
+        srv = piko.server()
+        tcp_sidecar(piko, srv, tcp={"full": "127.0.0.1:%d" % full.getsockname()[1]},
+                    flags={"local.connect-timeout": "1s"})
+        t0 = time.monotonic()
+        r = upgrade_error(srv.proxy_port, "full", timeout=30)
+        elapsed = time.monotonic() - t0
+        assert_json_error(r, 502, "upstream unreachable")
+        assert elapsed >= 0.9, "answered after %.2fs, before the 1s connect timeout" % elapsed
+    finally:
+        for c in fillers:
+            c.close()
+        full.close()
+
+
+@pytest.mark.deadline(90)
+def test_echo_64mib_each_way_direct(tcp_stack):
+    srv, _, svc = tcp_stack
+    with tcp_connect(srv.proxy_port, "db", timeout=30) as s:
+        total, sha, err = stream_pattern_both_ways(s, 64 * MiB, seed=32)
+        assert err is None and total == 64 * MiB, (err, total)
+        assert sha == pattern_sha256(64 * MiB, 32)
+        assert s.recv(1) == b""
 
 
 @pytest.mark.parametrize("endpoint", ["bad!id", "a" * 129, "bad:id"],

@@ -18,7 +18,7 @@ import pytest
 from conftest import binary, free_port
 from helpers import SLOW, h1, poll
 from tcp_services import (TcpService, echo_roundtrip, outcome_of_reading, plain_connect,
-                          stream_pattern_both_ways, tcp_connect, tcp_sidecar,
+                          stream_pattern_both_ways, tcp_sidecar,
                           wait_listening)
 from services import MiB, pattern_sha256
 
