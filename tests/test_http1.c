@@ -9,6 +9,38 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* pk_h1_pump_body: chunked framing stops at the output mark, resumes, and ends with the
+ * last chunk and the trailers; raw framing moves the bytes as they are. */
+static void test_pump_body(void)
+{
+    struct pk_pipe p;
+    struct evbuffer *out = evbuffer_new();
+    pk_pipe_init(&p, 1 << 20);
+    pk_pipe_write(&p, "hello world", 11);
+    CU_ASSERT_FALSE(pk_h1_pump_body(out, &p, true, 4)); /* below the mark: one chunk */
+    CU_ASSERT_EQUAL(pk_pipe_len(&p), 7);
+    evbuffer_drain(out, evbuffer_get_length(out));
+    pk_hdrs_add_str(&p.trailers, "x-sum", "1");
+    p.has_trailers = true;
+    pk_pipe_close(&p);
+    CU_ASSERT_TRUE(pk_h1_pump_body(out, &p, true, 1024));
+    size_t n = evbuffer_get_length(out);
+    char *got = pk_xstrndup((const char *)evbuffer_pullup(out, -1), n);
+    CU_ASSERT_STRING_EQUAL(got, "7\r\no world\r\n0\r\nx-sum: 1\r\n\r\n");
+    free(got);
+    pk_pipe_free(&p);
+    evbuffer_drain(out, evbuffer_get_length(out));
+
+    pk_pipe_init(&p, 1 << 20);
+    pk_pipe_write(&p, "abc", 3);
+    CU_ASSERT_FALSE(pk_h1_pump_body(out, &p, false, 1024));
+    pk_pipe_close(&p);
+    CU_ASSERT_TRUE(pk_h1_pump_body(out, &p, false, 1024));
+    CU_ASSERT_EQUAL(evbuffer_get_length(out), 3);
+    pk_pipe_free(&p);
+    evbuffer_free(out);
+}
+
 void pk_test_register_http1(void);
 
 /* String equality that fails (instead of crashing) when actual is NULL. */
@@ -1132,5 +1164,6 @@ void pk_test_register_http1(void)
     CU_add_test(s, "write_parse_roundtrip", test_write_parse_roundtrip);
     CU_add_test(s, "strip_hop_by_hop", test_strip_hop_by_hop);
     CU_add_test(s, "strip_te", test_strip_te);
+    CU_add_test(s, "pump_body", test_pump_body);
     CU_add_test(s, "absolute_form_ipv6_port_no_path", test_absolute_form_ipv6_port_no_path);
 }

@@ -362,6 +362,26 @@ void pk_h1_write_last_chunk(struct evbuffer *out, const struct pk_hdrs *trailers
     evbuffer_add(out, "\r\n", 2);
 }
 
+bool pk_h1_pump_body(struct evbuffer *out, struct pk_pipe *p, bool chunked, size_t hwm)
+{
+    size_t len;
+    while ((len = pk_pipe_len(p)) > 0 && evbuffer_get_length(out) < hwm) {
+        size_t n = PK_MIN(len, hwm - evbuffer_get_length(out));
+        if (chunked) {
+            evbuffer_add_printf(out, "%zx\r\n", n);
+            pk_pipe_move(p, out, n);
+            evbuffer_add(out, "\r\n", 2);
+        } else {
+            pk_pipe_move(p, out, n);
+        }
+    }
+    if (!pk_pipe_done(p))
+        return false;
+    if (chunked)
+        pk_h1_write_last_chunk(out, p->has_trailers ? &p->trailers : NULL);
+    return true;
+}
+
 const char *pk_h1_reason(int status)
 {
     switch (status) {

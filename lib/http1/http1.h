@@ -10,6 +10,7 @@
 #define PK_HTTP1_H
 
 #include "stream/head.h"
+#include "stream/pipe.h"
 
 #include <http_parser.h>
 #include <stdbool.h>
@@ -84,6 +85,11 @@ void pk_h1_write_response_head(struct evbuffer *out, const struct pk_head *h, in
 void pk_h1_write_chunk(struct evbuffer *out, struct evbuffer *data, size_t len);
 void pk_h1_write_last_chunk(struct evbuffer *out, const struct pk_hdrs *trailers);
 const char *pk_h1_reason(int status);
+
+/* Moves body bytes from p to out, framed as a chunked body or as they are, while out
+ * holds less than hwm. Returns true once the body is complete: the end of p was reached
+ * (for chunked framing the last chunk and p's trailers are written too). */
+bool pk_h1_pump_body(struct evbuffer *out, struct pk_pipe *p, bool chunked, size_t hwm);
 
 /* Hop-by-hop handling (PROTOCOL.md 1.4): removes Connection and every field it names,
  * Keep-Alive, Proxy-Connection, TE (unless te_trailers_ok and it is "trailers"),

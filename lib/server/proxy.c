@@ -471,26 +471,12 @@ static void h1_pump_response(struct h1conn *hc)
         h1_close(hc, true);
         return;
     }
-    while (pk_pipe_len(p) > 0 && evbuffer_get_length(out) < OUT_HWM) {
-        size_t room = OUT_HWM - evbuffer_get_length(out);
-        if (!hc->resp_body_expected) {
-            size_t n = pk_pipe_len(p);
-            struct evbuffer *sink = evbuffer_new();
-            pk_pipe_move(p, sink, n); /* bodies of HEAD/204/304 are dropped */
-            evbuffer_free(sink);
-        } else if (hc->chunked_out) {
-            size_t n = PK_MIN(pk_pipe_len(p), room);
-            struct evbuffer *tmp = evbuffer_new();
-            pk_pipe_move(p, tmp, n);
-            pk_h1_write_chunk(out, tmp, n);
-            evbuffer_free(tmp);
-        } else {
-            pk_pipe_move(p, out, room);
-        }
+    if (!hc->resp_body_expected) {
+        struct evbuffer *sink = evbuffer_new();
+        pk_pipe_move(p, sink, pk_pipe_len(p)); /* bodies of HEAD/204/304 are dropped */
+        evbuffer_free(sink);
     }
-    if (pk_pipe_done(p)) {
-        if (hc->chunked_out)
-            pk_h1_write_last_chunk(out, p->has_trailers ? &p->trailers : NULL);
+    if (pk_h1_pump_body(out, p, hc->chunked_out, OUT_HWM)) {
         hc->resp_done = true;
         pk_pipe_set_consumer(p, NULL, NULL);
         h1_kick(hc);

@@ -149,21 +149,7 @@ static void pump_request(struct lconn *lc)
         lx_fail(x, NGHTTP2_CANCEL, "request aborted by the client");
         return;
     }
-    while (pk_pipe_len(p) > 0 && evbuffer_get_length(out) < OUT_HWM) {
-        size_t room = OUT_HWM - evbuffer_get_length(out);
-        if (x->req_chunked) {
-            size_t n = PK_MIN(pk_pipe_len(p), room);
-            struct evbuffer *tmp = evbuffer_new();
-            pk_pipe_move(p, tmp, n);
-            pk_h1_write_chunk(out, tmp, n);
-            evbuffer_free(tmp);
-        } else {
-            pk_pipe_move(p, out, room);
-        }
-    }
-    if (pk_pipe_done(p)) {
-        if (x->req_chunked)
-            pk_h1_write_last_chunk(out, p->has_trailers ? &p->trailers : NULL);
+    if (pk_h1_pump_body(out, p, x->req_chunked, OUT_HWM)) {
         x->req_sent = true;
         pk_pipe_set_consumer(p, NULL, NULL);
     }
