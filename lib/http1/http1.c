@@ -4,6 +4,7 @@
 
 #include <event2/buffer.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -318,31 +319,60 @@ void pk_h1parser_next(struct pk_h1parser *p)
     http_parser_pause(&p->hp, 0);
 }
 
-static void write_fields(struct evbuffer *out, const struct pk_hdrs *h)
+/* Heads are serialised into one block and added with a single evbuffer_add: each add to
+ * a bufferevent's output runs its callbacks. */
+static size_t fields_len(const struct pk_hdrs *h)
+{
+    return h->bytes + h->n * 4;
+}
+
+static char *put_fields(char *p, const struct pk_hdrs *h)
 {
     for (size_t i = 0; i < h->n; i++) {
-        evbuffer_add(out, h->v[i].name, h->v[i].nlen);
-        evbuffer_add(out, ": ", 2);
-        evbuffer_add(out, h->v[i].value, h->v[i].vlen);
-        evbuffer_add(out, "\r\n", 2);
+        memcpy(p, h->v[i].name, h->v[i].nlen);
+        p += h->v[i].nlen;
+        *p++ = ':';
+        *p++ = ' ';
+        memcpy(p, h->v[i].value, h->v[i].vlen);
+        p += h->v[i].vlen;
+        *p++ = '\r';
+        *p++ = '\n';
     }
+    return p;
+}
+
+static void add_head(struct evbuffer *out, const char *line, size_t linelen,
+                     const struct pk_hdrs *h)
+{
+    size_t cap = linelen + fields_len(h) + 2;
+    char stackbuf[4096];
+    char *buf = cap <= sizeof(stackbuf) ? stackbuf : pk_xmalloc(cap);
+    char *p = buf;
+    memcpy(p, line, linelen);
+    p = put_fields(p + linelen, h);
+    *p++ = '\r';
+    *p++ = '\n';
+    evbuffer_add(out, buf, (size_t)(p - buf));
+    if (buf != stackbuf)
+        free(buf);
 }
 
 void pk_h1_write_request_head(struct evbuffer *out, const struct pk_head *h)
 {
-    evbuffer_add_printf(out, "%s %s HTTP/1.1\r\n", h->method, h->path ? h->path : "/");
-    if (h->authority)
-        evbuffer_add_printf(out, "host: %s\r\n", h->authority);
-    write_fields(out, &h->hdrs);
-    evbuffer_add(out, "\r\n", 2);
+    char *line = h->authority
+                     ? pk_xasprintf("%s %s HTTP/1.1\r\nhost: %s\r\n", h->method,
+                                    h->path ? h->path : "/", h->authority)
+                     : pk_xasprintf("%s %s HTTP/1.1\r\n", h->method, h->path ? h->path : "/");
+    add_head(out, line, strlen(line), &h->hdrs);
+    free(line);
 }
 
 void pk_h1_write_response_head(struct evbuffer *out, const struct pk_head *h, int http_minor)
 {
-    evbuffer_add_printf(out, "HTTP/1.%d %d %s\r\n", http_minor ? 1 : 0, h->status,
-                        pk_h1_reason(h->status));
-    write_fields(out, &h->hdrs);
-    evbuffer_add(out, "\r\n", 2);
+    char line[128];
+    int n = snprintf(line, sizeof(line), "HTTP/1.%d %d %s\r\n", http_minor ? 1 : 0, h->status,
+                     pk_h1_reason(h->status));
+    add_head(out, line, (size_t)n, &h->hdrs);
 }
 
 void pk_h1_write_chunk(struct evbuffer *out, struct evbuffer *data, size_t len)
@@ -356,10 +386,8 @@ void pk_h1_write_chunk(struct evbuffer *out, struct evbuffer *data, size_t len)
 
 void pk_h1_write_last_chunk(struct evbuffer *out, const struct pk_hdrs *trailers)
 {
-    evbuffer_add(out, "0\r\n", 3);
-    if (trailers)
-        write_fields(out, trailers);
-    evbuffer_add(out, "\r\n", 2);
+    static const struct pk_hdrs none;
+    add_head(out, "0\r\n", 3, trailers ? trailers : &none);
 }
 
 bool pk_h1_pump_body(struct evbuffer *out, struct pk_pipe *p, bool chunked, size_t hwm)
@@ -440,32 +468,65 @@ const char *pk_h1_reason(int status)
     }
 }
 
+static bool is_hop_by_hop(const char *name)
+{
+    switch (name[0]) {
+    case 'c':
+        return strcmp(name, "connection") == 0;
+    case 'k':
+        return strcmp(name, "keep-alive") == 0;
+    case 'p':
+        return strcmp(name, "proxy-connection") == 0;
+    case 't':
+        return strcmp(name, "transfer-encoding") == 0;
+    case 'u':
+        return strcmp(name, "upgrade") == 0;
+    case 'h':
+        return strcmp(name, "host") == 0;
+    default:
+        return false;
+    }
+}
+
 void pk_h1_strip_hop_by_hop(struct pk_hdrs *h, bool keep_te_trailers)
 {
     /* Fields named by Connection are hop-by-hop too; collect the names first, since
-     * deleting compacts the array. */
-    char *names = pk_xstrdup("");
+     * deleting compacts the array. Most messages have no Connection field. */
+    char *names = NULL;
+    bool te_trailers = keep_te_trailers && pk_hdrs_has_token(h, "te", "trailers");
     for (size_t i = 0; i < h->n; i++) {
         if (strcmp(h->v[i].name, "connection") == 0) {
-            char *joined = pk_xasprintf("%s,%s", names, h->v[i].value);
+            char *joined = pk_xasprintf("%s,%s", names ? names : "", h->v[i].value);
             free(names);
             names = joined;
         }
     }
-    char *save = NULL;
-    for (char *tok = strtok_r(names, ", \t", &save); tok; tok = strtok_r(NULL, ", \t", &save)) {
-        for (char *c = tok; *c; c++)
-            if (*c >= 'A' && *c <= 'Z')
-                *c = (char)(*c + 32);
-        if (!(keep_te_trailers && strcmp(tok, "te") == 0))
-            pk_hdrs_del(h, tok);
+    if (names) {
+        char *save = NULL;
+        for (char *tok = strtok_r(names, ", \t", &save); tok; tok = strtok_r(NULL, ", \t", &save)) {
+            for (char *c = tok; *c; c++)
+                if (*c >= 'A' && *c <= 'Z')
+                    *c = (char)(*c + 32);
+            if (strcmp(tok, "te") != 0)
+                pk_hdrs_del(h, tok);
+        }
+        free(names);
     }
-    free(names);
-    static const char *const hop[] = {"connection",        "keep-alive", "proxy-connection",
-                                      "transfer-encoding", "upgrade",    "host"};
-    for (size_t i = 0; i < PK_ARRAY_LEN(hop); i++)
-        pk_hdrs_del(h, hop[i]);
-    const char *te = pk_hdrs_get(h, "te");
-    if (te && !(keep_te_trailers && pk_strcaseeq(te, "trailers")))
-        pk_hdrs_del(h, "te");
+    size_t out = 0;
+    bool had_te = false;
+    for (size_t i = 0; i < h->n; i++) {
+        struct pk_hdr *f = &h->v[i];
+        bool te = strcmp(f->name, "te") == 0;
+        had_te = had_te || te;
+        if (te || is_hop_by_hop(f->name)) {
+            h->bytes -= f->nlen + f->vlen;
+            free(f->name);
+            continue;
+        }
+        h->v[out++] = *f;
+    }
+    h->n = out;
+    /* TE survives only as "trailers" (PROTOCOL.md 1.4). */
+    if (had_te && te_trailers)
+        pk_hdrs_add_str(h, "te", "trailers");
 }

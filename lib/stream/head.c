@@ -13,8 +13,7 @@ void pk_hdrs_init(struct pk_hdrs *h)
 void pk_hdrs_free(struct pk_hdrs *h)
 {
     for (size_t i = 0; i < h->n; i++) {
-        free(h->v[i].name);
-        free(h->v[i].value);
+        free(h->v[i].name); /* the value shares the allocation */
     }
     free(h->v);
     memset(h, 0, sizeof(*h));
@@ -27,12 +26,16 @@ void pk_hdrs_add(struct pk_hdrs *h, const char *name, size_t nlen, const char *v
         h->v = pk_xrealloc(h->v, h->cap * sizeof(*h->v));
     }
     struct pk_hdr *f = &h->v[h->n++];
-    f->name = pk_xstrndup(name, nlen);
+    /* One allocation for both strings: "name\0value\0". */
+    f->name = pk_xmalloc(nlen + vlen + 2);
     for (size_t i = 0; i < nlen; i++) {
-        if (f->name[i] >= 'A' && f->name[i] <= 'Z')
-            f->name[i] = (char)(f->name[i] + 32);
+        char c = name[i];
+        f->name[i] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
     }
-    f->value = pk_xstrndup(value, vlen);
+    f->name[nlen] = '\0';
+    f->value = f->name + nlen + 1;
+    memcpy(f->value, value, vlen);
+    f->value[vlen] = '\0';
     f->nlen = nlen;
     f->vlen = vlen;
     h->bytes += nlen + vlen;
@@ -61,7 +64,6 @@ static size_t del_matching(struct pk_hdrs *h, const char *name, size_t cmp_len)
         if (match) {
             h->bytes -= h->v[i].nlen + h->v[i].vlen;
             free(h->v[i].name);
-            free(h->v[i].value);
             removed++;
             continue;
         }
