@@ -23,6 +23,8 @@
 #   RESULTS_DIR [bench/results]                where http-<date>.md is written
 #   KEEP_WORK=1                                keep the work dir (configs, raw output)
 set -euo pipefail
+# shellcheck source=scripts/proc.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/proc.sh"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin_dir="${1:-build/bin}"
@@ -57,23 +59,9 @@ pids=()       # every process we started, in start order
 declare -A role_pid=()
 
 cleanup() {
-    local rc=$? pid i
+    local rc=$?
     trap - EXIT INT TERM
-    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-        kill -TERM "${pids[i]}" 2>/dev/null || true
-    done
-    for _ in $(seq 50); do
-        local alive=0
-        for pid in "${pids[@]}"; do
-            if kill -0 "$pid" 2>/dev/null; then alive=1; fi
-        done
-        [ "$alive" -eq 0 ] && break
-        sleep 0.1
-    done
-    for pid in "${pids[@]}"; do
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    [ "${#pids[@]}" -eq 0 ] || stop_pids "${pids[@]}"
     if [ "$rc" -eq 0 ] && [ "$KEEP_WORK" != "1" ]; then
         rm -rf "$work"
     else
@@ -84,19 +72,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# Prints N distinct free loopback ports.
-free_ports() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-held = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    held.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in held))
-EOF
-}
 
 # wait_ok SECONDS PID CURL_ARGS...: waits until curl succeeds (2xx), or PID dies.
 wait_ok() {

@@ -27,6 +27,8 @@
 #   RESULTS_DIR [bench/results]   where tcp-<date>.md is written
 #   KEEP_WORK=1          keep the work dir (logs, raw output)
 set -euo pipefail
+# shellcheck source=scripts/proc.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/proc.sh"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin_dir="${1:-build/bin}"
@@ -68,23 +70,9 @@ pids=()
 declare -A role_pid=()
 
 cleanup() {
-    local rc=$? pid i
+    local rc=$?
     trap - EXIT INT TERM
-    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-        kill -TERM "${pids[i]}" 2>/dev/null || true
-    done
-    for _ in $(seq 50); do
-        local alive=0
-        for pid in "${pids[@]}"; do
-            if kill -0 "$pid" 2>/dev/null; then alive=1; fi
-        done
-        [ "$alive" -eq 0 ] && break
-        sleep 0.1
-    done
-    for pid in "${pids[@]}"; do
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    [ "${#pids[@]}" -eq 0 ] || stop_pids "${pids[@]}"
     if [ "$rc" -eq 0 ] && [ "$KEEP_WORK" != "1" ]; then
         rm -rf "$work"
     else
@@ -271,18 +259,6 @@ print(int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.grou
 EOF
 }
 bulk_bytes="$(to_bytes "$BULK_BYTES")"
-
-free_ports() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-held = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    held.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in held))
-EOF
-}
 
 # wait_port SECONDS PID PORT: until something listens on 127.0.0.1:PORT (/proc/net/tcp,
 # so that no connection is opened), or PID dies.

@@ -8,6 +8,8 @@
 #
 # Exits non-zero if anything fails to start or the request does not come back with 200.
 set -euo pipefail
+# shellcheck source=scripts/proc.sh
+source "$(dirname "${BASH_SOURCE[0]}")/proc.sh"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin_dir="${1:-build/bin}"
@@ -45,23 +47,9 @@ ok=0
 # Stop children in reverse start order (sidecar, server, service): TERM, then KILL
 # whatever is still there after a few seconds.
 cleanup() {
-    local rc=$? pid i
+    local rc=$?
     trap - EXIT INT TERM
-    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-        kill -TERM "${pids[i]}" 2>/dev/null || true
-    done
-    for _ in $(seq 50); do
-        local alive=0
-        for pid in "${pids[@]}"; do
-            if kill -0 "$pid" 2>/dev/null; then alive=1; fi
-        done
-        [ "$alive" -eq 0 ] && break
-        sleep 0.1
-    done
-    for pid in "${pids[@]}"; do
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    [ "${#pids[@]}" -eq 0 ] || stop_pids "${pids[@]}"
     if [ "$ok" -eq 1 ]; then
         rm -rf "$work"
     else
