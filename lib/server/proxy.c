@@ -402,7 +402,6 @@ static void prepare_request(struct exchange *ex, struct pk_head *in, const char 
     char addr[96];
     snprintf(addr, sizeof(addr), strchr(ip, ':') ? "[%s]:%u" : "%s:%u", ip, port);
     pk_hdrs_add_str(&r->hdrs, "piko-client-addr", addr);
-    ex->is_head = strcmp(r->method, "HEAD") == 0;
 }
 
 /* Routes and starts an exchange whose downstream side is set up. */

@@ -337,7 +337,8 @@ static void lc_event(struct bufferevent *bev, short what, void *arg)
     lc_process(lc);
     if ((what & BEV_EVENT_EOF) && lc->lx && !x->resp_complete &&
         pk_h1parser_eof(&lc->parser) == 0 && x->resp_complete) {
-        /* A close-delimited body ended. */
+        /* A close-delimited body ended (the parser completes it at EOF; checked again
+         * after, since an interim response does not complete the exchange). */
         lc->parser.keep_alive = false;
         return;
     }
