@@ -87,9 +87,9 @@ def free_port():
 # Processes
 
 
-def http_get(port, path, timeout=1.0):
-    """(status, body) of GET http://127.0.0.1:port/path; raises OSError if unreachable."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+def http_get(port, path, timeout=1.0, host="127.0.0.1"):
+    """(status, body) of GET http://host:port/path; raises OSError if unreachable."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request("GET", path)
         r = conn.getresponse()
@@ -114,6 +114,7 @@ class Proc:
         self.argv = argv
         self.log_path = Path(log_path)
         self.admin_port = admin_port
+        self.admin_host = "127.0.0.1"  # where the admin port answers (cluster tests)
         self.env = env
         self.popen = None
         self.expected_exit = False  # set once a test deliberately stops it
@@ -137,7 +138,7 @@ class Proc:
     # -- admin ------------------------------------------------------------------------
 
     def admin(self, path, timeout=1.0):
-        return http_get(self.admin_port, path, timeout * SLOW)
+        return http_get(self.admin_port, path, timeout * SLOW, host=self.admin_host)
 
     def ready_status(self):
         """Status of GET /ready, or None when the admin port does not answer."""
@@ -227,21 +228,43 @@ class Proc:
 
 
 class ServerProc(Proc):
-    def __init__(self, name, argv, log_path, ports, env=None):
+    def __init__(self, name, argv, log_path, ports, env=None, host="127.0.0.1"):
         super().__init__(name, argv, log_path, ports["admin"], env)
         self.ports = dict(ports)
         self.proxy_port = ports["proxy"]
         self.upstream_port = ports["upstream"]
+        self.cluster_port = ports.get("cluster")
+        self.host = host
+        self.admin_host = host
 
     @property
     def connect_url(self):
-        return "http://127.0.0.1:%d" % self.upstream_port
+        return "http://%s:%d" % (self.host, self.upstream_port)
+
+    @property
+    def cluster_addr(self):
+        return "%s:%d" % (self.host, self.cluster_port)
 
 
 class SidecarProc(Proc):
     def __init__(self, name, argv, log_path, admin_port, endpoints, env=None):
         super().__init__(name, argv, log_path, admin_port, env)
         self.endpoints = dict(endpoints)
+
+
+_help_cache = {}
+
+
+def server_has_flag(flag):
+    """Whether piko-server's --help lists --flag (cached per binary)."""
+    path = binary("piko-server")
+    if path not in _help_cache:
+        try:
+            p = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=30)
+            _help_cache[path] = p.stdout + p.stderr
+        except (OSError, subprocess.TimeoutExpired):
+            _help_cache[path] = ""
+    return ("--%s " % flag) in _help_cache[path]
 
 
 def _env(extra):
@@ -294,22 +317,31 @@ class Piko:
 
     @staticmethod
     def new_server_ports():
-        return {"proxy": free_port(), "upstream": free_port(), "admin": free_port()}
+        return {"proxy": free_port(), "upstream": free_port(), "admin": free_port(),
+                "cluster": free_port()}
 
-    def server(self, flags=None, ports=None, wait=True, args=(), name="server", env=None):
+    def server(self, flags=None, ports=None, wait=True, args=(), name="server", env=None,
+               host="127.0.0.1", prefix=()):
         """Start piko-server on explicit loopback ports; waits for /ready 200.
         flags: {"proxy.timeout": "1s", ...}; a None value drops a default flag.
-        env: extra environment variables for this process only."""
-        ports = ports or self.new_server_ports()
+        env: extra environment variables for this process only.
+        host: the address every port binds to; prefix: argv put before the binary
+        (e.g. ["ip", "netns", "exec", NS], which execs it: same pid)."""
+        ports = dict(ports or self.new_server_ports())
         all_flags = {
-            "proxy.bind-addr": "127.0.0.1:%d" % ports["proxy"],
-            "upstream.bind-addr": "127.0.0.1:%d" % ports["upstream"],
-            "admin.bind-addr": "127.0.0.1:%d" % ports["admin"],
+            "proxy.bind-addr": "%s:%d" % (host, ports["proxy"]),
+            "upstream.bind-addr": "%s:%d" % (host, ports["upstream"]),
+            "admin.bind-addr": "%s:%d" % (host, ports["admin"]),
         }
+        # Every server gets its own cluster port (the default :8003 would be shared by
+        # all the servers of a run). Binaries older than the cluster feature lack it.
+        if server_has_flag("cluster.bind-addr"):
+            ports.setdefault("cluster", free_port())
+            all_flags["cluster.bind-addr"] = "%s:%d" % (host, ports["cluster"])
         all_flags.update(self.DEFAULT_SERVER_FLAGS)
         all_flags.update(flags or {})
-        argv = [binary("piko-server")] + flags_to_argv(all_flags) + list(args)
-        proc = ServerProc(name, argv, self._log_path(name), ports, env=_env(env))
+        argv = list(prefix) + [binary("piko-server")] + flags_to_argv(all_flags) + list(args)
+        proc = ServerProc(name, argv, self._log_path(name), ports, env=_env(env), host=host)
         self.procs.append(proc)
         proc.start()
         if wait:
@@ -319,22 +351,26 @@ class Piko:
     # -- sidecar ----------------------------------------------------------------------
 
     def sidecar(self, endpoints, server=None, connect_url=None, flags=None, wait=True,
-                routable=True, args=(), name="sidecar", env=None):
+                routable=True, args=(), name="sidecar", env=None, admin_host="127.0.0.1",
+                prefix=()):
         """Start piko-sidecar serving endpoints {name: addr}. With wait, waits for
-        /ready 200 and (routable) until the server routes every endpoint to a tunnel."""
+        /ready 200 and (routable) until the server routes every endpoint to a tunnel.
+        admin_host: the address its admin port binds to; prefix: argv put before the
+        binary (see server())."""
         admin_port = free_port()
         if connect_url is None:
             connect_url = server.connect_url
         all_flags = {
             "connect.url": connect_url,
-            "admin.bind-addr": "127.0.0.1:%d" % admin_port,
+            "admin.bind-addr": "%s:%d" % (admin_host, admin_port),
             "endpoint": ["%s=%s" % (k, v) for k, v in endpoints.items()],
         }
         all_flags.update(self.DEFAULT_SIDECAR_FLAGS)
         all_flags.update(flags or {})
-        argv = [binary("piko-sidecar")] + flags_to_argv(all_flags) + list(args)
+        argv = list(prefix) + [binary("piko-sidecar")] + flags_to_argv(all_flags) + list(args)
         proc = SidecarProc(name, argv, self._log_path(name), admin_port, endpoints,
                            env=_env(env))
+        proc.admin_host = admin_host
         self.procs.append(proc)
         proc.start()
         if wait:
@@ -349,7 +385,7 @@ class Piko:
         endpoint (the sidecar may report ready a moment before the server has counted
         its tunnel). The probe route is not counted by the test services."""
         def routed():
-            conn = http.client.HTTPConnection("127.0.0.1", server.proxy_port,
+            conn = http.client.HTTPConnection(server.host, server.proxy_port,
                                               timeout=2 * SLOW)
             try:
                 conn.request("GET", "/_probe", headers={"x-piko-endpoint": endpoint})
@@ -466,7 +502,9 @@ def shared(module_piko, request):
                 pytest.fail("%s died in an earlier test (status %s)\n%s" % (
                     p.name, p.popen.returncode, p.log_tail()), pytrace=False)
         for svc in h.services:
-            svc.reset_counters()
+            reset = getattr(svc, "reset_counters", None)  # TCP services, balancers: none
+            if reset is not None:
+                reset()
         return h.shared_objects[key]
 
     return get

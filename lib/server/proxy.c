@@ -10,6 +10,7 @@
  * through a deferred event. */
 #include "base/base.h"
 #include "base/log.h"
+#include "cluster/cluster.h"
 #include "http1/http1.h"
 #include "net/net.h"
 #include "server/server_int.h"
@@ -17,6 +18,7 @@
 
 #include <arpa/inet.h>
 #include <event2/buffer.h>
+#include <json-c/json.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/listener.h>
@@ -26,6 +28,9 @@
 #include <string.h>
 
 #define TCP_PREFIX     "/_piko/v1/tcp/"
+#define CLUSTER_PREFIX "/_piko/v1/cluster/"
+#define STATE_PATH     "/_piko/v1/cluster/state"
+#define MAX_STATE_WAIT 60000
 #define H2_PREFACE     "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #define H2_PREFACE_LEN 24
 #define PIPE_HWM       (256 * 1024)
@@ -40,6 +45,7 @@ enum dconn_kind { DCONN_DETECT, DCONN_H1, DCONN_H2 };
 struct dconn {
     struct pk_list link;
     enum dconn_kind kind;
+    bool cluster; /* accepted on the cluster port: a peer node */
 };
 
 struct exchange {
@@ -55,9 +61,14 @@ struct exchange {
     bool tcp;       /* /_piko/v1/tcp/{endpoint} */
     char token[64]; /* the upgrade token (:protocol) */
     bool expect_continue;
+    bool cluster;    /* arrived on the cluster port (a peer's stream or a state call) */
+    bool forwarded;  /* a peer's stream: local tunnels only (one hop) */
+    bool state_wait; /* a state long poll waiting in srv->state_waiters */
+    uint64_t state_after;
     /* upstream side */
     struct pk_h2stream *us;
     const struct tunnel *last_tunnel;
+    const struct pk_peer *last_peer; /* compared only: the peer of the failed attempt */
     bool retried;
     bool timed_out;
     /* downstream side */
@@ -108,6 +119,7 @@ static void h1_close(struct h1conn *hc, bool abort);
 /* ---- exchange ------------------------------------------------------------------------ */
 
 static void ex_timer_cb(evutil_socket_t fd, short what, void *arg);
+static void ex_reply_state(struct exchange *ex);
 
 static struct exchange *ex_new(struct pk_server *srv, const char *ip, uint16_t port)
 {
@@ -125,6 +137,16 @@ static struct exchange *ex_new(struct pk_server *srv, const char *ip, uint16_t p
 
 static void ex_unwait(struct exchange *ex)
 {
+    if (ex->state_wait) {
+        for (struct exchange **pp = &ex->srv->state_waiters; *pp; pp = &(*pp)->wnext) {
+            if (*pp == ex) {
+                *pp = ex->wnext;
+                break;
+            }
+        }
+        ex->state_wait = false;
+        return;
+    }
     if (!ex->waiting)
         return;
     for (struct exchange **pp = &ex->srv->waiting; *pp; pp = &(*pp)->wnext) {
@@ -165,6 +187,11 @@ static void ex_timer_cb(evutil_socket_t fd, short what, void *arg)
     PK_UNUSED(what);
     if (ex->head_sent)
         return;
+    if (ex->state_wait) {
+        ex_unwait(ex);
+        ex_reply_state(ex);
+        return;
+    }
     PK_INFO("proxy", "upstream timeout endpoint=%s client=%s path=%s after=%llums", ex->endpoint,
             ex->client, ex->req.path ? ex->req.path : "-",
             (unsigned long long)ex->srv->cfg->proxy_timeout_ms);
@@ -189,8 +216,9 @@ static void ex_fail(struct exchange *ex, int status, const char *msg)
     ex_fail_hdr(ex, status, msg, NULL, NULL);
 }
 
-static void ex_fail_hdr(struct exchange *ex, int status, const char *msg, const char *name,
-                        const char *value)
+/* Answers from the proxy itself with a JSON body (an error, or a cluster state). */
+static void ex_reply(struct exchange *ex, int status, const char *body, size_t n,
+                     const char *name, const char *value)
 {
     if (ex->ds_gone)
         return;
@@ -201,9 +229,8 @@ static void ex_fail_hdr(struct exchange *ex, int status, const char *msg, const 
     /* The failed upstream attempt may have aborted the pipe: start a fresh one. */
     pk_pipe_free(&ex->resp_body);
     pk_pipe_init(&ex->resp_body, PIPE_HWM);
-    char body[256], len[16];
-    int n = snprintf(body, sizeof(body), "{\"error\":\"%s\"}\n", msg);
-    snprintf(len, sizeof(len), "%d", n);
+    char len[24];
+    snprintf(len, sizeof(len), "%zu", n);
     struct pk_head h;
     pk_head_init(&h);
     h.status = status;
@@ -211,10 +238,18 @@ static void ex_fail_hdr(struct exchange *ex, int status, const char *msg, const 
     pk_hdrs_add_str(&h.hdrs, "content-length", len);
     if (name)
         pk_hdrs_add_str(&h.hdrs, name, value);
-    pk_pipe_write(&ex->resp_body, body, (size_t)n);
+    pk_pipe_write(&ex->resp_body, body, n);
     pk_pipe_close(&ex->resp_body);
     ds_send_head(ex, &h, !ex->is_head);
     pk_head_free(&h);
+}
+
+static void ex_fail_hdr(struct exchange *ex, int status, const char *msg, const char *name,
+                        const char *value)
+{
+    char body[256];
+    int n = snprintf(body, sizeof(body), "{\"error\":\"%s\"}\n", msg);
+    ex_reply(ex, status, body, (size_t)n, name, value);
 }
 
 static void ds_establish(struct exchange *ex, struct pk_head *resp);
@@ -276,42 +311,99 @@ static void us_on_close(struct pk_h2stream *s, uint32_t code, void *ud)
 
 static const struct pk_h2stream_cbs us_cbs = {.on_head = us_on_head, .on_close = us_on_close};
 
+/* Opens the upstream stream on a local tunnel, or else on the link to a peer node that
+ * holds the endpoint (a forwarded stream, PROTOCOL.md 3). A peer's own streams
+ * (ex->forwarded) only ever use local tunnels: one hop at most. */
 static void ex_dispatch(struct exchange *ex)
 {
-    bool exists;
+    struct pk_server *srv = ex->srv;
+    bool exists, pexists = false;
     struct tunnel *t =
-        pk_upstream_pick(ex->srv, ex->endpoint, &exists, ex->retried ? ex->last_tunnel : NULL);
-    if (!t) {
-        if (!exists) {
+        pk_upstream_pick(srv, ex->endpoint, &exists, ex->retried ? ex->last_tunnel : NULL);
+    struct pk_peer *peer = NULL;
+    if (!t && !ex->forwarded && srv->cluster)
+        peer = pk_cluster_pick(srv->cluster, ex->endpoint, ex->retried ? ex->last_peer : NULL,
+                               &pexists);
+    if (!t && !peer) {
+        if (!exists && !pexists) {
+            if (ex->forwarded && ex->ds && !ex->head_sent) {
+                /* The peer's view was stale: refused, so it can try another node. */
+                PK_DEBUG("proxy", "forwarded stream for endpoint=%s: no local tunnel, refused",
+                         ex->endpoint);
+                ex_unwait(ex);
+                pk_h2stream_reset(ex->ds, NGHTTP2_REFUSED_STREAM);
+                return;
+            }
+            ex_unwait(ex);
             ex_fail(ex, 502, ex->retried ? "upstream unreachable" : "no available upstreams");
             return;
         }
-        if (ex->retried) {
+        if (ex->retried && !pexists) {
             /* The one retry has no other tunnel to go to. */
             ex_fail(ex, 502, "upstream unreachable");
             return;
         }
-        /* Every tunnel is at its stream limit: wait for a slot (PROTOCOL.md 1.5). */
+        /* Every tunnel is at its stream limit, or the peer link is coming up: wait for a
+         * slot (PROTOCOL.md 1.5), up to proxy.timeout. */
         if (!ex->waiting) {
             ex->waiting = true;
-            ex->wnext = ex->srv->waiting;
-            ex->srv->waiting = ex;
+            ex->wnext = srv->waiting;
+            srv->waiting = ex;
         }
         return;
     }
-    ex->last_tunnel = t;
-    ex->us =
-        pk_h2conn_request(t->h2, &ex->req, ex->req_has_body ? &ex->req_body : NULL, &us_cbs, ex);
+    ex_unwait(ex);
+    if (t) {
+        ex->last_tunnel = t;
+        ex->last_peer = NULL;
+        ex->us = pk_h2conn_request(t->h2, &ex->req, ex->req_has_body ? &ex->req_body : NULL,
+                                   &us_cbs, ex);
+        if (ex->us)
+            t->served++;
+    } else {
+        /* The forwarding fields go on this stream only: a retry may go to a local tunnel,
+         * and a sidecar never sees the cluster secret. nghttp2 copies the fields. */
+        ex->last_peer = peer;
+        ex->last_tunnel = NULL;
+        struct pk_hdrs *h = &ex->req.hdrs;
+        pk_hdrs_add_str(h, "piko-endpoint", ex->endpoint);
+        pk_hdrs_add_str(h, "piko-forwarded-by", srv->node_id);
+        if (srv->cfg->cluster_secret && *srv->cfg->cluster_secret) {
+            char *auth = pk_xasprintf("Bearer %s", srv->cfg->cluster_secret);
+            pk_hdrs_add_str(h, "piko-authorization", auth);
+            free(auth);
+        }
+        ex->us = pk_h2conn_request(pk_peer_link(peer), &ex->req,
+                                   ex->req_has_body ? &ex->req_body : NULL, &us_cbs, ex);
+        pk_hdrs_del(h, "piko-endpoint");
+        pk_hdrs_del(h, "piko-forwarded-by");
+        pk_hdrs_del(h, "piko-authorization");
+        PK_DEBUG("proxy", "forwarding endpoint=%s to node=%s", ex->endpoint,
+                 pk_peer_node_id(peer));
+    }
     if (!ex->us) {
         ex_fail(ex, 502, "upstream unreachable");
         return;
     }
-    t->served++;
     pk_h2stream_set_sink(ex->us, &ex->resp_body);
     if (ex->expect_continue && ex->h1) {
         /* The proxy answers 100 Continue itself once a tunnel is found (PROTOCOL.md 1.4). */
         ex->expect_continue = false;
         evbuffer_add_printf(bufferevent_get_output(ex->h1->bev), "HTTP/1.1 100 Continue\r\n\r\n");
+    }
+}
+
+void pk_proxy_retry_waiting(struct pk_server *srv)
+{
+    struct exchange *ready = srv->waiting;
+    srv->waiting = NULL;
+    for (struct exchange *ex = ready; ex; ex = ex->wnext)
+        ex->waiting = false;
+    while (ready) {
+        struct exchange *ex = ready;
+        ready = ex->wnext;
+        ex->wnext = NULL;
+        ex_dispatch(ex);
     }
 }
 
@@ -404,11 +496,172 @@ static void prepare_request(struct exchange *ex, struct pk_head *in, const char 
     pk_hdrs_add_str(&r->hdrs, "piko-client-addr", addr);
 }
 
+/* ---- the cluster port: peers' streams and the routing state ---------------------------- */
+
+/* PROTOCOL.md 3: "Bearer <cluster secret>", compared in constant time. Peer streams carry
+ * it in piko-authorization (their authorization field belongs to the application); state
+ * calls may use authorization. */
+static bool secret_ok(struct pk_server *srv, const struct pk_hdrs *h, bool allow_authorization,
+                      const char **why)
+{
+    const char *secret = srv->cfg->cluster_secret;
+    if (!secret || !*secret)
+        return true;
+    const char *v = pk_hdrs_get(h, "piko-authorization");
+    if (!v && allow_authorization)
+        v = pk_hdrs_get(h, "authorization");
+    if (!v) {
+        *why = "missing cluster secret";
+        return false;
+    }
+    *why = "invalid cluster secret";
+    if (strncasecmp(v, "Bearer ", 7) != 0)
+        return false;
+    const char *tok = v + 7;
+    size_t tl = strlen(tok), sl = strlen(secret);
+    unsigned char diff = tl != sl;
+    for (size_t i = 0; i < sl; i++)
+        diff |= (unsigned char)(secret[i] ^ (i < tl ? tok[i] : 0));
+    return diff == 0;
+}
+
+static void ex_reply_state(struct exchange *ex)
+{
+    struct json_object *o = pk_server_state_json(ex->srv, true);
+    const char *txt = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+    ex_reply(ex, 200, txt, strlen(txt), NULL, NULL);
+    json_object_put(o);
+}
+
+static bool query_u64(const char *query, const char *key, uint64_t *out, bool duration)
+{
+    size_t kl = strlen(key);
+    for (const char *q = query; q && *q; q = strchr(q, '&') ? strchr(q, '&') + 1 : NULL) {
+        if (strncmp(q, key, kl) != 0 || q[kl] != '=')
+            continue;
+        char buf[32];
+        size_t n = strcspn(q + kl + 1, "&");
+        if (n == 0 || n >= sizeof(buf))
+            return false;
+        memcpy(buf, q + kl + 1, n);
+        buf[n] = '\0';
+        if (duration)
+            return pk_parse_duration(buf, out) == 0;
+        char *end;
+        unsigned long long v = strtoull(buf, &end, 10);
+        *out = v;
+        return *end == '\0' && buf[0] >= '0' && buf[0] <= '9';
+    }
+    return false;
+}
+
+/* GET /_piko/v1/cluster/state[?after=V&wait=D]: now, or once the version exceeds V. */
+static void ex_state_request(struct exchange *ex, const char *path)
+{
+    struct pk_server *srv = ex->srv;
+    const char *q = strchr(path, '?');
+    uint64_t after = 0, wait = 0;
+    bool has_after = q && query_u64(q + 1, "after", &after, false);
+    if (q && !query_u64(q + 1, "wait", &wait, true))
+        wait = 0;
+    if (!has_after || srv->state_version > after || wait == 0 || srv->cluster_closing) {
+        ex_reply_state(ex);
+        return;
+    }
+    wait = PK_MIN(wait, (uint64_t)MAX_STATE_WAIT);
+    ex->state_wait = true;
+    ex->state_after = after;
+    ex->wnext = srv->state_waiters;
+    srv->state_waiters = ex;
+    struct timeval tv = {(time_t)(wait / 1000), (suseconds_t)((wait % 1000) * 1000)};
+    event_add(ex->timer, &tv);
+}
+
+void pk_proxy_state_changed(struct pk_server *srv)
+{
+    struct exchange *list = srv->state_waiters;
+    srv->state_waiters = NULL;
+    while (list) {
+        struct exchange *ex = list;
+        list = ex->wnext;
+        ex->wnext = NULL;
+        ex->state_wait = false;
+        if (srv->state_version > ex->state_after || srv->cluster_closing) {
+            event_del(ex->timer);
+            ex_reply_state(ex);
+        } else {
+            ex->state_wait = true;
+            ex->wnext = srv->state_waiters;
+            srv->state_waiters = ex;
+        }
+    }
+}
+
+/* A request on the cluster port: a state call, or a stream a peer forwards to one of our
+ * tunnels, taken as it comes (the peer already prepared it) minus the forwarding fields. */
+static void ex_start_cluster(struct exchange *ex, struct pk_head *in)
+{
+    struct pk_server *srv = ex->srv;
+    const char *path = in->path ? in->path : "";
+    bool control = strncmp(path, CLUSTER_PREFIX, strlen(CLUSTER_PREFIX)) == 0;
+    const char *why = NULL;
+    ex->is_head = in->method && strcmp(in->method, "HEAD") == 0;
+    snprintf(ex->endpoint, sizeof(ex->endpoint), "-");
+    if (!secret_ok(srv, &in->hdrs, control, &why)) {
+        PK_WARN("cluster", "refused request from %s on the cluster port: %s", ex->client, why);
+        ex_fail(ex, 401, why);
+        return;
+    }
+    if (control) {
+        size_t plen = strcspn(path, "?");
+        if (plen != strlen(STATE_PATH) || strncmp(path, STATE_PATH, plen) != 0) {
+            ex_fail(ex, 404, "not found");
+        } else if (strcmp(in->method, "GET") != 0 && !ex->is_head) {
+            ex_fail_hdr(ex, 405, "method not allowed", "allow", "GET");
+        } else {
+            ex_state_request(ex, path);
+        }
+        return;
+    }
+    const char *ep = pk_hdrs_get(&in->hdrs, "piko-endpoint");
+    if (!ex->ds || !ep || !pk_hdrs_get(&in->hdrs, "piko-forwarded-by")) {
+        ex_fail(ex, ex->ds ? 400 : 404, ex->ds ? "not a forwarded request" : "not found");
+        return;
+    }
+    if (!pk_endpoint_id_valid(ep, strlen(ep))) {
+        ex_fail(ex, 400, "invalid endpoint id");
+        return;
+    }
+    snprintf(ex->endpoint, sizeof(ex->endpoint), "%s", ep);
+    PK_DEBUG("cluster", "forwarded stream endpoint=%s from node=%s", ex->endpoint,
+             pk_hdrs_get(&in->hdrs, "piko-forwarded-by"));
+    ex->forwarded = true;
+    struct pk_head *r = &ex->req;
+    r->method = in->method;
+    r->path = in->path;
+    r->scheme = in->scheme;
+    r->authority = in->authority;
+    r->protocol = in->protocol;
+    in->method = in->path = in->scheme = in->authority = in->protocol = NULL;
+    pk_hdrs_move(&r->hdrs, &in->hdrs);
+    pk_hdrs_del(&r->hdrs, "piko-authorization");
+    pk_hdrs_del(&r->hdrs, "piko-endpoint");
+    pk_hdrs_del(&r->hdrs, "piko-forwarded-by");
+    struct timeval tv = {(time_t)(srv->cfg->proxy_timeout_ms / 1000),
+                         (suseconds_t)((srv->cfg->proxy_timeout_ms % 1000) * 1000)};
+    event_add(ex->timer, &tv);
+    ex_dispatch(ex);
+}
+
 /* Routes and starts an exchange whose downstream side is set up. */
 static void ex_start(struct exchange *ex, struct pk_head *in, const char *ip, uint16_t port)
 {
     const char *msg = NULL;
     int status;
+    if (ex->cluster) {
+        ex_start_cluster(ex, in);
+        return;
+    }
     if (ex->tcp) {
         const char *id = in->path + strlen(TCP_PREFIX);
         status = pk_endpoint_id_valid(id, strlen(id)) ? 0 : 400;
@@ -669,6 +922,14 @@ static bool h1_on_head(struct pk_h1parser *p, void *ud)
     pk_pipe_set_producer(&ex->req_body, h1_req_drained, hc);
     if (!ex->req_has_body)
         pk_pipe_close(&ex->req_body);
+    if (hc->dc.cluster) {
+        /* HTTP/1.1 on the cluster port: state calls only (peer streams are HTTP/2). */
+        ex->cluster = true;
+        if (p->upgrade)
+            hc->keep_alive = false;
+        ex_start(ex, &p->head, hc->ip, hc->port);
+        return false;
+    }
     const char *path = p->head.path ? p->head.path : "";
     ex->tcp = strncmp(path, TCP_PREFIX, strlen(TCP_PREFIX)) == 0;
     if (ex->tcp && !(p->upgrade && pk_hdrs_has_token(&p->head.hdrs, "upgrade", "piko-tcp"))) {
@@ -919,7 +1180,18 @@ static void h2d_on_stream(struct pk_h2conn *c, struct pk_h2stream *s, void *ud)
     struct pk_head *in = pk_h2stream_head(s);
     ex->req_has_body = !pk_h2stream_remote_ended(s);
     pk_h2stream_set_sink(s, &ex->req_body);
-    if (in->method && strcmp(in->method, "CONNECT") == 0) {
+    ex->cluster = d->dc.cluster;
+    if (ex->cluster && in->method && strcmp(in->method, "CONNECT") == 0) {
+        /* A peer forwards raw streams in the tunnel's form (PROTOCOL.md 1.2). */
+        if (!in->protocol || strlen(in->protocol) >= sizeof(ex->token)) {
+            ex_fail(ex, 400, "bad extended CONNECT");
+            return;
+        }
+        snprintf(ex->token, sizeof(ex->token), "%s", in->protocol);
+        ex->tcp = strcmp(in->protocol, "piko-tcp") == 0;
+        ex->raw = true;
+        ex->req_has_body = true;
+    } else if (in->method && strcmp(in->method, "CONNECT") == 0) {
         /* RFC 8441 extended CONNECT: a WebSocket (or other protocol) to an HTTP endpoint,
          * or piko-tcp to /_piko/v1/tcp/{endpoint}. Plain CONNECT is not a proxy feature. */
         const char *path = in->path ? in->path : "";
@@ -957,17 +1229,20 @@ static void h2d_on_close(struct pk_h2conn *c, const char *why, void *ud)
 
 static const struct pk_h2conn_cbs h2d_cbs = {.on_stream = h2d_on_stream, .on_close = h2d_on_close};
 
-static void h2d_new(struct pk_server *srv, struct bufferevent *bev, const char *ip, uint16_t port)
+static void h2d_new(struct pk_server *srv, struct bufferevent *bev, const char *ip, uint16_t port,
+                    bool cluster)
 {
     struct h2down *d = pk_xcalloc(1, sizeof(*d));
     d->srv = srv;
     snprintf(d->ip, sizeof(d->ip), "%s", ip);
     d->port = port;
     char name[128];
-    snprintf(name, sizeof(name), "downstream/%s:%u", ip, port);
+    snprintf(name, sizeof(name), "%s/%s:%u", cluster ? "peer-in" : "downstream", ip, port);
     d->dc.kind = DCONN_H2;
+    d->dc.cluster = cluster;
     pk_list_insert(&srv->conns, &d->dc.link);
-    d->h2 = pk_h2conn_new(srv->base, bev, true, &srv->down_settings, &h2d_cbs, d, name);
+    d->h2 = pk_h2conn_new(srv->base, bev, true, cluster ? &srv->cluster_settings : &srv->down_settings,
+                          &h2d_cbs, d, name);
     if (!d->h2) {
         pk_list_remove(&d->dc.link);
         free(d);
@@ -1000,10 +1275,11 @@ static void detect_read(struct bufferevent *bev, void *arg)
     free(dt);
     bufferevent_set_timeouts(bev, NULL, NULL);
     if (h2) {
-        h2d_new(d.srv, bev, d.ip, d.port);
+        h2d_new(d.srv, bev, d.ip, d.port, d.dc.cluster);
         return;
     }
     struct h1conn *hc = h1_new(d.srv, bev, d.ip, d.port);
+    hc->dc.cluster = d.dc.cluster;
     set_timeout(bev, d.srv->cfg->proxy_head_timeout_ms);
     h1_process(hc);
 }
@@ -1020,13 +1296,11 @@ static void detect_event(struct bufferevent *bev, short what, void *arg)
     pk_server_check_drained(srv);
 }
 
-static void proxy_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
-                         int salen, void *arg)
+static void accept_conn(struct pk_server *srv, evutil_socket_t fd, struct sockaddr *sa,
+                        bool cluster)
 {
-    struct pk_server *srv = arg;
-    PK_UNUSED(l);
-    PK_UNUSED(salen);
     struct detect *dt = pk_xcalloc(1, sizeof(*dt));
+    dt->dc.cluster = cluster;
     dt->srv = srv;
     pk_sockaddr_ip(sa, dt->ip, sizeof(dt->ip), &dt->port);
     pk_tune_socket(fd);
@@ -1040,18 +1314,43 @@ static void proxy_accept(struct evconnlistener *l, evutil_socket_t fd, struct so
     bufferevent_enable(bev, EV_READ | EV_WRITE);
 }
 
+static void proxy_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                         int salen, void *arg)
+{
+    PK_UNUSED(l);
+    PK_UNUSED(salen);
+    accept_conn(arg, fd, sa, false);
+}
+
+static void cluster_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                           int salen, void *arg)
+{
+    PK_UNUSED(l);
+    PK_UNUSED(salen);
+    accept_conn(arg, fd, sa, true);
+}
+
 int pk_proxy_listen(struct pk_server *srv, char *err, size_t errlen)
 {
     srv->proxy_l = pk_listen(srv->base, srv->cfg->proxy_bind_addr, proxy_accept, srv, err, errlen);
     return srv->proxy_l ? 0 : PK_ERR_IO;
 }
 
-void pk_proxy_drain_all(struct pk_server *srv)
+int pk_cluster_port_listen(struct pk_server *srv, char *err, size_t errlen)
+{
+    srv->cluster_l =
+        pk_listen(srv->base, srv->cfg->cluster_bind_addr, cluster_accept, srv, err, errlen);
+    return srv->cluster_l ? 0 : PK_ERR_IO;
+}
+
+void pk_proxy_drain_all(struct pk_server *srv, bool cluster)
 {
     struct pk_list *l, *next;
     for (l = srv->conns.next; l != &srv->conns; l = next) {
         next = l->next;
         struct dconn *dc = PK_CONTAINER_OF(l, struct dconn, link);
+        if (dc->cluster != cluster)
+            continue;
         if (dc->kind == DCONN_H2) {
             struct h2down *d = PK_CONTAINER_OF(dc, struct h2down, dc);
             pk_h2conn_drain(d->h2, pk_h2conn_last_stream_id(d->h2));

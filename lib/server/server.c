@@ -2,6 +2,8 @@
 
 #include "base/base.h"
 #include "base/log.h"
+#include "cluster/cluster.h"
+#include "cluster/state.h"
 #include "config/config.h"
 #include "dns/dns.h"
 #include "h2/h2.h"
@@ -12,6 +14,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/listener.h>
+#include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,15 +51,36 @@ const struct pk_opt pk_server_opts[] = {
         "HTTP/2 stream flow-control window on tunnels"),
     OPT("upstream.connection-window", PK_OPT_SIZE, upstream_connection_window, "16MiB",
         "HTTP/2 connection flow-control window on tunnels"),
+    OPT("upstream.rebalance.threshold", PK_OPT_STRING, upstream_rebalance_threshold, "0",
+        "Shed tunnels when this node holds more than the cluster average by this fraction "
+        "(e.g. 0.2); 0: off"),
+    OPT("upstream.rebalance.interval", PK_OPT_DURATION, upstream_rebalance_interval_ms, "1s",
+        "When rebalancing, shed at most one tunnel per interval"),
     OPT("admin.bind-addr", PK_OPT_STRING, admin_bind_addr, ":8002",
-        "Address for /health and /ready"),
+        "Address for /health, /ready and /status"),
+    OPT("cluster.bind-addr", PK_OPT_STRING, cluster_bind_addr, ":8003",
+        "Address for peer nodes (peer links and routing state)"),
+    OPT("cluster.node-id", PK_OPT_STRING, cluster_node_id, "",
+        "Node id; empty: the hostname plus a random suffix"),
+    OPT("cluster.join", PK_OPT_STRING, cluster_join, "",
+        "Peers' cluster addresses: comma list of srv:NAME, dns:NAME:PORT, HOST:PORT"),
+    OPT("cluster.resolve-interval", PK_OPT_DURATION, cluster_resolve_interval_ms, "5s",
+        "How often cluster.join is resolved again"),
+    OPT("cluster.peer-timeout", PK_OPT_DURATION, cluster_peer_timeout_ms, "5s",
+        "A peer unreachable this long leaves routing"),
+    OPT("cluster.secret", PK_OPT_STRING, cluster_secret, "",
+        "Shared secret every request on the cluster port must carry; empty: none"),
+    OPT("dns.servers", PK_OPT_STRING, dns_servers, "",
+        "DNS servers for cluster.join (comma list of ip[:port]); empty: /etc/resolv.conf"),
     OPT("log.level", PK_OPT_STRING, log_level, "info", "debug, info, warn or error"),
     OPT("grace-period", PK_OPT_DURATION, grace_period_ms, "30s",
         "On SIGTERM/SIGINT, time allowed for in-flight requests"),
+    OPT("drain-delay", PK_OPT_DURATION, drain_delay_ms, "0s",
+        "On SIGTERM, keep accepting (not ready) this long before draining connections"),
 };
 const size_t pk_server_nopts = PK_ARRAY_LEN(pk_server_opts);
 
-int pk_server_config_check(const struct pk_server_config *cfg, char *err, size_t errlen)
+int pk_server_config_check(struct pk_server_config *cfg, char *err, size_t errlen)
 {
     enum pk_log_level lvl;
     if (!cfg->log_level || pk_log_parse_level(cfg->log_level, &lvl) != 0) {
@@ -66,7 +90,8 @@ int pk_server_config_check(const struct pk_server_config *cfg, char *err, size_t
     }
     const char *addrs[][2] = {{"proxy.bind-addr", cfg->proxy_bind_addr},
                               {"upstream.bind-addr", cfg->upstream_bind_addr},
-                              {"admin.bind-addr", cfg->admin_bind_addr}};
+                              {"admin.bind-addr", cfg->admin_bind_addr},
+                              {"cluster.bind-addr", cfg->cluster_bind_addr}};
     for (size_t i = 0; i < PK_ARRAY_LEN(addrs); i++) {
         char *host = NULL;
         uint16_t port;
@@ -97,6 +122,33 @@ int pk_server_config_check(const struct pk_server_config *cfg, char *err, size_t
         snprintf(err, errlen, "proxy.max-header-bytes: must be between 1KiB and 1MiB");
         return PK_ERR_INVALID;
     }
+    char *end = NULL;
+    double thr = strtod(cfg->upstream_rebalance_threshold ? cfg->upstream_rebalance_threshold : "",
+                        &end);
+    if (!end || end == cfg->upstream_rebalance_threshold || *end || thr < 0 || thr > 100) {
+        snprintf(err, errlen, "upstream.rebalance.threshold: want a fraction such as 0.2 (got '%s')",
+                 cfg->upstream_rebalance_threshold ? cfg->upstream_rebalance_threshold : "");
+        return PK_ERR_INVALID;
+    }
+    cfg->rebalance_threshold = thr;
+    if (cfg->upstream_rebalance_interval_ms == 0) {
+        snprintf(err, errlen, "upstream.rebalance.interval: must be greater than 0");
+        return PK_ERR_INVALID;
+    }
+    if (cfg->cluster_peer_timeout_ms < 100 || cfg->cluster_resolve_interval_ms < 100) {
+        snprintf(err, errlen, "cluster.peer-timeout and cluster.resolve-interval: at least 100ms");
+        return PK_ERR_INVALID;
+    }
+    if (cfg->cluster_node_id && *cfg->cluster_node_id &&
+        !pk_endpoint_id_valid(cfg->cluster_node_id, strlen(cfg->cluster_node_id))) {
+        snprintf(err, errlen, "cluster.node-id: 1-128 characters of [A-Za-z0-9._-]");
+        return PK_ERR_INVALID;
+    }
+    struct pk_join_item *items;
+    size_t nitems;
+    if (pk_join_parse(cfg->cluster_join, &items, &nitems, err, errlen) != 0)
+        return PK_ERR_INVALID;
+    pk_join_free(items, nitems);
     if (cfg->upstream_heartbeat_interval_ms == 0 || cfg->upstream_heartbeat_timeout_ms == 0) {
         snprintf(err, errlen, "upstream.heartbeat-interval and -timeout must be greater than 0");
         return PK_ERR_INVALID;
@@ -131,9 +183,117 @@ static void admin_ready(struct evhttp_request *req, void *arg)
                     srv->draining ? "{\"status\":\"draining\"}" : "{\"status\":\"starting\"}");
 }
 
+/* ---- routing state and cluster status ---------------------------------------------------- */
+
+struct json_object *pk_server_state_json(struct pk_server *srv, bool with_endpoints)
+{
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "node_id", json_object_new_string(srv->node_id));
+    json_object_object_add(o, "incarnation", json_object_new_string(srv->incarnation));
+    json_object_object_add(o, "version", json_object_new_int64((int64_t)srv->state_version));
+    json_object_object_add(o, "proxy_addr", json_object_new_string(srv->proxy_addr));
+    json_object_object_add(o, "admin_addr", json_object_new_string(srv->admin_addr));
+    json_object_object_add(o, "cluster_addr", json_object_new_string(srv->cluster_addr));
+    json_object_object_add(o, "draining", json_object_new_boolean(srv->draining));
+    size_t neps, ntunnels;
+    struct json_object *t = pk_upstream_table_json(srv, &neps, &ntunnels);
+    if (with_endpoints)
+        json_object_object_add(o, "endpoints", t);
+    else
+        json_object_put(t);
+    return o;
+}
+
+void pk_server_state_changed(struct pk_server *srv)
+{
+    srv->state_version++;
+    event_active(srv->state_ev, EV_TIMEOUT, 0); /* long polls are answered from the loop */
+}
+
+static void state_cb(evutil_socket_t fd, short what, void *arg)
+{
+    PK_UNUSED(fd);
+    PK_UNUSED(what);
+    pk_proxy_state_changed(arg);
+}
+
+/* The local node as /status/cluster/nodes lists it. */
+static struct json_object *local_node_json(struct pk_server *srv, bool table)
+{
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "id", json_object_new_string(srv->node_id));
+    json_object_object_add(o, "status",
+                           json_object_new_string(srv->draining ? "draining" : "active"));
+    json_object_object_add(o, "local", json_object_new_boolean(true));
+    json_object_object_add(o, "incarnation", json_object_new_string(srv->incarnation));
+    json_object_object_add(o, "version", json_object_new_int64((int64_t)srv->state_version));
+    json_object_object_add(o, "proxy_addr", json_object_new_string(srv->proxy_addr));
+    json_object_object_add(o, "admin_addr", json_object_new_string(srv->admin_addr));
+    json_object_object_add(o, "cluster_addr", json_object_new_string(srv->cluster_addr));
+    size_t neps, ntunnels;
+    struct json_object *t = pk_upstream_table_json(srv, &neps, &ntunnels);
+    json_object_object_add(o, "endpoints", json_object_new_int64((int64_t)neps));
+    json_object_object_add(o, "tunnels", json_object_new_int64((int64_t)ntunnels));
+    if (table)
+        json_object_object_add(o, "endpoint_table", t);
+    else
+        json_object_put(t);
+    return o;
+}
+
+static void admin_json(struct evhttp_request *req, int code, const char *reason,
+                       struct json_object *o)
+{
+    struct evbuffer *b = evbuffer_new();
+    evbuffer_add_printf(b, "%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+    json_object_put(o);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
+    evhttp_send_reply(req, code, reason, b);
+    evbuffer_free(b);
+}
+
+static void admin_notfound(struct evhttp_request *req, void *arg);
+
+#define NODES_PATH "/status/cluster/nodes"
+
+static void admin_nodes(struct evhttp_request *req, void *arg)
+{
+    struct pk_server *srv = arg;
+    const char *uri = evhttp_request_get_uri(req);
+    size_t ulen = strcspn(uri, "?");
+    if (ulen == strlen(NODES_PATH) || (ulen == strlen(NODES_PATH) + 1 && uri[ulen - 1] == '/')) {
+        struct json_object *a = json_object_new_array();
+        json_object_array_add(a, local_node_json(srv, false));
+        pk_cluster_nodes_json(srv->cluster, a);
+        admin_json(req, 200, "OK", a);
+        return;
+    }
+    char id[160];
+    snprintf(id, sizeof(id), "%.*s", (int)(ulen - strlen(NODES_PATH) - 1),
+             uri + strlen(NODES_PATH) + 1);
+    struct json_object *o = NULL;
+    if (strcmp(id, "local") == 0 || strcmp(id, srv->node_id) == 0)
+        o = local_node_json(srv, true);
+    else if (pk_endpoint_id_valid(id, strlen(id)))
+        o = pk_cluster_node_json(srv->cluster, id);
+    if (!o) {
+        o = json_object_new_object();
+        json_object_object_add(o, "error", json_object_new_string("node not found"));
+        admin_json(req, 404, "Not Found", o);
+        return;
+    }
+    admin_json(req, 200, "OK", o);
+}
+
 static void admin_notfound(struct evhttp_request *req, void *arg)
 {
-    PK_UNUSED(arg);
+    const char *uri = evhttp_request_get_uri(req);
+    if (strncmp(uri, NODES_PATH, strlen(NODES_PATH)) == 0 &&
+        (uri[strlen(NODES_PATH)] == '\0' || uri[strlen(NODES_PATH)] == '/' ||
+         uri[strlen(NODES_PATH)] == '?')) {
+        admin_nodes(req, arg);
+        return;
+    }
     struct evbuffer *b = evbuffer_new();
     evbuffer_add_printf(b, "{\"error\":\"not found\"}\n");
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
@@ -160,6 +320,7 @@ static int admin_listen(struct pk_server *srv, char *err, size_t errlen)
     evhttp_set_cb(srv->admin, "/ready", admin_ready, srv);
     evhttp_set_gencb(srv->admin, admin_notfound, srv);
     pk_listener_addr(l, addrbuf, sizeof(addrbuf));
+    snprintf(srv->admin_addr, sizeof(srv->admin_addr), "%s", addrbuf);
     PK_INFO("server", "admin listening addr=%s", addrbuf);
     return 0;
 }
@@ -175,12 +336,27 @@ static void grace_cb(evutil_socket_t fd, short what, void *arg)
     event_base_loopexit(srv->base, NULL);
 }
 
+static bool drained(struct pk_server *srv)
+{
+    return srv->draining && srv->drain_final && srv->nexchanges == 0 && srv->nconns == 0 &&
+           srv->lingers.n == 0 && (!srv->soft_drain || srv->ntunnels_open == 0);
+}
+
 static void check_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct pk_server *srv = arg;
     PK_UNUSED(fd);
     PK_UNUSED(what);
-    if (srv->draining && srv->nexchanges == 0 && srv->nconns == 0 && srv->lingers.n == 0) {
+    if (srv->draining && srv->drain_final && srv->cluster_l &&
+        (!srv->soft_drain || srv->ntunnels_open == 0)) {
+        /* Nothing left that a peer could need: close the links peers opened to us. */
+        evconnlistener_free(srv->cluster_l);
+        srv->cluster_l = NULL;
+        srv->cluster_closing = true;
+        pk_proxy_state_changed(srv); /* the long polls are answered now */
+        pk_proxy_drain_all(srv, true);
+    }
+    if (drained(srv)) {
         PK_INFO("server", "drained: exiting");
         event_base_loopexit(srv->base, NULL);
     }
@@ -188,7 +364,7 @@ static void check_cb(evutil_socket_t fd, short what, void *arg)
 
 void pk_server_check_drained(struct pk_server *srv)
 {
-    if (srv->draining && srv->nexchanges == 0 && srv->nconns == 0 && srv->lingers.n == 0)
+    if (srv->draining && srv->drain_final)
         event_active(srv->check_ev, EV_TIMEOUT, 0);
 }
 
@@ -197,22 +373,102 @@ static void linger_done(void *arg)
     pk_server_check_drained(arg);
 }
 
+/* The drain delay is over: stop accepting, close downstream connections as their work
+ * ends. Peer connections stay while our tunnels may still be needed. */
+static void drain_final(struct pk_server *srv)
+{
+    srv->drain_final = true;
+    PK_INFO("server", "draining connections: %zu requests in flight, %zu tunnels",
+            srv->nexchanges, srv->ntunnels_open);
+    if (srv->proxy_l) {
+        evconnlistener_free(srv->proxy_l);
+        srv->proxy_l = NULL;
+    }
+    if (srv->upstream_l) {
+        evconnlistener_free(srv->upstream_l);
+        srv->upstream_l = NULL;
+    }
+    pk_proxy_drain_all(srv, false);
+    pk_server_check_drained(srv);
+}
+
+static void drain_cb(evutil_socket_t fd, short what, void *arg)
+{
+    PK_UNUSED(fd);
+    PK_UNUSED(what);
+    drain_final(arg);
+}
+
 void pk_server_shutdown(struct pk_server *srv)
 {
     if (srv->draining)
         return;
     srv->draining = true;
-    PK_INFO("server", "shutting down: %zu requests in flight, grace period %llums", srv->nexchanges,
+    /* Tunnels only get a notice when another node can take them: they keep serving until
+     * their sidecars have replacements (docs/architecture/cluster.md). */
+    srv->soft_drain = pk_cluster_has_active_peer(srv->cluster);
+    PK_INFO("server",
+            "shutting down: %zu requests in flight, %zu tunnels (%s), drain delay %llums, "
+            "grace period %llums",
+            srv->nexchanges, srv->ntunnels_open,
+            srv->soft_drain ? "asked to move to another node" : "drained",
+            (unsigned long long)srv->cfg->drain_delay_ms,
             (unsigned long long)srv->cfg->grace_period_ms);
-    /* New connections are refused; established ones finish their work. */
-    evconnlistener_disable(srv->proxy_l);
-    evconnlistener_disable(srv->upstream_l);
+    pk_server_state_changed(srv); /* peers learn at once that we are draining */
     pk_upstream_drain_all(srv);
-    pk_proxy_drain_all(srv);
     struct timeval tv = {(time_t)(srv->cfg->grace_period_ms / 1000),
                          (suseconds_t)((srv->cfg->grace_period_ms % 1000) * 1000)};
     event_add(srv->grace_ev, &tv);
-    pk_server_check_drained(srv);
+    if (srv->cfg->drain_delay_ms) {
+        struct timeval dv = {(time_t)(srv->cfg->drain_delay_ms / 1000),
+                             (suseconds_t)((srv->cfg->drain_delay_ms % 1000) * 1000)};
+        event_add(srv->drain_ev, &dv);
+    } else {
+        drain_final(srv);
+    }
+}
+
+static void cluster_change(void *ud)
+{
+    pk_proxy_retry_waiting(ud);
+}
+
+static const struct pk_cluster_cbs cluster_cbs = {.on_change = cluster_change};
+
+/* Rebalancing (off unless upstream.rebalance.threshold > 0): while this node holds more
+ * tunnels than the cluster average by the threshold, one tunnel per interval is asked to
+ * reconnect through the load balancer. */
+static void rebalance_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct pk_server *srv = arg;
+    PK_UNUSED(fd);
+    PK_UNUSED(what);
+    if (!srv->draining) {
+        size_t nodes;
+        uint64_t others;
+        pk_cluster_totals(srv->cluster, &nodes, &others);
+        size_t local = pk_upstream_count(srv);
+        double avg = (double)(local + others) / (double)(nodes + 1);
+        if (nodes > 0 && local >= 2 && (double)local > avg * (1.0 + srv->cfg->rebalance_threshold))
+            pk_upstream_shed_one(srv);
+    }
+    struct timeval tv = {(time_t)(srv->cfg->upstream_rebalance_interval_ms / 1000),
+                         (suseconds_t)((srv->cfg->upstream_rebalance_interval_ms % 1000) * 1000)};
+    event_add(srv->rebalance_ev, &tv);
+}
+
+static void random_hex(char *buf, size_t len, size_t bytes)
+{
+    uint8_t r[16];
+    if (bytes > sizeof(r))
+        bytes = sizeof(r);
+    if (getrandom(r, bytes, 0) != (ssize_t)bytes) {
+        uint64_t x = pk_now_ms() ^ ((uint64_t)getpid() << 32);
+        memcpy(r, &x, bytes < 8 ? bytes : 8);
+    }
+    buf[0] = '\0';
+    for (size_t i = 0; i < bytes && 2 * i + 2 < len; i++)
+        snprintf(buf + 2 * i, len - 2 * i, "%02x", r[i]);
 }
 
 struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_config *cfg,
@@ -222,15 +478,22 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
     char addr[256];
     srv->base = base;
     srv->cfg = cfg;
-    char host[64] = "piko";
-    uint32_t suffix = 0;
+    char host[64] = "piko", suffix[16];
     gethostname(host, sizeof(host));
     host[sizeof(host) - 1] = '\0';
-    if (getrandom(&suffix, sizeof(suffix), 0) != sizeof(suffix))
-        suffix = (uint32_t)pk_now_ms() ^ (uint32_t)getpid();
-    snprintf(srv->node_id, sizeof(srv->node_id), "%s-%08x", host, suffix);
+    host[strspn(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")] = '\0';
+    random_hex(suffix, sizeof(suffix), 4);
+    if (cfg->cluster_node_id && *cfg->cluster_node_id)
+        snprintf(srv->node_id, sizeof(srv->node_id), "%s", cfg->cluster_node_id);
+    else
+        snprintf(srv->node_id, sizeof(srv->node_id), "%s-%s", host[0] ? host : "piko", suffix);
+    random_hex(srv->incarnation, sizeof(srv->incarnation), 8);
+    srv->state_version = 1;
     srv->grace_ev = event_new(base, -1, 0, grace_cb, srv);
     srv->check_ev = event_new(base, -1, 0, check_cb, srv);
+    srv->state_ev = event_new(base, -1, 0, state_cb, srv);
+    srv->drain_ev = event_new(base, -1, 0, drain_cb, srv);
+    srv->rebalance_ev = event_new(base, -1, 0, rebalance_cb, srv);
     pk_list_init(&srv->conns);
     pk_list_init(&srv->tunnels);
     pk_list_init(&srv->handshakes);
@@ -251,16 +514,63 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
     srv->down_settings.settings_timeout_ms = cfg->proxy_head_timeout_ms;
     srv->down_settings.max_header_bytes = cfg->proxy_max_header_bytes;
 
+    /* Peer links: we are the client of a peer's cluster port (same code as a tunnel)... */
+    srv->link_settings = srv->tunnel_settings;
+    /* ...and the server of the links peers open to ours. */
+    pk_h2_settings_default(&srv->cluster_settings);
+    srv->cluster_settings.max_concurrent_streams = 16384;
+    srv->cluster_settings.stream_window = (uint32_t)cfg->upstream_stream_window;
+    srv->cluster_settings.conn_window = (uint32_t)cfg->upstream_connection_window;
+    srv->cluster_settings.enable_connect_protocol = true;
+    srv->cluster_settings.ping_interval_ms = 0; /* the dialling side sends heartbeats */
+    srv->cluster_settings.settings_timeout_ms = cfg->upstream_heartbeat_timeout_ms;
+    srv->cluster_settings.max_header_bytes = cfg->proxy_max_header_bytes;
+
     if (pk_proxy_listen(srv, err, errlen) != 0 || pk_upstream_listen(srv, err, errlen) != 0 ||
-        admin_listen(srv, err, errlen) != 0) {
+        admin_listen(srv, err, errlen) != 0 || pk_cluster_port_listen(srv, err, errlen) != 0) {
         pk_server_del(srv);
         return NULL;
     }
-    pk_listener_addr(srv->proxy_l, addr, sizeof(addr));
-    PK_INFO("server", "node id=%s", srv->node_id);
-    PK_INFO("server", "proxy listening addr=%s", addr);
+    pk_listener_addr(srv->proxy_l, srv->proxy_addr, sizeof(srv->proxy_addr));
+    pk_listener_addr(srv->cluster_l, srv->cluster_addr, sizeof(srv->cluster_addr));
+    PK_INFO("server", "node id=%s incarnation=%s", srv->node_id, srv->incarnation);
+    PK_INFO("server", "proxy listening addr=%s", srv->proxy_addr);
     pk_listener_addr(srv->upstream_l, addr, sizeof(addr));
     PK_INFO("server", "upstream listening addr=%s", addr);
+    PK_INFO("server", "cluster listening addr=%s", srv->cluster_addr);
+
+    struct pk_resolver_opts ropts = {.servers = cfg->dns_servers && *cfg->dns_servers
+                                                    ? cfg->dns_servers
+                                                    : NULL};
+    srv->resolver = pk_resolver_new_opts(base, &ropts, err, errlen);
+    if (!srv->resolver) {
+        pk_server_del(srv);
+        return NULL;
+    }
+    struct pk_cluster_opts copts = {
+        .node_id = srv->node_id,
+        .join = cfg->cluster_join,
+        .resolve_interval_ms = cfg->cluster_resolve_interval_ms,
+        .peer_timeout_ms = cfg->cluster_peer_timeout_ms,
+        .secret = cfg->cluster_secret,
+        .link_settings = &srv->link_settings,
+    };
+    srv->cluster = pk_cluster_new(base, srv->resolver, &copts, &cluster_cbs, srv, err, errlen);
+    if (!srv->cluster) {
+        pk_server_del(srv);
+        return NULL;
+    }
+    if (cfg->cluster_join && *cfg->cluster_join) {
+        PK_INFO("cluster", "joining %s", cfg->cluster_join);
+        if (!cfg->cluster_secret || !*cfg->cluster_secret)
+            PK_WARN("cluster", "cluster.secret is empty: anyone who reaches the cluster port "
+                               "can use this node's tunnels");
+    }
+    if (cfg->rebalance_threshold > 0) {
+        struct timeval tv = {(time_t)(cfg->upstream_rebalance_interval_ms / 1000),
+                             (suseconds_t)((cfg->upstream_rebalance_interval_ms % 1000) * 1000)};
+        event_add(srv->rebalance_ev, &tv);
+    }
     srv->ready = true;
     return srv;
 }
@@ -272,17 +582,27 @@ void pk_server_del(struct pk_server *srv)
     /* Abort whatever is left and let the deferred closes run, so nothing leaks. */
     pk_proxy_abort_all(srv);
     pk_upstream_abort_all(srv);
-    for (int i = 0; i < 100 && (srv->nconns || srv->ntunnels_open || srv->nexchanges); i++)
+    pk_cluster_stop(srv->cluster);
+    for (int i = 0; i < 100 && (srv->nconns || srv->ntunnels_open || srv->nexchanges ||
+                                pk_cluster_nlinks(srv->cluster));
+         i++)
         event_base_loop(srv->base, EVLOOP_NONBLOCK);
+    pk_cluster_free(srv->cluster);
+    pk_resolver_del(srv->resolver);
     pk_linger_list_free(&srv->lingers);
     if (srv->proxy_l)
         evconnlistener_free(srv->proxy_l);
     if (srv->upstream_l)
         evconnlistener_free(srv->upstream_l);
+    if (srv->cluster_l)
+        evconnlistener_free(srv->cluster_l);
     if (srv->admin)
         evhttp_free(srv->admin);
     event_free(srv->grace_ev);
     event_free(srv->check_ev);
+    event_free(srv->state_ev);
+    event_free(srv->drain_ev);
+    event_free(srv->rebalance_ev);
     for (size_t b = 0; b < PK_EP_BUCKETS; b++) {
         while (srv->eps[b]) {
             struct endpoint *e = srv->eps[b];

@@ -26,18 +26,30 @@ struct pk_server_config {
     uint64_t upstream_heartbeat_timeout_ms;
     uint64_t upstream_stream_window;
     uint64_t upstream_connection_window;
+    char *upstream_rebalance_threshold; /* a fraction, parsed by pk_server_config_check */
+    uint64_t upstream_rebalance_interval_ms;
+    double rebalance_threshold; /* parsed from upstream_rebalance_threshold */
     char *admin_bind_addr;
+    char *cluster_bind_addr;
+    char *cluster_node_id;
+    char *cluster_join;
+    uint64_t cluster_resolve_interval_ms;
+    uint64_t cluster_peer_timeout_ms;
+    char *cluster_secret;
+    char *dns_servers;
     char *log_level;
     uint64_t grace_period_ms;
+    uint64_t drain_delay_ms;
 };
 
 /* The option table of piko-server (flags and YAML keys). */
 extern const struct pk_opt pk_server_opts[];
 extern const size_t pk_server_nopts;
 
-/* Checks values that parse but make no sense together. Returns 0 or PK_ERR_INVALID with
+/* Checks values that parse but make no sense together, and fills the derived fields
+ * (rebalance_threshold). Returns 0 or PK_ERR_INVALID with
  * a message naming the key. */
-int pk_server_config_check(const struct pk_server_config *cfg, char *err, size_t errlen);
+int pk_server_config_check(struct pk_server_config *cfg, char *err, size_t errlen);
 
 /* Binds every listener. Returns NULL with a message on failure. The config is borrowed
  * and must outlive the server. */

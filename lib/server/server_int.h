@@ -15,6 +15,8 @@ struct evconnlistener;
 struct evhttp;
 struct event;
 struct exchange;
+struct pk_cluster;
+struct pk_resolver;
 
 /* A sidecar's tunnel as seen by the server: we are its HTTP/2 client. */
 struct tunnel {
@@ -25,6 +27,7 @@ struct tunnel {
     char *sidecar_id;
     char peer[64];
     uint64_t served;     /* streams opened on it, for logs */
+    bool shed;           /* told to reconnect elsewhere (rebalancing) */
     struct tunnel *next; /* in ep->tunnels */
     struct pk_list link; /* in srv->tunnels */
 };
@@ -41,10 +44,25 @@ struct endpoint {
 
 struct pk_server {
     struct event_base *base;
-    char node_id[96]; /* hostname plus a random suffix, new at every start */
+    char node_id[130];    /* --cluster.node-id or the hostname plus a random suffix */
+    char incarnation[20]; /* random, new at every start */
     const struct pk_server_config *cfg;
     struct evconnlistener *proxy_l;
     struct evconnlistener *upstream_l;
+    struct evconnlistener *cluster_l;
+    char proxy_addr[64], admin_addr[64], cluster_addr[64]; /* as bound */
+    struct pk_resolver *resolver;
+    struct pk_cluster *cluster;
+    uint64_t state_version;         /* of the routing state this node publishes */
+    struct exchange *state_waiters; /* long polls of that state */
+    struct event *state_ev;         /* answers the long polls after a change */
+    struct pk_h2_settings cluster_settings; /* our side of peer links we accept */
+    struct pk_h2_settings link_settings;    /* our side of peer links we dial */
+    bool soft_drain;     /* tunnels were told GOAWAY but stay usable (a peer can take them) */
+    bool drain_final;    /* the drain delay is over: connections are being closed */
+    bool cluster_closing; /* and the connections peers opened to us too */
+    struct event *drain_ev;
+    struct event *rebalance_ev;
     struct evhttp *admin;
     struct endpoint *eps[PK_EP_BUCKETS];
     struct pk_h2_settings tunnel_settings;
@@ -75,12 +93,29 @@ void pk_upstream_drain_all(struct pk_server *srv);
 int pk_proxy_listen(struct pk_server *srv, char *err, size_t errlen);
 /* A tunnel of this endpoint has a free slot again (or a new one arrived). */
 void pk_proxy_slot_free(struct pk_server *srv, const char *endpoint);
-void pk_proxy_drain_all(struct pk_server *srv);
+/* Drains downstream connections, or (cluster) the connections peers opened to us. */
+void pk_proxy_drain_all(struct pk_server *srv, bool cluster);
 /* Teardown: aborts every downstream connection (deferred) / every tunnel and handshake. */
 void pk_proxy_abort_all(struct pk_server *srv);
 void pk_upstream_abort_all(struct pk_server *srv);
 
+/* Local tunnel count of every endpoint, as a JSON object (new reference). */
+struct json_object *pk_upstream_table_json(struct pk_server *srv, size_t *neps, size_t *ntunnels);
+/* Sends a GOAWAY notice to one tunnel of the node's busiest share (rebalancing). */
+bool pk_upstream_shed_one(struct pk_server *srv);
+size_t pk_upstream_count(struct pk_server *srv);
+
+/* proxy.c (cluster port) */
+int pk_cluster_port_listen(struct pk_server *srv, char *err, size_t errlen);
+/* Re-dispatches every request waiting for a route (a peer's table or link changed). */
+void pk_proxy_retry_waiting(struct pk_server *srv);
+/* Answers the state long polls (the version moved, or the node is draining). */
+void pk_proxy_state_changed(struct pk_server *srv);
+
 /* server.c */
+/* The routing state changed (a tunnel came or went, draining started). */
+void pk_server_state_changed(struct pk_server *srv);
+struct json_object *pk_server_state_json(struct pk_server *srv, bool with_endpoints);
 /* Called whenever work finishes during a drain: exits the loop when nothing is left. */
 void pk_server_check_drained(struct pk_server *srv);
 

@@ -10,6 +10,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/listener.h>
+#include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +52,7 @@ static void ep_add(struct pk_server *srv, struct tunnel *t)
     e->ntunnels++;
     PK_INFO("upstream", "tunnel up endpoint=%s sidecar=%s peer=%s tunnels=%zu", e->id,
             t->sidecar_id, t->peer, e->ntunnels);
+    pk_server_state_changed(srv);
 }
 
 /* Takes a tunnel out of routing at once (it may still finish its streams). */
@@ -67,6 +69,7 @@ static void ep_remove(struct pk_server *srv, struct tunnel *t)
         }
     }
     t->ep = NULL;
+    pk_server_state_changed(srv);
     if (e->ntunnels == 0) {
         unsigned b = hash_id(e->id);
         for (struct endpoint **pp = &srv->eps[b]; *pp; pp = &(*pp)->next) {
@@ -107,13 +110,68 @@ struct tunnel *pk_upstream_pick(struct pk_server *srv, const char *endpoint, boo
     return best;
 }
 
+/* Alone, a node drains its tunnels (GOAWAY; they close once idle). With a peer that can
+ * take them, each tunnel only gets a GOAWAY notice and stays in routing until its sidecar
+ * has dialled a replacement through the load balancer and drained it (soft drain,
+ * docs/architecture/cluster.md). */
 void pk_upstream_drain_all(struct pk_server *srv)
 {
-    for (size_t b = 0; b < PK_EP_BUCKETS; b++) {
-        for (struct endpoint *e = srv->eps[b]; e; e = e->next)
-            for (struct tunnel *t = e->tunnels; t; t = t->next)
-                pk_h2conn_drain(t->h2, 0);
+    for (struct pk_list *l = srv->tunnels.next; l != &srv->tunnels; l = l->next) {
+        struct tunnel *t = PK_CONTAINER_OF(l, struct tunnel, link);
+        if (srv->soft_drain)
+            pk_h2conn_goaway_notice(t->h2);
+        else
+            pk_h2conn_drain(t->h2, 0);
     }
+}
+
+struct json_object *pk_upstream_table_json(struct pk_server *srv, size_t *neps, size_t *ntunnels)
+{
+    struct json_object *o = json_object_new_object();
+    *neps = *ntunnels = 0;
+    for (size_t b = 0; b < PK_EP_BUCKETS; b++) {
+        for (struct endpoint *e = srv->eps[b]; e; e = e->next) {
+            json_object_object_add(o, e->id, json_object_new_int64((int64_t)e->ntunnels));
+            (*neps)++;
+            *ntunnels += e->ntunnels;
+        }
+    }
+    return o;
+}
+
+size_t pk_upstream_count(struct pk_server *srv)
+{
+    size_t n = 0;
+    for (struct pk_list *l = srv->tunnels.next; l != &srv->tunnels; l = l->next) {
+        struct tunnel *t = PK_CONTAINER_OF(l, struct tunnel, link);
+        if (t->ep && !t->shed)
+            n++;
+    }
+    return n;
+}
+
+/* Rebalancing: tells one tunnel of the endpoint with the most local tunnels to reconnect
+ * (GOAWAY notice); it keeps serving until its sidecar has a replacement. */
+bool pk_upstream_shed_one(struct pk_server *srv)
+{
+    struct tunnel *best = NULL;
+    size_t best_n = 0;
+    for (struct pk_list *l = srv->tunnels.next; l != &srv->tunnels; l = l->next) {
+        struct tunnel *t = PK_CONTAINER_OF(l, struct tunnel, link);
+        if (!t->ep || t->shed || !pk_h2conn_is_ready(t->h2))
+            continue;
+        if (!best || t->ep->ntunnels > best_n) {
+            best = t;
+            best_n = t->ep->ntunnels;
+        }
+    }
+    if (!best)
+        return false;
+    best->shed = true;
+    PK_INFO("upstream", "rebalancing: asking sidecar=%s endpoint=%s to reconnect elsewhere",
+            best->sidecar_id, best->endpoint_id);
+    pk_h2conn_goaway_notice(best->h2);
+    return true;
 }
 
 /* ---- tunnel connection ------------------------------------------------------------- */

@@ -1,0 +1,79 @@
+/* cluster: membership, the peers' routing state and the peer links of one node.
+ *
+ * Discovery resolves --cluster.join (SRV, A/AAAA, host:port) every resolve interval. Each
+ * address found becomes a peer that is watched over the control plane: a full fetch of
+ * GET /_piko/v1/cluster/state, then long polls (?after=V&wait=W) that return as soon as
+ * the peer's version moves, so a change reaches every node in about one round trip. A
+ * peer that answers with our own node id is ourselves and is left alone; a second address
+ * of a node already known is an alias and is left alone too.
+ *
+ * A peer whose state could not be fetched for peer_timeout leaves routing (its table is
+ * dropped, it is listed as unreachable), is no longer listed after another peer_timeout,
+ * and is forgotten as soon as discovery stops returning its address. A restarted peer
+ * (new incarnation) replaces its old state at once.
+ *
+ * Each reachable peer has one peer link: an HTTP/2 connection to its cluster port on
+ * which this node is the client (the same h2 code as the tunnel's server side). The proxy
+ * opens forwarded streams on it (PROTOCOL.md 3). */
+#ifndef PK_CLUSTER_H
+#define PK_CLUSTER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+struct json_object;
+struct pk_h2_settings;
+struct pk_h2conn;
+struct pk_resolver;
+struct pk_cluster;
+struct pk_peer;
+
+struct pk_cluster_opts {
+    const char *node_id; /* ours */
+    const char *join;    /* --cluster.join */
+    uint64_t resolve_interval_ms;
+    uint64_t peer_timeout_ms;
+    const char *secret; /* NULL or "": none */
+    const struct pk_h2_settings *link_settings;
+};
+
+struct pk_cluster_cbs {
+    /* Routing may have changed (a peer's table, status or link): requests waiting for a
+     * route should look again. Called from the loop, never from inside pk_cluster_*. */
+    void (*on_change)(void *ud);
+};
+
+struct pk_cluster *pk_cluster_new(struct event_base *base, struct pk_resolver *res,
+                                  const struct pk_cluster_opts *opts,
+                                  const struct pk_cluster_cbs *cbs, void *ud, char *err,
+                                  size_t errlen);
+/* Stops discovery and watches and closes every peer link (deferred: streams get their
+ * on_close from the loop). pk_cluster_nlinks() tells when they are gone. */
+void pk_cluster_stop(struct pk_cluster *c);
+size_t pk_cluster_nlinks(const struct pk_cluster *c);
+/* Frees (after pk_cluster_stop and the loop has run the closes). NULL is a no-op. */
+void pk_cluster_free(struct pk_cluster *c);
+
+/* The peer to forward a request for endpoint to: among reachable peers holding it,
+ * non-draining ones first, chosen in proportion to their tunnel counts, with a link that
+ * can open a stream now; never avoid. *exists tells whether any reachable peer holds the
+ * endpoint at all (its link may be coming up). */
+struct pk_peer *pk_cluster_pick(struct pk_cluster *c, const char *endpoint,
+                                const struct pk_peer *avoid, bool *exists);
+struct pk_h2conn *pk_peer_link(const struct pk_peer *p);
+const char *pk_peer_node_id(const struct pk_peer *p);
+
+/* Reachable peers (not ourselves) and the tunnels they hold, for rebalancing. */
+void pk_cluster_totals(const struct pk_cluster *c, size_t *nodes, uint64_t *tunnels);
+/* True when some reachable peer is not draining: a tunnel told to go elsewhere has
+ * somewhere to go. */
+bool pk_cluster_has_active_peer(const struct pk_cluster *c);
+
+/* Status objects (admin /status/cluster/nodes): every listed peer appended to array; the
+ * one with node id id as a new object (with its endpoint table), or NULL. */
+void pk_cluster_nodes_json(const struct pk_cluster *c, struct json_object *array);
+struct json_object *pk_cluster_node_json(const struct pk_cluster *c, const char *id);
+
+#endif
