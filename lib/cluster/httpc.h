@@ -1,0 +1,65 @@
+/* httpc: asynchronous HTTP/1.1 GET client on libcurl's multi interface, driven by a
+ * libevent loop (the cluster's control plane: state, long-poll watch, JWKS).
+ *
+ * A pk_httpc is one CURLM whose sockets and timer are events on one event_base. It keeps
+ * a bounded pool of connections (4 per host, 64 in all) that later requests reuse. Every
+ * function here must be called from the thread running that loop.
+ *
+ * Callbacks are always delivered from the loop (a deferred event), never from inside
+ * pk_httpc_get and never from inside libcurl. A callback may therefore start new
+ * requests, cancel other requests and even pk_httpc_free its own client.
+ *
+ * Request lifetime: the pointer returned by pk_httpc_get stays valid until its callback
+ * has returned (the request is freed right after) or until pk_httpc_cancel /
+ * pk_httpc_free. Cancelled requests never call back.
+ *
+ * Only http:// and https:// URLs are fetched; redirects are not followed (a 3xx status is
+ * passed through); proxies named in the environment are ignored. */
+#ifndef PK_HTTPC_H
+#define PK_HTTPC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+struct pk_httpc;     /* one CURLM driven by one libevent loop */
+struct pk_httpc_req; /* one GET in flight */
+
+/* Body bound used when pk_httpc_new is given max_body 0. */
+#define PK_HTTPC_DEFAULT_MAX_BODY (1024 * 1024)
+
+/* status: the HTTP status, or 0 when the transfer failed (err says why: curl's message,
+ * e.g. "Couldn't connect to server", "Timeout was reached", "response body over N bytes").
+ * err is NULL when status is not 0.
+ * body/len: the response body (NUL-terminated for convenience; len excludes the NUL); valid
+ * only during the call. Never NULL: an empty or failed response gives "" and 0.
+ * The request is freed right after the callback returns. */
+typedef void (*pk_httpc_cb)(int status, const char *body, size_t len, const char *err, void *arg);
+
+/* Creates a client on base. Bodies longer than max_body bytes fail the request
+ * (0: PK_HTTPC_DEFAULT_MAX_BODY). Calls curl_global_init, which libcurl 7.88 counts (and
+ * locks, in builds whose curl -V lists "threadsafe"); pk_httpc_free calls
+ * curl_global_cleanup. Returns NULL when base is NULL or libcurl cannot be initialised. */
+struct pk_httpc *pk_httpc_new(struct event_base *base, size_t max_body);
+
+/* Cancels every request (no callbacks), closes the pooled connections and frees h. NULL is
+ * a no-op. Safe from inside a callback of h. */
+void pk_httpc_free(struct pk_httpc *h);
+
+/* GET url with extra header lines ("Name: value", NULL-terminated array, may be NULL;
+ * copied), whole-transfer timeout timeout_ms (0 = none). The transfer starts from the loop.
+ * Every failure after this returns (bad URL, refused, timeout, body too large) is
+ * reported through cb with status 0. Returns NULL, and never calls back, only on
+ * allocation / curl setup failure or when h, url or cb is NULL. */
+struct pk_httpc_req *pk_httpc_get(struct pk_httpc *h, const char *url, const char *const *headers,
+                                  uint64_t timeout_ms, pk_httpc_cb cb, void *arg);
+
+/* The callback will not be called; NULL is a no-op. Allowed from inside any pk_httpc callback
+ * (including for a different request) but not for the request whose callback is running. */
+void pk_httpc_cancel(struct pk_httpc_req *r);
+
+/* Requests started and neither called back (a callback that is running no longer counts)
+ * nor cancelled. */
+size_t pk_httpc_inflight(const struct pk_httpc *h);
+
+#endif
