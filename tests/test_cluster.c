@@ -166,8 +166,8 @@ static void test_join_parse(void)
     CU_ASSERT_EQUAL(pk_join_parse(NULL, &it, &n, err, sizeof(err)), 0);
     CU_ASSERT_EQUAL(n, 0);
 
-    const char *bad[] = {"srv:", "srv:bad name", "dns:noport", "host", "host:0", "host:99999",
-                         "10.0.0.1:8003,:8003", "dns::80"};
+    const char *bad[] = {"srv:",   "srv:bad name", "dns:noport",          "host",
+                         "host:0", "host:99999",   "10.0.0.1:8003,:8003", "dns::80"};
     for (size_t i = 0; i < PK_ARRAY_LEN(bad); i++) {
         err[0] = '\0';
         CU_ASSERT_EQUAL(pk_join_parse(bad[i], &it, &n, err, sizeof(err)), PK_ERR_INVALID);

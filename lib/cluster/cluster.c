@@ -33,15 +33,15 @@ struct peer {
     unsigned gen;  /* discovery round that last listed it */
     enum peer_role role;
     /* control plane */
-    bool have_state;            /* st is this peer's current table */
-    struct pk_node_state st;    /* node id and incarnation stay after it turns unreachable */
-    uint64_t last_ok_ms;        /* last successful state answer */
-    bool unreachable;           /* out of routing */
-    uint64_t unreachable_ms;    /* since when */
-    struct pk_httpc_req *req;   /* fetch or long poll in flight */
-    struct event *watch_ev;     /* next fetch (after a failure) */
+    bool have_state;          /* st is this peer's current table */
+    struct pk_node_state st;  /* node id and incarnation stay after it turns unreachable */
+    uint64_t last_ok_ms;      /* last successful state answer */
+    bool unreachable;         /* out of routing */
+    uint64_t unreachable_ms;  /* since when */
+    struct pk_httpc_req *req; /* fetch or long poll in flight */
+    struct event *watch_ev;   /* next fetch (after a failure) */
     uint64_t watch_backoff_ms;
-    bool failing;               /* the last fetch failed (for logs) */
+    bool failing; /* the last fetch failed (for logs) */
     /* data plane */
     struct pk_h2conn *h2;
     bool released; /* forgotten; freed when its link has closed */
@@ -214,8 +214,8 @@ static void link_closed(struct pk_h2conn *h2, const char *why, void *ud)
     }
     PK_INFO("cluster", "peer link closed node=%s address=%s: %s", peer_name(p), p->addr, why);
     if (routable(p) && !c->stopped) {
-        p->link_backoff_ms = p->link_backoff_ms ? PK_MIN(p->link_backoff_ms * 2, LINK_BACKOFF_MAX)
-                                                : 100;
+        p->link_backoff_ms =
+            p->link_backoff_ms ? PK_MIN(p->link_backoff_ms * 2, LINK_BACKOFF_MAX) : 100;
         add_ms(p->link_ev, p->link_backoff_ms);
     }
 }
@@ -244,7 +244,8 @@ static void link_dialled(int err, struct bufferevent *bev, const char *why, void
 
 static void peer_link_ensure(struct peer *p)
 {
-    if (p->c->stopped || !routable(p) || p->h2 || p->dial || event_pending(p->link_ev, EV_TIMEOUT, NULL))
+    if (p->c->stopped || !routable(p) || p->h2 || p->dial ||
+        event_pending(p->link_ev, EV_TIMEOUT, NULL))
         return;
     p->dial = pk_dial_start(p->c->base, p->c->res, p->host, p->port, p->c->peer_timeout_ms,
                             link_dialled, p);
@@ -560,9 +561,8 @@ static void resolve_cb(evutil_socket_t fd, short what, void *arg)
 /* ---- lifecycle ---------------------------------------------------------------------------- */
 
 struct pk_cluster *pk_cluster_new(struct event_base *base, struct pk_resolver *res,
-                                  const struct pk_cluster_opts *o,
-                                  const struct pk_cluster_cbs *cbs, void *ud, char *err,
-                                  size_t errlen)
+                                  const struct pk_cluster_opts *o, const struct pk_cluster_cbs *cbs,
+                                  void *ud, char *err, size_t errlen)
 {
     struct pk_join_item *items;
     size_t n;
@@ -745,14 +745,13 @@ static struct json_object *peer_json(const struct peer *p, bool table)
                            p->st.proxy_addr ? json_object_new_string(p->st.proxy_addr) : NULL);
     json_object_object_add(o, "admin_addr",
                            p->st.admin_addr ? json_object_new_string(p->st.admin_addr) : NULL);
-    json_object_object_add(
-        o, "cluster_addr", p->st.cluster_addr ? json_object_new_string(p->st.cluster_addr) : NULL);
+    json_object_object_add(o, "cluster_addr",
+                           p->st.cluster_addr ? json_object_new_string(p->st.cluster_addr) : NULL);
     json_object_object_add(o, "endpoints", json_object_new_int64((int64_t)p->st.neps));
     json_object_object_add(o, "tunnels",
                            json_object_new_int64((int64_t)pk_node_state_tunnels(&p->st)));
-    json_object_object_add(o, "link",
-                           json_object_new_string(p->h2 && pk_h2conn_is_ready(p->h2) ? "up"
-                                                                                     : "down"));
+    json_object_object_add(
+        o, "link", json_object_new_string(p->h2 && pk_h2conn_is_ready(p->h2) ? "up" : "down"));
     if (table) {
         struct json_object *t = json_object_new_object();
         for (size_t i = 0; i < p->st.neps; i++)

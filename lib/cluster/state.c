@@ -94,8 +94,8 @@ void pk_node_state_set(struct pk_node_state *st, const char *endpoint, uint32_t 
 
 /* ---- JSON ------------------------------------------------------------------------------ */
 
-static int get_string(struct json_object *o, const char *key, bool required, char **out,
-                      char *err, size_t errlen)
+static int get_string(struct json_object *o, const char *key, bool required, char **out, char *err,
+                      size_t errlen)
 {
     struct json_object *v;
     if (!json_object_object_get_ex(o, key, &v) || json_object_is_type(v, json_type_null)) {

@@ -51,7 +51,7 @@ struct pk_h2conn {
     bool close_after_flush; /* destroy once the output buffer is empty */
     bool goaway_recv;
     bool notice_sent; /* pk_h2conn_goaway_notice: GOAWAY sent, streams still opened */
-    int drain_state; /* 0 none, 1 shutdown notice sent (two-step), 2 final GOAWAY sent */
+    int drain_state;  /* 0 none, 1 shutdown notice sent (two-step), 2 final GOAWAY sent */
     const char *why;
     struct pk_h2stream *streams;
     size_t nstreams;

@@ -18,10 +18,10 @@
 
 #include <arpa/inet.h>
 #include <event2/buffer.h>
-#include <json-c/json.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/listener.h>
+#include <json-c/json.h>
 #include <nghttp2/nghttp2.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -217,8 +217,8 @@ static void ex_fail(struct exchange *ex, int status, const char *msg)
 }
 
 /* Answers from the proxy itself with a JSON body (an error, or a cluster state). */
-static void ex_reply(struct exchange *ex, int status, const char *body, size_t n,
-                     const char *name, const char *value)
+static void ex_reply(struct exchange *ex, int status, const char *body, size_t n, const char *name,
+                     const char *value)
 {
     if (ex->ds_gone)
         return;
@@ -378,8 +378,7 @@ static void ex_dispatch(struct exchange *ex)
         pk_hdrs_del(h, "piko-endpoint");
         pk_hdrs_del(h, "piko-forwarded-by");
         pk_hdrs_del(h, "piko-authorization");
-        PK_DEBUG("proxy", "forwarding endpoint=%s to node=%s", ex->endpoint,
-                 pk_peer_node_id(peer));
+        PK_DEBUG("proxy", "forwarding endpoint=%s to node=%s", ex->endpoint, pk_peer_node_id(peer));
     }
     if (!ex->us) {
         ex_fail(ex, 502, "upstream unreachable");
@@ -1241,8 +1240,9 @@ static void h2d_new(struct pk_server *srv, struct bufferevent *bev, const char *
     d->dc.kind = DCONN_H2;
     d->dc.cluster = cluster;
     pk_list_insert(&srv->conns, &d->dc.link);
-    d->h2 = pk_h2conn_new(srv->base, bev, true, cluster ? &srv->cluster_settings : &srv->down_settings,
-                          &h2d_cbs, d, name);
+    d->h2 =
+        pk_h2conn_new(srv->base, bev, true, cluster ? &srv->cluster_settings : &srv->down_settings,
+                      &h2d_cbs, d, name);
     if (!d->h2) {
         pk_list_remove(&d->dc.link);
         free(d);

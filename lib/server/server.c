@@ -123,10 +123,11 @@ int pk_server_config_check(struct pk_server_config *cfg, char *err, size_t errle
         return PK_ERR_INVALID;
     }
     char *end = NULL;
-    double thr = strtod(cfg->upstream_rebalance_threshold ? cfg->upstream_rebalance_threshold : "",
-                        &end);
+    double thr =
+        strtod(cfg->upstream_rebalance_threshold ? cfg->upstream_rebalance_threshold : "", &end);
     if (!end || end == cfg->upstream_rebalance_threshold || *end || thr < 0 || thr > 100) {
-        snprintf(err, errlen, "upstream.rebalance.threshold: want a fraction such as 0.2 (got '%s')",
+        snprintf(err, errlen,
+                 "upstream.rebalance.threshold: want a fraction such as 0.2 (got '%s')",
                  cfg->upstream_rebalance_threshold ? cfg->upstream_rebalance_threshold : "");
         return PK_ERR_INVALID;
     }
@@ -378,8 +379,8 @@ static void linger_done(void *arg)
 static void drain_final(struct pk_server *srv)
 {
     srv->drain_final = true;
-    PK_INFO("server", "draining connections: %zu requests in flight, %zu tunnels",
-            srv->nexchanges, srv->ntunnels_open);
+    PK_INFO("server", "draining connections: %zu requests in flight, %zu tunnels", srv->nexchanges,
+            srv->ntunnels_open);
     if (srv->proxy_l) {
         evconnlistener_free(srv->proxy_l);
         srv->proxy_l = NULL;
@@ -539,9 +540,8 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
     PK_INFO("server", "upstream listening addr=%s", addr);
     PK_INFO("server", "cluster listening addr=%s", srv->cluster_addr);
 
-    struct pk_resolver_opts ropts = {.servers = cfg->dns_servers && *cfg->dns_servers
-                                                    ? cfg->dns_servers
-                                                    : NULL};
+    struct pk_resolver_opts ropts = {
+        .servers = cfg->dns_servers && *cfg->dns_servers ? cfg->dns_servers : NULL};
     srv->resolver = pk_resolver_new_opts(base, &ropts, err, errlen);
     if (!srv->resolver) {
         pk_server_del(srv);

@@ -53,13 +53,13 @@ struct pk_server {
     char proxy_addr[64], admin_addr[64], cluster_addr[64]; /* as bound */
     struct pk_resolver *resolver;
     struct pk_cluster *cluster;
-    uint64_t state_version;         /* of the routing state this node publishes */
-    struct exchange *state_waiters; /* long polls of that state */
-    struct event *state_ev;         /* answers the long polls after a change */
+    uint64_t state_version;                 /* of the routing state this node publishes */
+    struct exchange *state_waiters;         /* long polls of that state */
+    struct event *state_ev;                 /* answers the long polls after a change */
     struct pk_h2_settings cluster_settings; /* our side of peer links we accept */
     struct pk_h2_settings link_settings;    /* our side of peer links we dial */
-    bool soft_drain;     /* tunnels were told GOAWAY but stay usable (a peer can take them) */
-    bool drain_final;    /* the drain delay is over: connections are being closed */
+    bool soft_drain;      /* tunnels were told GOAWAY but stay usable (a peer can take them) */
+    bool drain_final;     /* the drain delay is over: connections are being closed */
     bool cluster_closing; /* and the connections peers opened to us too */
     struct event *drain_ev;
     struct event *rebalance_ev;
