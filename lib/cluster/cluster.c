@@ -220,7 +220,20 @@ static void link_closed(struct pk_h2conn *h2, const char *why, void *ud)
     }
 }
 
-static const struct pk_h2conn_cbs link_cbs = {.on_ready = link_ready, .on_close = link_closed};
+static void link_stream_closed(struct pk_h2conn *h2, void *ud)
+{
+    struct peer *p = ud;
+    PK_UNUSED(h2);
+    /* A slot is free: requests waiting for this link may go now. */
+    if (p->c->cbs->on_slot)
+        p->c->cbs->on_slot(p->c->ud);
+}
+
+static const struct pk_h2conn_cbs link_cbs = {
+    .on_ready = link_ready,
+    .on_stream_closed = link_stream_closed,
+    .on_close = link_closed,
+};
 
 static void link_dialled(int err, struct bufferevent *bev, const char *why, void *arg)
 {
@@ -670,8 +683,10 @@ struct pk_peer *pk_cluster_pick(struct pk_cluster *c, const char *endpoint,
             uint32_t cnt = pk_node_state_count(&p->st, endpoint);
             if (!cnt)
                 continue;
+            if ((const struct pk_peer *)p == avoid)
+                continue; /* the retry of a refused stream goes elsewhere or nowhere */
             *exists = true;
-            if ((const struct pk_peer *)p == avoid || !p->h2 || !pk_h2conn_can_open(p->h2)) {
+            if (!p->h2 || !pk_h2conn_can_open(p->h2)) {
                 peer_link_ensure(p);
                 continue;
             }

@@ -43,6 +43,8 @@ struct pk_cluster_cbs {
     /* Routing may have changed (a peer's table, status or link): requests waiting for a
      * route should look again. Called from the loop, never from inside pk_cluster_*. */
     void (*on_change)(void *ud);
+    /* A stream of a peer link closed (a slot is free). Called from the loop. */
+    void (*on_slot)(void *ud);
 };
 
 struct pk_cluster *pk_cluster_new(struct event_base *base, struct pk_resolver *res,

@@ -434,7 +434,15 @@ static void cluster_change(void *ud)
     pk_proxy_retry_waiting(ud);
 }
 
-static const struct pk_cluster_cbs cluster_cbs = {.on_change = cluster_change};
+static void cluster_slot(void *ud)
+{
+    struct pk_server *srv = ud;
+    if (srv->waiting)
+        pk_proxy_retry_waiting(srv);
+}
+
+static const struct pk_cluster_cbs cluster_cbs = {.on_change = cluster_change,
+                                                  .on_slot = cluster_slot};
 
 /* Rebalancing (off unless upstream.rebalance.threshold > 0): while this node holds more
  * tunnels than the cluster average by the threshold, one tunnel per interval is asked to
