@@ -41,7 +41,8 @@ struct peer {
     struct pk_httpc_req *req; /* fetch or long poll in flight */
     struct event *watch_ev;   /* next fetch (after a failure) */
     uint64_t watch_backoff_ms;
-    bool failing; /* the last fetch failed (for logs) */
+    bool failing;  /* the last fetch failed (for logs) */
+    bool answered; /* the first fetch finished, well or not */
     /* data plane */
     struct pk_h2conn *h2;
     bool released; /* forgotten; freed when its link has closed */
@@ -78,6 +79,8 @@ struct pk_cluster {
     size_t njobs;
     size_t jobs_pending;
     unsigned gen;
+    bool discovered;   /* the first discovery round is done */
+    uint64_t start_ms; /* for pk_cluster_synced's bound */
     struct pk_list peers;
     size_t nlinks;
     bool stopped;
@@ -297,6 +300,7 @@ static void watch_done(int status, const char *body, size_t len, const char *err
     struct peer *p = arg;
     struct pk_cluster *c = p->c;
     p->req = NULL;
+    p->answered = true;
     struct pk_node_state st;
     char err[256] = "";
     if (status != 200 || pk_node_state_parse(body, len, &st, err, sizeof(err)) != 0) {
@@ -536,6 +540,7 @@ static void discovery_start(struct pk_cluster *c)
 static void discovery_commit(struct pk_cluster *c)
 {
     c->gen++;
+    c->discovered = true;
     for (size_t i = 0; i < c->njobs; i++) {
         struct join_job *j = &c->jobs[i];
         for (size_t k = 0; k < j->naddrs; k++) {
@@ -611,6 +616,8 @@ struct pk_cluster *pk_cluster_new(struct event_base *base, struct pk_resolver *r
     c->tick_ev = event_new(base, -1, 0, tick_cb, c);
     c->change_ev = event_new(base, -1, 0, change_cb, c);
     add_ms(c->tick_ev, PK_MAX(c->peer_timeout_ms / 10, (uint64_t)20));
+    c->start_ms = pk_now_ms();
+    c->discovered = n == 0;
     if (n)
         discovery_start(c);
     return c;
@@ -735,6 +742,20 @@ bool pk_cluster_has_active_peer(const struct pk_cluster *c)
             return true;
     }
     return false;
+}
+
+bool pk_cluster_synced(const struct pk_cluster *c)
+{
+    if (!c || pk_now_ms() - c->start_ms > c->peer_timeout_ms)
+        return true;
+    if (!c->discovered)
+        return false;
+    for (struct pk_list *l = c->peers.next; l != &c->peers; l = l->next) {
+        const struct peer *p = PK_CONTAINER_OF(l, struct peer, link);
+        if (!p->answered)
+            return false;
+    }
+    return true;
 }
 
 /* ---- status ------------------------------------------------------------------------------- */

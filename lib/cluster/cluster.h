@@ -73,6 +73,11 @@ void pk_cluster_totals(const struct pk_cluster *c, size_t *nodes, uint64_t *tunn
  * somewhere to go. */
 bool pk_cluster_has_active_peer(const struct pk_cluster *c);
 
+/* True once the first discovery round is done and every address found has answered its
+ * first state call (or failed it), or peer_timeout after the start: until then this node
+ * may not know where endpoints are, so it reports not ready. */
+bool pk_cluster_synced(const struct pk_cluster *c);
+
 /* Status objects (admin /status/cluster/nodes): every listed peer appended to array; the
  * one with node id id as a new object (with its endpoint table), or NULL. */
 void pk_cluster_nodes_json(const struct pk_cluster *c, struct json_object *array);

@@ -177,7 +177,7 @@ static void admin_health(struct evhttp_request *req, void *arg)
 static void admin_ready(struct evhttp_request *req, void *arg)
 {
     struct pk_server *srv = arg;
-    if (srv->ready && !srv->draining)
+    if (srv->ready && !srv->draining && pk_cluster_synced(srv->cluster))
         admin_reply(req, 200, "{\"status\":\"ready\"}");
     else
         admin_reply(req, 503,

@@ -51,15 +51,89 @@ app.kubernetes.io/component: server
 {{- end }}
 
 {{/*
+cluster.join as written into server.yaml: cluster.join if set, else the SRV record of the
+headless Service's port "cluster".
+*/}}
+{{- define "piko.clusterJoin" -}}
+{{- if .Values.cluster.join }}
+{{- .Values.cluster.join | toString }}
+{{- else }}
+{{- printf "srv:_cluster._tcp.%s.%s.svc.%s" (include "piko.headlessServiceName" .) .Release.Namespace (.Values.cluster.clusterDomain | toString | trimSuffix ".") }}
+{{- end }}
+{{- end }}
+
+{{/*
+"true" when the pods get a cluster secret (from cluster.existingSecret, cluster.secret or a
+generated one), empty otherwise.
+*/}}
+{{- define "piko.clusterSecretEnabled" -}}
+{{- if or .Values.cluster.existingSecret.name .Values.cluster.secret .Values.cluster.generateSecret }}true{{ end }}
+{{- end }}
+
+{{/*
+"true" when the chart creates the cluster Secret itself (no cluster.existingSecret).
+*/}}
+{{- define "piko.createClusterSecret" -}}
+{{- if and (not .Values.cluster.existingSecret.name) (or .Values.cluster.secret .Values.cluster.generateSecret) }}true{{ end }}
+{{- end }}
+
+{{/*
+Name and key of the Secret holding the cluster secret.
+*/}}
+{{- define "piko.clusterSecretName" -}}
+{{- if .Values.cluster.existingSecret.name }}
+{{- .Values.cluster.existingSecret.name | toString }}
+{{- else }}
+{{- printf "%s-cluster" (include "piko.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "piko.clusterSecretKey" -}}
+{{- if .Values.cluster.existingSecret.name }}
+{{- .Values.cluster.existingSecret.key | toString }}
+{{- else -}}
+secret
+{{- end }}
+{{- end }}
+
+{{/*
+Base64 value of the Secret the chart creates: cluster.secret if set; else the value already
+in the cluster (lookup), so that upgrades keep it; else 32 random characters (first install,
+or helm template / --dry-run, where lookup returns nothing).
+*/}}
+{{- define "piko.clusterSecretData" -}}
+{{- if .Values.cluster.secret }}
+{{- .Values.cluster.secret | toString | b64enc }}
+{{- else }}
+{{- $previous := "" }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "piko.clusterSecretName" .) }}
+{{- if $existing }}
+{{- $previous = dig "data" "secret" "" $existing }}
+{{- end }}
+{{- if $previous }}
+{{- $previous }}
+{{- else }}
+{{- randAlphaNum 32 | b64enc }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
 Content of /etc/piko/server.yaml: the chart's settings, with server.extraConfig
-deep-merged over them.
+deep-merged over them. The cluster secret is not written here (the ConfigMap is not
+secret): piko-server expands ${PIKO_CLUSTER_SECRET} from the environment.
 */}}
 {{- define "piko.serverConfig" -}}
 {{- $proxy := dict "bind_addr" (printf ":%d" (int .Values.ports.proxy)) "timeout" (toString .Values.server.proxyTimeout) }}
-{{- $upstream := dict "bind_addr" (printf ":%d" (int .Values.ports.upstream)) }}
+{{- $rebalance := dict "threshold" (toString .Values.upstream.rebalance.threshold) "interval" (toString .Values.upstream.rebalance.interval) }}
+{{- $upstream := dict "bind_addr" (printf ":%d" (int .Values.ports.upstream)) "rebalance" $rebalance }}
 {{- $admin := dict "bind_addr" (printf ":%d" (int .Values.ports.admin)) }}
+{{- $cluster := dict "bind_addr" (printf ":%d" (int .Values.ports.cluster)) "join" (include "piko.clusterJoin" .) }}
+{{- if include "piko.clusterSecretEnabled" . }}
+{{- $_ := set $cluster "secret" "${PIKO_CLUSTER_SECRET}" }}
+{{- end }}
 {{- $log := dict "level" (toString .Values.server.logLevel) }}
-{{- $cfg := dict "proxy" $proxy "upstream" $upstream "admin" $admin "log" $log "grace_period" (toString .Values.server.gracePeriod) }}
+{{- $cfg := dict "proxy" $proxy "upstream" $upstream "admin" $admin "cluster" $cluster "log" $log "grace_period" (toString .Values.server.gracePeriod) "drain_delay" (toString .Values.server.drainDelay) }}
 {{- $cfg = mustMergeOverwrite $cfg (deepCopy (.Values.server.extraConfig | default dict)) }}
 {{- toYaml $cfg }}
 {{- end }}
@@ -68,7 +142,20 @@ deep-merged over them.
 Checks on values that would otherwise produce a broken deployment.
 */}}
 {{- define "piko.validate" -}}
-{{- if gt (int .Values.replicaCount) 1 }}
-{{- fail "replicaCount > 1 is not supported yet: piko-server has no clustering in this release, so each replica would only know its own upstreams. Clustering comes in a later release." }}
+{{- $c := .Values.cluster }}
+{{- if and $c.existingSecret.name $c.secret }}
+{{- fail "cluster.existingSecret.name and cluster.secret are both set: give the cluster secret one way only." }}
+{{- end }}
+{{- if and $c.existingSecret.name (not $c.existingSecret.key) }}
+{{- fail "cluster.existingSecret.key is empty: name the key of the Secret that holds the cluster secret." }}
+{{- end }}
+{{- if and $c.secret (not (regexMatch "^[!-~]+$" (toString $c.secret))) }}
+{{- fail "cluster.secret: use printable ASCII without spaces (it is sent in an HTTP header)." }}
+{{- end }}
+{{- if and (gt (int .Values.replicaCount) 1) (not (include "piko.clusterSecretEnabled" .)) }}
+{{- fail "replicaCount > 1 needs a cluster secret, or anyone who reaches the cluster port can use the tunnels: set cluster.existingSecret.name, cluster.secret, or cluster.generateSecret=true." }}
+{{- end }}
+{{- if not (regexMatch "^[0-9]+(\\.[0-9]+)?$" (toString .Values.upstream.rebalance.threshold)) }}
+{{- fail "upstream.rebalance.threshold: want a fraction such as 0.2 (0: off)." }}
 {{- end }}
 {{- end }}
