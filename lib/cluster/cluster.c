@@ -41,8 +41,9 @@ struct peer {
     struct pk_httpc_req *req; /* fetch or long poll in flight */
     struct event *watch_ev;   /* next fetch (after a failure) */
     uint64_t watch_backoff_ms;
-    bool failing;  /* the last fetch failed (for logs) */
-    bool answered; /* the first fetch finished, well or not */
+    bool failing;       /* the last fetch failed (for logs) */
+    bool answered;      /* the first fetch finished, well or not */
+    int failing_status; /* HTTP status of the last failure, to log each new one once */
     /* data plane */
     struct pk_h2conn *h2;
     bool released; /* forgotten; freed when its link has closed */
@@ -309,16 +310,20 @@ static void watch_done(int status, const char *body, size_t len, const char *err
         else if (status != 200)
             snprintf(err, sizeof(err), "status %d%s", status,
                      status == 401 ? " (cluster.secret differs)" : "");
-        if (!p->failing && p->have_state)
+        if (!p->failing && (p->have_state || status == 401 || status == 403))
             PK_WARN("cluster", "peer state fetch failed node=%s address=%s: %s", peer_name(p),
                     p->addr, err);
+        else if (status >= 400 && p->failing_status != status)
+            PK_WARN("cluster", "peer state fetch failed address=%s: %s", p->addr, err);
         else
             PK_DEBUG("cluster", "peer state fetch failed address=%s: %s", p->addr, err);
         p->failing = true;
+        p->failing_status = status;
         watch_retry(p);
         return;
     }
     p->failing = false;
+    p->failing_status = 0;
     p->watch_backoff_ms = 0;
     p->last_ok_ms = pk_now_ms();
     if (strcmp(st.node_id, c->node_id) == 0) {
