@@ -3,21 +3,14 @@
 #include "base/base.h"
 #include "base/log.h"
 #include "dns/dns.h"
-#include "http1/http1.h"
-#include "net/dial.h"
 #include "net/net.h"
 #include "sidecar/sidecar_int.h"
 
-#include <arpa/inet.h>
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/listener.h>
-#include <openssl/err.h>
 #include <openssl/ssl.h>
-#include <openssl/x509v3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +23,9 @@
 
 const struct pk_opt pk_sidecar_opts[] = {
     OPT("connect.url", PK_OPT_STRING, connect_url, "http://localhost:8001",
-        "Server upstream URL (http:// or https://)"),
+        "Server upstream URL (http:// or https://), or a comma-separated list dialled in turn"),
+    OPT("connect.connections", PK_OPT_INT, connections, "1",
+        "Tunnels kept per endpoint, each dialled on its own (1-64)"),
     OPT("connect.timeout", PK_OPT_DURATION, connect_timeout_ms, "10s",
         "Time allowed to dial the server and complete the handshake"),
     OPT("connect.heartbeat-interval", PK_OPT_DURATION, heartbeat_interval_ms, "10s",
@@ -127,36 +122,6 @@ static int parse_endpoint(const char *key, const char *spec, char **name, char *
     return 0;
 }
 
-/* Parses the connect URL into host, port and TLS flag. */
-static int parse_url(const char *url, char **host, uint16_t *port, bool *tls, char *err,
-                     size_t errlen)
-{
-    const char *rest;
-    if (strncmp(url, "http://", 7) == 0) {
-        *tls = false;
-        rest = url + 7;
-    } else if (strncmp(url, "https://", 8) == 0) {
-        *tls = true;
-        rest = url + 8;
-    } else {
-        snprintf(err, errlen, "connect.url: '%s' must start with http:// or https://", url);
-        return PK_ERR_INVALID;
-    }
-    char buf[512];
-    snprintf(buf, sizeof(buf), "%s", rest);
-    size_t l = strcspn(buf, "/");
-    buf[l] = '\0';
-    if (!strchr(buf, ':') || buf[strlen(buf) - 1] == ']')
-        strncat(buf, *tls ? ":443" : ":80", sizeof(buf) - strlen(buf) - 1);
-    if (pk_split_hostport(buf, host, port, false) != 0 || !*host) {
-        snprintf(err, errlen, "connect.url: invalid host or port in '%s'", url);
-        free(*host);
-        *host = NULL;
-        return PK_ERR_INVALID;
-    }
-    return 0;
-}
-
 int pk_sidecar_config_check(const struct pk_sidecar_config *cfg, char *err, size_t errlen)
 {
     enum pk_log_level lvl;
@@ -167,10 +132,16 @@ int pk_sidecar_config_check(const struct pk_sidecar_config *cfg, char *err, size
     }
     char *host = NULL, *name = NULL;
     uint16_t port;
-    bool tls;
-    if (!cfg->connect_url || parse_url(cfg->connect_url, &host, &port, &tls, err, errlen) != 0)
+    struct sc_server *servers;
+    size_t nservers;
+    if (pk_servers_parse(cfg->connect_url, &servers, &nservers, err, errlen) != 0)
         return PK_ERR_INVALID;
-    free(host);
+    pk_servers_free(servers, nservers);
+    if (cfg->connections < 1 || cfg->connections > 64) {
+        snprintf(err, errlen, "connect.connections: must be between 1 and 64 (got %lld)",
+                 cfg->connections);
+        return PK_ERR_INVALID;
+    }
     if (!cfg->admin_bind_addr || pk_split_hostport(cfg->admin_bind_addr, &host, &port, true) != 0) {
         snprintf(err, errlen, "admin.bind-addr: invalid address '%s' (want host:port or :port)",
                  cfg->admin_bind_addr ? cfg->admin_bind_addr : "");
@@ -216,326 +187,6 @@ int pk_sidecar_config_check(const struct pk_sidecar_config *cfg, char *err, size
     return 0;
 }
 
-/* ---- tunnels ------------------------------------------------------------------------ */
-
-static void dial_tunnel(struct sc_endpoint *ep);
-
-static void schedule_redial(struct sc_endpoint *ep, uint64_t delay_ms)
-{
-    if (ep->sc->draining)
-        return;
-    struct timeval tv = {(time_t)(delay_ms / 1000), (suseconds_t)((delay_ms % 1000) * 1000)};
-    event_add(ep->redial_ev, &tv);
-}
-
-/* 100 ms doubling to 15 s, with jitter (PROTOCOL.md 1.5). */
-static uint64_t next_backoff(struct sc_endpoint *ep, bool to_max)
-{
-    if (to_max || ep->backoff_ms >= 15000)
-        ep->backoff_ms = 15000;
-    else
-        ep->backoff_ms = ep->backoff_ms ? ep->backoff_ms * 2 : 100;
-    if (ep->backoff_ms > 15000)
-        ep->backoff_ms = 15000;
-    uint64_t jitter = ep->backoff_ms / 5;
-    return ep->backoff_ms - jitter + (uint64_t)(random() % (long)(2 * jitter + 1));
-}
-
-static void redial_cb(evutil_socket_t fd, short what, void *arg)
-{
-    PK_UNUSED(fd);
-    PK_UNUSED(what);
-    dial_tunnel(arg);
-}
-
-static void tunnel_unlink(struct sc_tunnel *t)
-{
-    struct sc_endpoint *ep = t->ep;
-    for (struct sc_tunnel **pp = &ep->tunnels; *pp; pp = &(*pp)->next) {
-        if (*pp == t) {
-            *pp = t->next;
-            break;
-        }
-    }
-}
-
-static size_t usable_tunnels(struct sc_endpoint *ep)
-{
-    size_t n = 0;
-    for (struct sc_tunnel *t = ep->tunnels; t; t = t->next)
-        if (t->up && !pk_h2conn_is_draining(t->h2))
-            n++;
-    return n;
-}
-
-static void t_on_stream(struct pk_h2conn *c, struct pk_h2stream *s, void *ud)
-{
-    struct sc_tunnel *t = ud;
-    PK_UNUSED(c);
-    pk_local_serve(t->ep, s);
-}
-
-static void t_on_ready(struct pk_h2conn *c, void *ud)
-{
-    struct sc_tunnel *t = ud;
-    PK_UNUSED(c);
-    t->up = true;
-    t->up_since_ms = pk_now_ms();
-    t->ep->ntunnels_up++;
-    PK_INFO("tunnel", "tunnel up endpoint=%s server=%s", t->ep->name, t->ep->sc->cfg->connect_url);
-}
-
-static void t_on_goaway(struct pk_h2conn *c, uint32_t code, void *ud)
-{
-    struct sc_tunnel *t = ud;
-    PK_UNUSED(c);
-    struct sc_endpoint *ep = t->ep;
-    PK_INFO("tunnel", "server sent GOAWAY endpoint=%s code=%u: dialling a replacement", ep->name,
-            code);
-    if (!t->replaced && !ep->sc->draining) {
-        /* Make-before-break: the old tunnel finishes its streams meanwhile. */
-        t->replaced = true;
-        schedule_redial(ep, (uint64_t)(random() % 1000));
-    }
-}
-
-static void t_on_close(struct pk_h2conn *c, const char *why, void *ud)
-{
-    struct sc_tunnel *t = ud;
-    PK_UNUSED(c);
-    struct sc_endpoint *ep = t->ep;
-    struct pk_sidecar *sc = ep->sc;
-    bool was_up = t->up;
-    uint64_t lived = was_up ? pk_now_ms() - t->up_since_ms : 0;
-    if (was_up)
-        ep->ntunnels_up--;
-    tunnel_unlink(t);
-    PK_INFO("tunnel", "tunnel closed endpoint=%s lived_ms=%llu: %s", ep->name,
-            (unsigned long long)lived, why);
-    bool replaced = t->replaced;
-    free(t);
-    sc->ntunnels--;
-    if (!sc->draining && !replaced && usable_tunnels(ep) == 0 && !ep->dialing) {
-        if (lived > 5000)
-            ep->backoff_ms = 0;
-        schedule_redial(ep, next_backoff(ep, false));
-    }
-    pk_sidecar_check_done(sc);
-}
-
-static const struct pk_h2conn_cbs tunnel_cbs = {
-    .on_stream = t_on_stream,
-    .on_ready = t_on_ready,
-    .on_goaway = t_on_goaway,
-    .on_close = t_on_close,
-};
-
-/* The handshake in flight for one endpoint. */
-struct hs {
-    struct sc_endpoint *ep;
-    struct pk_dial *dial;
-    struct bufferevent *bev;
-    struct pk_h1parser parser;
-    struct evbuffer *body; /* error body, for the log */
-};
-
-static void hs_body(struct pk_h1parser *p, const char *data, size_t len, void *ud)
-{
-    struct hs *h = ud;
-    PK_UNUSED(p);
-    if (evbuffer_get_length(h->body) < 512)
-        evbuffer_add(h->body, data, len);
-}
-
-static const struct pk_h1parser_cbs hs_cbs = {.on_body = hs_body};
-
-static void hs_done(struct hs *h, bool ok, bool to_max, const char *why)
-{
-    struct sc_endpoint *ep = h->ep;
-    ep->dialing = false;
-    ep->hs = NULL;
-    pk_h1parser_free(&h->parser);
-    evbuffer_free(h->body);
-    if (!ok) {
-        if (h->bev)
-            bufferevent_free(h->bev);
-        uint64_t delay = next_backoff(ep, to_max);
-        if (to_max)
-            PK_ERROR("tunnel", "endpoint=%s handshake refused: %s (retry in %llums)", ep->name, why,
-                     (unsigned long long)delay);
-        else
-            PK_WARN("tunnel", "endpoint=%s cannot connect to %s: %s (retry in %llums)", ep->name,
-                    ep->sc->cfg->connect_url, why, (unsigned long long)delay);
-        schedule_redial(ep, delay);
-    }
-    free(h);
-}
-
-static void hs_read(struct bufferevent *bev, void *arg)
-{
-    struct hs *h = arg;
-    struct sc_endpoint *ep = h->ep;
-    struct pk_sidecar *sc = ep->sc;
-    struct evbuffer *in = bufferevent_get_input(bev);
-    size_t len = evbuffer_get_length(in);
-    const char *data = (const char *)evbuffer_pullup(in, (ssize_t)len);
-    ssize_t n = pk_h1parser_feed(&h->parser, data, len);
-    if (n < 0) {
-        hs_done(h, false, false, "malformed handshake response");
-        return;
-    }
-    evbuffer_drain(in, (size_t)n);
-    if (!h->parser.message_done)
-        return;
-    int status = h->parser.head.status;
-    if (status != 101) {
-        char why[768];
-        size_t bl = evbuffer_get_length(h->body);
-        snprintf(why, sizeof(why), "status %d %.*s", status, (int)PK_MIN(bl, (size_t)512),
-                 (const char *)evbuffer_pullup(h->body, -1));
-        for (char *c = why; *c; c++)
-            if (*c == '\n' || *c == '\r')
-                *c = ' ';
-        hs_done(h, false, status == 401 || status == 403, why);
-        return;
-    }
-    /* HTTP/2 starts right after the 101's empty line: leftover input is HTTP/2. */
-    h->bev = NULL;
-    hs_done(h, true, false, NULL);
-    bufferevent_set_timeouts(bev, NULL, NULL);
-    struct sc_tunnel *t = pk_xcalloc(1, sizeof(*t));
-    t->ep = ep;
-    char name[256];
-    snprintf(name, sizeof(name), "tunnel/%s", ep->name);
-    t->next = ep->tunnels;
-    ep->tunnels = t;
-    sc->ntunnels++;
-    t->h2 = pk_h2conn_new(sc->base, bev, true, &sc->tunnel_settings, &tunnel_cbs, t, name);
-    if (!t->h2) {
-        tunnel_unlink(t);
-        free(t);
-        sc->ntunnels--;
-        schedule_redial(ep, next_backoff(ep, false));
-    }
-}
-
-static void hs_event(struct bufferevent *bev, short what, void *arg)
-{
-    struct hs *h = arg;
-    PK_UNUSED(bev);
-    hs_done(h, false, false,
-            (what & BEV_EVENT_TIMEOUT) ? "handshake timeout"
-                                       : "connection closed during handshake");
-}
-
-static void send_handshake(struct hs *h)
-{
-    struct sc_endpoint *ep = h->ep;
-    struct pk_sidecar *sc = ep->sc;
-    evbuffer_add_printf(bufferevent_get_output(h->bev),
-                        "GET /piko/v1/upstream/%s HTTP/1.1\r\nHost: %s\r\n"
-                        "Connection: Upgrade\r\nUpgrade: piko-reverse-h2\r\n"
-                        "Piko-Sidecar-Id: %s\r\n\r\n",
-                        ep->name, sc->server_authority, sc->sidecar_id);
-    bufferevent_setcb(h->bev, hs_read, NULL, hs_event, h);
-    bufferevent_enable(h->bev, EV_READ | EV_WRITE);
-}
-
-static void tls_event(struct bufferevent *bev, short what, void *arg)
-{
-    struct hs *h = arg;
-    if (what & BEV_EVENT_CONNECTED) {
-        send_handshake(h);
-        return;
-    }
-    char why[512];
-    SSL *ssl = bufferevent_openssl_get_ssl(bev);
-    long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
-    unsigned long e = bufferevent_get_openssl_error(bev);
-    if (vr != X509_V_OK)
-        snprintf(why, sizeof(why), "TLS handshake failed: certificate verify failed: %s",
-                 X509_verify_cert_error_string(vr));
-    else if (e)
-        snprintf(why, sizeof(why), "TLS handshake failed: %s", ERR_reason_error_string(e));
-    else
-        snprintf(why, sizeof(why), "TLS handshake failed: %s",
-                 (what & BEV_EVENT_TIMEOUT) ? "timeout" : "connection closed");
-    hs_done(h, false, false, why);
-}
-
-/* Wraps a connected socket in TLS: SNI and certificate verification against the system
- * roots (OpenSSL's default paths, so SSL_CERT_FILE and SSL_CERT_DIR apply). */
-static int start_tls(struct hs *h, struct bufferevent *bev)
-{
-    struct pk_sidecar *sc = h->ep->sc;
-    SSL *ssl = SSL_new(sc->tls_ctx);
-    if (!ssl)
-        return -1;
-    struct in6_addr a6;
-    bool ip = inet_pton(AF_INET, sc->server_host, &a6) == 1 ||
-              inet_pton(AF_INET6, sc->server_host, &a6) == 1;
-    if (ip) {
-        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), sc->server_host);
-    } else {
-        SSL_set_tlsext_host_name(ssl, sc->server_host);
-        SSL_set1_host(ssl, sc->server_host);
-    }
-    struct bufferevent *tb = bufferevent_openssl_filter_new(
-        sc->base, bev, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
-    if (!tb) {
-        SSL_free(ssl);
-        return -1;
-    }
-    h->bev = tb;
-    struct timeval tv = {(time_t)(sc->cfg->connect_timeout_ms / 1000),
-                         (suseconds_t)((sc->cfg->connect_timeout_ms % 1000) * 1000)};
-    bufferevent_set_timeouts(tb, &tv, NULL);
-    bufferevent_setcb(tb, NULL, NULL, tls_event, h);
-    bufferevent_enable(tb, EV_READ | EV_WRITE);
-    return 0;
-}
-
-static void dialed(int err, struct bufferevent *bev, const char *why, void *arg)
-{
-    struct hs *h = arg;
-    h->dial = NULL;
-    if (err) {
-        hs_done(h, false, false, why);
-        return;
-    }
-    struct pk_sidecar *sc = h->ep->sc;
-    if (sc->tls) {
-        if (start_tls(h, bev) != 0) {
-            bufferevent_free(bev);
-            hs_done(h, false, false, "cannot start TLS");
-        }
-        return;
-    }
-    h->bev = bev;
-    struct timeval tv = {(time_t)(sc->cfg->connect_timeout_ms / 1000),
-                         (suseconds_t)((sc->cfg->connect_timeout_ms % 1000) * 1000)};
-    bufferevent_set_timeouts(bev, &tv, NULL);
-    send_handshake(h);
-}
-
-static void dial_tunnel(struct sc_endpoint *ep)
-{
-    struct pk_sidecar *sc = ep->sc;
-    if (sc->draining || ep->dialing)
-        return;
-    ep->dialing = true;
-    struct hs *h = pk_xcalloc(1, sizeof(*h));
-    h->ep = ep;
-    h->body = evbuffer_new();
-    pk_h1parser_init(&h->parser, HTTP_RESPONSE, 64 * 1024, &hs_cbs, h);
-    PK_DEBUG("tunnel", "endpoint=%s dialling %s", ep->name, sc->cfg->connect_url);
-    ep->hs = h;
-    h->dial = pk_dial_start(sc->base, sc->resolver, sc->server_host, sc->server_port,
-                            sc->cfg->connect_timeout_ms, dialed, h);
-    if (!h->dial)
-        hs_done(h, false, false, "cannot resolve the server host");
-}
-
 /* ---- admin ------------------------------------------------------------------------- */
 
 static void reply(struct evhttp_request *req, int code, const char *body)
@@ -558,7 +209,7 @@ static void admin_ready(struct evhttp_request *req, void *arg)
     struct pk_sidecar *sc = arg;
     bool ready = !sc->draining;
     for (struct sc_endpoint *ep = sc->eps; ep && ready; ep = ep->next)
-        ready = usable_tunnels(ep) > 0;
+        ready = pk_tunnels_ready(ep);
     reply(req, ready ? 200 : 503,
           ready ? "{\"status\":\"ready\"}"
                 : (sc->draining ? "{\"status\":\"draining\"}" : "{\"status\":\"connecting\"}"));
@@ -606,9 +257,7 @@ void pk_sidecar_shutdown(struct pk_sidecar *sc)
     PK_INFO("sidecar", "shutting down: %zu streams in flight", sc->nstreams);
     pk_forward_stop_listening(sc);
     for (struct sc_endpoint *ep = sc->eps; ep; ep = ep->next) {
-        event_del(ep->redial_ev);
-        for (struct sc_tunnel *t = ep->tunnels; t; t = t->next)
-            pk_h2conn_drain_two_step(t->h2);
+        pk_tunnels_drain(ep);
         pk_local_pool_free(ep);
     }
     struct timeval tv = {(time_t)(sc->cfg->grace_period_ms / 1000),
@@ -631,10 +280,11 @@ struct pk_sidecar *pk_sidecar_new(struct event_base *base, const struct pk_sidec
     snprintf(sc->sidecar_id, sizeof(sc->sidecar_id), "%.40s-%d", host, (int)getpid());
     srandom((unsigned)(pk_now_ms() ^ (uint64_t)getpid()));
 
-    parse_url(cfg->connect_url, &sc->server_host, &sc->server_port, &sc->tls, err, errlen);
-    sc->server_authority = strchr(sc->server_host, ':')
-                               ? pk_xasprintf("[%s]:%u", sc->server_host, sc->server_port)
-                               : pk_xasprintf("%s:%u", sc->server_host, sc->server_port);
+    if (pk_servers_parse(cfg->connect_url, &sc->servers, &sc->nservers, err, errlen) != 0)
+        goto fail;
+    bool tls = false;
+    for (size_t i = 0; i < sc->nservers; i++)
+        tls = tls || sc->servers[i].tls;
 
     pk_h2_settings_default(&sc->tunnel_settings);
     sc->tunnel_settings.max_concurrent_streams = (uint32_t)cfg->max_streams;
@@ -644,8 +294,10 @@ struct pk_sidecar *pk_sidecar_new(struct event_base *base, const struct pk_sidec
     sc->tunnel_settings.ping_interval_ms = cfg->heartbeat_interval_ms;
     sc->tunnel_settings.ping_timeout_ms = cfg->heartbeat_timeout_ms;
     sc->tunnel_settings.settings_timeout_ms = cfg->heartbeat_timeout_ms;
+    /* A server GOAWAY is a notice: the tunnel stays until its replacement is up. */
+    sc->tunnel_settings.keep_open_on_goaway = true;
 
-    if (sc->tls) {
+    if (tls) {
         sc->tls_ctx = SSL_CTX_new(TLS_client_method());
         if (!sc->tls_ctx) {
             snprintf(err, errlen, "cannot create a TLS context");
@@ -674,6 +326,7 @@ struct pk_sidecar *pk_sidecar_new(struct event_base *base, const struct pk_sidec
     char addr[128];
     pk_listener_addr(l, addr, sizeof(addr));
     PK_INFO("sidecar", "admin listening addr=%s", addr);
+    PK_INFO("sidecar", "connect urls=%s connections=%lld", cfg->connect_url, cfg->connections);
 
     struct sc_endpoint **tail = &sc->eps;
     size_t nall = cfg->endpoints.n + cfg->tcp_endpoints.n;
@@ -685,7 +338,6 @@ struct pk_sidecar *pk_sidecar_new(struct event_base *base, const struct pk_sidec
         ep->tcp = tcp;
         parse_endpoint(tcp ? "tcp-endpoint" : "endpoint", spec, &ep->name, &ep->host, &ep->port,
                        &ep->proxy_protocol, err, errlen);
-        ep->redial_ev = event_new(base, -1, 0, redial_cb, ep);
         *tail = ep;
         tail = &ep->next;
         PK_INFO("sidecar", "endpoint=%s kind=%s service=%s:%u%s", ep->name, tcp ? "tcp" : "http",
@@ -693,7 +345,7 @@ struct pk_sidecar *pk_sidecar_new(struct event_base *base, const struct pk_sidec
                 ep->proxy_protocol == 1   ? " proxy-protocol=v1"
                 : ep->proxy_protocol == 2 ? " proxy-protocol=v2"
                                           : "");
-        dial_tunnel(ep);
+        pk_tunnels_start(ep);
     }
     if (pk_forward_start(sc, err, errlen) != 0)
         goto fail;
@@ -710,20 +362,7 @@ void pk_sidecar_del(struct pk_sidecar *sc)
     /* Abort whatever is left and let the deferred closes run, so nothing leaks. */
     sc->draining = true;
     for (struct sc_endpoint *ep = sc->eps; ep; ep = ep->next) {
-        event_del(ep->redial_ev);
-        if (ep->hs) {
-            struct hs *h = ep->hs;
-            pk_dial_cancel(h->dial);
-            if (h->bev)
-                bufferevent_free(h->bev);
-            h->bev = NULL;
-            pk_h1parser_free(&h->parser);
-            evbuffer_free(h->body);
-            free(h);
-            ep->hs = NULL;
-        }
-        for (struct sc_tunnel *t = ep->tunnels; t; t = t->next)
-            pk_h2conn_close(t->h2, "shutting down");
+        pk_tunnels_abort(ep);
         pk_local_pool_free(ep);
     }
     pk_forward_stop(sc);
@@ -735,7 +374,7 @@ void pk_sidecar_del(struct pk_sidecar *sc)
     while (sc->eps) {
         struct sc_endpoint *ep = sc->eps;
         sc->eps = ep->next;
-        event_free(ep->redial_ev);
+        pk_tunnels_free(ep);
         free(ep->name);
         free(ep->host);
         free(ep);
@@ -747,7 +386,6 @@ void pk_sidecar_del(struct pk_sidecar *sc)
         SSL_CTX_free(sc->tls_ctx);
     event_free(sc->grace_ev);
     event_free(sc->check_ev);
-    free(sc->server_host);
-    free(sc->server_authority);
+    pk_servers_free(sc->servers, sc->nservers);
     free(sc);
 }

@@ -13,7 +13,8 @@ struct event_base;
 struct pk_sidecar;
 
 struct pk_sidecar_config {
-    char *connect_url;
+    char *connect_url;     /* one URL or a comma-separated list */
+    long long connections; /* tunnels per endpoint */
     uint64_t connect_timeout_ms;
     uint64_t heartbeat_interval_ms;
     uint64_t heartbeat_timeout_ms;

@@ -1,4 +1,5 @@
-/* Private to lib/sidecar: types shared by sidecar.c (tunnels) and local.c (services). */
+/* Private to lib/sidecar: types shared by sidecar.c (config, admin, lifecycle), tunnel.c
+ * (tunnels to the server) and local.c / raw.c (services). */
 #ifndef PK_SIDECAR_INT_H
 #define PK_SIDECAR_INT_H
 
@@ -14,6 +15,29 @@ struct lconn;
 struct pk_dial;
 struct event;
 
+/* One server URL of --connect.url. */
+struct sc_server {
+    char *url;  /* as given, for logs */
+    char *host; /* also the TLS SNI and the name the certificate must match */
+    uint16_t port;
+    char *authority; /* Host of the handshake request */
+    bool tls;
+};
+
+/* One of the connect.connections tunnels an endpoint keeps: its own dial, backoff and URL
+ * cursor, and the tunnel that fills it. A tunnel replaced after a server GOAWAY leaves its
+ * slot at once (the replacement takes its place) but stays on ep->tunnels, still serving,
+ * until the slot's next tunnel is up and has drained it (or it closes: see tunnel.c). */
+struct sc_slot {
+    struct sc_endpoint *ep;
+    unsigned index;
+    size_t server; /* sc->servers index of this slot's next dial */
+    struct hs *hs; /* the handshake in flight */
+    uint64_t backoff_ms;
+    struct event *redial_ev;
+    struct sc_tunnel *tunnel; /* filling the slot (HTTP/2 started, maybe not ready yet) */
+};
+
 /* One exposed endpoint and where its service listens. */
 struct sc_endpoint {
     struct pk_sidecar *sc;
@@ -22,23 +46,23 @@ struct sc_endpoint {
     uint16_t port;
     bool tcp;           /* --tcp-endpoint: raw TCP only */
     int proxy_protocol; /* 0, 1 or 2: PROXY header before a TCP stream's bytes */
-    struct sc_tunnel *tunnels;
-    size_t ntunnels_up;
-    bool dialing;
-    struct hs *hs; /* the tunnel handshake in flight */
-    uint64_t backoff_ms;
-    struct event *redial_ev;
-    struct lconn *idle; /* keep-alive connections to the service */
+    struct sc_slot *slots;
+    size_t nslots;
+    struct sc_tunnel *tunnels; /* every tunnel alive, replaced ones included */
+    struct lconn *idle;        /* keep-alive connections to the service */
     size_t nidle;
     struct sc_endpoint *next;
 };
 
 struct sc_tunnel {
     struct sc_endpoint *ep;
+    struct sc_slot *slot;
+    size_t server; /* sc->servers index */
     struct pk_h2conn *h2;
     uint64_t up_since_ms;
     bool up;
-    bool replaced; /* a replacement was dialled after GOAWAY */
+    bool replaced; /* the server sent GOAWAY: a replacement fills the slot */
+    bool drained;  /* we started the two-step drain */
     struct sc_tunnel *next;
 };
 
@@ -48,23 +72,36 @@ struct pk_sidecar {
     struct pk_resolver *resolver;
     struct evhttp *admin;
     struct sc_endpoint *eps;
-    char *server_host;
-    uint16_t server_port;
-    char *server_authority;
-    bool tls;
-    struct ssl_ctx_st *tls_ctx; /* SSL_CTX, when connect.url is https */
+    struct sc_server *servers; /* connect.url, in order */
+    size_t nservers;
+    struct ssl_ctx_st *tls_ctx; /* SSL_CTX, when a connect.url is https */
     char sidecar_id[64];
     struct pk_h2_settings tunnel_settings;
     bool draining;
     struct event *grace_ev;
     struct event *check_ev;
-    size_t ntunnels; /* tunnel connections alive (incl. handshaking) */
+    size_t ntunnels; /* tunnel connections alive (HTTP/2 started) */
     size_t nstreams; /* streams in flight */
     struct sc_forward *forwards;
     size_t nforwards; /* forwarded connections alive */
     char *fwd_host;
     uint16_t fwd_port;
 };
+
+/* tunnel.c: the connect.url list. On success *out holds *n >= 1 parsed URLs (release with
+ * pk_servers_free); on failure PK_ERR_INVALID and err names connect.url and the bad item. */
+int pk_servers_parse(const char *list, struct sc_server **out, size_t *n, char *err, size_t errlen);
+void pk_servers_free(struct sc_server *v, size_t n);
+/* tunnel.c: creates the endpoint's connect.connections slots and dials each. */
+void pk_tunnels_start(struct sc_endpoint *ep);
+/* True when a tunnel of ep is up and serving (a replaced one counts until it is drained). */
+bool pk_tunnels_ready(const struct sc_endpoint *ep);
+/* Shutdown (sc->draining already set): no more dials, two-step drain on every tunnel. */
+void pk_tunnels_drain(struct sc_endpoint *ep);
+/* Teardown: cancels dials and handshakes, aborts every tunnel (their on_close runs from
+ * the loop). pk_tunnels_free once ep->tunnels is empty or the loop is gone. */
+void pk_tunnels_abort(struct sc_endpoint *ep);
+void pk_tunnels_free(struct sc_endpoint *ep);
 
 /* local.c: serves one tunnel stream from the endpoint's service. */
 void pk_local_serve(struct sc_endpoint *ep, struct pk_h2stream *s);
