@@ -22,6 +22,11 @@
 #define MAX_ADDRS        1024
 #define LINK_BACKOFF_MAX 2000
 
+struct pk_ep_deadline {
+    char *id;
+    uint64_t deadline_ms;
+};
+
 enum peer_role { ROLE_UNKNOWN, ROLE_PEER, ROLE_SELF, ROLE_ALIAS };
 
 struct peer {
@@ -39,7 +44,11 @@ struct peer {
     bool unreachable;         /* out of routing */
     uint64_t unreachable_ms;  /* since when */
     struct pk_httpc_req *req; /* fetch or long poll in flight */
-    struct event *watch_ev;   /* next fetch (after a failure) */
+    /* Its "moving" endpoints with absolute deadlines; kept when it turns unreachable (it
+     * may have exited right after publishing them). */
+    struct pk_ep_deadline *moving;
+    size_t nmoving;
+    struct event *watch_ev; /* next fetch (after a failure) */
     uint64_t watch_backoff_ms;
     bool failing;       /* the last fetch failed (for logs) */
     bool answered;      /* the first fetch finished, well or not */
@@ -196,8 +205,18 @@ static void link_ready(struct pk_h2conn *h2, void *ud)
     notify_change(p->c);
 }
 
+static void moving_clear(struct peer *p)
+{
+    for (size_t i = 0; i < p->nmoving; i++)
+        free(p->moving[i].id);
+    free(p->moving);
+    p->moving = NULL;
+    p->nmoving = 0;
+}
+
 static void peer_free(struct peer *p)
 {
+    moving_clear(p);
     event_free(p->watch_ev);
     event_free(p->link_ev);
     pk_node_state_free(&p->st);
@@ -353,9 +372,19 @@ static void watch_done(int status, const char *body, size_t len, const char *err
         PK_INFO("cluster", "peer draining node=%s", st.node_id);
     if (!same_life && p->h2)
         pk_h2conn_close(p->h2, "peer restarted");
-    if (changed || !same_life)
+    if (changed || !same_life) {
+        moving_clear(p);
+        if (st.nmoving) {
+            uint64_t now = pk_now_ms();
+            p->moving = pk_xcalloc(st.nmoving, sizeof(*p->moving));
+            for (size_t i = 0; i < st.nmoving; i++) {
+                p->moving[i].id = pk_xstrdup(st.moving[i].id);
+                p->moving[i].deadline_ms = now + st.moving[i].n;
+            }
+            p->nmoving = st.nmoving;
+        }
         pk_node_state_move(&p->st, &st);
-    else
+    } else
         pk_node_state_free(&st);
     p->have_state = true;
     p->unreachable = false;
@@ -400,6 +429,21 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     uint64_t now = pk_now_ms();
     for (struct pk_list *l = c->peers.next; l != &c->peers; l = l->next) {
         struct peer *p = PK_CONTAINER_OF(l, struct peer, link);
+        bool expired = false;
+        for (size_t i = 0; i < p->nmoving; i++)
+            expired = expired || p->moving[i].deadline_ms <= now;
+        if (expired) {
+            /* Requests waiting for these endpoints fail now unless a tunnel turned up. */
+            size_t k = 0;
+            for (size_t i = 0; i < p->nmoving; i++) {
+                if (p->moving[i].deadline_ms <= now)
+                    free(p->moving[i].id);
+                else
+                    p->moving[k++] = p->moving[i];
+            }
+            p->nmoving = k;
+            notify_change(c);
+        }
         if (p->role != ROLE_PEER || p->unreachable || now - p->last_ok_ms <= c->peer_timeout_ms)
             continue;
         PK_WARN("cluster", "peer unreachable node=%s address=%s: no state for %llums", peer_name(p),
@@ -706,8 +750,16 @@ struct pk_peer *pk_cluster_pick(struct pk_cluster *c, const char *endpoint,
             w[n++] = cnt;
         }
     }
-    if (n == 0)
+    if (n == 0) {
+        /* Nobody holds it, but a draining node may have just sent its tunnels away. */
+        uint64_t now = pk_now_ms();
+        for (struct pk_list *l = c->peers.next; l != &c->peers && !*exists; l = l->next) {
+            struct peer *p = PK_CONTAINER_OF(l, struct peer, link);
+            for (size_t k = 0; k < p->nmoving && !*exists; k++)
+                *exists = p->moving[k].deadline_ms > now && strcmp(p->moving[k].id, endpoint) == 0;
+        }
         return NULL;
+    }
     size_t i = pk_pick_weighted(w, n, rand32());
     return (struct pk_peer *)cand[i < n ? i : 0];
 }

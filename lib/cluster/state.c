@@ -23,6 +23,9 @@ void pk_node_state_free(struct pk_node_state *st)
     for (size_t i = 0; i < st->neps; i++)
         free(st->eps[i].id);
     free(st->eps);
+    for (size_t i = 0; i < st->nmoving; i++)
+        free(st->moving[i].id);
+    free(st->moving);
     pk_node_state_init(st);
 }
 
@@ -200,6 +203,26 @@ int pk_node_state_parse(const char *json, size_t len, struct pk_node_state *out,
         if (out->neps > 1)
             qsort(out->eps, out->neps, sizeof(*out->eps), cmp_ep);
     }
+    if (json_object_object_get_ex(root, "moving", &v)) {
+        if (!json_object_is_type(v, json_type_object)) {
+            snprintf(err, errlen, "state: \"moving\" must be an object");
+            goto out;
+        }
+        size_t n = (size_t)json_object_object_length(v);
+        out->moving = n ? pk_xcalloc(n, sizeof(*out->moving)) : NULL;
+        json_object_object_foreach(v, key, val)
+        {
+            if (!pk_endpoint_id_valid(key, strlen(key)) ||
+                !json_object_is_type(val, json_type_int) || json_object_get_int64(val) < 0 ||
+                json_object_get_int64(val) > 3600000) {
+                snprintf(err, errlen, "state: bad entry in \"moving\"");
+                goto out;
+            }
+            out->moving[out->nmoving].id = pk_xstrdup(key);
+            out->moving[out->nmoving].n = (uint32_t)json_object_get_int64(val);
+            out->nmoving++;
+        }
+    }
     rv = 0;
 out:
     if (root)
@@ -229,6 +252,13 @@ struct json_object *pk_node_state_to_json(const struct pk_node_state *st, bool w
         for (size_t i = 0; i < st->neps; i++)
             json_object_object_add(eps, st->eps[i].id, json_object_new_int64(st->eps[i].n));
         json_object_object_add(o, "endpoints", eps);
+        if (st->nmoving) {
+            struct json_object *mv = json_object_new_object();
+            for (size_t i = 0; i < st->nmoving; i++)
+                json_object_object_add(mv, st->moving[i].id,
+                                       json_object_new_int64(st->moving[i].n));
+            json_object_object_add(o, "moving", mv);
+        }
     }
     return o;
 }

@@ -29,6 +29,11 @@ struct pk_node_state {
     bool draining;
     struct pk_ep_count *eps; /* sorted by id */
     size_t neps;
+    /* Endpoints whose tunnels this (draining) node just sent away: their sidecars are
+     * dialling other nodes, so requests wait for them instead of failing. n is how many
+     * more milliseconds to wait at most. */
+    struct pk_ep_count *moving;
+    size_t nmoving;
 };
 
 /* Largest state document accepted from a peer, and the deepest JSON nesting. */

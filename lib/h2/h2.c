@@ -50,8 +50,7 @@ struct pk_h2conn {
     bool closing;           /* destruction scheduled */
     bool close_after_flush; /* destroy once the output buffer is empty */
     bool goaway_recv;
-    bool notice_sent; /* pk_h2conn_goaway_notice: GOAWAY sent, streams still opened */
-    int drain_state;  /* 0 none, 1 shutdown notice sent (two-step), 2 final GOAWAY sent */
+    int drain_state; /* 0 none, 1 shutdown notice sent (two-step), 2 final GOAWAY sent */
     const char *why;
     struct pk_h2stream *streams;
     size_t nstreams;
@@ -397,8 +396,7 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
 
 static void check_idle_drained(struct pk_h2conn *c)
 {
-    bool goaway = c->drain_state == 2 || (c->goaway_recv && !c->set.keep_open_on_goaway);
-    if (goaway && c->nstreams == 0 && !c->close_after_flush) {
+    if ((c->drain_state == 2 || c->goaway_recv) && c->nstreams == 0 && !c->close_after_flush) {
         c->close_after_flush = true;
         c->why = "drained";
         schedule_flush(c);
@@ -824,20 +822,6 @@ void pk_h2conn_drain_two_step(struct pk_h2conn *c)
     nghttp2_submit_ping(c->ng, NGHTTP2_FLAG_NONE, (const uint8_t *)DRAIN_PING_OPAQUE);
     c->drain_state = 1;
     schedule_flush(c);
-}
-
-void pk_h2conn_goaway_notice(struct pk_h2conn *c)
-{
-    if (c->closing || c->server || c->drain_state != 0 || c->notice_sent)
-        return;
-    nghttp2_submit_goaway(c->ng, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, NULL, 0);
-    c->notice_sent = true;
-    schedule_flush(c);
-}
-
-bool pk_h2conn_goaway_received(const struct pk_h2conn *c)
-{
-    return c->goaway_recv;
 }
 
 int32_t pk_h2conn_last_stream_id(const struct pk_h2conn *c)

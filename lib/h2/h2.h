@@ -38,9 +38,6 @@ struct pk_h2_settings {
     uint64_t ping_timeout_ms;
     uint64_t settings_timeout_ms; /* close when the peer's SETTINGS do not come; 0: none */
     size_t out_hwm;               /* stop producing frames above this much queued output */
-    /* A GOAWAY from the peer does not close the connection once idle: the owner decides
-     * when (the sidecar keeps a tunnel until its replacement is up, PROTOCOL.md 1.5). */
-    bool keep_open_on_goaway;
 };
 
 void pk_h2_settings_default(struct pk_h2_settings *s);
@@ -88,11 +85,6 @@ void pk_h2conn_drain(struct pk_h2conn *c, int32_t last_stream_id);
 /* Sidecar drain step one (RFC 9113 6.8): GOAWAY(2^31-1) then a PING; on its ACK the real
  * GOAWAY(last accepted) is sent. */
 void pk_h2conn_drain_two_step(struct pk_h2conn *c);
-/* Client role: GOAWAY(NO_ERROR, 0) as a notice to the peer ("reconnect elsewhere") while
- * this side keeps opening streams until the peer drains or pk_h2conn_drain() is called
- * (the cluster's soft drain, docs/architecture/cluster.md). */
-void pk_h2conn_goaway_notice(struct pk_h2conn *c);
-bool pk_h2conn_goaway_received(const struct pk_h2conn *c);
 int32_t pk_h2conn_last_stream_id(const struct pk_h2conn *c);
 bool pk_h2conn_is_ready(const struct pk_h2conn *c);
 bool pk_h2conn_is_draining(const struct pk_h2conn *c);

@@ -325,6 +325,10 @@ static void ex_dispatch(struct exchange *ex)
         peer = pk_cluster_pick(srv->cluster, ex->endpoint, ex->retried ? ex->last_peer : NULL,
                                &pexists);
     if (!t && !peer) {
+        /* A draining node here or a peer sent the endpoint's tunnels away: wait for the
+         * replacements (bounded by the move window and proxy.timeout). */
+        if (!exists && !pexists && !ex->forwarded && pk_server_is_moving(srv, ex->endpoint))
+            pexists = true;
         if (!exists && !pexists) {
             if (ex->forwarded && ex->ds && !ex->head_sent) {
                 /* The peer's view was stale: refused, so it can try another node. */

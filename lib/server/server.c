@@ -202,7 +202,89 @@ struct json_object *pk_server_state_json(struct pk_server *srv, bool with_endpoi
         json_object_object_add(o, "endpoints", t);
     else
         json_object_put(t);
+    if (with_endpoints && srv->moving) {
+        uint64_t now = pk_now_ms();
+        struct json_object *mv = json_object_new_object();
+        for (struct moving *m = srv->moving; m; m = m->next)
+            if (m->deadline_ms > now)
+                json_object_object_add(mv, m->id,
+                                       json_object_new_int64((int64_t)(m->deadline_ms - now)));
+        json_object_object_add(o, "moving", mv);
+    }
     return o;
+}
+
+static void moving_arm(struct pk_server *srv)
+{
+    uint64_t next = 0, now = pk_now_ms();
+    for (struct moving *m = srv->moving; m; m = m->next)
+        if (!next || m->deadline_ms < next)
+            next = m->deadline_ms;
+    if (!next)
+        return;
+    uint64_t ms = next > now ? next - now : 0;
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    event_add(srv->moving_ev, &tv);
+}
+
+void pk_server_mark_moving(struct pk_server *srv, const char *endpoint)
+{
+    struct moving *m;
+    for (m = srv->moving; m; m = m->next)
+        if (strcmp(m->id, endpoint) == 0)
+            break;
+    if (!m) {
+        m = pk_xcalloc(1, sizeof(*m));
+        m->id = pk_xstrdup(endpoint);
+        m->next = srv->moving;
+        srv->moving = m;
+    }
+    m->deadline_ms = pk_now_ms() + PK_MOVE_WINDOW_MS;
+    PK_INFO("server", "endpoint=%s moving: requests for it wait up to %dms for a new tunnel",
+            endpoint, PK_MOVE_WINDOW_MS);
+    pk_server_state_changed(srv);
+    moving_arm(srv);
+}
+
+bool pk_server_is_moving(struct pk_server *srv, const char *endpoint)
+{
+    uint64_t now = pk_now_ms();
+    for (struct moving *m = srv->moving; m; m = m->next)
+        if (m->deadline_ms > now && strcmp(m->id, endpoint) == 0)
+            return true;
+    return false;
+}
+
+static void moving_free_all(struct pk_server *srv)
+{
+    while (srv->moving) {
+        struct moving *m = srv->moving;
+        srv->moving = m->next;
+        free(m->id);
+        free(m);
+    }
+}
+
+/* Expired entries go; requests still waiting for them get their answer (502). */
+static void moving_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct pk_server *srv = arg;
+    PK_UNUSED(fd);
+    PK_UNUSED(what);
+    uint64_t now = pk_now_ms();
+    for (struct moving **pp = &srv->moving; *pp;) {
+        struct moving *m = *pp;
+        if (m->deadline_ms <= now) {
+            *pp = m->next;
+            free(m->id);
+            free(m);
+        } else {
+            pp = &m->next;
+        }
+    }
+    pk_server_state_changed(srv);
+    pk_proxy_retry_waiting(srv);
+    moving_arm(srv);
 }
 
 void pk_server_state_changed(struct pk_server *srv)
@@ -340,7 +422,7 @@ static void grace_cb(evutil_socket_t fd, short what, void *arg)
 static bool drained(struct pk_server *srv)
 {
     return srv->draining && srv->drain_final && srv->nexchanges == 0 && srv->nconns == 0 &&
-           srv->lingers.n == 0 && (!srv->soft_drain || srv->ntunnels_open == 0);
+           srv->lingers.n == 0;
 }
 
 static void check_cb(evutil_socket_t fd, short what, void *arg)
@@ -348,9 +430,9 @@ static void check_cb(evutil_socket_t fd, short what, void *arg)
     struct pk_server *srv = arg;
     PK_UNUSED(fd);
     PK_UNUSED(what);
-    if (srv->draining && srv->drain_final && srv->cluster_l &&
-        (!srv->soft_drain || srv->ntunnels_open == 0)) {
-        /* Nothing left that a peer could need: close the links peers opened to us. */
+    if (srv->draining && srv->drain_final && srv->cluster_l) {
+        /* Our tunnels take no new stream: close the links peers opened to us (the
+         * streams in flight on them finish) and answer their long polls. */
         evconnlistener_free(srv->cluster_l);
         srv->cluster_l = NULL;
         srv->cluster_closing = true;
@@ -405,14 +487,14 @@ void pk_server_shutdown(struct pk_server *srv)
     if (srv->draining)
         return;
     srv->draining = true;
-    /* Tunnels only get a notice when another node can take them: they keep serving until
-     * their sidecars have replacements (docs/architecture/cluster.md). */
+    /* With a node to go to, the sidecars move there: our endpoints are published as
+     * moving so that requests wait for them (docs/architecture/cluster.md). */
     srv->soft_drain = pk_cluster_has_active_peer(srv->cluster);
     PK_INFO("server",
             "shutting down: %zu requests in flight, %zu tunnels (%s), drain delay %llums, "
             "grace period %llums",
             srv->nexchanges, srv->ntunnels_open,
-            srv->soft_drain ? "asked to move to another node" : "drained",
+            srv->soft_drain ? "moving to other nodes" : "drained",
             (unsigned long long)srv->cfg->drain_delay_ms,
             (unsigned long long)srv->cfg->grace_period_ms);
     pk_server_state_changed(srv); /* peers learn at once that we are draining */
@@ -503,6 +585,7 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
     srv->state_ev = event_new(base, -1, 0, state_cb, srv);
     srv->drain_ev = event_new(base, -1, 0, drain_cb, srv);
     srv->rebalance_ev = event_new(base, -1, 0, rebalance_cb, srv);
+    srv->moving_ev = event_new(base, -1, 0, moving_cb, srv);
     pk_list_init(&srv->conns);
     pk_list_init(&srv->tunnels);
     pk_list_init(&srv->handshakes);
@@ -611,6 +694,8 @@ void pk_server_del(struct pk_server *srv)
     event_free(srv->state_ev);
     event_free(srv->drain_ev);
     event_free(srv->rebalance_ev);
+    event_free(srv->moving_ev);
+    moving_free_all(srv);
     for (size_t b = 0; b < PK_EP_BUCKETS; b++) {
         while (srv->eps[b]) {
             struct endpoint *e = srv->eps[b];

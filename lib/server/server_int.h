@@ -32,6 +32,16 @@ struct tunnel {
     struct pk_list link; /* in srv->tunnels */
 };
 
+/* An endpoint whose tunnels this node sent away (drain, rebalancing): requests for it
+ * wait up to the deadline for a tunnel to turn up anywhere. */
+struct moving {
+    char *id;
+    uint64_t deadline_ms;
+    struct moving *next;
+};
+
+#define PK_MOVE_WINDOW_MS 5000
+
 struct endpoint {
     char *id;
     struct tunnel *tunnels;
@@ -58,7 +68,9 @@ struct pk_server {
     struct event *state_ev;                 /* answers the long polls after a change */
     struct pk_h2_settings cluster_settings; /* our side of peer links we accept */
     struct pk_h2_settings link_settings;    /* our side of peer links we dial */
-    bool soft_drain;      /* tunnels were told GOAWAY but stay usable (a peer can take them) */
+    bool soft_drain;       /* draining with an active peer: our endpoints move there */
+    struct moving *moving; /* endpoints whose tunnels we sent away, until their deadline */
+    struct event *moving_ev;
     bool drain_final;     /* the drain delay is over: connections are being closed */
     bool cluster_closing; /* and the connections peers opened to us too */
     struct event *drain_ev;
@@ -113,6 +125,9 @@ void pk_proxy_retry_waiting(struct pk_server *srv);
 void pk_proxy_state_changed(struct pk_server *srv);
 
 /* server.c */
+/* Marks endpoint as moving for PK_MOVE_WINDOW_MS (published to peers). */
+void pk_server_mark_moving(struct pk_server *srv, const char *endpoint);
+bool pk_server_is_moving(struct pk_server *srv, const char *endpoint);
 /* The routing state changed (a tunnel came or went, draining started). */
 void pk_server_state_changed(struct pk_server *srv);
 struct json_object *pk_server_state_json(struct pk_server *srv, bool with_endpoints);

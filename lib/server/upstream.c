@@ -110,19 +110,18 @@ struct tunnel *pk_upstream_pick(struct pk_server *srv, const char *endpoint, boo
     return best;
 }
 
-/* Alone, a node drains its tunnels (GOAWAY; they close once idle). With a peer that can
- * take them, each tunnel only gets a GOAWAY notice and stays in routing until its sidecar
- * has dialled a replacement through the load balancer and drained it (soft drain,
- * docs/architecture/cluster.md). */
+/* GOAWAY on every tunnel (PROTOCOL.md 1.5): no new stream, open ones finish. In a
+ * cluster the endpoints are first marked as moving, so that requests for them wait for
+ * the sidecars' replacement tunnels on other nodes (docs/architecture/cluster.md). */
 void pk_upstream_drain_all(struct pk_server *srv)
 {
     for (struct pk_list *l = srv->tunnels.next; l != &srv->tunnels; l = l->next) {
         struct tunnel *t = PK_CONTAINER_OF(l, struct tunnel, link);
-        if (srv->soft_drain)
-            pk_h2conn_goaway_notice(t->h2);
-        else
-            pk_h2conn_drain(t->h2, 0);
+        if (srv->soft_drain && t->ep)
+            pk_server_mark_moving(srv, t->ep->id);
     }
+    for (struct pk_list *l = srv->tunnels.next; l != &srv->tunnels; l = l->next)
+        pk_h2conn_drain(PK_CONTAINER_OF(l, struct tunnel, link)->h2, 0);
 }
 
 struct json_object *pk_upstream_table_json(struct pk_server *srv, size_t *neps, size_t *ntunnels)
@@ -151,7 +150,7 @@ size_t pk_upstream_count(struct pk_server *srv)
 }
 
 /* Rebalancing: tells one tunnel of the endpoint with the most local tunnels to reconnect
- * (GOAWAY notice); it keeps serving until its sidecar has a replacement. */
+ * (GOAWAY); when it was the endpoint's last one here, the endpoint is marked moving. */
 bool pk_upstream_shed_one(struct pk_server *srv)
 {
     struct tunnel *best = NULL;
@@ -170,7 +169,9 @@ bool pk_upstream_shed_one(struct pk_server *srv)
     best->shed = true;
     PK_INFO("upstream", "rebalancing: asking sidecar=%s endpoint=%s to reconnect elsewhere",
             best->sidecar_id, best->endpoint_id);
-    pk_h2conn_goaway_notice(best->h2);
+    if (best->ep->ntunnels == 1)
+        pk_server_mark_moving(srv, best->endpoint_id);
+    pk_h2conn_drain(best->h2, 0);
     return true;
 }
 

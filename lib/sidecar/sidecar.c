@@ -294,8 +294,6 @@ struct pk_sidecar *pk_sidecar_new(struct event_base *base, const struct pk_sidec
     sc->tunnel_settings.ping_interval_ms = cfg->heartbeat_interval_ms;
     sc->tunnel_settings.ping_timeout_ms = cfg->heartbeat_timeout_ms;
     sc->tunnel_settings.settings_timeout_ms = cfg->heartbeat_timeout_ms;
-    /* A server GOAWAY is a notice: the tunnel stays until its replacement is up. */
-    sc->tunnel_settings.keep_open_on_goaway = true;
 
     if (tls) {
         sc->tls_ctx = SSL_CTX_new(TLS_client_method());

@@ -1,13 +1,11 @@
 /* Tunnels to the server (PROTOCOL.md 1.1, 1.5). Each endpoint keeps connect.connections
  * tunnels, one per slot; a slot dials on its own, with its own backoff, taking the
- * connect.url list in turn. A server GOAWAY is a notice: the tunnel keeps serving while
- * its slot dials a replacement, and once the replacement is up the old tunnel gets the
- * two-step drain (make-before-break).
- *
- * Limit: nghttp2 stops reading a server-role session that has received GOAWAY as soon as
- * no stream is open (nghttp2_session_want_read() is 0), and lib/h2 then ends it ("session
- * ended") despite keep_open_on_goaway. A replaced tunnel therefore serves only while it
- * has a stream open; once idle it closes, and its slot just keeps dialling. */
+ * connect.url list in turn. On a server GOAWAY the slot dials a replacement (after a
+ * random 0-1 s delay) while the old tunnel finishes its open streams; once the
+ * replacement is up, an old tunnel still open (long streams) gets the two-step drain, so
+ * the server learns it will carry no new stream (make-before-break). An old tunnel
+ * without open streams closes at once (nghttp2 ends a session that has GOAWAY and no
+ * stream); the cluster covers that gap (docs/architecture/cluster.md, "moving"). */
 #include "base/base.h"
 #include "base/log.h"
 #include "dns/dns.h"
