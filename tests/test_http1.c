@@ -560,6 +560,96 @@ static void test_malformed(void)
     pk_h1parser_free(&p);
 }
 
+/* Feeds s one byte at a time; returns -1 at the first error, else 0. */
+static int feed_bytewise(struct pk_h1parser *p, const char *s)
+{
+    size_t len = strlen(s), off = 0;
+    while (off < len) {
+        ssize_t n = pk_h1parser_feed(p, s + off, 1);
+        if (n < 0)
+            return -1;
+        if (n == 0 && !p->message_done)
+            return -1;
+        off += (size_t)n;
+        if (p->message_done && off < len) {
+            pk_h1parser_next(p);
+        }
+    }
+    return 0;
+}
+
+/* Request smuggling defences (issue "Security"): folding, repeated or unknown
+ * Transfer-Encoding, whatever the segmentation. */
+static void test_smuggling(void)
+{
+    static const struct {
+        const char *req;
+        enum pk_h1_error err;
+        const char *detail;
+    } cases[] = {
+        {"GET / HTTP/1.1\r\nHost: a\r\nX-A: a\r\n b\r\n\r\n", PK_H1_MALFORMED, "folding"},
+        {"GET / HTTP/1.1\r\nHost: a\r\nX-A: a\r\n\tb\r\n\r\n", PK_H1_MALFORMED, "folding"},
+        {"\r\n\r\nGET / HTTP/1.1\r\nX-A: a\r\n b\r\n\r\n", PK_H1_MALFORMED, "folding"},
+        {"GET / HTTP/1.1\nX-A: a\n b\n\n", PK_H1_MALFORMED, "folding"},
+        {"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
+         "0\r\n\r\n",
+         PK_H1_MALFORMED, "repeated transfer-encoding"},
+        {"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+         PK_H1_NOT_IMPLEMENTED, "not implemented"},
+        {"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+         PK_H1_MALFORMED, NULL},
+        {"POST / HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd", PK_H1_MALFORMED,
+         NULL},
+        {"GET / HTTP/1.1\r\nX-A: a\rb\r\n\r\n", PK_H1_MALFORMED, NULL},
+        {"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nabc\r\n",
+         PK_H1_MALFORMED, NULL},
+    };
+    for (size_t i = 0; i < PK_ARRAY_LEN(cases); i++) {
+        for (int bytewise = 0; bytewise < 2; bytewise++) {
+            struct rec r = {0};
+            struct pk_h1parser p;
+            pk_h1parser_init(&p, HTTP_REQUEST, 8192, &rec_cbs, &r);
+            int rv = bytewise ? feed_bytewise(&p, cases[i].req)
+                              : (feed_str(&p, cases[i].req) < 0 ? -1 : 0);
+            CU_ASSERT_EQUAL(rv, -1);
+            CU_ASSERT_EQUAL(p.error, cases[i].err);
+            if (cases[i].detail && (!p.error_detail || !strstr(p.error_detail, cases[i].detail))) {
+                fprintf(stderr, "case %zu: detail '%s'\n", i,
+                        p.error_detail ? p.error_detail : "(none)");
+                CU_FAIL("error detail");
+            }
+            CU_ASSERT_EQUAL(r.completes, 0);
+            pk_h1parser_free(&p);
+        }
+    }
+    /* What stays accepted: a value with inner spaces, a body holding "\n " bytes, chunk
+     * extensions, leading empty lines, and the same on a pipelined second request. */
+    const char *ok = "\r\nPOST / HTTP/1.1\r\nX-A: a b\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     "3;ext=1\r\n\n b\r\n0\r\n\r\n"
+                     "POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\nX-B: c\r\n\r\n"
+                     "2\r\n\n\t\r\n0\r\n\r\n";
+    for (int bytewise = 0; bytewise < 2; bytewise++) {
+        struct rec r = {0};
+        struct pk_h1parser p;
+        pk_h1parser_init(&p, HTTP_REQUEST, 8192, &rec_cbs, &r);
+        if (bytewise) {
+            CU_ASSERT_EQUAL(feed_bytewise(&p, ok), 0);
+        } else {
+            size_t len = strlen(ok), off = 0;
+            while (off < len) {
+                ssize_t n = pk_h1parser_feed(&p, ok + off, len - off);
+                CU_ASSERT_TRUE_FATAL(n > 0);
+                off += (size_t)n;
+                if (p.message_done)
+                    pk_h1parser_next(&p);
+            }
+        }
+        CU_ASSERT_EQUAL(p.error, PK_H1_OK);
+        CU_ASSERT_EQUAL(r.completes, 2);
+        pk_h1parser_free(&p);
+    }
+}
+
 static void test_request_line_version(void)
 {
     static const char *const bad[] = {
@@ -1131,6 +1221,7 @@ void pk_test_register_http1(void)
     CU_pSuite s = CU_add_suite("http1", NULL, NULL);
 
     CU_add_test(s, "simple_get", test_simple_get);
+    CU_add_test(s, "smuggling", test_smuggling);
     CU_add_test(s, "other_methods_and_forms", test_other_methods_and_forms);
     CU_add_test(s, "absolute_form", test_absolute_form);
     CU_add_test(s, "absolute_form_ipv6_port", test_absolute_form_ipv6_port);

@@ -110,6 +110,7 @@ static int on_header_value(http_parser *hp, const char *at, size_t n)
     struct pk_h1parser *p = P(hp);
     if (count(p, n))
         return 1;
+
     p->in_value = true;
     append(&p->value, &p->value_len, at, n);
     return 0;
@@ -153,6 +154,33 @@ static int set_target(struct pk_h1parser *p)
     return 0;
 }
 
+/* Request smuggling defences beyond http-parser's (which already refuses Content-Length
+ * with Transfer-Encoding and repeated or malformed Content-Length): one Transfer-Encoding
+ * field, and it says exactly "chunked" — the proxy re-frames bodies and cannot apply or
+ * carry other codings (RFC 9112 6.1: 501). */
+static int check_transfer_encoding(struct pk_h1parser *p)
+{
+    const char *te = NULL;
+    size_t n = 0;
+    for (size_t i = 0; i < p->head.hdrs.n; i++) {
+        if (strcmp(p->head.hdrs.v[i].name, "transfer-encoding") == 0) {
+            te = p->head.hdrs.v[i].value;
+            n++;
+        }
+    }
+    if (n > 1) {
+        p->error = PK_H1_MALFORMED;
+        p->error_detail = "repeated transfer-encoding";
+        return -1;
+    }
+    if (te && !pk_strcaseeq(te, "chunked")) {
+        p->error = PK_H1_NOT_IMPLEMENTED;
+        p->error_detail = "transfer coding not implemented";
+        return -1;
+    }
+    return 0;
+}
+
 static int on_headers_complete(http_parser *hp)
 {
     struct pk_h1parser *p = P(hp);
@@ -169,6 +197,8 @@ static int on_headers_complete(http_parser *hp)
     p->chunked = (hp->flags & F_CHUNKED) != 0;
     p->has_length = !p->chunked && hp->content_length != ULLONG_MAX;
     p->content_length = p->has_length ? hp->content_length : 0;
+    if (hp->type == HTTP_REQUEST && check_transfer_encoding(p) != 0)
+        return -1;
     if (hp->type == HTTP_REQUEST) {
         const char *m = http_method_str((enum http_method)hp->method);
         pk_head_set(&p->head.method, m, strlen(m));
@@ -268,6 +298,42 @@ static int check_request_line(struct pk_h1parser *p, const char *data, size_t le
     return 0;
 }
 
+/* http-parser accepts obsolete line folding (a field line starting with SP or HTAB) and
+ * joins it into the value; RFC 9112 5.2 lets a recipient reject it, and a proxy must not
+ * pass it on. The head's bytes are scanned for it before the parser sees them, with the
+ * state kept across feeds: 0 message start (CR/LF before the request line are skipped),
+ * 1 inside a line, 2 just after LF, 3 after LF CR. The scan stops at the empty line. */
+static int scan_head(struct pk_h1parser *p, const char *data, size_t len)
+{
+    for (size_t i = 0; i < len && !p->head_scanned; i++) {
+        char c = data[i];
+        switch (p->scan_state) {
+        case 0:
+            if (c != '\r' && c != '\n')
+                p->scan_state = 1;
+            break;
+        case 1:
+            if (c == '\n')
+                p->scan_state = 2;
+            break;
+        case 2:
+            if (c == ' ' || c == '\t') {
+                p->error = PK_H1_MALFORMED;
+                p->error_detail = "obsolete line folding";
+                return -1;
+            }
+            p->scan_state = c == '\r' ? 3 : c == '\n' ? 0 : 1;
+            p->head_scanned = c == '\n';
+            break;
+        default:
+            p->head_scanned = c == '\n';
+            p->scan_state = 1;
+            break;
+        }
+    }
+    return 0;
+}
+
 ssize_t pk_h1parser_feed(struct pk_h1parser *p, const char *data, size_t len)
 {
     if (p->error)
@@ -275,6 +341,8 @@ ssize_t pk_h1parser_feed(struct pk_h1parser *p, const char *data, size_t len)
     if (p->message_done || (p->upgrade && p->head_done))
         return 0;
     if (!p->line_checked && p->hp.type == HTTP_REQUEST && check_request_line(p, data, len) != 0)
+        return -1;
+    if (!p->head_scanned && p->hp.type == HTTP_REQUEST && scan_head(p, data, len) != 0)
         return -1;
     size_t n = http_parser_execute(&p->hp, &settings, data, len);
     enum http_errno e = HTTP_PARSER_ERRNO(&p->hp);
@@ -313,6 +381,8 @@ int pk_h1parser_eof(struct pk_h1parser *p)
 void pk_h1parser_next(struct pk_h1parser *p)
 {
     p->line_checked = false;
+    p->head_scanned = false;
+    p->scan_state = 0;
     p->line_len = 0;
     p->message_done = false;
     p->head_done = false;
@@ -457,6 +527,8 @@ const char *pk_h1_reason(int status)
         return "Request Header Fields Too Large";
     case 500:
         return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
     case 502:
         return "Bad Gateway";
     case 503:

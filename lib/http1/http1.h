@@ -22,8 +22,9 @@ struct evbuffer;
 
 enum pk_h1_error {
     PK_H1_OK = 0,
-    PK_H1_MALFORMED,     /* the parser rejected the bytes */
-    PK_H1_HEAD_TOO_LARGE /* head above max_head bytes */
+    PK_H1_MALFORMED,      /* the parser rejected the bytes */
+    PK_H1_HEAD_TOO_LARGE, /* head above max_head bytes */
+    PK_H1_NOT_IMPLEMENTED /* a transfer coding other than chunked (501) */
 };
 
 struct pk_h1parser;
@@ -62,6 +63,8 @@ struct pk_h1parser {
     char line[16]; /* tail of the request line, for the version check */
     size_t line_len;
     bool line_checked;
+    bool head_scanned; /* the obsolete-line-folding scan reached the end of the head */
+    int scan_state;
     enum pk_h1_error error;
     const char *error_detail;
 };

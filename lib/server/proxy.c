@@ -906,7 +906,10 @@ static void h1_reject(struct h1conn *hc, int status, const char *msg)
                         "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
                         "connection: close\r\n\r\n%s",
                         status, pk_h1_reason(status), n, body);
-    PK_INFO("proxy", "rejected client=%s:%u status=%d: %s", hc->ip, hc->port, status, msg);
+    PK_INFO("proxy", "rejected client=%s:%u status=%d: %s%s%s%s", hc->ip, hc->port, status, msg,
+            hc->parser.error_detail ? " (" : "",
+            hc->parser.error_detail ? hc->parser.error_detail : "",
+            hc->parser.error_detail ? ")" : "");
     h1_close(hc, false);
 }
 
@@ -1050,6 +1053,8 @@ static void h1_process(struct h1conn *hc)
             }
             if (hc->parser.error == PK_H1_HEAD_TOO_LARGE)
                 h1_reject(hc, 431, "request header fields too large");
+            else if (hc->parser.error == PK_H1_NOT_IMPLEMENTED)
+                h1_reject(hc, 501, "transfer coding not implemented");
             else
                 h1_reject(hc, 400, "malformed request");
             return;
