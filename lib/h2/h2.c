@@ -734,8 +734,13 @@ struct pk_h2conn *pk_h2conn_new(struct event_base *base, struct bufferevent *bev
     nghttp2_option_set_no_auto_window_update(opt, 1);
     nghttp2_option_set_peer_max_concurrent_streams(opt, 100);
     nghttp2_option_set_max_outbound_ack(opt, 1000);
-    /* Rapid-reset defence: 1000 resets, refilled at 33 per second (nghttp2's own default). */
+    /* Flood defences, explicit so they do not depend on the library's defaults: rapid
+     * reset (1000 RST_STREAM, refilled at 33 per second), CONTINUATION frames after one
+     * HEADERS (8), entries per SETTINGS frame (32); PING/SETTINGS ACKs queued (1000
+     * above). Each breach ends the connection with GOAWAY. */
     nghttp2_option_set_stream_reset_rate_limit(opt, 1000, 33);
+    nghttp2_option_set_max_continuations(opt, 8);
+    nghttp2_option_set_max_settings(opt, 32);
     int rv = server_role ? nghttp2_session_server_new2(&c->ng, cb, c, opt)
                          : nghttp2_session_client_new2(&c->ng, cb, c, opt);
     nghttp2_option_del(opt);
