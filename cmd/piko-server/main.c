@@ -37,6 +37,8 @@ int main(int argc, char **argv)
     pk_log_parse_level(cfg.log_level, &lvl);
     pk_log_set_level(lvl);
     signal(SIGPIPE, SIG_IGN);
+    unsigned long nofile = pk_raise_nofile();
+    PK_DEBUG("server", "open files limit %lu", nofile);
 
     struct event_base *base = event_base_new();
     struct pk_server *srv = pk_server_new(base, &cfg, err, sizeof(err));

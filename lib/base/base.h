@@ -36,6 +36,9 @@ char *pk_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Monotonic clock in milliseconds. */
 uint64_t pk_now_ms(void);
+/* Raises the soft limit of open files to the hard limit (a proxy holds two descriptors
+ * per proxied connection). Returns the soft limit now in force. */
+unsigned long pk_raise_nofile(void);
 
 /* ASCII case-insensitive comparisons for protocol tokens. */
 bool pk_strcaseeq(const char *a, const char *b);

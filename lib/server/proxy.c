@@ -64,6 +64,7 @@ struct exchange {
     bool cluster;    /* arrived on the cluster port (a peer's stream or a state call) */
     bool forwarded;  /* a peer's stream: local tunnels only (one hop) */
     bool state_wait; /* a state long poll waiting in srv->state_waiters */
+    bool body_too_large;
     uint64_t state_after;
     /* upstream side */
     struct pk_h2stream *us;
@@ -100,7 +101,8 @@ struct h1conn {
     bool resp_body_expected;
     bool resp_done;
     bool read_paused;
-    struct pk_bevpipe *bp; /* after an upgrade: the socket is a raw byte stream */
+    uint64_t head_start_ms; /* first byte of the head being received, 0 between requests */
+    struct pk_bevpipe *bp;  /* after an upgrade: the socket is a raw byte stream */
 };
 
 struct h2down {
@@ -917,6 +919,7 @@ static bool h1_on_head(struct pk_h1parser *p, void *ud)
 {
     struct h1conn *hc = ud;
     bufferevent_set_timeouts(hc->bev, NULL, NULL);
+    hc->head_start_ms = 0;
     struct exchange *ex = ex_new(hc->srv, hc->ip, hc->port);
     hc->ex = ex;
     ex->h1 = hc;
@@ -928,6 +931,13 @@ static bool h1_on_head(struct pk_h1parser *p, void *ud)
     pk_pipe_set_producer(&ex->req_body, h1_req_drained, hc);
     if (!ex->req_has_body)
         pk_pipe_close(&ex->req_body);
+    uint64_t max_body = hc->srv->cfg->proxy_max_body_bytes;
+    if (max_body && p->has_length && p->content_length > max_body) {
+        hc->keep_alive = false;
+        ex->body_too_large = true;
+        ex_fail(ex, 413, "request body too large");
+        return false;
+    }
     if (hc->dc.cluster) {
         /* HTTP/1.1 on the cluster port: state calls only (peer streams are HTTP/2). */
         ex->cluster = true;
@@ -975,8 +985,26 @@ static void h1_on_body(struct pk_h1parser *p, const char *data, size_t len, void
 {
     struct h1conn *hc = ud;
     PK_UNUSED(p);
-    if (hc->ex)
-        pk_pipe_write(&hc->ex->req_body, data, len);
+    struct exchange *ex = hc->ex;
+    if (!ex || ex->body_too_large)
+        return;
+    uint64_t max_body = hc->srv->cfg->proxy_max_body_bytes;
+    if (max_body && !ex->raw && ex->req_body.total_in + len > max_body) {
+        /* A chunked body over the limit: 413 if nothing was answered yet, and the
+         * connection closes either way (the rest of the body is not read). */
+        PK_INFO("proxy", "request body over %llu bytes endpoint=%s client=%s",
+                (unsigned long long)max_body, ex->endpoint, ex->client);
+        ex->body_too_large = true;
+        hc->keep_alive = false;
+        if (!ex->req_body.eof)
+            pk_pipe_abort(&ex->req_body);
+        if (ex->us)
+            pk_h2stream_reset(ex->us, NGHTTP2_CANCEL);
+        ex_fail(ex, 413, "request body too large");
+        h1_close(hc, !ex->head_sent);
+        return;
+    }
+    pk_pipe_write(&ex->req_body, data, len);
 }
 
 static void h1_on_complete(struct pk_h1parser *p, void *ud)
@@ -1002,6 +1030,21 @@ static void set_timeout(struct bufferevent *bev, uint64_t ms)
 {
     struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
     bufferevent_set_timeouts(bev, ms ? &tv : NULL, NULL);
+}
+
+/* proxy.head-timeout bounds the whole head from its first byte, not the gaps between
+ * bytes: a client trickling a byte a second (slowloris) gets 408 like a silent one. */
+static int head_deadline(struct h1conn *hc)
+{
+    uint64_t now = pk_now_ms(), limit = hc->srv->cfg->proxy_head_timeout_ms;
+    if (!hc->head_start_ms)
+        hc->head_start_ms = now;
+    if (now - hc->head_start_ms >= limit) {
+        h1_reject(hc, 408, "request timeout");
+        return -1;
+    }
+    set_timeout(hc->bev, limit - (now - hc->head_start_ms));
+    return 0;
 }
 
 /* Feeds buffered input to the parser while the current exchange can take it. */
@@ -1060,8 +1103,8 @@ static void h1_process(struct h1conn *hc)
             return;
         }
         evbuffer_drain(in, (size_t)n);
-        if (!hc->ex && !hc->parser.head_done && evbuffer_get_length(in) == 0 && n > 0)
-            set_timeout(hc->bev, hc->srv->cfg->proxy_head_timeout_ms);
+        if (!hc->ex && !hc->parser.head_done && n > 0 && head_deadline(hc) != 0)
+            return;
         if (n == 0 && !hc->parser.message_done)
             break;
     }
@@ -1110,7 +1153,7 @@ static void h1_event(struct bufferevent *bev, short what, void *arg)
     if (hc->closing)
         return;
     if (what & BEV_EVENT_TIMEOUT) {
-        if (!hc->ex && hc->parser.head_bytes > 0 && !hc->parser.head_done) {
+        if (!hc->ex && (hc->head_start_ms || hc->parser.head_bytes > 0) && !hc->parser.head_done) {
             h1_reject(hc, 408, "request timeout");
             return;
         }
@@ -1189,6 +1232,13 @@ static void h2d_on_stream(struct pk_h2conn *c, struct pk_h2stream *s, void *ud)
     ex->req_has_body = !pk_h2stream_remote_ended(s);
     pk_h2stream_set_sink(s, &ex->req_body);
     ex->cluster = d->dc.cluster;
+    const char *cl = pk_hdrs_get(&in->hdrs, "content-length");
+    uint64_t max_body = d->srv->cfg->proxy_max_body_bytes;
+    if (!ex->cluster && max_body && cl && strtoull(cl, NULL, 10) > max_body) {
+        ex_fail(ex, 413, "request body too large");
+        pk_h2stream_end_early(s);
+        return;
+    }
     if (ex->cluster && in->method && strcmp(in->method, "CONNECT") == 0) {
         /* A peer forwards raw streams in the tunnel's form (PROTOCOL.md 1.2). */
         if (!in->protocol || strlen(in->protocol) >= sizeof(ex->token)) {
@@ -1265,9 +1315,12 @@ struct detect {
     struct dconn dc;
     struct pk_server *srv;
     struct bufferevent *bev;
+    uint64_t first_ms; /* when its first byte arrived */
     char ip[64];
     uint16_t port;
 };
+
+static void detect_event(struct bufferevent *bev, short what, void *arg);
 
 static void detect_read(struct bufferevent *bev, void *arg)
 {
@@ -1277,8 +1330,17 @@ static void detect_read(struct bufferevent *bev, void *arg)
     size_t n = PK_MIN(len, (size_t)H2_PREFACE_LEN);
     const char *data = (const char *)evbuffer_pullup(in, (ssize_t)n);
     bool h2 = memcmp(data, H2_PREFACE, n) == 0;
-    if (h2 && n < H2_PREFACE_LEN)
-        return; /* wait for the whole preface */
+    uint64_t now = pk_now_ms(), limit = dt->srv->cfg->proxy_head_timeout_ms;
+    if (!dt->first_ms)
+        dt->first_ms = now;
+    if (h2 && n < H2_PREFACE_LEN) {
+        /* Wait for the whole preface, within the head timeout from its first byte. */
+        if (now - dt->first_ms >= limit)
+            detect_event(bev, BEV_EVENT_TIMEOUT, dt);
+        else
+            set_timeout(bev, limit - (now - dt->first_ms));
+        return;
+    }
     struct detect d = *dt;
     pk_list_remove(&dt->dc.link);
     free(dt);
@@ -1289,6 +1351,7 @@ static void detect_read(struct bufferevent *bev, void *arg)
     }
     struct h1conn *hc = h1_new(d.srv, bev, d.ip, d.port);
     hc->dc.cluster = d.dc.cluster;
+    hc->head_start_ms = d.first_ms;
     set_timeout(bev, d.srv->cfg->proxy_head_timeout_ms);
     h1_process(hc);
 }
@@ -1305,9 +1368,31 @@ static void detect_event(struct bufferevent *bev, short what, void *arg)
     pk_server_check_drained(srv);
 }
 
+/* Above proxy.max-connections a new connection is closed at once (counted, logged at
+ * most once a second): the process keeps its descriptors and memory for the ones it has. */
+bool pk_server_over_limit(struct pk_server *srv, evutil_socket_t fd, long long max, size_t n,
+                          const char *what)
+{
+    if (max <= 0 || n < (size_t)max)
+        return false;
+    evutil_closesocket(fd);
+    srv->refused_conns++;
+    uint64_t now = pk_now_ms();
+    if (now - srv->refused_log_ms >= 1000) {
+        srv->refused_log_ms = now;
+        PK_WARN("server",
+                "%s connection limit (%lld) reached: new connections closed (%llu so far)", what,
+                max, (unsigned long long)srv->refused_conns);
+    }
+    return true;
+}
+
 static void accept_conn(struct pk_server *srv, evutil_socket_t fd, struct sockaddr *sa,
                         bool cluster)
 {
+    if (!cluster &&
+        pk_server_over_limit(srv, fd, srv->cfg->proxy_max_connections, srv->nconns, "proxy"))
+        return;
     struct detect *dt = pk_xcalloc(1, sizeof(*dt));
     dt->dc.cluster = cluster;
     dt->srv = srv;

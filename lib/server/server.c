@@ -41,8 +41,14 @@ const struct pk_opt pk_server_opts[] = {
         "Concurrent streams per downstream HTTP/2 connection"),
     OPT("proxy.raw-idle-timeout", PK_OPT_DURATION, proxy_raw_idle_timeout_ms, "0",
         "Close an upgraded or TCP stream idle this long (0: never)"),
+    OPT("proxy.max-connections", PK_OPT_INT, proxy_max_connections, "10000",
+        "Downstream connections open at once; above, new ones are closed at once (0: no limit)"),
+    OPT("proxy.max-body-bytes", PK_OPT_SIZE, proxy_max_body_bytes, "0",
+        "Largest request body accepted (413 above); 0: unlimited"),
     OPT("upstream.bind-addr", PK_OPT_STRING, upstream_bind_addr, ":8001",
         "Address for sidecar tunnels"),
+    OPT("upstream.max-connections", PK_OPT_INT, upstream_max_connections, "10000",
+        "Tunnels and handshakes open at once; above, new connections are closed (0: no limit)"),
     OPT("upstream.heartbeat-interval", PK_OPT_DURATION, upstream_heartbeat_interval_ms, "10s",
         "PING interval on tunnels"),
     OPT("upstream.heartbeat-timeout", PK_OPT_DURATION, upstream_heartbeat_timeout_ms, "10s",
@@ -112,6 +118,12 @@ int pk_server_config_check(struct pk_server_config *cfg, char *err, size_t errle
     }
     if (cfg->upstream_connection_window < 65535 || cfg->upstream_connection_window > 0x7fffffff) {
         snprintf(err, errlen, "upstream.connection-window: must be between 64KiB and 2GiB");
+        return PK_ERR_INVALID;
+    }
+    if (cfg->proxy_max_connections < 0 || cfg->upstream_max_connections < 0) {
+        snprintf(err, errlen, "%s: must not be negative",
+                 cfg->proxy_max_connections < 0 ? "proxy.max-connections"
+                                                : "upstream.max-connections");
         return PK_ERR_INVALID;
     }
     if (cfg->proxy_max_h2_streams < 1 || cfg->proxy_max_h2_streams > 100000) {

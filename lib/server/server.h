@@ -21,6 +21,9 @@ struct pk_server_config {
     uint64_t proxy_idle_timeout_ms;
     long long proxy_max_h2_streams;
     uint64_t proxy_raw_idle_timeout_ms;
+    long long proxy_max_connections;
+    uint64_t proxy_max_body_bytes;
+    long long upstream_max_connections;
     char *upstream_bind_addr;
     uint64_t upstream_heartbeat_interval_ms;
     uint64_t upstream_heartbeat_timeout_ms;

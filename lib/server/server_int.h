@@ -83,7 +83,9 @@ struct pk_server {
     bool draining;
     struct event *grace_ev;
     struct event *check_ev;
-    size_t nconns;        /* downstream connections (h1 + h2 + undecided) */
+    size_t nconns;          /* downstream connections (h1 + h2 + undecided) */
+    uint64_t refused_conns; /* closed at once above a connection limit */
+    uint64_t refused_log_ms;
     size_t ntunnels_open; /* tunnels incl. handshaking ones */
     size_t nexchanges;
     struct exchange *waiting; /* exchanges waiting for a tunnel slot */
@@ -92,6 +94,10 @@ struct pk_server {
     struct pk_list handshakes;
     struct pk_linger_list lingers; /* closed connections still flushing */
 };
+
+/* Closes fd when n >= max (> 0): a listener's connection limit. */
+bool pk_server_over_limit(struct pk_server *srv, evutil_socket_t fd, long long max, size_t n,
+                          const char *what);
 
 /* upstream.c */
 int pk_upstream_listen(struct pk_server *srv, char *err, size_t errlen);

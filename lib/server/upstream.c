@@ -360,6 +360,9 @@ static void upstream_accept(struct evconnlistener *l, evutil_socket_t fd, struct
     struct pk_server *srv = arg;
     PK_UNUSED(l);
     PK_UNUSED(salen);
+    if (pk_server_over_limit(srv, fd, srv->cfg->upstream_max_connections, srv->ntunnels_open,
+                             "upstream"))
+        return;
     struct handshake *hs = pk_xcalloc(1, sizeof(*hs));
     char ip[64];
     uint16_t port;
