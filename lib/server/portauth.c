@@ -13,7 +13,6 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/http.h>
-#include <event2/keyvalq_struct.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -149,8 +149,8 @@ void pk_server_check_drained(struct pk_server *srv);
 /* Builds the verifiers of --{upstream,proxy,admin}.auth.* (keys loaded now). Returns 0, or
  * PK_ERR_INVALID with a message naming the option at fault. */
 int pk_server_auth_init(struct pk_server *srv, char *err, size_t errlen);
-/* Cancels every verification in flight (admin requests waiting are answered 503) and
- * frees the verifiers. */
+/* Teardown: cancels every verification in flight (admin requests still waiting are left to
+ * evhttp_free) and frees the verifiers and their HTTP client. */
 void pk_server_auth_free(struct pk_server *srv);
 /* Verifies the bearer token of a request (x-piko-authorization, else authorization; none:
  * MISSING_TOKEN) with pa; cb comes from the loop, as pk_auth_verify. *from_authorization
