@@ -82,6 +82,12 @@ struct exchange {
     bool waiting;
     struct exchange *wnext;
     uint64_t start_ms;
+    /* proxy.auth: the request head waits in held while its token is verified */
+    struct pk_auth_req *auth;
+    struct pk_head held;
+    bool auth_from_authorization; /* the token came from authorization: not forwarded */
+    char ip[64];
+    uint16_t port;
 };
 
 struct h1conn {
@@ -131,6 +137,9 @@ static struct exchange *ex_new(struct pk_server *srv, const char *ip, uint16_t p
     pk_pipe_init(&ex->req_body, PIPE_HWM);
     pk_pipe_init(&ex->resp_body, PIPE_HWM);
     snprintf(ex->client, sizeof(ex->client), strchr(ip, ':') ? "[%s]:%u" : "%s:%u", ip, port);
+    snprintf(ex->ip, sizeof(ex->ip), "%s", ip);
+    ex->port = port;
+    pk_head_init(&ex->held);
     ex->timer = event_new(srv->base, -1, 0, ex_timer_cb, ex);
     ex->start_ms = pk_now_ms();
     srv->nexchanges++;
@@ -167,6 +176,8 @@ static void ex_maybe_free(struct exchange *ex)
         return;
     struct pk_server *srv = ex->srv;
     ex_unwait(ex);
+    pk_auth_cancel(ex->auth);
+    pk_head_free(&ex->held);
     PK_DEBUG("proxy",
              "done endpoint=%s client=%s method=%s path=%s status=%d ms=%llu in=%llu out=%llu",
              ex->endpoint, ex->client, ex->req.method ? ex->req.method : "-",
@@ -192,6 +203,15 @@ static void ex_timer_cb(evutil_socket_t fd, short what, void *arg)
     if (ex->state_wait) {
         ex_unwait(ex);
         ex_reply_state(ex);
+        return;
+    }
+    if (ex->auth) {
+        /* The JWKS fetch the verification waits for is the upstream that timed out. */
+        PK_WARN("proxy", "token verification not done after %llums client=%s: 504",
+                (unsigned long long)ex->srv->cfg->proxy_timeout_ms, ex->client);
+        pk_auth_cancel(ex->auth);
+        ex->auth = NULL;
+        ex_fail(ex, 504, "upstream timeout");
         return;
     }
     PK_INFO("proxy", "upstream timeout endpoint=%s client=%s path=%s after=%llums", ex->endpoint,
@@ -658,15 +678,12 @@ static void ex_start_cluster(struct exchange *ex, struct pk_head *in)
     ex_dispatch(ex);
 }
 
-/* Routes and starts an exchange whose downstream side is set up. */
-static void ex_start(struct exchange *ex, struct pk_head *in, const char *ip, uint16_t port)
+/* Routes the request and opens its upstream stream. claims: what the verified token
+ * allows (proxy.auth), else NULL. */
+static void ex_route(struct exchange *ex, struct pk_head *in, const struct pk_claims *claims)
 {
     const char *msg = NULL;
     int status;
-    if (ex->cluster) {
-        ex_start_cluster(ex, in);
-        return;
-    }
     if (ex->tcp) {
         const char *id = in->path + strlen(TCP_PREFIX);
         status = pk_endpoint_id_valid(id, strlen(id)) ? 0 : 400;
@@ -682,7 +699,18 @@ static void ex_start(struct exchange *ex, struct pk_head *in, const char *ip, ui
         ex_fail(ex, status, msg);
         return;
     }
-    prepare_request(ex, in, ip, port);
+    if (claims && !pk_auth_allows(claims, ex->endpoint)) {
+        pk_port_auth_not_permitted(ex->srv->proxy_auth);
+        PK_INFO("proxy", "request refused endpoint=%s client=%s status=403 reason=%s", ex->endpoint,
+                ex->client, pk_auth_result_str(PK_AUTH_ENDPOINT_NOT_PERMITTED));
+        ex_fail(ex, 403, pk_auth_http_message(PK_AUTH_ENDPOINT_NOT_PERMITTED));
+        return;
+    }
+    prepare_request(ex, in, ex->ip, ex->port);
+    /* PROTOCOL.md 1.4: authorization belongs to the application unless it carried the
+     * token of proxy.auth (x-piko-authorization is always removed). */
+    if (ex->auth_from_authorization)
+        pk_hdrs_del(&ex->req.hdrs, "authorization");
     if (ex->raw) {
         /* Extended CONNECT (PROTOCOL.md 1.2): the method becomes CONNECT, the upgrade
          * token :protocol. A TCP tunnel carries only the client address. */
@@ -704,10 +732,52 @@ static void ex_start(struct exchange *ex, struct pk_head *in, const char *ip, ui
         }
         pk_hdrs_del(&r->hdrs, "content-length");
     }
+    if (!evtimer_pending(ex->timer, NULL)) {
+        struct timeval tv = {(time_t)(ex->srv->cfg->proxy_timeout_ms / 1000),
+                             (suseconds_t)((ex->srv->cfg->proxy_timeout_ms % 1000) * 1000)};
+        event_add(ex->timer, &tv);
+    }
+    ex_dispatch(ex);
+}
+
+static void ex_verified(enum pk_auth_result res, const struct pk_claims *claims, const char *detail,
+                        void *arg)
+{
+    struct exchange *ex = arg;
+    ex->auth = NULL;
+    if (res != PK_AUTH_OK) {
+        int status = pk_auth_http_status(res);
+        PK_INFO("proxy", "request refused client=%s path=%.200s status=%d reason=%s: %s",
+                ex->client, ex->held.path ? ex->held.path : "-", status, pk_auth_result_str(res),
+                detail);
+        ex_fail_hdr(ex, status, pk_auth_http_message(res), "www-authenticate", "Bearer");
+        return;
+    }
+    ex_route(ex, &ex->held, claims);
+}
+
+/* Starts an exchange whose downstream side is set up. With proxy.auth the request's
+ * token is verified first (Go Piko's order: 401 before any routing answer), its head
+ * waiting in ex->held; proxy.timeout bounds the wait. */
+static void ex_start(struct exchange *ex, struct pk_head *in)
+{
+    if (ex->cluster) {
+        /* Peers' streams were verified by the node the client reached. */
+        ex_start_cluster(ex, in);
+        return;
+    }
+    if (!ex->srv->proxy_auth) {
+        ex_route(ex, in, NULL);
+        return;
+    }
+    ex->is_head = in->method && strcmp(in->method, "HEAD") == 0;
+    ex->held = *in;
+    pk_head_init(in);
     struct timeval tv = {(time_t)(ex->srv->cfg->proxy_timeout_ms / 1000),
                          (suseconds_t)((ex->srv->cfg->proxy_timeout_ms % 1000) * 1000)};
     event_add(ex->timer, &tv);
-    ex_dispatch(ex);
+    ex->auth = pk_port_auth_verify(ex->srv->proxy_auth, &ex->held.hdrs,
+                                   &ex->auth_from_authorization, ex_verified, ex);
 }
 
 /* ---- downstream HTTP/1.1 --------------------------------------------------------------- */
@@ -943,7 +1013,7 @@ static bool h1_on_head(struct pk_h1parser *p, void *ud)
         ex->cluster = true;
         if (p->upgrade)
             hc->keep_alive = false;
-        ex_start(ex, &p->head, hc->ip, hc->port);
+        ex_start(ex, &p->head);
         return false;
     }
     const char *path = p->head.path ? p->head.path : "";
@@ -977,7 +1047,7 @@ static bool h1_on_head(struct pk_h1parser *p, void *ud)
         if (host)
             pk_head_set(&p->head.authority, host, strlen(host));
     }
-    ex_start(ex, &p->head, hc->ip, hc->port);
+    ex_start(ex, &p->head);
     return false;
 }
 
@@ -1270,7 +1340,7 @@ static void h2d_on_stream(struct pk_h2conn *c, struct pk_h2stream *s, void *ud)
         ex->raw = true;
         ex->req_has_body = true;
     }
-    ex_start(ex, in, d->ip, d->port);
+    ex_start(ex, in);
 }
 
 static void h2d_on_close(struct pk_h2conn *c, const char *why, void *ud)

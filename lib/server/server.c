@@ -26,6 +26,27 @@
         name, type, offsetof(struct pk_server_config, field), def, help, NULL                      \
     }
 
+/* --<port>.auth.* (docs/manage/security.md): the flags of Go Piko. */
+#define AUTH_OPTS(port)                                                                            \
+    OPT(#port ".auth.hmac-secret-key", PK_OPT_STRING, port##_auth.hmac_secret_key, NULL,           \
+        "Require a JWT on the " #port " port signed with this HMAC secret (HS256/384/512)"),       \
+        OPT(#port ".auth.rsa-public-key", PK_OPT_STRING, port##_auth.rsa_public_key, NULL,         \
+            "Require a JWT on the " #port " port signed with this RSA key (RS*, PS*): PEM text, "  \
+            "or the path of a PEM file"),                                                          \
+        OPT(#port ".auth.ecdsa-public-key", PK_OPT_STRING, port##_auth.ecdsa_public_key, NULL,     \
+            "Require a JWT on the " #port " port signed with this ECDSA key (ES256/384/512): PEM " \
+            "text, or the path of a PEM file"),                                                    \
+        OPT(#port ".auth.jwks.endpoint", PK_OPT_STRING, port##_auth.jwks_endpoint, NULL,           \
+            "Require a JWT on the " #port " port signed with a key of this JWKS (chosen by kid): " \
+            "an https:// URL or a file path"),                                                     \
+        OPT(#port ".auth.jwks.cache-ttl", PK_OPT_DURATION, port##_auth.jwks_cache_ttl_ms, "5m",    \
+            "How often the JWKS is fetched again (a file: checked for changes); an unknown kid "   \
+            "also refreshes it"),                                                                  \
+        OPT(#port ".auth.audience", PK_OPT_STRING, port##_auth.audience, NULL,                     \
+            "Tokens on the " #port " port must list this audience (aud); empty: not checked"),     \
+        OPT(#port ".auth.issuer", PK_OPT_STRING, port##_auth.issuer, NULL,                         \
+            "Tokens on the " #port " port must have this issuer (iss); empty: not checked")
+
 const struct pk_opt pk_server_opts[] = {
     OPT("proxy.bind-addr", PK_OPT_STRING, proxy_bind_addr, ":8000",
         "Address for downstream clients (HTTP/1.1 and h2c)"),
@@ -45,6 +66,7 @@ const struct pk_opt pk_server_opts[] = {
         "Downstream connections open at once; above, new ones are closed at once (0: no limit)"),
     OPT("proxy.max-body-bytes", PK_OPT_SIZE, proxy_max_body_bytes, "0",
         "Largest request body accepted (413 above); 0: unlimited"),
+    AUTH_OPTS(proxy),
     OPT("upstream.bind-addr", PK_OPT_STRING, upstream_bind_addr, ":8001",
         "Address for sidecar tunnels"),
     OPT("upstream.max-connections", PK_OPT_INT, upstream_max_connections, "10000",
@@ -62,8 +84,13 @@ const struct pk_opt pk_server_opts[] = {
         "(e.g. 0.2); 0: off"),
     OPT("upstream.rebalance.interval", PK_OPT_DURATION, upstream_rebalance_interval_ms, "1s",
         "When rebalancing, shed at most one tunnel per interval"),
+    AUTH_OPTS(upstream),
+    OPT("upstream.auth.disable-disconnect-on-expiry", PK_OPT_BOOL,
+        upstream_auth.disable_disconnect_on_expiry, "false",
+        "Keep a tunnel open after its token expired (otherwise it is drained at expiry)"),
     OPT("admin.bind-addr", PK_OPT_STRING, admin_bind_addr, ":8002",
         "Address for /health, /ready and /status"),
+    AUTH_OPTS(admin),
     OPT("cluster.bind-addr", PK_OPT_STRING, cluster_bind_addr, ":8003",
         "Address for peer nodes (peer links and routing state)"),
     OPT("cluster.node-id", PK_OPT_STRING, cluster_node_id, "",
@@ -396,6 +423,17 @@ static void admin_notfound(struct evhttp_request *req, void *arg)
     evbuffer_free(b);
 }
 
+/* Everything but /health and /ready needs a token when admin.auth is on. */
+static void admin_authed(struct evhttp_request *req, void *arg)
+{
+    pk_admin_auth(arg, req, admin_notfound);
+}
+
+static void admin_auth_status(struct evhttp_request *req, void *arg)
+{
+    pk_admin_auth(arg, req, pk_admin_auth_status);
+}
+
 static int admin_listen(struct pk_server *srv, char *err, size_t errlen)
 {
     char addrbuf[256];
@@ -413,7 +451,8 @@ static int admin_listen(struct pk_server *srv, char *err, size_t errlen)
     evhttp_set_allowed_methods(srv->admin, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
     evhttp_set_cb(srv->admin, "/health", admin_health, srv);
     evhttp_set_cb(srv->admin, "/ready", admin_ready, srv);
-    evhttp_set_gencb(srv->admin, admin_notfound, srv);
+    evhttp_set_cb(srv->admin, "/status/auth", admin_auth_status, srv);
+    evhttp_set_gencb(srv->admin, admin_authed, srv);
     pk_listener_addr(l, addrbuf, sizeof(addrbuf));
     snprintf(srv->admin_addr, sizeof(srv->admin_addr), "%s", addrbuf);
     PK_INFO("server", "admin listening addr=%s", addrbuf);
@@ -630,6 +669,10 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
     srv->cluster_settings.settings_timeout_ms = cfg->upstream_heartbeat_timeout_ms;
     srv->cluster_settings.max_header_bytes = cfg->proxy_max_header_bytes;
 
+    if (pk_server_auth_init(srv, err, errlen) != 0) {
+        pk_server_del(srv);
+        return NULL;
+    }
     if (pk_proxy_listen(srv, err, errlen) != 0 || pk_upstream_listen(srv, err, errlen) != 0 ||
         admin_listen(srv, err, errlen) != 0 || pk_cluster_port_listen(srv, err, errlen) != 0) {
         pk_server_del(srv);
@@ -691,6 +734,7 @@ void pk_server_del(struct pk_server *srv)
          i++)
         event_base_loop(srv->base, EVLOOP_NONBLOCK);
     pk_cluster_free(srv->cluster);
+    pk_server_auth_free(srv);
     pk_resolver_del(srv->resolver);
     pk_linger_list_free(&srv->lingers);
     if (srv->proxy_l)

@@ -13,6 +13,19 @@ struct event_base;
 #include "config/config.h"
 struct pk_server;
 
+/* --<port>.auth.*: JWT verification on one port (portauth.c). At most one key source;
+ * none set: the port is open. */
+struct pk_port_auth_config {
+    char *hmac_secret_key;
+    char *rsa_public_key;   /* PEM text, or the path of a PEM file */
+    char *ecdsa_public_key; /* PEM text, or the path of a PEM file */
+    char *jwks_endpoint;    /* https:// URL or file path */
+    uint64_t jwks_cache_ttl_ms;
+    char *audience;
+    char *issuer;
+    bool disable_disconnect_on_expiry; /* upstream only */
+};
+
 struct pk_server_config {
     char *proxy_bind_addr;
     uint64_t proxy_timeout_ms;
@@ -24,6 +37,7 @@ struct pk_server_config {
     long long proxy_max_connections;
     uint64_t proxy_max_body_bytes;
     long long upstream_max_connections;
+    struct pk_port_auth_config proxy_auth;
     char *upstream_bind_addr;
     uint64_t upstream_heartbeat_interval_ms;
     uint64_t upstream_heartbeat_timeout_ms;
@@ -32,7 +46,9 @@ struct pk_server_config {
     char *upstream_rebalance_threshold; /* a fraction, parsed by pk_server_config_check */
     uint64_t upstream_rebalance_interval_ms;
     double rebalance_threshold; /* parsed from upstream_rebalance_threshold */
+    struct pk_port_auth_config upstream_auth;
     char *admin_bind_addr;
+    struct pk_port_auth_config admin_auth;
     char *cluster_bind_addr;
     char *cluster_node_id;
     char *cluster_join;

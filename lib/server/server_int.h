@@ -2,6 +2,7 @@
 #ifndef PK_SERVER_INT_H
 #define PK_SERVER_INT_H
 
+#include "auth/auth.h"
 #include "base/list.h"
 #include "h2/h2.h"
 #include "net/net.h"
@@ -17,6 +18,10 @@ struct event;
 struct exchange;
 struct pk_cluster;
 struct pk_resolver;
+struct pk_port_auth;
+struct pk_httpc;
+struct pk_hdrs;
+struct evhttp_request;
 
 /* A sidecar's tunnel as seen by the server: we are its HTTP/2 client. */
 struct tunnel {
@@ -30,6 +35,9 @@ struct tunnel {
     bool shed;           /* told to reconnect elsewhere (rebalancing) */
     struct tunnel *next; /* in ep->tunnels */
     struct pk_list link; /* in srv->tunnels */
+
+    int64_t token_exp;       /* the handshake token's exp (0: none, or auth off) */
+    struct event *expiry_ev; /* drains the tunnel at token_exp (portauth.c) */
 };
 
 /* An endpoint whose tunnels this node sent away (drain, rebalancing): requests for it
@@ -93,6 +101,9 @@ struct pk_server {
     struct pk_list tunnels;   /* every tunnel, registered or not */
     struct pk_list handshakes;
     struct pk_linger_list lingers; /* closed connections still flushing */
+    /* --<port>.auth.*: NULL when the port takes no token (portauth.c) */
+    struct pk_port_auth *upstream_auth, *proxy_auth, *admin_auth;
+    struct pk_httpc *auth_http; /* for https JWKS; NULL when none */
 };
 
 /* Closes fd when n >= max (> 0): a listener's connection limit. */
@@ -139,5 +150,29 @@ void pk_server_state_changed(struct pk_server *srv);
 struct json_object *pk_server_state_json(struct pk_server *srv, bool with_endpoints);
 /* Called whenever work finishes during a drain: exits the loop when nothing is left. */
 void pk_server_check_drained(struct pk_server *srv);
+
+/* portauth.c: JWT authentication of the upstream, proxy and admin ports. */
+/* Builds the verifiers of --{upstream,proxy,admin}.auth.* (keys loaded now). Returns 0, or
+ * PK_ERR_INVALID with a message naming the option at fault. */
+int pk_server_auth_init(struct pk_server *srv, char *err, size_t errlen);
+/* Teardown: cancels every verification in flight (admin requests still waiting are left to
+ * evhttp_free) and frees the verifiers and their HTTP client. */
+void pk_server_auth_free(struct pk_server *srv);
+/* Verifies the bearer token of a request (x-piko-authorization, else authorization; none:
+ * MISSING_TOKEN) with pa; cb comes from the loop, as pk_auth_verify. *from_authorization
+ * (may be NULL) tells whether the token was taken from the authorization field. */
+struct pk_auth_req *pk_port_auth_verify(struct pk_port_auth *pa, const struct pk_hdrs *h,
+                                        bool *from_authorization, pk_auth_cb cb, void *arg);
+/* Counts a 403 (the verifier counts the 401s). */
+void pk_port_auth_not_permitted(struct pk_port_auth *pa);
+/* Arms t->expiry_ev to drain the tunnel when its token expires, unless
+ * upstream.auth.disable-disconnect-on-expiry or the token has no exp. */
+void pk_tunnel_expiry_start(struct pk_server *srv, struct tunnel *t, int64_t exp);
+/* Admin requests: runs handler at once when admin auth is off, else once the request's
+ * token verified (401 JSON otherwise). */
+void pk_admin_auth(struct pk_server *srv, struct evhttp_request *req,
+                   void (*handler)(struct evhttp_request *req, void *arg));
+/* GET /status/auth: the verifiers' counters. */
+void pk_admin_auth_status(struct evhttp_request *req, void *arg);
 
 #endif

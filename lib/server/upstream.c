@@ -215,6 +215,8 @@ static void tunnel_closed(struct pk_h2conn *c, const char *why, void *ud)
             t->endpoint_id, t->sidecar_id, t->peer, (unsigned long long)t->served, why);
     ep_remove(srv, t);
     pk_list_remove(&t->link);
+    if (t->expiry_ev)
+        event_free(t->expiry_ev);
     free(t->endpoint_id);
     free(t->sidecar_id);
     free(t);
@@ -237,16 +239,20 @@ struct handshake {
     struct bufferevent *bev;
     struct pk_h1parser parser;
     char peer[64];
+    struct pk_auth_req *auth; /* upstream.auth: the token's verification in flight */
+    char *endpoint;           /* while it is in flight */
 };
 
 static void hs_free(struct handshake *hs)
 {
+    pk_auth_cancel(hs->auth);
+    free(hs->endpoint);
     pk_list_remove(&hs->link);
     pk_h1parser_free(&hs->parser);
     free(hs);
 }
 
-static void hs_reject(struct handshake *hs, int status, const char *msg, const char *extra)
+static void hs_reply_error(struct handshake *hs, int status, const char *msg, const char *extra)
 {
     struct evbuffer *out = bufferevent_get_output(hs->bev);
     char body[256];
@@ -255,13 +261,18 @@ static void hs_reject(struct handshake *hs, int status, const char *msg, const c
                         "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
                         "content-length: %d\r\nconnection: close\r\n%s\r\n%s",
                         status, pk_h1_reason(status), n, extra ? extra : "", body);
-    PK_INFO("upstream", "handshake rejected peer=%s status=%d: %s", hs->peer, status, msg);
     pk_bev_linger_close(hs->bev, &hs->srv->lingers);
     hs->srv->ntunnels_open--;
     hs_free(hs);
 }
 
-static void hs_accept(struct handshake *hs, const char *endpoint)
+static void hs_reject(struct handshake *hs, int status, const char *msg, const char *extra)
+{
+    PK_INFO("upstream", "handshake rejected peer=%s status=%d: %s", hs->peer, status, msg);
+    hs_reply_error(hs, status, msg, extra);
+}
+
+static void hs_accept(struct handshake *hs, const char *endpoint, int64_t token_exp)
 {
     struct pk_server *srv = hs->srv;
     struct pk_head *h = &hs->parser.head;
@@ -290,12 +301,47 @@ static void hs_accept(struct handshake *hs, const char *endpoint)
         free(t->sidecar_id);
         free(t);
         srv->ntunnels_open--;
+        return;
     }
+    pk_tunnel_expiry_start(srv, t, token_exp);
+}
+
+/* upstream.auth: the handshake's token was verified (PROTOCOL.md 1.1). */
+static void hs_verified(enum pk_auth_result res, const struct pk_claims *claims, const char *detail,
+                        void *arg)
+{
+    struct handshake *hs = arg;
+    const char *sid = pk_hdrs_get(&hs->parser.head.hdrs, "piko-sidecar-id");
+    hs->auth = NULL;
+    if (res == PK_AUTH_OK && !pk_auth_allows(claims, hs->endpoint)) {
+        res = PK_AUTH_ENDPOINT_NOT_PERMITTED;
+        detail = "piko.endpoints does not list the endpoint";
+        pk_port_auth_not_permitted(hs->srv->upstream_auth);
+    }
+    if (res != PK_AUTH_OK) {
+        int status = pk_auth_http_status(res);
+        PK_WARN("upstream",
+                "handshake refused endpoint=%s sidecar=%s peer=%s status=%d reason=%s: %s",
+                hs->endpoint, sid ? sid : "-", hs->peer, status, pk_auth_result_str(res), detail);
+        hs_reply_error(hs, status, pk_auth_http_message(res),
+                       status == 401 ? "www-authenticate: Bearer\r\n" : NULL);
+        return;
+    }
+    if (hs->srv->draining) {
+        hs_reject(hs, 503, "node draining", NULL);
+        return;
+    }
+    char *ep = hs->endpoint;
+    hs->endpoint = NULL;
+    hs_accept(hs, ep, claims->exp);
+    free(ep);
 }
 
 static void hs_read(struct bufferevent *bev, void *arg)
 {
     struct handshake *hs = arg;
+    if (hs->auth)
+        return; /* bytes before our answer stay in the input, for HTTP/2 */
     struct evbuffer *in = bufferevent_get_input(bev);
     size_t len = evbuffer_get_length(in);
     const char *data = (const char *)evbuffer_pullup(in, (ssize_t)len);
@@ -335,7 +381,14 @@ static void hs_read(struct bufferevent *bev, void *arg)
         return;
     }
     char *ep = pk_xstrdup(endpoint);
-    hs_accept(hs, ep);
+    if (hs->srv->upstream_auth) {
+        /* The answer waits for the verification; a disconnect or the handshake timeout
+         * cancels it (hs_free). */
+        hs->endpoint = ep;
+        hs->auth = pk_port_auth_verify(hs->srv->upstream_auth, &h->hdrs, NULL, hs_verified, hs);
+        return;
+    }
+    hs_accept(hs, ep, 0);
     free(ep);
 }
 

@@ -39,6 +39,7 @@ struct fconn {
     struct pk_splice *sp;
     struct event *done_ev;
     char peer[64];
+    char *token; /* forward.token(-file) as read for this connection, or NULL */
 };
 
 static int split_forward(const char *spec, char **local, char **endpoint, char *err, size_t errlen)
@@ -132,6 +133,7 @@ static void fc_free(struct fconn *fc)
     pk_h1parser_free(&fc->parser);
     evbuffer_free(fc->body);
     event_free(fc->done_ev);
+    free(fc->token);
     free(fc);
     sc->nforwards--;
     pk_sidecar_check_done(sc);
@@ -190,13 +192,10 @@ static void remote_read(struct bufferevent *bev, void *arg)
         return;
     int status = fc->parser.head.status;
     if (status != 101) {
-        char why[768];
-        snprintf(why, sizeof(why), "proxy answered %d %.*s", status,
-                 (int)PK_MIN(evbuffer_get_length(fc->body), (size_t)512),
-                 (const char *)evbuffer_pullup(fc->body, -1));
-        for (char *c = why; *c; c++)
-            if (*c == '\n' || *c == '\r')
-                *c = ' ';
+        char msg[512], why[600];
+        pk_error_message(status, (const char *)evbuffer_pullup(fc->body, -1),
+                         evbuffer_get_length(fc->body), msg, sizeof(msg));
+        snprintf(why, sizeof(why), "proxy answered %s", msg);
         fc_fail(fc, why);
         return;
     }
@@ -227,10 +226,14 @@ static void dialed(int err, struct bufferevent *bev, const char *why, void *arg)
     }
     struct pk_sidecar *sc = fc->f->sc;
     fc->remote = bev;
-    evbuffer_add_printf(bufferevent_get_output(bev),
+    struct evbuffer *out = bufferevent_get_output(bev);
+    evbuffer_add_printf(out,
                         "GET /_piko/v1/tcp/%s HTTP/1.1\r\nHost: %s:%u\r\n"
-                        "Connection: Upgrade\r\nUpgrade: piko-tcp\r\n\r\n",
+                        "Connection: Upgrade\r\nUpgrade: piko-tcp\r\n",
                         fc->f->endpoint, sc->fwd_host, sc->fwd_port);
+    if (fc->token)
+        evbuffer_add_printf(out, "x-piko-authorization: Bearer %s\r\n", fc->token);
+    evbuffer_add(out, "\r\n", 2);
     bufferevent_setcb(bev, remote_read, NULL, remote_event, fc);
     bufferevent_enable(bev, EV_READ | EV_WRITE);
 }
@@ -264,6 +267,14 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     pk_h1parser_init(&fc->parser, HTTP_RESPONSE, 64 * 1024, &parser_cbs, fc);
     pk_list_insert(&f->conns, &fc->link);
     sc->nforwards++;
+    char why[512];
+    if (pk_token_get(sc->cfg->forward_token, sc->cfg->forward_token_file, &fc->token, why,
+                     sizeof(why)) != 0) {
+        char msg[600];
+        snprintf(msg, sizeof(msg), "no token: forward.token-file: %s", why);
+        fc_fail(fc, msg);
+        return;
+    }
     fc->dial = pk_dial_start(sc->base, sc->resolver, sc->fwd_host, sc->fwd_port,
                              sc->cfg->connect_timeout_ms, dialed, fc);
     if (!fc->dial)

@@ -24,6 +24,10 @@
 const struct pk_opt pk_sidecar_opts[] = {
     OPT("connect.url", PK_OPT_STRING, connect_url, "http://localhost:8001",
         "Server upstream URL (http:// or https://), or a comma-separated list dialled in turn"),
+    OPT("connect.token", PK_OPT_STRING, connect_token, NULL,
+        "Bearer token (JWT) sent on tunnel handshakes as x-piko-authorization"),
+    OPT("connect.token-file", PK_OPT_STRING, connect_token_file, NULL,
+        "File holding the bearer token of tunnel handshakes, read again at every dial"),
     OPT("connect.connections", PK_OPT_INT, connections, "1",
         "Tunnels kept per endpoint, each dialled on its own (1-64)"),
     OPT("connect.timeout", PK_OPT_DURATION, connect_timeout_ms, "10s",
@@ -49,6 +53,10 @@ const struct pk_opt pk_sidecar_opts[] = {
      "LOCAL_ADDR=ENDPOINT"},
     OPT("forward.url", PK_OPT_STRING, forward_url, "http://localhost:8000",
         "Server proxy URL that --forward connections go through"),
+    OPT("forward.token", PK_OPT_STRING, forward_token, NULL,
+        "Bearer token (JWT) sent on --forward connections, for the proxy port's auth"),
+    OPT("forward.token-file", PK_OPT_STRING, forward_token_file, NULL,
+        "File holding the bearer token of --forward connections, read at every connection"),
     OPT("local.connect-timeout", PK_OPT_DURATION, local_connect_timeout_ms, "5s",
         "Time allowed to connect to a local service"),
     OPT("local.max-idle", PK_OPT_INT, local_max_idle, "64",
@@ -170,6 +178,11 @@ int pk_sidecar_config_check(const struct pk_sidecar_config *cfg, char *err, size
         free(host);
     }
     if (pk_forward_config_check(cfg, err, errlen) != 0)
+        return PK_ERR_INVALID;
+    if (pk_token_config_check(cfg->connect_token, cfg->connect_token_file, "connect.token", err,
+                              errlen) != 0 ||
+        pk_token_config_check(cfg->forward_token, cfg->forward_token_file, "forward.token", err,
+                              errlen) != 0)
         return PK_ERR_INVALID;
     if (cfg->max_streams < 1 || cfg->max_streams > 100000) {
         snprintf(err, errlen, "connect.max-streams: must be between 1 and 100000");

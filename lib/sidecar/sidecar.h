@@ -31,6 +31,11 @@ struct pk_sidecar_config {
     char *log_level;
     uint64_t grace_period_ms;
     char *dns_servers;
+
+    char *connect_token;      /* bearer token of the tunnel handshakes */
+    char *connect_token_file; /* or a file holding it, read at every dial */
+    char *forward_token;      /* bearer token of --forward connections (proxy.auth) */
+    char *forward_token_file; /* or a file holding it, read at every connection */
 };
 
 extern const struct pk_opt pk_sidecar_opts[];

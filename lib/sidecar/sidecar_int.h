@@ -119,4 +119,18 @@ void pk_forward_stop(struct pk_sidecar *sc);
 /* sidecar.c */
 void pk_sidecar_check_done(struct pk_sidecar *sc);
 
+/* token.c: the bearer token of --connect.token / --connect.token-file (opt "connect.token")
+ * or --forward.token(-file). Config check: not both, and a token given inline is one word
+ * of visible ASCII. */
+int pk_token_config_check(const char *token, const char *file, const char *opt, char *err,
+                          size_t errlen);
+/* The token to send now: *out (free it) is the inline token, or the token file read again
+ * (blanks trimmed), or NULL when neither is configured. Returns 0, or PK_ERR_IO with the
+ * reason in err when the file is missing, unreadable, or holds no token. */
+int pk_token_get(const char *token, const char *file, char **out, char *err, size_t errlen);
+/* An error answer of the server for a log line: "status 401: expired token" when the body
+ * is PROTOCOL.md's JSON {"error": "..."}, else the status and the start of the body. Control
+ * characters become spaces. Returns buf. */
+const char *pk_error_message(int status, const char *body, size_t len, char *buf, size_t size);
+
 #endif

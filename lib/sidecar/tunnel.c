@@ -130,6 +130,7 @@ struct hs {
     struct bufferevent *bev;
     struct pk_h1parser parser;
     struct evbuffer *body; /* error body, for the log */
+    char *token;           /* connect.token(-file) as read for this dial, or NULL */
 };
 
 static void dial_slot(struct sc_slot *sl);
@@ -292,6 +293,7 @@ static void hs_free(struct hs *h)
         bufferevent_free(h->bev);
     pk_h1parser_free(&h->parser);
     evbuffer_free(h->body);
+    free(h->token);
     free(h);
 }
 
@@ -334,12 +336,8 @@ static void hs_read(struct bufferevent *bev, void *arg)
     int status = h->parser.head.status;
     if (status != 101) {
         char why[768];
-        size_t bl = evbuffer_get_length(h->body);
-        snprintf(why, sizeof(why), "status %d %.*s", status, (int)PK_MIN(bl, (size_t)512),
-                 (const char *)evbuffer_pullup(h->body, -1));
-        for (char *c = why; *c; c++)
-            if (*c == '\n' || *c == '\r')
-                *c = ' ';
+        pk_error_message(status, (const char *)evbuffer_pullup(h->body, -1),
+                         evbuffer_get_length(h->body), why, sizeof(why));
         hs_done(h, false, status == 401 || status == 403, why);
         return;
     }
@@ -382,11 +380,15 @@ static void send_handshake(struct hs *h)
 {
     struct sc_endpoint *ep = h->slot->ep;
     struct pk_sidecar *sc = ep->sc;
-    evbuffer_add_printf(bufferevent_get_output(h->bev),
+    struct evbuffer *out = bufferevent_get_output(h->bev);
+    evbuffer_add_printf(out,
                         "GET /piko/v1/upstream/%s HTTP/1.1\r\nHost: %s\r\n"
                         "Connection: Upgrade\r\nUpgrade: piko-reverse-h2\r\n"
-                        "Piko-Sidecar-Id: %s\r\n\r\n",
+                        "Piko-Sidecar-Id: %s\r\n",
                         ep->name, sc->servers[h->server].authority, sc->sidecar_id);
+    if (h->token)
+        evbuffer_add_printf(out, "x-piko-authorization: Bearer %s\r\n", h->token);
+    evbuffer_add(out, "\r\n", 2);
     bufferevent_setcb(h->bev, hs_read, NULL, hs_event, h);
     bufferevent_enable(h->bev, EV_READ | EV_WRITE);
 }
@@ -476,7 +478,20 @@ static void dial_slot(struct sc_slot *sl)
     struct pk_sidecar *sc = ep->sc;
     if (sc->draining || sl->hs || sl->tunnel)
         return;
+    /* The token file is read at every dial: the token may have been refreshed. */
+    char *token = NULL, why[512];
+    if (pk_token_get(sc->cfg->connect_token, sc->cfg->connect_token_file, &token, why,
+                     sizeof(why)) != 0) {
+        uint64_t delay = next_backoff(sl, false);
+        PK_ERROR("tunnel",
+                 "endpoint=%s slot=%u no token to dial with: connect.token-file: %s "
+                 "(retry in %llums)",
+                 ep->name, sl->index, why, (unsigned long long)delay);
+        schedule_redial(sl, delay);
+        return;
+    }
     struct hs *h = pk_xcalloc(1, sizeof(*h));
+    h->token = token;
     h->slot = sl;
     h->server = sl->server;
     h->body = evbuffer_new();
