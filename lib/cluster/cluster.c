@@ -354,7 +354,10 @@ static void watch_done(int status, const char *body, size_t len, const char *err
         if (!p->failing && (p->have_state || status == 401 || status == 403))
             PK_WARN("cluster", "peer state fetch failed node=%s address=%s: %s", peer_name(p),
                     p->addr, err);
-        else if (status >= 400 && p->failing_status != status)
+        else if ((status >= 400 && p->failing_status != status) ||
+                 (status == 0 && !p->failing && strstr(err, "SSL")))
+            /* A TLS failure (a peer's certificate not trusted...) is a configuration
+             * problem: said once per streak of failures. */
             PK_WARN("cluster", "peer state fetch failed address=%s: %s", p->addr, err);
         else
             PK_DEBUG("cluster", "peer state fetch failed address=%s: %s", p->addr, err);

@@ -213,11 +213,11 @@ static void count_failure(struct pk_tls_server *ts, const char *peer, const char
             (unsigned long long)ts->failures, why);
 }
 
-/* Failed handshakes of SSL objects driven by someone else (evhttp on the admin port):
- * our fatal alert marks the failure. */
+/* Failed handshakes of SSL objects driven by someone else (evhttp on the admin port): a
+ * fatal alert, sent or received, marks the failure. */
 static void info_cb(const SSL *ssl, int where, int ret)
 {
-    if (!(where & SSL_CB_ALERT) || !(where & SSL_CB_WRITE) || SSL_is_init_finished(ssl))
+    if (!(where & SSL_CB_ALERT) || SSL_is_init_finished(ssl))
         return;
     if ((ret >> 8) != SSL3_AL_FATAL)
         return;
@@ -237,8 +237,8 @@ static void info_cb(const SSL *ssl, int where, int ret)
     unsigned long e = ERR_peek_last_error();
     const char *r = e ? ERR_reason_error_string(e) : NULL;
     char why[256];
-    snprintf(why, sizeof(why), "%s (alert %s)", r ? r : "handshake error",
-             SSL_alert_desc_string_long(ret));
+    snprintf(why, sizeof(why), "%s (alert %s: %s)", r ? r : "handshake error",
+             (where & SSL_CB_WRITE) ? "sent" : "received", SSL_alert_desc_string_long(ret));
     count_failure(ts, peer, why);
 }
 

@@ -479,7 +479,9 @@ static void prepare_request(struct exchange *ex, struct pk_head *in, const char 
     in->method = NULL;
     r->path = in->path ? in->path : pk_xstrdup("/");
     in->path = NULL;
-    r->scheme = pk_xstrdup("http");
+    /* As downstream (PROTOCOL.md 1.2); a TCP tunnel's CONNECT is always http. */
+    bool https = pk_server_tls_port(ex->srv, PK_PORT_PROXY) && !ex->tcp;
+    r->scheme = pk_xstrdup(https ? "https" : "http");
     const char *host = in->authority ? in->authority : pk_hdrs_get(&in->hdrs, "host");
     r->authority = pk_xstrdup(host ? host : ex->endpoint);
     pk_hdrs_move(&r->hdrs, &in->hdrs);
@@ -493,7 +495,7 @@ static void prepare_request(struct exchange *ex, struct pk_head *in, const char 
     char *v = xff ? pk_xasprintf("%s, %s", xff, ip) : pk_xstrdup(ip);
     pk_hdrs_set(&r->hdrs, "x-forwarded-for", v);
     free(v);
-    pk_hdrs_set(&r->hdrs, "x-forwarded-proto", "http");
+    pk_hdrs_set(&r->hdrs, "x-forwarded-proto", https ? "https" : "http");
     pk_hdrs_set(&r->hdrs, "x-forwarded-host", r->authority);
     char addr[96];
     snprintf(addr, sizeof(addr), strchr(ip, ':') ? "[%s]:%u" : "%s:%u", ip, port);
