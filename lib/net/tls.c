@@ -60,12 +60,14 @@ int pk_tls_client_files_check(const char *prefix, const struct pk_tls_files *f, 
     return 0;
 }
 
-/* OpenSSL's reason for the last failure (the queue is emptied). */
+/* OpenSSL's reason for the last failure: the oldest error queued is the cause ("no start
+ * line"), later ones wrap it ("PEM lib"). The queue is emptied. */
 static void ssl_reason(char *buf, size_t len)
 {
     unsigned long e, last = 0;
     while ((e = ERR_get_error()) != 0)
-        last = e;
+        if (!last)
+            last = e;
     const char *r = last ? ERR_reason_error_string(last) : NULL;
     if (r)
         snprintf(buf, len, "%s", r);
