@@ -223,6 +223,40 @@ def test_proxy_port_tls_http11_and_h2_by_alpn(piko, certs):
     assert svc.requests == 3
 
 
+def test_bulk_both_ways_over_tls_ports(piko, certs, tmp_path):
+    """16 MiB down and 8 MiB up through a TLS proxy port (h2 and HTTP/1.1) and a TLS
+    tunnel: every byte arrives in order (large writes, partial socket writes)."""
+    svc = piko.service()
+    f = tls_flags("proxy", certs)
+    f.update(tls_flags("upstream", certs, client_cas=True))
+    srv = piko.server(f)
+    https_sidecar(piko, srv, svc, certs, {"connect.tls.cert": certs["client.pem"],
+                                          "connect.tls.key": certs["client.key"]}, wait=False)
+    ctx = certs.client_ctx()
+    wait_routable_tls(srv.proxy_port, ctx)
+    up = tmp_path / "up.bin"
+    data = os.urandom(8 << 20)
+    up.write_bytes(data)
+    url = "https://localhost:%d" % srv.proxy_port
+    for proto in ("--http2", "--http1.1"):
+        out = tmp_path / "down.bin"
+        argv = ["curl", "-sS", "--max-time", str(60 * SLOW), "--cacert", certs["ca.pem"], proto,
+                "-H", "x-piko-endpoint: " + EP, "-o", str(out),
+                url + "/download?bytes=%d&seed=5" % (16 << 20)]
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=120 * SLOW)
+        assert p.returncode == 0, p.stderr
+        d = hashlib.sha256(out.read_bytes()).hexdigest()
+        assert d == pattern_sha256(16 << 20, 5), proto
+        argv = ["curl", "-sS", "--max-time", str(60 * SLOW), "--cacert", certs["ca.pem"], proto,
+                "-H", "x-piko-endpoint: " + EP, "--data-binary", "@" + str(up),
+                url + "/upload"]
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=120 * SLOW)
+        assert p.returncode == 0, p.stderr
+        got = json.loads(p.stdout)
+        assert got["length"] == len(data), proto
+        assert got["sha256"] == hashlib.sha256(data).hexdigest(), proto
+
+
 def test_proxy_port_handshake_timeout_and_failures_are_counted(piko, certs):
     srv = piko.server(dict(tls_flags("proxy", certs), **{"proxy.head-timeout": "1s"}))
     with socket.create_connection(("127.0.0.1", srv.proxy_port), timeout=10 * SLOW) as s:

@@ -145,8 +145,9 @@ static void common_options(SSL_CTX *ctx)
      * error; HTTP/2 framing and HTTP/1.1 lengths detect truncation anyway. */
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF |
                                  SSL_OP_NO_COMPRESSION);
-    /* libevent may retry a write with a moved buffer. */
-    SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_ENABLE_PARTIAL_WRITE);
+    /* libevent retries a blocked write from a buffer that may have moved. No partial
+     * writes: libevent 2.1 would go on with the next chunk after a short one. */
+    SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 }
 
 /* ALPN wire format: length-prefixed names. Returns the length written. */
