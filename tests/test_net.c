@@ -10,6 +10,7 @@
  * position-dependent byte pattern, so loss, duplication and reordering are all caught. */
 #include "base/base.h"
 #include "net/proxyproto.h"
+#include "net/tls.h"
 #include "stream/bevpipe.h"
 #include "stream/pipe.h"
 
@@ -21,6 +22,7 @@
 #include <event2/event.h>
 #include <event2/util.h>
 #include <netinet/in.h>
+#include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1253,6 +1255,44 @@ static void test_splice_reset_from_finished_sender(void)
     fx_free(&f);
 }
 
+/* TLS settings: pairs are checked at config time and failures name the key (and the
+ * file: unreadable files are reported before OpenSSL sees them). */
+static void test_tls_config_messages(void)
+{
+    char err[512];
+    struct pk_tls_files f = {.cert = (char *)"a.pem"};
+    CU_ASSERT_EQUAL(pk_tls_server_files_check("proxy.tls", &f, err, sizeof(err)), PK_ERR_INVALID);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "proxy.tls.key"));
+    f = (struct pk_tls_files){.key = (char *)"a.key"};
+    CU_ASSERT_EQUAL(pk_tls_server_files_check("admin.tls", &f, err, sizeof(err)), PK_ERR_INVALID);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "admin.tls.cert"));
+    f = (struct pk_tls_files){.client_cas = (char *)"ca.pem"};
+    CU_ASSERT_EQUAL(pk_tls_server_files_check("upstream.tls", &f, err, sizeof(err)),
+                    PK_ERR_INVALID);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "upstream.tls.client-cas"));
+    f = (struct pk_tls_files){
+        .cert = (char *)"a.pem", .key = (char *)"a.key", .client_cas = (char *)"ca.pem"};
+    CU_ASSERT_EQUAL(pk_tls_server_files_check("proxy.tls", &f, err, sizeof(err)), 0);
+    f = (struct pk_tls_files){.cert = (char *)"c.pem"};
+    CU_ASSERT_EQUAL(pk_tls_client_files_check("connect.tls", &f, err, sizeof(err)), PK_ERR_INVALID);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "connect.tls.key"));
+
+    struct event_base *base = event_base_new();
+    f = (struct pk_tls_files){.cert = (char *)"/nonexistent/c.pem",
+                              .key = (char *)"/nonexistent/k.pem"};
+    CU_ASSERT_PTR_NULL(pk_tls_server_new(base, "upstream", &f, pk_alpn_http11, err, sizeof(err)));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "upstream.tls.cert"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "/nonexistent/c.pem"));
+    f = (struct pk_tls_files){.root_cas = (char *)"/nonexistent/ca.pem"};
+    CU_ASSERT_PTR_NULL(pk_tls_client_ctx_new("connect.tls", &f, false, NULL, err, sizeof(err)));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "connect.tls.root-cas"));
+    /* Without verification the CA file is not needed. */
+    SSL_CTX *ctx = pk_tls_client_ctx_new("connect.tls", &f, true, pk_alpn_http11, err, sizeof(err));
+    CU_ASSERT_PTR_NOT_NULL(ctx);
+    SSL_CTX_free(ctx);
+    event_base_free(base);
+}
+
 void pk_test_register_net(void)
 {
     CU_pSuite s = CU_add_suite("net", NULL, NULL);
@@ -1272,6 +1312,7 @@ void pk_test_register_net(void)
     CU_add_test(s, "bevpipe_half_close_out_first", test_bevpipe_half_close_out_first);
     CU_add_test(s, "bevpipe_empty_both_ways", test_bevpipe_empty_both_ways);
     CU_add_test(s, "bevpipe_eof_with_input_pending", test_bevpipe_eof_with_input_pending);
+    CU_add_test(s, "tls_config_messages", test_tls_config_messages);
     CU_add_test(s, "bevpipe_tls_write_end_ends_both_directions",
                 test_bevpipe_tls_write_end_ends_both_directions);
     CU_add_test(s, "bevpipe_out_abort_tcp_rst", test_bevpipe_out_abort_tcp_rst);
