@@ -1,8 +1,8 @@
 """The sidecar dials an https:// connect URL over TLS: SNI, certificate verification
 against the system roots (OpenSSL's default paths, so SSL_CERT_FILE points them at a test
-CA), and a clear error when verification fails. The server's own TLS listener comes with
-the security work; here a TLS terminator written with Python's ssl module sits in front
-of the upstream port."""
+CA), and a clear error when verification fails. Here a TLS terminator written with
+Python's ssl module sits in front of a plain upstream port; the server's own TLS ports are
+covered by test_40_tls."""
 
 import os
 import socket

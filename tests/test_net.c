@@ -10,6 +10,7 @@
  * position-dependent byte pattern, so loss, duplication and reordering are all caught. */
 #include "base/base.h"
 #include "net/proxyproto.h"
+#include "net/tls.h"
 #include "stream/bevpipe.h"
 #include "stream/pipe.h"
 
@@ -21,6 +22,7 @@
 #include <event2/event.h>
 #include <event2/util.h>
 #include <netinet/in.h>
+#include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -881,6 +883,40 @@ static void test_bevpipe_eof_with_input_pending(void)
     fx_free(&f);
 }
 
+/* The TLS mode: the end of `out` cannot be a half-close, so once the output is flushed
+ * both directions end (PROTOCOL.md 2): `in` closes cleanly after the input already read,
+ * on_done(0) comes although the peer never sent EOF, and no FIN was sent (the owner
+ * ends the connection with a close_notify). */
+static void test_bevpipe_tls_write_end_ends_both_directions(void)
+{
+    struct fx f;
+    fx_init(&f);
+    f.free_in_done = false;
+    struct bufferevent *pair[2];
+    CU_ASSERT_FATAL(bufferevent_pair_new(f.base, BEV_OPT_CLOSE_ON_FREE, pair) == 0);
+    fx_pipes(&f, 64 * 1024, 64 * 1024);
+    peer_attach(&f, &f.peer, pair[1], SEED_OUT, SEED_IN);
+    f.bp = pk_bevpipe_new(f.base, pair[0], &f.sink.pipe, &f.src.pipe, false, 0, on_done, &f);
+    peer_send(&f.peer, 30000, false);
+    WAIT(&f, f.sink.got == 30000);
+    CU_ASSERT_EQUAL(f.done_calls, 0);
+    source_send(&f.src, 20000, true);
+    WAIT(&f, f.done_calls == 1 && f.sink.done);
+    CU_ASSERT_EQUAL(f.done_err, 0);
+    CU_ASSERT(!f.sink.aborted);
+    CU_ASSERT_EQUAL(f.sink.got, 30000);
+    CU_ASSERT_EQUAL(f.sink.bad, 0);
+    WAIT(&f, f.peer.rx == 20000);
+    CU_ASSERT_EQUAL(f.peer.rx_bad, 0);
+    settle(&f, 10);
+    CU_ASSERT(!f.peer.rx_eof);
+    struct bufferevent *bev = pk_bevpipe_take_bev(f.bp);
+    f.bp = NULL;
+    CU_ASSERT_PTR_EQUAL(bev, pair[0]);
+    bufferevent_free(bev);
+    fx_free(&f);
+}
+
 /* `out` aborted over TCP: the connection is reset, so the peer gets ECONNRESET (not a
  * clean EOF); `in` is aborted and on_done reports PK_ERR_CLOSED. */
 static void test_bevpipe_out_abort_tcp_rst(void)
@@ -1219,6 +1255,44 @@ static void test_splice_reset_from_finished_sender(void)
     fx_free(&f);
 }
 
+/* TLS settings: pairs are checked at config time and failures name the key (and the
+ * file: unreadable files are reported before OpenSSL sees them). */
+static void test_tls_config_messages(void)
+{
+    char err[512];
+    struct pk_tls_files f = {.cert = (char *)"a.pem"};
+    CU_ASSERT_EQUAL(pk_tls_server_files_check("proxy.tls", &f, err, sizeof(err)), PK_ERR_INVALID);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "proxy.tls.key"));
+    f = (struct pk_tls_files){.key = (char *)"a.key"};
+    CU_ASSERT_EQUAL(pk_tls_server_files_check("admin.tls", &f, err, sizeof(err)), PK_ERR_INVALID);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "admin.tls.cert"));
+    f = (struct pk_tls_files){.client_cas = (char *)"ca.pem"};
+    CU_ASSERT_EQUAL(pk_tls_server_files_check("upstream.tls", &f, err, sizeof(err)),
+                    PK_ERR_INVALID);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "upstream.tls.client-cas"));
+    f = (struct pk_tls_files){
+        .cert = (char *)"a.pem", .key = (char *)"a.key", .client_cas = (char *)"ca.pem"};
+    CU_ASSERT_EQUAL(pk_tls_server_files_check("proxy.tls", &f, err, sizeof(err)), 0);
+    f = (struct pk_tls_files){.cert = (char *)"c.pem"};
+    CU_ASSERT_EQUAL(pk_tls_client_files_check("connect.tls", &f, err, sizeof(err)), PK_ERR_INVALID);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "connect.tls.key"));
+
+    struct event_base *base = event_base_new();
+    f = (struct pk_tls_files){.cert = (char *)"/nonexistent/c.pem",
+                              .key = (char *)"/nonexistent/k.pem"};
+    CU_ASSERT_PTR_NULL(pk_tls_server_new(base, "upstream", &f, pk_alpn_http11, err, sizeof(err)));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "upstream.tls.cert"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "/nonexistent/c.pem"));
+    f = (struct pk_tls_files){.root_cas = (char *)"/nonexistent/ca.pem"};
+    CU_ASSERT_PTR_NULL(pk_tls_client_ctx_new("connect.tls", &f, false, NULL, err, sizeof(err)));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "connect.tls.root-cas"));
+    /* Without verification the CA file is not needed. */
+    SSL_CTX *ctx = pk_tls_client_ctx_new("connect.tls", &f, true, pk_alpn_http11, err, sizeof(err));
+    CU_ASSERT_PTR_NOT_NULL(ctx);
+    SSL_CTX_free(ctx);
+    event_base_free(base);
+}
+
 void pk_test_register_net(void)
 {
     CU_pSuite s = CU_add_suite("net", NULL, NULL);
@@ -1238,6 +1312,9 @@ void pk_test_register_net(void)
     CU_add_test(s, "bevpipe_half_close_out_first", test_bevpipe_half_close_out_first);
     CU_add_test(s, "bevpipe_empty_both_ways", test_bevpipe_empty_both_ways);
     CU_add_test(s, "bevpipe_eof_with_input_pending", test_bevpipe_eof_with_input_pending);
+    CU_add_test(s, "tls_config_messages", test_tls_config_messages);
+    CU_add_test(s, "bevpipe_tls_write_end_ends_both_directions",
+                test_bevpipe_tls_write_end_ends_both_directions);
     CU_add_test(s, "bevpipe_out_abort_tcp_rst", test_bevpipe_out_abort_tcp_rst);
     CU_add_test(s, "bevpipe_out_abort_unix_eof", test_bevpipe_out_abort_unix_eof);
     CU_add_test(s, "bevpipe_out_abort_while_flushing", test_bevpipe_out_abort_while_flushing);

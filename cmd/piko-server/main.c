@@ -9,6 +9,15 @@
 #include <stdio.h>
 #include <string.h>
 
+/* SIGHUP: certificates and keys are read again (new connections use them). */
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
+    PK_UNUSED(sig);
+    PK_UNUSED(what);
+    PK_INFO("server", "received SIGHUP: reloading TLS certificates");
+    pk_server_reload(arg);
+}
+
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     PK_UNUSED(what);
@@ -52,12 +61,15 @@ int main(int argc, char **argv)
     struct event *sigint = evsignal_new(base, SIGINT, on_signal, srv);
     event_add(sigterm, NULL);
     event_add(sigint, NULL);
+    struct event *sighup = evsignal_new(base, SIGHUP, on_hup, srv);
+    event_add(sighup, NULL);
     PK_INFO("server", "piko-server %s ready", PIKO_VERSION);
 
     event_base_dispatch(base);
 
     event_free(sigterm);
     event_free(sigint);
+    event_free(sighup);
     pk_server_del(srv);
     event_base_free(base);
     pk_config_free(pk_server_opts, pk_server_nopts, &cfg);

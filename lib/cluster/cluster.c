@@ -8,11 +8,13 @@
 #include "dns/dns.h"
 #include "h2/h2.h"
 #include "net/dial.h"
+#include "net/tls.h"
 
 #include <arpa/inet.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <json-c/json.h>
+#include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +59,7 @@ struct peer {
     struct pk_h2conn *h2;
     bool released; /* forgotten; freed when its link has closed */
     struct pk_dial *dial;
+    struct pk_tls_connect *tlsc; /* the link's TLS handshake */
     struct event *link_ev;
     uint64_t link_backoff_ms;
 };
@@ -83,6 +86,7 @@ struct pk_cluster {
     char *auth_header; /* "piko-authorization: Bearer ..." or NULL */
     uint64_t resolve_ms, peer_timeout_ms;
     const struct pk_h2_settings *link_settings;
+    SSL_CTX *tls_ctx; /* NULL: plain cluster */
     const struct pk_cluster_cbs *cbs;
     void *ud;
     struct join_job *jobs;
@@ -180,6 +184,8 @@ static void peer_release(struct peer *p)
     p->req = NULL;
     pk_dial_cancel(p->dial);
     p->dial = NULL;
+    pk_tls_connect_cancel(p->tlsc);
+    p->tlsc = NULL;
     event_del(p->watch_ev);
     event_del(p->link_ev);
     if (p->have_state)
@@ -258,10 +264,26 @@ static const struct pk_h2conn_cbs link_cbs = {
     .on_close = link_closed,
 };
 
+static void link_dialled(int err, struct bufferevent *bev, const char *why, void *arg);
+
+/* The link's TLS handshake is done (cluster TLS): on with HTTP/2. */
+static void link_tls_done(int err, struct bufferevent *bev, const char *why, void *arg)
+{
+    struct peer *p = arg;
+    p->tlsc = NULL;
+    link_dialled(err, bev, why, arg);
+}
+
 static void link_dialled(int err, struct bufferevent *bev, const char *why, void *arg)
 {
     struct peer *p = arg;
     struct pk_cluster *c = p->c;
+    if (!err && p->dial && c->tls_ctx) {
+        p->dial = NULL;
+        p->tlsc = pk_tls_connect(c->base, bev, c->tls_ctx, p->host, false, c->peer_timeout_ms,
+                                 link_tls_done, p);
+        return;
+    }
     p->dial = NULL;
     if (err) {
         PK_INFO("cluster", "peer link to node=%s address=%s failed: %s", peer_name(p), p->addr,
@@ -280,7 +302,7 @@ static void link_dialled(int err, struct bufferevent *bev, const char *why, void
 
 static void peer_link_ensure(struct peer *p)
 {
-    if (p->c->stopped || !routable(p) || p->h2 || p->dial ||
+    if (p->c->stopped || !routable(p) || p->h2 || p->dial || p->tlsc ||
         event_pending(p->link_ev, EV_TIMEOUT, NULL))
         return;
     p->dial = pk_dial_start(p->c->base, p->c->res, p->host, p->port, p->c->peer_timeout_ms,
@@ -332,7 +354,10 @@ static void watch_done(int status, const char *body, size_t len, const char *err
         if (!p->failing && (p->have_state || status == 401 || status == 403))
             PK_WARN("cluster", "peer state fetch failed node=%s address=%s: %s", peer_name(p),
                     p->addr, err);
-        else if (status >= 400 && p->failing_status != status)
+        else if ((status >= 400 && p->failing_status != status) ||
+                 (status == 0 && !p->failing && strstr(err, "SSL")))
+            /* A TLS failure (a peer's certificate not trusted...) is a configuration
+             * problem: said once per streak of failures. */
             PK_WARN("cluster", "peer state fetch failed address=%s: %s", p->addr, err);
         else
             PK_DEBUG("cluster", "peer state fetch failed address=%s: %s", p->addr, err);
@@ -402,10 +427,11 @@ static void peer_watch(struct peer *p)
     char url[512];
     uint64_t wait = PK_MAX(c->peer_timeout_ms / 2, (uint64_t)50);
     if (p->have_state && !p->unreachable)
-        snprintf(url, sizeof(url), "http://%s" STATE_PATH "?after=%llu&wait=%llums", p->addr,
-                 (unsigned long long)p->st.version, (unsigned long long)wait);
+        snprintf(url, sizeof(url), "%s://%s" STATE_PATH "?after=%llu&wait=%llums",
+                 c->tls_ctx ? "https" : "http", p->addr, (unsigned long long)p->st.version,
+                 (unsigned long long)wait);
     else
-        snprintf(url, sizeof(url), "http://%s" STATE_PATH, p->addr);
+        snprintf(url, sizeof(url), "%s://%s" STATE_PATH, c->tls_ctx ? "https" : "http", p->addr);
     const char *hdrs[] = {c->auth_header, NULL};
     p->req = pk_httpc_get(c->http, url, c->auth_header ? hdrs : NULL, wait + c->peer_timeout_ms / 2,
                           watch_done, p);
@@ -651,6 +677,10 @@ struct pk_cluster *pk_cluster_new(struct event_base *base, struct pk_resolver *r
     c->resolve_ms = o->resolve_interval_ms;
     c->peer_timeout_ms = o->peer_timeout_ms;
     c->link_settings = o->link_settings;
+    if (o->tls_ctx) {
+        pk_cluster_set_tls_ctx(c, o->tls_ctx);
+        pk_httpc_set_tls(c->http, o->tls_files->root_cas, o->tls_files->cert, o->tls_files->key);
+    }
     c->cbs = cbs;
     c->ud = ud;
     c->njobs = n;
@@ -694,6 +724,15 @@ void pk_cluster_stop(struct pk_cluster *c)
         peer_release(PK_CONTAINER_OF(c->peers.next, struct peer, link));
 }
 
+void pk_cluster_set_tls_ctx(struct pk_cluster *c, struct ssl_ctx_st *ctx)
+{
+    if (!c)
+        return;
+    SSL_CTX_up_ref(ctx);
+    SSL_CTX_free(c->tls_ctx);
+    c->tls_ctx = ctx;
+}
+
 size_t pk_cluster_nlinks(const struct pk_cluster *c)
 {
     return c ? c->nlinks : 0;
@@ -716,6 +755,7 @@ void pk_cluster_free(struct pk_cluster *c)
     event_free(c->change_ev);
     free(c->node_id);
     free(c->auth_header);
+    SSL_CTX_free(c->tls_ctx);
     free(c);
 }
 

@@ -29,6 +29,8 @@ struct pk_h2conn;
 struct pk_resolver;
 struct pk_cluster;
 struct pk_peer;
+struct pk_tls_files;
+struct ssl_ctx_st;
 
 struct pk_cluster_opts {
     const char *node_id; /* ours */
@@ -37,6 +39,11 @@ struct pk_cluster_opts {
     uint64_t peer_timeout_ms;
     const char *secret; /* NULL or "": none */
     const struct pk_h2_settings *link_settings;
+    /* Cluster TLS (NULL: plain): peer links are dialled with tls_ctx (a reference is
+     * taken; peers are verified by chain only, not by address) and state calls use https
+     * with tls_files' root_cas, cert and key (borrowed; read by libcurl per connection). */
+    struct ssl_ctx_st *tls_ctx;
+    const struct pk_tls_files *tls_files;
 };
 
 struct pk_cluster_cbs {
@@ -55,6 +62,8 @@ struct pk_cluster *pk_cluster_new(struct event_base *base, struct pk_resolver *r
  * on_close from the loop). pk_cluster_nlinks() tells when they are gone. */
 void pk_cluster_stop(struct pk_cluster *c);
 size_t pk_cluster_nlinks(const struct pk_cluster *c);
+/* New peer links are dialled with ctx (SIGHUP reload; a reference is taken). */
+void pk_cluster_set_tls_ctx(struct pk_cluster *c, struct ssl_ctx_st *ctx);
 /* Frees (after pk_cluster_stop and the loop has run the closes). NULL is a no-op. */
 void pk_cluster_free(struct pk_cluster *c);
 

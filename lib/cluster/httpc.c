@@ -77,6 +77,7 @@ struct pk_httpc {
     struct pk_httpc_req *reqs; /* every request not yet delivered or cancelled */
     size_t inflight;           /* length of reqs */
     size_t max_body;
+    char *tls_cas, *tls_cert, *tls_key; /* pk_httpc_set_tls */
 };
 
 static struct event *xevent_new(struct event_base *base, evutil_socket_t fd, short what,
@@ -377,6 +378,9 @@ void pk_httpc_free(struct pk_httpc *h)
         event_free(h->socks[i].ev);
     free(h->socks);
     event_free(h->timer);
+    free(h->tls_cas);
+    free(h->tls_cert);
+    free(h->tls_key);
     free(h);
     curl_global_cleanup();
 }
@@ -424,6 +428,15 @@ struct pk_httpc_req *pk_httpc_get(struct pk_httpc *h, const char *url, const cha
         (timeout_ms && curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
                                         (long)PK_MIN(timeout_ms, (uint64_t)LONG_MAX)) != CURLE_OK))
         goto fail;
+    if (h->tls_cas && (curl_easy_setopt(e, CURLOPT_CAINFO, h->tls_cas) != CURLE_OK ||
+                       curl_easy_setopt(e, CURLOPT_CAPATH, NULL) != CURLE_OK ||
+                       curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L) != CURLE_OK ||
+                       curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L) != CURLE_OK ||
+                       curl_easy_setopt(e, CURLOPT_CA_CACHE_TIMEOUT, 0L) != CURLE_OK))
+        goto fail;
+    if (h->tls_cert && (curl_easy_setopt(e, CURLOPT_SSLCERT, h->tls_cert) != CURLE_OK ||
+                        curl_easy_setopt(e, CURLOPT_SSLKEY, h->tls_key) != CURLE_OK))
+        goto fail;
     r->deliver = xevent_new(h->base, -1, 0, deliver_cb, r);
     /* Calls timer_fn with 0: the transfer starts from the timer event. */
     if (curl_multi_add_handle(h->multi, e) != CURLM_OK)
@@ -438,6 +451,19 @@ fail:
     release_easy(r);
     free_req(r);
     return NULL;
+}
+
+static void set_str(char **dst, const char *src)
+{
+    free(*dst);
+    *dst = src && *src ? pk_xstrdup(src) : NULL;
+}
+
+void pk_httpc_set_tls(struct pk_httpc *h, const char *root_cas, const char *cert, const char *key)
+{
+    set_str(&h->tls_cas, root_cas);
+    set_str(&h->tls_cert, cert);
+    set_str(&h->tls_key, key);
 }
 
 void pk_httpc_cancel(struct pk_httpc_req *r)

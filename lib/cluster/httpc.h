@@ -46,6 +46,13 @@ struct pk_httpc *pk_httpc_new(struct event_base *base, size_t max_body);
  * a no-op. Safe from inside a callback of h. */
 void pk_httpc_free(struct pk_httpc *h);
 
+/* TLS for https:// URLs of this client (the cluster's state calls): the server is
+ * verified against the CA file root_cas by chain only (no host name check: peers are
+ * addressed by IP), and cert/key (may be NULL) are the client certificate. Paths are
+ * copied; libcurl reads the files for each new connection (no CA cache), so a renewed
+ * file is used by the next connection. Applies to requests started afterwards. */
+void pk_httpc_set_tls(struct pk_httpc *h, const char *root_cas, const char *cert, const char *key);
+
 /* GET url with extra header lines ("Name: value", NULL-terminated array, may be NULL;
  * copied), whole-transfer timeout timeout_ms (0 = none). The transfer starts from the loop.
  * Every failure after this returns (bad URL, refused, timeout, body too large) is

@@ -1,6 +1,7 @@
 #include "net/net.h"
 
 #include "base/base.h"
+#include "net/tls.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -163,6 +164,8 @@ static void linger_flushed(struct bufferevent *bev, void *arg)
 {
     if (evbuffer_get_length(bufferevent_get_output(bev)) > 0)
         return;
+    /* TLS first says goodbye itself (close_notify), then the TCP write side closes. */
+    pk_tls_close_notify(bev);
     evutil_socket_t fd = bufferevent_getfd(bev);
     if (fd >= 0)
         shutdown(fd, SHUT_WR);

@@ -40,9 +40,10 @@ void pk_linger_list_init(struct pk_linger_list *l, void (*on_change)(void *arg),
 /* Frees every connection still lingering (teardown). */
 void pk_linger_list_free(struct pk_linger_list *l);
 
-/* Closes a bufferevent after its output is flushed: then the write side is shut down and
- * input is read and discarded until EOF or 2 seconds (a lingering close, so a response
- * is not destroyed by a reset when the peer still sends). Takes ownership of bev; list
+/* Closes a bufferevent after its output is flushed: then a TLS connection sends its
+ * close_notify, the write side is shut down and input is read and discarded until EOF or
+ * 2 seconds (a lingering close, so a response is not destroyed by a reset when the peer
+ * still sends). Takes ownership of bev; list
  * (may be NULL) tracks it until it is gone. */
 void pk_bev_linger_close(struct bufferevent *bev, struct pk_linger_list *list);
 

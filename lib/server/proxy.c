@@ -13,6 +13,7 @@
 #include "cluster/cluster.h"
 #include "http1/http1.h"
 #include "net/net.h"
+#include "net/tls.h"
 #include "server/server_int.h"
 #include "stream/bevpipe.h"
 
@@ -500,7 +501,9 @@ static void prepare_request(struct exchange *ex, struct pk_head *in, const char 
     in->method = NULL;
     r->path = in->path ? in->path : pk_xstrdup("/");
     in->path = NULL;
-    r->scheme = pk_xstrdup("http");
+    /* As downstream (PROTOCOL.md 1.2); a TCP tunnel's CONNECT is always http. */
+    bool https = pk_server_tls_port(ex->srv, PK_PORT_PROXY) && !ex->tcp;
+    r->scheme = pk_xstrdup(https ? "https" : "http");
     const char *host = in->authority ? in->authority : pk_hdrs_get(&in->hdrs, "host");
     r->authority = pk_xstrdup(host ? host : ex->endpoint);
     pk_hdrs_move(&r->hdrs, &in->hdrs);
@@ -514,7 +517,7 @@ static void prepare_request(struct exchange *ex, struct pk_head *in, const char 
     char *v = xff ? pk_xasprintf("%s, %s", xff, ip) : pk_xstrdup(ip);
     pk_hdrs_set(&r->hdrs, "x-forwarded-for", v);
     free(v);
-    pk_hdrs_set(&r->hdrs, "x-forwarded-proto", "http");
+    pk_hdrs_set(&r->hdrs, "x-forwarded-proto", https ? "https" : "http");
     pk_hdrs_set(&r->hdrs, "x-forwarded-host", r->authority);
     char addr[96];
     snprintf(addr, sizeof(addr), strchr(ip, ':') ? "[%s]:%u" : "%s:%u", ip, port);
@@ -531,6 +534,10 @@ static bool secret_ok(struct pk_server *srv, const struct pk_hdrs *h, bool allow
 {
     const char *secret = srv->cfg->cluster_secret;
     if (!secret || !*secret)
+        return true;
+    /* With cluster mTLS every connection here presented a certificate signed by
+     * cluster.tls.client-cas: it replaces the secret (PROTOCOL.md 3). */
+    if (pk_tls_server_mtls(pk_server_tls_port(srv, PK_PORT_CLUSTER)))
         return true;
     const char *v = pk_hdrs_get(h, "piko-authorization");
     if (!v && allow_authorization)
@@ -875,8 +882,8 @@ static void h1_establish(struct h1conn *hc, struct exchange *ex, struct pk_head 
     pk_hdrs_set(&resp->hdrs, "upgrade", ex->token);
     pk_h1_write_response_head(out, resp, 1);
     hc->resp_done = false;
-    hc->bp = pk_bevpipe_new(hc->srv->base, hc->bev, &ex->req_body, &ex->resp_body, true, OUT_HWM,
-                            h1_raw_done, hc);
+    hc->bp = pk_bevpipe_new(hc->srv->base, hc->bev, &ex->req_body, &ex->resp_body,
+                            !pk_bev_is_tls(hc->bev), OUT_HWM, h1_raw_done, hc);
     if (hc->srv->cfg->proxy_raw_idle_timeout_ms)
         pk_bevpipe_set_idle_timeout(hc->bp, hc->srv->cfg->proxy_raw_idle_timeout_ms);
 }
@@ -940,10 +947,15 @@ static void h1_destroy(struct h1conn *hc)
 {
     struct pk_server *srv = hc->srv;
     if (hc->bp) {
-        /* Detach the bevpipe from the exchange's pipes before they can go away. */
-        pk_bevpipe_free(hc->bp);
+        /* Detach the bevpipe from the exchange's pipes before they can go away. Over TLS
+         * a clean end keeps the socket for the close_notify of the lingering close. */
+        struct bufferevent *tls = NULL;
+        if (!hc->abort && pk_bev_is_tls(hc->bev))
+            tls = pk_bevpipe_take_bev(hc->bp);
+        else
+            pk_bevpipe_free(hc->bp);
         hc->bp = NULL;
-        hc->bev = NULL;
+        hc->bev = tls;
     }
     h1_detach(hc);
     pk_list_remove(&hc->dc.link);
@@ -1457,18 +1469,28 @@ bool pk_server_over_limit(struct pk_server *srv, evutil_socket_t fd, long long m
     return true;
 }
 
-static void accept_conn(struct pk_server *srv, evutil_socket_t fd, struct sockaddr *sa,
-                        bool cluster)
+/* A new connection: with ALPN its protocol is known, else the first bytes tell. */
+static void conn_start(struct pk_server *srv, struct bufferevent *bev, const struct sockaddr *sa,
+                       bool cluster, const char *alpn)
 {
-    if (!cluster &&
-        pk_server_over_limit(srv, fd, srv->cfg->proxy_max_connections, srv->nconns, "proxy"))
+    if (alpn) {
+        char ip[64];
+        uint16_t port;
+        pk_sockaddr_ip(sa, ip, sizeof(ip), &port);
+        srv->nconns++;
+        if (strcmp(alpn, "h2") == 0) {
+            h2d_new(srv, bev, ip, port, cluster);
+            return;
+        }
+        struct h1conn *hc = h1_new(srv, bev, ip, port);
+        hc->dc.cluster = cluster;
+        set_timeout(bev, srv->cfg->proxy_idle_timeout_ms); /* as before a first byte */
         return;
+    }
     struct detect *dt = pk_xcalloc(1, sizeof(*dt));
     dt->dc.cluster = cluster;
     dt->srv = srv;
     pk_sockaddr_ip(sa, dt->ip, sizeof(dt->ip), &dt->port);
-    pk_tune_socket(fd);
-    struct bufferevent *bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
     dt->bev = bev;
     dt->dc.kind = DCONN_DETECT;
     pk_list_insert(&srv->conns, &dt->dc.link);
@@ -1476,6 +1498,46 @@ static void accept_conn(struct pk_server *srv, evutil_socket_t fd, struct sockad
     set_timeout(bev, srv->cfg->proxy_idle_timeout_ms);
     bufferevent_setcb(bev, detect_read, NULL, detect_event, dt);
     bufferevent_enable(bev, EV_READ | EV_WRITE);
+}
+
+static void tls_accepted(struct pk_server *srv, struct bufferevent *bev, const struct sockaddr *sa,
+                         const char *alpn, bool cluster)
+{
+    /* The listener closed while the handshake ran: nothing new is served. */
+    if (cluster ? srv->cluster_closing : srv->drain_final) {
+        bufferevent_free(bev);
+        return;
+    }
+    conn_start(srv, bev, sa, cluster, alpn);
+}
+
+static void proxy_tls_accepted(struct bufferevent *bev, const struct sockaddr *sa, const char *alpn,
+                               void *arg)
+{
+    tls_accepted(arg, bev, sa, alpn, false);
+}
+
+static void cluster_tls_accepted(struct bufferevent *bev, const struct sockaddr *sa,
+                                 const char *alpn, void *arg)
+{
+    tls_accepted(arg, bev, sa, alpn, true);
+}
+
+static void accept_conn(struct pk_server *srv, evutil_socket_t fd, struct sockaddr *sa,
+                        bool cluster)
+{
+    if (!cluster &&
+        pk_server_over_limit(srv, fd, srv->cfg->proxy_max_connections, srv->nconns, "proxy"))
+        return;
+    struct pk_tls_server *ts = pk_server_tls_port(srv, cluster ? PK_PORT_CLUSTER : PK_PORT_PROXY);
+    if (ts) {
+        pk_tls_accept(ts, fd, sa, srv->cfg->proxy_head_timeout_ms,
+                      cluster ? cluster_tls_accepted : proxy_tls_accepted, srv);
+        return;
+    }
+    pk_tune_socket(fd);
+    conn_start(srv, bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE), sa, cluster,
+               NULL);
 }
 
 static void proxy_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,

@@ -67,6 +67,11 @@ const struct pk_opt pk_server_opts[] = {
     OPT("proxy.max-body-bytes", PK_OPT_SIZE, proxy_max_body_bytes, "0",
         "Largest request body accepted (413 above); 0: unlimited"),
     AUTH_OPTS(proxy),
+    OPT("proxy.tls.cert", PK_OPT_STRING, proxy_tls.cert, NULL,
+        "PEM certificate chain: TLS on the proxy port, ALPN h2 and http/1.1 (unset: plain)"),
+    OPT("proxy.tls.key", PK_OPT_STRING, proxy_tls.key, NULL, "PEM private key of proxy.tls.cert"),
+    OPT("proxy.tls.client-cas", PK_OPT_STRING, proxy_tls.client_cas, NULL,
+        "PEM CA certificates: clients must present a certificate they signed (mTLS)"),
     OPT("upstream.bind-addr", PK_OPT_STRING, upstream_bind_addr, ":8001",
         "Address for sidecar tunnels"),
     OPT("upstream.max-connections", PK_OPT_INT, upstream_max_connections, "10000",
@@ -88,9 +93,20 @@ const struct pk_opt pk_server_opts[] = {
     OPT("upstream.auth.disable-disconnect-on-expiry", PK_OPT_BOOL,
         upstream_auth.disable_disconnect_on_expiry, "false",
         "Keep a tunnel open after its token expired (otherwise it is drained at expiry)"),
+    OPT("upstream.tls.cert", PK_OPT_STRING, upstream_tls.cert, NULL,
+        "PEM certificate chain: TLS on the upstream port (unset: plain)"),
+    OPT("upstream.tls.key", PK_OPT_STRING, upstream_tls.key, NULL,
+        "PEM private key of upstream.tls.cert"),
+    OPT("upstream.tls.client-cas", PK_OPT_STRING, upstream_tls.client_cas, NULL,
+        "PEM CA certificates: sidecars must present a certificate they signed (mTLS)"),
     OPT("admin.bind-addr", PK_OPT_STRING, admin_bind_addr, ":8002",
         "Address for /health, /ready and /status"),
     AUTH_OPTS(admin),
+    OPT("admin.tls.cert", PK_OPT_STRING, admin_tls.cert, NULL,
+        "PEM certificate chain: TLS on the admin port (unset: plain)"),
+    OPT("admin.tls.key", PK_OPT_STRING, admin_tls.key, NULL, "PEM private key of admin.tls.cert"),
+    OPT("admin.tls.client-cas", PK_OPT_STRING, admin_tls.client_cas, NULL,
+        "PEM CA certificates: admin clients must present a certificate they signed (mTLS)"),
     OPT("cluster.bind-addr", PK_OPT_STRING, cluster_bind_addr, ":8003",
         "Address for peer nodes (peer links and routing state)"),
     OPT("cluster.node-id", PK_OPT_STRING, cluster_node_id, "",
@@ -103,6 +119,17 @@ const struct pk_opt pk_server_opts[] = {
         "A peer unreachable this long leaves routing"),
     OPT("cluster.secret", PK_OPT_STRING, cluster_secret, "",
         "Shared secret every request on the cluster port must carry; empty: none"),
+    OPT("cluster.tls.cert", PK_OPT_STRING, cluster_tls.cert, NULL,
+        "PEM certificate chain: TLS on the cluster port, also the client certificate peers "
+        "are dialled with (unset: plain)"),
+    OPT("cluster.tls.key", PK_OPT_STRING, cluster_tls.key, NULL,
+        "PEM private key of cluster.tls.cert"),
+    OPT("cluster.tls.client-cas", PK_OPT_STRING, cluster_tls.client_cas, NULL,
+        "PEM CA certificates: peers must present a certificate they signed (mTLS; then "
+        "cluster.secret may be empty)"),
+    OPT("cluster.tls.root-cas", PK_OPT_STRING, cluster_tls.root_cas, NULL,
+        "PEM CA certificates peers' cluster certificates are verified against (chain only); "
+        "required with cluster.tls.cert"),
     OPT("dns.servers", PK_OPT_STRING, dns_servers, "",
         "DNS servers for cluster.join (comma list of ip[:port]); empty: /etc/resolv.conf"),
     OPT("log.level", PK_OPT_STRING, log_level, "info", "debug, info, warn or error"),
@@ -189,6 +216,8 @@ int pk_server_config_check(struct pk_server_config *cfg, char *err, size_t errle
     if (pk_join_parse(cfg->cluster_join, &items, &nitems, err, errlen) != 0)
         return PK_ERR_INVALID;
     pk_join_free(items, nitems);
+    if (pk_server_tls_check(cfg, err, errlen) != 0)
+        return PK_ERR_INVALID;
     if (cfg->upstream_heartbeat_interval_ms == 0 || cfg->upstream_heartbeat_timeout_ms == 0) {
         snprintf(err, errlen, "upstream.heartbeat-interval and -timeout must be greater than 0");
         return PK_ERR_INVALID;
@@ -356,6 +385,7 @@ static struct json_object *local_node_json(struct pk_server *srv, bool table)
     struct json_object *t = pk_upstream_table_json(srv, &neps, &ntunnels);
     json_object_object_add(o, "endpoints", json_object_new_int64((int64_t)neps));
     json_object_object_add(o, "tunnels", json_object_new_int64((int64_t)ntunnels));
+    pk_server_tls_status(srv, o);
     if (table)
         json_object_object_add(o, "endpoint_table", t);
     else
@@ -448,6 +478,7 @@ static int admin_listen(struct pk_server *srv, char *err, size_t errlen)
         return PK_ERR_IO;
     }
     evconnlistener_enable(l);
+    pk_server_tls_admin(srv);
     evhttp_set_allowed_methods(srv->admin, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
     evhttp_set_cb(srv->admin, "/health", admin_health, srv);
     evhttp_set_cb(srv->admin, "/ready", admin_ready, srv);
@@ -673,8 +704,9 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
         pk_server_del(srv);
         return NULL;
     }
-    if (pk_proxy_listen(srv, err, errlen) != 0 || pk_upstream_listen(srv, err, errlen) != 0 ||
-        admin_listen(srv, err, errlen) != 0 || pk_cluster_port_listen(srv, err, errlen) != 0) {
+    if (pk_server_tls_new(srv, err, errlen) != 0 || pk_proxy_listen(srv, err, errlen) != 0 ||
+        pk_upstream_listen(srv, err, errlen) != 0 || admin_listen(srv, err, errlen) != 0 ||
+        pk_cluster_port_listen(srv, err, errlen) != 0) {
         pk_server_del(srv);
         return NULL;
     }
@@ -700,6 +732,8 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
         .peer_timeout_ms = cfg->cluster_peer_timeout_ms,
         .secret = cfg->cluster_secret,
         .link_settings = &srv->link_settings,
+        .tls_ctx = pk_server_tls_cluster_client(srv),
+        .tls_files = &cfg->cluster_tls,
     };
     srv->cluster = pk_cluster_new(base, srv->resolver, &copts, &cluster_cbs, srv, err, errlen);
     if (!srv->cluster) {
@@ -708,7 +742,8 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
     }
     if (cfg->cluster_join && *cfg->cluster_join) {
         PK_INFO("cluster", "joining %s", cfg->cluster_join);
-        if (!cfg->cluster_secret || !*cfg->cluster_secret)
+        if ((!cfg->cluster_secret || !*cfg->cluster_secret) &&
+            !pk_tls_set(cfg->cluster_tls.client_cas))
             PK_WARN("cluster", "cluster.secret is empty: anyone who reaches the cluster port "
                                "can use this node's tunnels");
     }
@@ -745,6 +780,7 @@ void pk_server_del(struct pk_server *srv)
         evconnlistener_free(srv->cluster_l);
     if (srv->admin)
         evhttp_free(srv->admin);
+    pk_server_tls_free(srv);
     event_free(srv->grace_ev);
     event_free(srv->check_ev);
     event_free(srv->state_ev);

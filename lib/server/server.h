@@ -11,6 +11,7 @@
 
 struct event_base;
 #include "config/config.h"
+#include "net/tls.h"
 struct pk_server;
 
 /* --<port>.auth.*: JWT verification on one port (portauth.c). At most one key source;
@@ -59,6 +60,9 @@ struct pk_server_config {
     char *log_level;
     uint64_t grace_period_ms;
     uint64_t drain_delay_ms;
+    /* TLS of each port: <port>.tls.cert/.key/.client-cas (unset: plain TCP), and
+     * cluster.tls.root-cas (peers are dialled over TLS). See tls_ports.c. */
+    struct pk_tls_files proxy_tls, upstream_tls, admin_tls, cluster_tls;
 };
 
 /* The option table of piko-server (flags and YAML keys). */
@@ -79,5 +83,8 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
  * done or the grace period ends. Idempotent. */
 void pk_server_shutdown(struct pk_server *srv);
 void pk_server_del(struct pk_server *srv);
+/* SIGHUP: reads every port's certificate, key and client CAs again (tls_ports.c). A port
+ * whose files fail keeps its old ones, and the reason is logged. */
+void pk_server_reload(struct pk_server *srv);
 
 #endif

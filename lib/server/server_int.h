@@ -84,6 +84,7 @@ struct pk_server {
     struct event *drain_ev;
     struct event *rebalance_ev;
     struct evhttp *admin;
+    struct pk_server_tls *tls; /* the ports' TLS (tls_ports.c) */
     struct endpoint *eps[PK_EP_BUCKETS];
     struct pk_h2_settings tunnel_settings;
     struct pk_h2_settings down_settings;
@@ -140,6 +141,23 @@ int pk_cluster_port_listen(struct pk_server *srv, char *err, size_t errlen);
 void pk_proxy_retry_waiting(struct pk_server *srv);
 /* Answers the state long polls (the version moved, or the node is draining). */
 void pk_proxy_state_changed(struct pk_server *srv);
+
+/* tls_ports.c */
+enum pk_port { PK_PORT_PROXY, PK_PORT_UPSTREAM, PK_PORT_ADMIN, PK_PORT_CLUSTER, PK_PORT_COUNT };
+/* Config checks of every <port>.tls.* key (pairs, cluster all-or-nothing). */
+int pk_server_tls_check(const struct pk_server_config *cfg, char *err, size_t errlen);
+/* Loads the ports' certificates (before the listeners). Returns 0 or PK_ERR_* with a
+ * message naming the key and the file. */
+int pk_server_tls_new(struct pk_server *srv, char *err, size_t errlen);
+void pk_server_tls_free(struct pk_server *srv);
+/* The TLS of a port, or NULL when it is plain TCP. */
+struct pk_tls_server *pk_server_tls_port(struct pk_server *srv, enum pk_port port);
+/* The context peers are dialled with (NULL: plain cluster). */
+struct ssl_ctx_st *pk_server_tls_cluster_client(struct pk_server *srv);
+/* Admin port: makes evhttp create TLS connections when admin.tls.cert is set. */
+void pk_server_tls_admin(struct pk_server *srv);
+/* Adds "tls": {port: {"handshake_failures": n, "mtls": b}} to a status object. */
+void pk_server_tls_status(struct pk_server *srv, struct json_object *o);
 
 /* server.c */
 /* Marks endpoint as moving for PK_MOVE_WINDOW_MS (published to peers). */

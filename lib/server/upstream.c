@@ -4,6 +4,7 @@
 #include "base/log.h"
 #include "http1/http1.h"
 #include "net/net.h"
+#include "net/tls.h"
 #include "server/server_int.h"
 
 #include <event2/buffer.h>
@@ -407,6 +408,38 @@ static void hs_event(struct bufferevent *bev, short what, void *arg)
 
 static const struct pk_h1parser_cbs hs_parser_cbs = {0};
 
+static void hs_start(struct pk_server *srv, struct bufferevent *bev, const struct sockaddr *sa)
+{
+    struct handshake *hs = pk_xcalloc(1, sizeof(*hs));
+    char ip[64];
+    uint16_t port;
+    pk_sockaddr_ip(sa, ip, sizeof(ip), &port);
+    snprintf(hs->peer, sizeof(hs->peer), "%s:%u", ip, port);
+    hs->srv = srv;
+    pk_list_insert(&srv->handshakes, &hs->link);
+    hs->bev = bev;
+    pk_h1parser_init(&hs->parser, HTTP_REQUEST, srv->cfg->proxy_max_header_bytes, &hs_parser_cbs,
+                     hs);
+    srv->ntunnels_open++;
+    struct timeval tv = {(time_t)(srv->cfg->upstream_heartbeat_timeout_ms / 1000),
+                         (suseconds_t)(srv->cfg->upstream_heartbeat_timeout_ms % 1000) * 1000};
+    bufferevent_set_timeouts(hs->bev, &tv, NULL);
+    bufferevent_setcb(hs->bev, hs_read, NULL, hs_event, hs);
+    bufferevent_enable(hs->bev, EV_READ | EV_WRITE);
+}
+
+static void upstream_tls_accepted(struct bufferevent *bev, const struct sockaddr *sa,
+                                  const char *alpn, void *arg)
+{
+    struct pk_server *srv = arg;
+    PK_UNUSED(alpn);
+    if (srv->drain_final) { /* the listener closed while the TLS handshake ran */
+        bufferevent_free(bev);
+        return;
+    }
+    hs_start(srv, bev, sa);
+}
+
 static void upstream_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
                             int salen, void *arg)
 {
@@ -416,23 +449,13 @@ static void upstream_accept(struct evconnlistener *l, evutil_socket_t fd, struct
     if (pk_server_over_limit(srv, fd, srv->cfg->upstream_max_connections, srv->ntunnels_open,
                              "upstream"))
         return;
-    struct handshake *hs = pk_xcalloc(1, sizeof(*hs));
-    char ip[64];
-    uint16_t port;
-    pk_sockaddr_ip(sa, ip, sizeof(ip), &port);
-    snprintf(hs->peer, sizeof(hs->peer), "%s:%u", ip, port);
-    hs->srv = srv;
-    pk_list_insert(&srv->handshakes, &hs->link);
+    struct pk_tls_server *ts = pk_server_tls_port(srv, PK_PORT_UPSTREAM);
+    if (ts) {
+        pk_tls_accept(ts, fd, sa, srv->cfg->proxy_head_timeout_ms, upstream_tls_accepted, srv);
+        return;
+    }
     pk_tune_socket(fd);
-    hs->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    pk_h1parser_init(&hs->parser, HTTP_REQUEST, srv->cfg->proxy_max_header_bytes, &hs_parser_cbs,
-                     hs);
-    srv->ntunnels_open++;
-    struct timeval tv = {(time_t)(srv->cfg->upstream_heartbeat_timeout_ms / 1000),
-                         (suseconds_t)(srv->cfg->upstream_heartbeat_timeout_ms % 1000) * 1000};
-    bufferevent_set_timeouts(hs->bev, &tv, NULL);
-    bufferevent_setcb(hs->bev, hs_read, NULL, hs_event, hs);
-    bufferevent_enable(hs->bev, EV_READ | EV_WRITE);
+    hs_start(srv, bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE), sa);
 }
 
 int pk_upstream_listen(struct pk_server *srv, char *err, size_t errlen)

@@ -8,6 +8,7 @@
 #include "http1/http1.h"
 #include "net/dial.h"
 #include "net/net.h"
+#include "net/tls.h"
 #include "sidecar/sidecar_int.h"
 #include "stream/bevpipe.h"
 
@@ -34,6 +35,7 @@ struct fconn {
     struct bufferevent *local;
     struct bufferevent *remote;
     struct pk_dial *dial;
+    struct pk_tls_connect *tlsc;
     struct pk_h1parser parser;
     struct evbuffer *body; /* an error answer, for the log */
     struct pk_splice *sp;
@@ -74,20 +76,29 @@ static int split_forward(const char *spec, char **local, char **endpoint, char *
     return 0;
 }
 
+static bool is_https(const char *url)
+{
+    return url && strncmp(url, "https://", 8) == 0;
+}
+
+bool pk_forward_uses_tls(const struct pk_sidecar_config *cfg)
+{
+    return cfg->forwards.n > 0 && is_https(cfg->forward_url);
+}
+
 static int parse_forward_url(const char *url, char **host, uint16_t *port, char *err, size_t errlen)
 {
-    if (!url || strncmp(url, "http://", 7) != 0) {
-        snprintf(err, errlen,
-                 "forward.url: '%s' must start with http:// (TLS to the proxy "
-                 "port comes with the security work)",
+    bool tls = is_https(url);
+    if (!url || (!tls && strncmp(url, "http://", 7) != 0)) {
+        snprintf(err, errlen, "forward.url: '%s' must start with http:// or https://",
                  url ? url : "");
         return PK_ERR_INVALID;
     }
     char buf[512];
-    snprintf(buf, sizeof(buf), "%s", url + 7);
+    snprintf(buf, sizeof(buf), "%s", url + (tls ? 8 : 7));
     buf[strcspn(buf, "/")] = '\0';
     if (!strchr(buf, ':') || buf[strlen(buf) - 1] == ']')
-        strncat(buf, ":80", sizeof(buf) - strlen(buf) - 1);
+        strncat(buf, tls ? ":443" : ":80", sizeof(buf) - strlen(buf) - 1);
     if (pk_split_hostport(buf, host, port, false) != 0 || !*host) {
         free(*host);
         *host = NULL;
@@ -124,6 +135,7 @@ static void fc_free(struct fconn *fc)
     pk_list_remove(&fc->link);
     if (fc->dial)
         pk_dial_cancel(fc->dial);
+    pk_tls_connect_cancel(fc->tlsc);
     if (fc->sp)
         pk_splice_free(fc->sp);
     if (fc->local)
@@ -164,6 +176,12 @@ static void spliced(struct pk_splice *sp, int err, void *arg)
     PK_UNUSED(sp);
     PK_DEBUG("forward", "local=%s client=%s endpoint=%s done err=%d", fc->f->local_addr, fc->peer,
              fc->f->endpoint, err);
+    if (err == 0 && pk_forward_uses_tls(fc->f->sc->cfg)) {
+        /* The proxy side ends with a close_notify after the flush (PROTOCOL.md 2). */
+        struct bufferevent *r = pk_splice_take_b(sp);
+        if (r)
+            pk_bev_linger_close(r, &fc->f->sc->lingers);
+    }
     fc_done(fc);
 }
 
@@ -203,7 +221,8 @@ static void remote_read(struct bufferevent *bev, void *arg)
     struct bufferevent *l = fc->local, *r = fc->remote;
     fc->local = fc->remote = NULL;
     bufferevent_setcb(r, NULL, NULL, NULL, NULL);
-    fc->sp = pk_splice_new(fc->f->sc->base, l, r, true, true, spliced, fc);
+    /* Over TLS the proxy side cannot half-close: see pk_bevpipe_new. */
+    fc->sp = pk_splice_new(fc->f->sc->base, l, r, true, !pk_bev_is_tls(r), spliced, fc);
 }
 
 static void remote_event(struct bufferevent *bev, short what, void *arg)
@@ -212,8 +231,29 @@ static void remote_event(struct bufferevent *bev, short what, void *arg)
     remote_read(bev, fc);
     if (fc->sp)
         return;
-    fc_fail(fc, (what & BEV_EVENT_EOF) ? "proxy closed the connection before the upgrade"
-                                       : "connection to the proxy failed");
+    char why[384];
+    snprintf(why, sizeof(why), "%s",
+             (what & BEV_EVENT_EOF) ? "proxy closed the connection before the upgrade"
+                                    : "connection to the proxy failed");
+    if (pk_bev_is_tls(bev) && !(what & BEV_EVENT_EOF)) {
+        char r[320];
+        pk_tls_error(bev, what, r, sizeof(r));
+        snprintf(why, sizeof(why), "connection to the proxy failed: %s", r);
+    }
+    fc_fail(fc, why);
+}
+
+static void send_upgrade(struct fconn *fc, struct bufferevent *bev);
+
+static void tls_done(int err, struct bufferevent *bev, const char *why, void *arg)
+{
+    struct fconn *fc = arg;
+    fc->tlsc = NULL;
+    if (err) {
+        fc_fail(fc, why);
+        return;
+    }
+    send_upgrade(fc, bev);
 }
 
 static void dialed(int err, struct bufferevent *bev, const char *why, void *arg)
@@ -224,6 +264,18 @@ static void dialed(int err, struct bufferevent *bev, const char *why, void *arg)
         fc_fail(fc, why);
         return;
     }
+    struct pk_sidecar *sc = fc->f->sc;
+    if (pk_forward_uses_tls(sc->cfg)) {
+        fc->tlsc =
+            pk_tls_connect(sc->base, bev, sc->tls_ctx, sc->fwd_host, !sc->cfg->connect_tls_insecure,
+                           sc->cfg->connect_timeout_ms, tls_done, fc);
+        return;
+    }
+    send_upgrade(fc, bev);
+}
+
+static void send_upgrade(struct fconn *fc, struct bufferevent *bev)
+{
     struct pk_sidecar *sc = fc->f->sc;
     fc->remote = bev;
     struct evbuffer *out = bufferevent_get_output(bev);

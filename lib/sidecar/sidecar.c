@@ -30,6 +30,14 @@ const struct pk_opt pk_sidecar_opts[] = {
         "File holding the bearer token of tunnel handshakes, read again at every dial"),
     OPT("connect.connections", PK_OPT_INT, connections, "1",
         "Tunnels kept per endpoint, each dialled on its own (1-64)"),
+    OPT("connect.tls.root-cas", PK_OPT_STRING, connect_tls.root_cas, NULL,
+        "PEM CA certificates that https servers are verified against (unset: system roots)"),
+    OPT("connect.tls.cert", PK_OPT_STRING, connect_tls.cert, NULL,
+        "PEM client certificate chain for https servers that require one (mTLS)"),
+    OPT("connect.tls.key", PK_OPT_STRING, connect_tls.key, NULL,
+        "PEM private key of connect.tls.cert"),
+    OPT("connect.tls.insecure-skip-verify", PK_OPT_BOOL, connect_tls_insecure, "false",
+        "Do not verify https servers' certificates (testing only: anyone can impersonate them)"),
     OPT("connect.timeout", PK_OPT_DURATION, connect_timeout_ms, "10s",
         "Time allowed to dial the server and complete the handshake"),
     OPT("connect.heartbeat-interval", PK_OPT_DURATION, heartbeat_interval_ms, "10s",
@@ -52,7 +60,8 @@ const struct pk_opt pk_sidecar_opts[] = {
      "Listen on LOCAL_ADDR and tunnel each connection to the TCP endpoint ENDPOINT",
      "LOCAL_ADDR=ENDPOINT"},
     OPT("forward.url", PK_OPT_STRING, forward_url, "http://localhost:8000",
-        "Server proxy URL that --forward connections go through"),
+        "Server proxy URL (http:// or https://, with the connect.tls.* settings) that "
+        "--forward connections go through"),
     OPT("forward.token", PK_OPT_STRING, forward_token, NULL,
         "Bearer token (JWT) sent on --forward connections, for the proxy port's auth"),
     OPT("forward.token-file", PK_OPT_STRING, forward_token_file, NULL,
@@ -182,7 +191,8 @@ int pk_sidecar_config_check(const struct pk_sidecar_config *cfg, char *err, size
     if (pk_token_config_check(cfg->connect_token, cfg->connect_token_file, "connect.token", err,
                               errlen) != 0 ||
         pk_token_config_check(cfg->forward_token, cfg->forward_token_file, "forward.token", err,
-                              errlen) != 0)
+                              errlen) != 0 ||
+        pk_tls_client_files_check("connect.tls", &cfg->connect_tls, err, errlen) != 0)
         return PK_ERR_INVALID;
     if (cfg->max_streams < 1 || cfg->max_streams > 100000) {
         snprintf(err, errlen, "connect.max-streams: must be between 1 and 100000");
@@ -285,6 +295,7 @@ struct pk_sidecar *pk_sidecar_new(struct event_base *base, const struct pk_sidec
     struct pk_sidecar *sc = pk_xcalloc(1, sizeof(*sc));
     sc->base = base;
     sc->cfg = cfg;
+    pk_linger_list_init(&sc->lingers, NULL, NULL);
     sc->grace_ev = event_new(base, -1, 0, grace_cb, sc);
     sc->check_ev = event_new(base, -1, 0, check_cb, sc);
     char host[64];
@@ -308,18 +319,15 @@ struct pk_sidecar *pk_sidecar_new(struct event_base *base, const struct pk_sidec
     sc->tunnel_settings.ping_timeout_ms = cfg->heartbeat_timeout_ms;
     sc->tunnel_settings.settings_timeout_ms = cfg->heartbeat_timeout_ms;
 
-    if (tls) {
-        sc->tls_ctx = SSL_CTX_new(TLS_client_method());
-        if (!sc->tls_ctx) {
-            snprintf(err, errlen, "cannot create a TLS context");
+    if (tls || pk_forward_uses_tls(cfg)) {
+        sc->tls_ctx = pk_tls_client_ctx_new("connect.tls", &cfg->connect_tls,
+                                            cfg->connect_tls_insecure, pk_alpn_http11, err, errlen);
+        if (!sc->tls_ctx)
             goto fail;
-        }
-        SSL_CTX_set_min_proto_version(sc->tls_ctx, TLS1_2_VERSION);
-        SSL_CTX_set_default_verify_paths(sc->tls_ctx);
-        SSL_CTX_set_verify(sc->tls_ctx, SSL_VERIFY_PEER, NULL);
-        /* libevent 2.1 with OpenSSL 3 reports a close without close_notify as an error;
-         * HTTP/2 framing detects truncation anyway. */
-        SSL_CTX_set_options(sc->tls_ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+        if (cfg->connect_tls_insecure)
+            PK_WARN("sidecar", "connect.tls.insecure-skip-verify is on: server certificates are "
+                               "NOT verified, anyone on the network path can impersonate the "
+                               "server (testing only)");
     }
     sc->resolver = pk_resolver_new(base, cfg->dns_servers, err, errlen);
     if (!sc->resolver)
@@ -366,6 +374,26 @@ fail:
     return NULL;
 }
 
+void pk_sidecar_reload(struct pk_sidecar *sc)
+{
+    char err[512];
+    if (!sc->tls_ctx)
+        return;
+    SSL_CTX *ctx =
+        pk_tls_client_ctx_new("connect.tls", &sc->cfg->connect_tls, sc->cfg->connect_tls_insecure,
+                              pk_alpn_http11, err, sizeof(err));
+    if (!ctx) {
+        PK_WARN("sidecar", "TLS reload failed, keeping the current settings: %s", err);
+        return;
+    }
+    /* Connections already up keep a reference to the old context. */
+    SSL_CTX_free(sc->tls_ctx);
+    sc->tls_ctx = ctx;
+    PK_INFO("sidecar", "TLS settings reloaded%s%s",
+            pk_tls_set(sc->cfg->connect_tls.cert) ? " cert=" : "",
+            pk_tls_set(sc->cfg->connect_tls.cert) ? sc->cfg->connect_tls.cert : "");
+}
+
 void pk_sidecar_del(struct pk_sidecar *sc)
 {
     if (!sc)
@@ -393,6 +421,7 @@ void pk_sidecar_del(struct pk_sidecar *sc)
     if (sc->admin)
         evhttp_free(sc->admin);
     pk_resolver_del(sc->resolver);
+    pk_linger_list_free(&sc->lingers);
     if (sc->tls_ctx)
         SSL_CTX_free(sc->tls_ctx);
     event_free(sc->grace_ev);

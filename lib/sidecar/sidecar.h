@@ -4,6 +4,7 @@
 #define PK_SIDECAR_H
 
 #include "config/config.h"
+#include "net/tls.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -31,6 +32,9 @@ struct pk_sidecar_config {
     char *log_level;
     uint64_t grace_period_ms;
     char *dns_servers;
+    /* connect.tls.root-cas / .cert / .key (also used for an https forward.url) */
+    struct pk_tls_files connect_tls;
+    bool connect_tls_insecure;
 
     char *connect_token;      /* bearer token of the tunnel handshakes */
     char *connect_token_file; /* or a file holding it, read at every dial */
@@ -49,5 +53,9 @@ struct pk_sidecar *pk_sidecar_new(struct event_base *base, const struct pk_sidec
  * tunnel closed or the grace period ended. Idempotent. */
 void pk_sidecar_shutdown(struct pk_sidecar *sc);
 void pk_sidecar_del(struct pk_sidecar *sc);
+/* SIGHUP: builds the TLS client context again from connect.tls.* (a renewed client
+ * certificate); new dials use it. On failure the current one stays and the reason is
+ * logged. */
+void pk_sidecar_reload(struct pk_sidecar *sc);
 
 #endif

@@ -4,6 +4,7 @@
 #define PK_SIDECAR_INT_H
 
 #include "h2/h2.h"
+#include "net/net.h"
 #include "sidecar/sidecar.h"
 
 #include <stdbool.h>
@@ -74,7 +75,8 @@ struct pk_sidecar {
     struct sc_endpoint *eps;
     struct sc_server *servers; /* connect.url, in order */
     size_t nservers;
-    struct ssl_ctx_st *tls_ctx; /* SSL_CTX, when a connect.url is https */
+    struct ssl_ctx_st *tls_ctx;    /* SSL_CTX, when a connect.url or forward.url is https */
+    struct pk_linger_list lingers; /* TLS forwards ending with a close_notify */
     char sidecar_id[64];
     struct pk_h2_settings tunnel_settings;
     bool draining;
@@ -111,6 +113,8 @@ void pk_raw_serve(struct sc_endpoint *ep, struct pk_h2stream *s);
 
 /* forward.c: --forward listeners. */
 int pk_forward_config_check(const struct pk_sidecar_config *cfg, char *err, size_t errlen);
+/* True when --forward is used with an https forward.url. */
+bool pk_forward_uses_tls(const struct pk_sidecar_config *cfg);
 int pk_forward_start(struct pk_sidecar *sc, char *err, size_t errlen);
 void pk_forward_stop_listening(struct pk_sidecar *sc);
 /* Teardown: closes every listener and forwarded connection. */

@@ -11,6 +11,7 @@
 #include "dns/dns.h"
 #include "http1/http1.h"
 #include "net/dial.h"
+#include "net/tls.h"
 #include "sidecar/sidecar_int.h"
 
 #include <arpa/inet.h>
@@ -370,10 +371,15 @@ static void hs_read(struct bufferevent *bev, void *arg)
 static void hs_event(struct bufferevent *bev, short what, void *arg)
 {
     struct hs *h = arg;
-    PK_UNUSED(bev);
-    hs_done(h, false, false,
-            (what & BEV_EVENT_TIMEOUT) ? "handshake timeout"
-                                       : "connection closed during handshake");
+    char why[384] = "connection closed during handshake";
+    if (pk_bev_is_tls(bev) && !(what & BEV_EVENT_TIMEOUT)) {
+        /* TLS 1.3: a server refusing our client certificate says so after our side of
+         * the TLS handshake is done, as an alert read here. */
+        char r[320];
+        pk_tls_error(bev, what, r, sizeof(r));
+        snprintf(why, sizeof(why), "connection closed during handshake: %s", r);
+    }
+    hs_done(h, false, false, (what & BEV_EVENT_TIMEOUT) ? "handshake timeout" : why);
 }
 
 static void send_handshake(struct hs *h)

@@ -193,6 +193,14 @@ static void finish_write(struct pk_bevpipe *bp)
         /* ENOTCONN: the peer is already gone; a read will report how. */
         if (fd >= 0)
             shutdown(fd, SHUT_WR);
+    } else if (!bp->read_eof) {
+        /* TLS cannot half-close: the close_notify that follows ends both directions
+         * (PROTOCOL.md 2). What was read is delivered, then `in` ends as at EOF. */
+        bp->read_eof = true;
+        bufferevent_disable(bp->bev, EV_READ);
+        pump_in(bp);
+        if (bp->freed || bp->failed)
+            return;
     }
     check_done(bp);
 }
@@ -504,6 +512,13 @@ uint64_t pk_splice_bytes_ab(const struct pk_splice *sp)
 uint64_t pk_splice_bytes_ba(const struct pk_splice *sp)
 {
     return sp->ba.total_out;
+}
+
+struct bufferevent *pk_splice_take_b(struct pk_splice *sp)
+{
+    struct pk_bevpipe *b = sp->b;
+    sp->b = NULL;
+    return b ? pk_bevpipe_take_bev(b) : NULL;
 }
 
 void pk_splice_free(struct pk_splice *sp)

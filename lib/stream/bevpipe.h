@@ -8,9 +8,9 @@
  * full, and `out` is taken only while the connection's output is below out_hwm, so the
  * memory one connection pins is bounded by in's mark plus out_hwm.
  *
- * Directions end separately (TCP half-close): EOF from the connection closes `in` while
- * `out` keeps flowing; the end of `out` becomes a FIN (shutdown(SHUT_WR)) once everything
- * before it was flushed. A reset travels both ways: a socket error aborts `in`; an
+ * Directions end separately (TCP half-close; TLS: see shutdown_write): EOF from the connection
+ * closes `in` while `out` keeps flowing; the end of `out` becomes a FIN (shutdown(SHUT_WR)) once
+ * everything before it was flushed. A reset travels both ways: a socket error aborts `in`; an
  * aborted `out` resets the connection (RST). A pipe notifies only its consumer, so an
  * owner whose other side fails must call pk_bevpipe_reset (aborting `in` itself is noticed
  * only when the next bytes or EOF arrive; aborting `out` after its end was taken and
@@ -49,7 +49,11 @@ typedef void (*pk_bevpipe_done_cb)(struct pk_bevpipe *bp, int err, void *arg);
  * (BEV_OPT_CLOSE_ON_FREE); its callbacks, watermarks and timeouts are replaced. Bytes
  * already in bev's input are delivered first. out_hwm bounds bev's output (0: 256 KiB).
  * shutdown_write: the end of `out` is a shutdown(fd, SHUT_WR) (plain sockets); false (TLS,
- * which cannot half-close) only marks the write side done once the output is flushed.
+ * which cannot half-close) ends both directions once the output is flushed: input already
+ * read is delivered, then `in` is closed as at EOF and on_done(0) follows, so the owner
+ * takes the bev back (pk_bevpipe_take_bev) and ends it with a close_notify
+ * (pk_bev_linger_close). An EOF read first (the peer's close_notify) closes `in` only, as
+ * on a plain socket.
  *
  * on_done may be NULL (the owner then watches the pipes alone). Nothing happens
  * synchronously: the first bytes move from a deferred event. Never NULL. */
@@ -105,6 +109,9 @@ void pk_splice_set_idle_timeout(struct pk_splice *sp, uint64_t ms);
 /* Bytes relayed from a to b and from b to a. */
 uint64_t pk_splice_bytes_ab(const struct pk_splice *sp);
 uint64_t pk_splice_bytes_ba(const struct pk_splice *sp);
+/* After on_done: hands bev_b back (see pk_bevpipe_take_bev), e.g. to end a TLS side with a
+ * close_notify; pk_splice_free then frees only bev_a. NULL when b was closed abortively. */
+struct bufferevent *pk_splice_take_b(struct pk_splice *sp);
 /* Frees both bufferevents (closing the sockets). NULL is a no-op. Safe from on_done. */
 void pk_splice_free(struct pk_splice *sp);
 

@@ -1,0 +1,204 @@
+/* The ports' TLS (docs/manage/security.md): one pk_tls_server per port that has a
+ * certificate, the context peers are dialled with, and their reload on SIGHUP.
+ *
+ * ALPN: the proxy port offers h2 and http/1.1 (the proxy then skips the preface sniff),
+ * the upstream port http/1.1 only (the tunnel handshake is HTTP/1.1, then reverse h2), the
+ * cluster port h2 (peer links) and http/1.1 (state calls). The admin port is evhttp:
+ * HTTP/1.1 without ALPN. */
+#include "base/base.h"
+#include "base/log.h"
+#include "cluster/cluster.h"
+#include "net/tls.h"
+#include "server/server_int.h"
+
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/http.h>
+#include <json-c/json.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct pk_server_tls {
+    struct pk_tls_server *port[PK_PORT_COUNT];
+    SSL_CTX *cluster_client;
+};
+
+static const char *const port_names[PK_PORT_COUNT] = {"proxy", "upstream", "admin", "cluster"};
+static const char *const alpn_h2[] = {"h2", NULL};
+
+static const struct pk_tls_files *port_files(const struct pk_server_config *cfg, enum pk_port p)
+{
+    switch (p) {
+    case PK_PORT_PROXY:
+        return &cfg->proxy_tls;
+    case PK_PORT_UPSTREAM:
+        return &cfg->upstream_tls;
+    case PK_PORT_ADMIN:
+        return &cfg->admin_tls;
+    case PK_PORT_CLUSTER:
+    default:
+        return &cfg->cluster_tls;
+    }
+}
+
+static const char *const *port_alpn(enum pk_port p)
+{
+    switch (p) {
+    case PK_PORT_PROXY:
+    case PK_PORT_CLUSTER:
+        return pk_alpn_h2_http11;
+    case PK_PORT_UPSTREAM:
+        return pk_alpn_http11;
+    case PK_PORT_ADMIN:
+    default:
+        return NULL;
+    }
+}
+
+int pk_server_tls_check(const struct pk_server_config *cfg, char *err, size_t errlen)
+{
+    char prefix[32];
+    for (int p = 0; p < PK_PORT_COUNT; p++) {
+        snprintf(prefix, sizeof(prefix), "%s.tls", port_names[p]);
+        if (pk_tls_server_files_check(prefix, port_files(cfg, (enum pk_port)p), err, errlen) != 0)
+            return PK_ERR_INVALID;
+    }
+    /* All or nothing: a node serving TLS to peers dials them over TLS too. */
+    const struct pk_tls_files *c = &cfg->cluster_tls;
+    if (pk_tls_set(c->root_cas) && !pk_tls_set(c->cert)) {
+        snprintf(err, errlen,
+                 "cluster.tls.root-cas: needs cluster.tls.cert and cluster.tls.key (TLS on the "
+                 "cluster port is all or nothing)");
+        return PK_ERR_INVALID;
+    }
+    if (pk_tls_set(c->cert) && !pk_tls_set(c->root_cas) && cfg->cluster_join &&
+        *cfg->cluster_join) {
+        snprintf(err, errlen,
+                 "cluster.tls.root-cas: required with cluster.tls.cert and cluster.join (peers "
+                 "are dialled over TLS and verified against it)");
+        return PK_ERR_INVALID;
+    }
+    return 0;
+}
+
+int pk_server_tls_new(struct pk_server *srv, char *err, size_t errlen)
+{
+    const struct pk_server_config *cfg = srv->cfg;
+    srv->tls = pk_xcalloc(1, sizeof(*srv->tls));
+    for (int p = 0; p < PK_PORT_COUNT; p++) {
+        const struct pk_tls_files *f = port_files(cfg, (enum pk_port)p);
+        if (!pk_tls_set(f->cert))
+            continue;
+        srv->tls->port[p] =
+            pk_tls_server_new(srv->base, port_names[p], f, port_alpn((enum pk_port)p), err, errlen);
+        if (!srv->tls->port[p])
+            return PK_ERR_INVALID;
+        PK_INFO("tls", "port=%s cert=%s%s%s", port_names[p], f->cert,
+                pk_tls_set(f->client_cas) ? " client-cas=" : "",
+                pk_tls_set(f->client_cas) ? f->client_cas : "");
+    }
+    if (pk_tls_set(cfg->cluster_tls.root_cas)) {
+        srv->tls->cluster_client =
+            pk_tls_client_ctx_new("cluster.tls", &cfg->cluster_tls, false, alpn_h2, err, errlen);
+        if (!srv->tls->cluster_client)
+            return PK_ERR_INVALID;
+        PK_INFO("tls",
+                "peers are dialled over TLS, verified against root-cas=%s (chain only, "
+                "not the address)",
+                cfg->cluster_tls.root_cas);
+    }
+    return 0;
+}
+
+void pk_server_tls_free(struct pk_server *srv)
+{
+    if (!srv->tls)
+        return;
+    for (int p = 0; p < PK_PORT_COUNT; p++)
+        pk_tls_server_free(srv->tls->port[p]);
+    SSL_CTX_free(srv->tls->cluster_client);
+    free(srv->tls);
+    srv->tls = NULL;
+}
+
+struct pk_tls_server *pk_server_tls_port(struct pk_server *srv, enum pk_port port)
+{
+    return srv->tls ? srv->tls->port[port] : NULL;
+}
+
+struct ssl_ctx_st *pk_server_tls_cluster_client(struct pk_server *srv)
+{
+    return srv->tls ? srv->tls->cluster_client : NULL;
+}
+
+void pk_server_reload(struct pk_server *srv)
+{
+    char err[512];
+    if (!srv->tls)
+        return;
+    for (int p = 0; p < PK_PORT_COUNT; p++) {
+        struct pk_tls_server *ts = srv->tls->port[p];
+        if (!ts)
+            continue;
+        if (pk_tls_server_reload(ts, err, sizeof(err)) != 0)
+            PK_WARN("tls", "reload failed port=%s, keeping the current certificate: %s",
+                    port_names[p], err);
+        else
+            PK_INFO("tls", "reloaded port=%s cert=%s", port_names[p],
+                    port_files(srv->cfg, (enum pk_port)p)->cert);
+    }
+    if (srv->tls->cluster_client) {
+        SSL_CTX *ctx = pk_tls_client_ctx_new("cluster.tls", &srv->cfg->cluster_tls, false, alpn_h2,
+                                             err, sizeof(err));
+        if (!ctx) {
+            PK_WARN("tls", "reload failed for peer links, keeping the current context: %s", err);
+        } else {
+            SSL_CTX_free(srv->tls->cluster_client);
+            srv->tls->cluster_client = ctx;
+            pk_cluster_set_tls_ctx(srv->cluster, ctx);
+        }
+    }
+}
+
+/* evhttp's bevcb: every admin connection starts as a TLS server handshake. */
+static struct bufferevent *admin_bev(struct event_base *base, void *arg)
+{
+    struct pk_server *srv = arg;
+    SSL *ssl = pk_tls_server_ssl_new(srv->tls->port[PK_PORT_ADMIN]);
+    if (!ssl)
+        return NULL;
+    struct bufferevent *bev = bufferevent_openssl_socket_new(
+        base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+    if (!bev) {
+        SSL_free(ssl);
+        return NULL;
+    }
+    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    return bev;
+}
+
+void pk_server_tls_admin(struct pk_server *srv)
+{
+    if (pk_server_tls_port(srv, PK_PORT_ADMIN))
+        evhttp_set_bevcb(srv->admin, admin_bev, srv);
+}
+
+void pk_server_tls_status(struct pk_server *srv, struct json_object *o)
+{
+    if (!srv->tls)
+        return;
+    struct json_object *t = json_object_new_object();
+    for (int p = 0; p < PK_PORT_COUNT; p++) {
+        struct pk_tls_server *ts = srv->tls->port[p];
+        if (!ts)
+            continue;
+        struct json_object *po = json_object_new_object();
+        json_object_object_add(po, "handshake_failures",
+                               json_object_new_int64((int64_t)pk_tls_server_failures(ts)));
+        json_object_object_add(po, "mtls", json_object_new_boolean(pk_tls_server_mtls(ts)));
+        json_object_object_add(t, port_names[p], po);
+    }
+    json_object_object_add(o, "tls", t);
+}
