@@ -317,9 +317,9 @@ static void hs_done(struct hs *h, bool ok, bool to_max, const char *why)
     schedule_redial(sl, delay);
 }
 
-static void hs_read(struct bufferevent *bev, void *arg)
+/* Parses the handshake answer; returns true once the handshake is over (h is gone). */
+static bool hs_process(struct hs *h, struct bufferevent *bev)
 {
-    struct hs *h = arg;
     struct sc_slot *sl = h->slot;
     struct sc_endpoint *ep = sl->ep;
     struct pk_sidecar *sc = ep->sc;
@@ -329,18 +329,18 @@ static void hs_read(struct bufferevent *bev, void *arg)
     ssize_t n = pk_h1parser_feed(&h->parser, data, len);
     if (n < 0) {
         hs_done(h, false, false, "malformed handshake response");
-        return;
+        return true;
     }
     evbuffer_drain(in, (size_t)n);
     if (!h->parser.message_done)
-        return;
+        return false;
     int status = h->parser.head.status;
     if (status != 101) {
         char why[768];
         pk_error_message(status, (const char *)evbuffer_pullup(h->body, -1),
                          evbuffer_get_length(h->body), why, sizeof(why));
         hs_done(h, false, status == 401 || status == 403, why);
-        return;
+        return true;
     }
     /* HTTP/2 starts right after the 101's empty line: leftover input is HTTP/2. */
     size_t server = h->server;
@@ -366,11 +366,22 @@ static void hs_read(struct bufferevent *bev, void *arg)
         dial_failed(sl, server);
         schedule_redial(sl, next_backoff(sl, false));
     }
+    return true;
+}
+
+static void hs_read(struct bufferevent *bev, void *arg)
+{
+    hs_process(arg, bev);
 }
 
 static void hs_event(struct bufferevent *bev, short what, void *arg)
 {
     struct hs *h = arg;
+    /* libevent 2.1 over OpenSSL may report EOF before the last bytes read were delivered
+     * (LIBRARIES.md): a refusal (401, 503...) followed by close_notify is in the input. */
+    if (!(what & BEV_EVENT_TIMEOUT) && evbuffer_get_length(bufferevent_get_input(bev)) > 0 &&
+        hs_process(h, bev))
+        return;
     char why[384] = "connection closed during handshake";
     if (pk_bev_is_tls(bev) && !(what & BEV_EVENT_TIMEOUT)) {
         /* TLS 1.3: a server refusing our client certificate says so after our side of
