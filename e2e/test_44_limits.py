@@ -93,7 +93,7 @@ def test_slowloris_does_not_starve_and_is_closed_at_head_timeout(piko):
     assert srv.running()
 
 
-def test_body_limit(piko):
+def test_body_limit(piko, tmp_path):
     svc = piko.service()
     srv = piko.server({"proxy.max-body-bytes": "1KiB"})
     piko.sidecar({"my-service": svc.addr}, server=srv)
@@ -114,13 +114,14 @@ def test_body_limit(piko):
             pass  # the service answered first: then the connection is cut instead
         assert c.closed_by_peer()
     assert h1(srv.proxy_port, "GET", "/echo?after=1", EP).status == 200
-    # h2c: the content-length is checked before routing
-    out = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-o", "-", "-w",
-                          "\n%{http_code}", "-H", "x-piko-endpoint: my-service",
-                          "--data-binary", "x" * 2000,
+    # h2c: the content-length is checked before routing. nghttp, not curl: curl 7.88 takes
+    # the END_STREAM + RST_STREAM(NO_ERROR) that ends an upload early for an error.
+    body = tmp_path / "body"
+    body.write_bytes(b"x" * 2000)
+    out = subprocess.run(["nghttp", "-v", "-H", "x-piko-endpoint: my-service", "-d", str(body),
                           "http://127.0.0.1:%d/echo" % srv.proxy_port],
                          capture_output=True, text=True, timeout=10 * SLOW)
-    assert out.stdout.rstrip().endswith("413"), out
+    assert ":status: 413" in out.stdout, out.stdout[-2000:]
     assert "request body too large" in out.stdout
 
 
