@@ -1,9 +1,15 @@
 # The two commands a user needs: `make demo` and `make test`. Both install missing
 # Debian packages first (scripts/install-deps.sh), so they work on a fresh machine.
-.PHONY: all deps build build-asan test test-unit test-e2e fmt fmt-check demo bench clean
+.PHONY: all deps build build-asan build-fuzz test test-unit test-e2e fmt fmt-check demo bench \
+        fuzz fuzz-smoke clean
 
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+# Seconds per fuzz target for `make fuzz` (docs/fuzzing.md); fuzz-smoke runs each for
+# FUZZ_SMOKE_TIME from the committed seeds alone.
+FUZZ_TIME  ?= 60
+FUZZ_SMOKE_TIME ?= 12
 JOBS       ?= $(shell nproc)
 PYTEST     ?= python3 -m pytest
 
@@ -21,6 +27,20 @@ build-asan:
 	@scripts/install-deps.sh test
 	@CC=clang cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DPIKO_SANITIZE=ON >/dev/null
 	@cmake --build $(ASAN_BUILD) -j $(JOBS)
+
+# libFuzzer targets (tests/fuzz/), clang with ASan + UBSan; see docs/fuzzing.md.
+build-fuzz:
+	@scripts/install-deps.sh test
+	@CC=clang cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DPIKO_FUZZ=ON >/dev/null
+	@cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz
+
+# New inputs go to $(FUZZ_BUILD)/fuzz/corpus/, never into tests/fuzz/corpus/.
+fuzz: build-fuzz
+	@tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_TIME) corpus $(FUZZ_ARGS)
+
+# Bounded (targets x FUZZ_SMOKE_TIME seconds); fails on any crash, leak, timeout or UB.
+fuzz-smoke: build-fuzz
+	@tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SMOKE_TIME) smoke -rss_limit_mb=1024 $(FUZZ_ARGS)
 
 fmt:
 	@clang-format -i $$(git ls-files '*.c' '*.h')
@@ -42,6 +62,7 @@ test: deps fmt-check build
 	@# The e2e suite fails on any sanitizer report (leaks included) in a binary's log.
 	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	    $(MAKE) --no-print-directory test-unit test-e2e BUILD=$(ASAN_BUILD)
+	@$(MAKE) --no-print-directory fuzz-smoke
 
 demo: deps build
 	@scripts/demo.sh $(BUILD)/bin
@@ -53,4 +74,4 @@ bench:
 	@bench/tcp.sh $(BUILD)/bin
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
