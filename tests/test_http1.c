@@ -603,6 +603,12 @@ static void test_smuggling(void)
         {"GET / HTTP/1.1\r\nX-A: a\rb\r\n\r\n", PK_H1_MALFORMED, NULL},
         {"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nabc\r\n",
          PK_H1_MALFORMED, NULL},
+        /* found by fuzz_h1_request: a control byte first in a value, a bare CR ending a
+         * line (http-parser swallowed the next byte), a bare CR where the empty line is */
+        {"GET / HTTP/1.1\r\nX-A: \001abc\r\n\r\n", PK_H1_MALFORMED, "control character"},
+        {"GET / HTTP/1.1\r\nX-A: ab\x7f\r\n\r\n", PK_H1_MALFORMED, NULL},
+        {"GET / HTTP/1.1\r\nX-A: a\rXGET /2 HTTP/1.1\r\n\r\n", PK_H1_MALFORMED, NULL},
+        {"GET / HTTP/1.1\r\nX-A: a\r\n\rXGET /2 HTTP/1.1\r\n\r\n", PK_H1_MALFORMED, "bare CR"},
     };
     for (size_t i = 0; i < PK_ARRAY_LEN(cases); i++) {
         for (int bytewise = 0; bytewise < 2; bytewise++) {

@@ -110,6 +110,16 @@ static int on_header_value(http_parser *hp, const char *at, size_t n)
     struct pk_h1parser *p = P(hp);
     if (count(p, n))
         return 1;
+    /* http-parser does not check a value's first byte: no control character but HTAB
+     * (RFC 9110 5.5), so a NUL never truncates a value and nothing odd is passed on. */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)at[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f) {
+            p->error = PK_H1_MALFORMED;
+            p->error_detail = "control character in a field value";
+            return 1;
+        }
+    }
 
     p->in_value = true;
     append(&p->value, &p->value_len, at, n);
@@ -299,10 +309,12 @@ static int check_request_line(struct pk_h1parser *p, const char *data, size_t le
 }
 
 /* http-parser accepts obsolete line folding (a field line starting with SP or HTAB) and
- * joins it into the value; RFC 9112 5.2 lets a recipient reject it, and a proxy must not
- * pass it on. The head's bytes are scanned for it before the parser sees them, with the
- * state kept across feeds: 0 message start (CR/LF before the request line are skipped),
- * 1 inside a line, 2 just after LF, 3 after LF CR. The scan stops at the empty line. */
+ * joins it into the value, and in its non-strict build takes a bare CR followed by any
+ * byte as a line end (swallowing the byte). RFC 9112 lets a recipient reject both, and a
+ * proxy must not pass them on. The head's bytes are scanned before the parser sees them,
+ * with the state kept across feeds: 0 message start (CR/LF before the request line are
+ * skipped), 1 inside a line, 2 just after LF, 3 after LF CR, 4 after CR inside a line.
+ * The scan stops at the empty line. */
 static int scan_head(struct pk_h1parser *p, const char *data, size_t len)
 {
     for (size_t i = 0; i < len && !p->head_scanned; i++) {
@@ -315,6 +327,16 @@ static int scan_head(struct pk_h1parser *p, const char *data, size_t len)
         case 1:
             if (c == '\n')
                 p->scan_state = 2;
+            else if (c == '\r')
+                p->scan_state = 4;
+            break;
+        case 4:
+            if (c != '\n') {
+                p->error = PK_H1_MALFORMED;
+                p->error_detail = "bare CR in the head";
+                return -1;
+            }
+            p->scan_state = 2;
             break;
         case 2:
             if (c == ' ' || c == '\t') {
@@ -325,9 +347,13 @@ static int scan_head(struct pk_h1parser *p, const char *data, size_t len)
             p->scan_state = c == '\r' ? 3 : c == '\n' ? 0 : 1;
             p->head_scanned = c == '\n';
             break;
-        default:
-            p->head_scanned = c == '\n';
-            p->scan_state = 1;
+        default: /* 3: LF CR, the empty line unless a bare CR */
+            if (c != '\n') {
+                p->error = PK_H1_MALFORMED;
+                p->error_detail = "bare CR in the head";
+                return -1;
+            }
+            p->head_scanned = true;
             break;
         }
     }

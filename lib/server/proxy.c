@@ -1028,6 +1028,13 @@ static bool h1_on_head(struct pk_h1parser *p, void *ud)
         ex_start(ex, &p->head);
         return false;
     }
+    if (strcmp(p->head.method, "CONNECT") == 0) {
+        /* A forward proxy's tunnel is not a Piko feature (TCP goes through
+         * /_piko/v1/tcp/{endpoint}); same answer as over HTTP/2. */
+        hc->keep_alive = false;
+        ex_fail(ex, 405, "CONNECT is not supported");
+        return false;
+    }
     const char *path = p->head.path ? p->head.path : "";
     ex->tcp = strncmp(path, TCP_PREFIX, strlen(TCP_PREFIX)) == 0;
     if (ex->tcp && !(p->upgrade && pk_hdrs_has_token(&p->head.hdrs, "upgrade", "piko-tcp"))) {
@@ -1095,6 +1102,15 @@ static void h1_on_complete(struct pk_h1parser *p, void *ud)
     if (!hc->ex || hc->ex->raw)
         return; /* an upgrade's bytes come after the 101, through the bevpipe */
     struct pk_pipe *rb = &hc->ex->req_body;
+    if (p->trailers.n) {
+        /* Fields that must not be trailers (RFC 9110 6.5.1: framing, routing, hop-by-hop)
+         * are dropped rather than passed on. */
+        pk_h1_strip_hop_by_hop(&p->trailers, false);
+        pk_hdrs_del(&p->trailers, "content-length");
+        pk_hdrs_del(&p->trailers, "host");
+        pk_hdrs_del(&p->trailers, "x-piko-authorization");
+        pk_hdrs_del_prefix(&p->trailers, "piko-");
+    }
     if (p->trailers.n) {
         pk_hdrs_move(&rb->trailers, &p->trailers);
         rb->has_trailers = true;
