@@ -129,9 +129,13 @@ def test_proxy_connection_limit(piko):
     svc = piko.service()
     srv = piko.server({"proxy.max-connections": "20"})
     piko.sidecar({"my-service": svc.addr}, server=srv)
+    time.sleep(0.5 * SLOW)  # the routability probe's connection is gone
     held = [RawConn(srv.proxy_port) for _ in range(20)]
     try:
-        time.sleep(0.3)
+        for i, c in enumerate(held):  # each one is open and served (keep-alive)
+            c.send(b"GET /echo?held=%d HTTP/1.1\r\nHost: x\r\nx-piko-endpoint: my-service"
+                   b"\r\n\r\n" % i)
+            assert c.read_response().status == 200
         extra = RawConn(srv.proxy_port)
         try:
             assert extra.closed_by_peer(timeout=3), "connection 21 was not closed"
