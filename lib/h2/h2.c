@@ -50,6 +50,8 @@ struct pk_h2conn {
     bool closing;           /* destruction scheduled */
     bool close_after_flush; /* destroy once the output buffer is empty */
     bool goaway_recv;
+    bool goaway_pending; /* pk_h2conn_drain: GOAWAY to submit at the next flush */
+    int32_t goaway_last_id;
     int drain_state; /* 0 none, 1 shutdown notice sent (two-step), 2 final GOAWAY sent */
     const char *why;
     struct pk_h2stream *streams;
@@ -558,9 +560,30 @@ static void destroy(struct pk_h2conn *c)
 
 /* Produces frames into the output buffer up to the high-water mark. Never called from
  * inside nghttp2. */
+/* A GOAWAY is submitted only once every frame queued before it (notably the HEADERS of
+ * streams opened just before the drain) is written: nghttp2 sends GOAWAY ahead of queued
+ * HEADERS, and a peer that has GOAWAY and no open stream stops reading, so such a stream
+ * would be lost with the connection. */
+static void submit_pending_goaway(struct pk_h2conn *c)
+{
+    size_t bytes = 0;
+    while (nghttp2_session_get_outbound_queue_size(c->ng) > 0 && bytes < (4u << 20)) {
+        const uint8_t *data;
+        ssize_t n = nghttp2_session_mem_send(c->ng, &data);
+        if (n <= 0)
+            break;
+        bufferevent_write(c->bev, data, (size_t)n);
+        bytes += (size_t)n;
+    }
+    nghttp2_submit_goaway(c->ng, NGHTTP2_FLAG_NONE, c->goaway_last_id, NGHTTP2_NO_ERROR, NULL, 0);
+    c->goaway_pending = false;
+}
+
 static void produce(struct pk_h2conn *c)
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (c->goaway_pending && !c->closing)
+        submit_pending_goaway(c);
     while (!c->closing && evbuffer_get_length(out) < c->set.out_hwm) {
         const uint8_t *data;
         ssize_t n = nghttp2_session_mem_send(c->ng, &data);
@@ -809,7 +832,8 @@ void pk_h2conn_drain(struct pk_h2conn *c, int32_t last_stream_id)
 {
     if (c->closing || c->drain_state == 2)
         return;
-    nghttp2_submit_goaway(c->ng, NGHTTP2_FLAG_NONE, last_stream_id, NGHTTP2_NO_ERROR, NULL, 0);
+    c->goaway_pending = true; /* submitted by the next flush, see submit_pending_goaway */
+    c->goaway_last_id = last_stream_id;
     c->drain_state = 2;
     check_idle_drained(c);
     schedule_flush(c);
