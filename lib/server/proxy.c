@@ -457,7 +457,7 @@ void pk_proxy_slot_free(struct pk_server *srv, const char *endpoint)
 
 /* Chooses the endpoint (PROTOCOL.md 4): x-piko-endpoint, x-endpoint-id, then the first
  * label of a Host that has a dot and is not an IP literal. Returns 0 or an HTTP status. */
-static int route(const struct pk_head *req, char *out, size_t outlen, const char **msg)
+int pk_proxy_route(const struct pk_head *req, char *out, size_t outlen, const char **msg)
 {
     const char *id = pk_hdrs_get(&req->hdrs, "x-piko-endpoint");
     if (!id)
@@ -698,7 +698,7 @@ static void ex_route(struct exchange *ex, struct pk_head *in, const struct pk_cl
         if (!status)
             snprintf(ex->endpoint, sizeof(ex->endpoint), "%s", id);
     } else {
-        status = route(in, ex->endpoint, sizeof(ex->endpoint), &msg);
+        status = pk_proxy_route(in, ex->endpoint, sizeof(ex->endpoint), &msg);
     }
     ex->is_head = in->method && strcmp(in->method, "HEAD") == 0;
     if (status) {

@@ -135,6 +135,11 @@ struct json_object *pk_upstream_table_json(struct pk_server *srv, size_t *neps, 
 bool pk_upstream_shed_one(struct pk_server *srv);
 size_t pk_upstream_count(struct pk_server *srv);
 
+/* Chooses the endpoint of a request (PROTOCOL.md 4): x-piko-endpoint, x-endpoint-id, then
+ * the first label of a Host that has a dot and is not an IP literal. Returns 0 with the id
+ * in out, or an HTTP status (400) with *msg. Pure: also called by tests/fuzz. */
+int pk_proxy_route(const struct pk_head *req, char *out, size_t outlen, const char **msg);
+
 /* proxy.c (cluster port) */
 int pk_cluster_port_listen(struct pk_server *srv, char *err, size_t errlen);
 /* Re-dispatches every request waiting for a route (a peer's table or link changed). */

@@ -32,6 +32,7 @@
  *     request). */
 #include "fuzz.h"
 #include "h2check.h"
+#include "server/server_int.h"
 
 #include "base/base.h"
 #include "http1/http1.h"
@@ -268,35 +269,11 @@ static void check_converted(const struct msg *m)
 
 /* ---- the proxy, replayed ------------------------------------------------------------ */
 
-/* proxy.c route(): x-piko-endpoint, x-endpoint-id, or the first label of a dotted Host. */
+/* proxy.c's own routing (pk_proxy_route). */
 static int route(const struct pk_head *req, char *out, size_t outlen)
 {
-    const char *id = pk_hdrs_get(&req->hdrs, "x-piko-endpoint");
-    if (!id)
-        id = pk_hdrs_get(&req->hdrs, "x-endpoint-id");
-    size_t len = id ? strlen(id) : 0;
-    if (!id && req->authority) {
-        const char *host = req->authority;
-        char buf[256];
-        struct in6_addr a6;
-        size_t hlen = strcspn(host, ":");
-        if (host[0] == '[' || hlen >= sizeof(buf)) {
-            host = NULL;
-        } else {
-            memcpy(buf, host, hlen);
-            buf[hlen] = '\0';
-            if (!strchr(buf, '.') || inet_pton(AF_INET, buf, &a6) == 1)
-                host = NULL;
-        }
-        if (host) {
-            id = host;
-            len = strcspn(host, ".");
-        }
-    }
-    if (!id || !pk_endpoint_id_valid(id, len))
-        return 400;
-    snprintf(out, outlen, "%.*s", (int)len, id);
-    return 0;
+    const char *msg = NULL;
+    return pk_proxy_route(req, out, outlen, &msg);
 }
 
 /* proxy.c prepare_request(); moves method, path and fields out of in. */
