@@ -230,6 +230,14 @@ static void peer_free(struct peer *p)
     free(p);
 }
 
+/* Dials the link again later: 100 ms doubling to LINK_BACKOFF_MAX. */
+static void link_retry(struct peer *p)
+{
+    p->link_backoff_ms =
+        p->link_backoff_ms ? PK_MIN(p->link_backoff_ms * 2, LINK_BACKOFF_MAX) : 100;
+    add_ms(p->link_ev, p->link_backoff_ms);
+}
+
 static void link_closed(struct pk_h2conn *h2, const char *why, void *ud)
 {
     struct peer *p = ud;
@@ -242,11 +250,8 @@ static void link_closed(struct pk_h2conn *h2, const char *why, void *ud)
         return;
     }
     PK_INFO("cluster", "peer link closed node=%s address=%s: %s", peer_name(p), p->addr, why);
-    if (routable(p) && !c->stopped) {
-        p->link_backoff_ms =
-            p->link_backoff_ms ? PK_MIN(p->link_backoff_ms * 2, LINK_BACKOFF_MAX) : 100;
-        add_ms(p->link_ev, p->link_backoff_ms);
-    }
+    if (routable(p) && !c->stopped)
+        link_retry(p);
 }
 
 static void link_stream_closed(struct pk_h2conn *h2, void *ud)
@@ -288,9 +293,7 @@ static void link_dialled(int err, struct bufferevent *bev, const char *why, void
     if (err) {
         PK_INFO("cluster", "peer link to node=%s address=%s failed: %s", peer_name(p), p->addr,
                 why);
-        p->link_backoff_ms =
-            p->link_backoff_ms ? PK_MIN(p->link_backoff_ms * 2, LINK_BACKOFF_MAX) : 100;
-        add_ms(p->link_ev, p->link_backoff_ms);
+        link_retry(p);
         return;
     }
     char name[160];

@@ -421,24 +421,16 @@ static void ex_dispatch(struct exchange *ex)
 
 void pk_proxy_retry_waiting(struct pk_server *srv)
 {
-    struct exchange *ready = srv->waiting;
-    srv->waiting = NULL;
-    for (struct exchange *ex = ready; ex; ex = ex->wnext)
-        ex->waiting = false;
-    while (ready) {
-        struct exchange *ex = ready;
-        ready = ex->wnext;
-        ex->wnext = NULL;
-        ex_dispatch(ex);
-    }
+    pk_proxy_slot_free(srv, NULL);
 }
 
+/* Re-dispatches the waiting requests of endpoint (NULL: all of them). */
 void pk_proxy_slot_free(struct pk_server *srv, const char *endpoint)
 {
     struct exchange *ready = NULL;
     for (struct exchange **pp = &srv->waiting; *pp;) {
         struct exchange *ex = *pp;
-        if (strcmp(ex->endpoint, endpoint) == 0) {
+        if (!endpoint || strcmp(ex->endpoint, endpoint) == 0) {
             *pp = ex->wnext;
             ex->waiting = false;
             ex->wnext = ready;

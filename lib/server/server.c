@@ -571,12 +571,12 @@ void pk_server_shutdown(struct pk_server *srv)
     srv->draining = true;
     /* With a node to go to, the sidecars move there: our endpoints are published as
      * moving so that requests wait for them (docs/architecture/cluster.md). */
-    srv->soft_drain = pk_cluster_has_active_peer(srv->cluster);
+    srv->moving_drain = pk_cluster_has_active_peer(srv->cluster);
     PK_INFO("server",
             "shutting down: %zu requests in flight, %zu tunnels (%s), drain delay %llums, "
             "grace period %llums",
             srv->nexchanges, srv->ntunnels_open,
-            srv->soft_drain ? "moving to other nodes" : "drained",
+            srv->moving_drain ? "moving to other nodes" : "drained",
             (unsigned long long)srv->cfg->drain_delay_ms,
             (unsigned long long)srv->cfg->grace_period_ms);
     pk_server_state_changed(srv); /* peers learn at once that we are draining */
@@ -688,9 +688,8 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
     srv->down_settings.settings_timeout_ms = cfg->proxy_head_timeout_ms;
     srv->down_settings.max_header_bytes = cfg->proxy_max_header_bytes;
 
-    /* Peer links: we are the client of a peer's cluster port (same code as a tunnel)... */
-    srv->link_settings = srv->tunnel_settings;
-    /* ...and the server of the links peers open to ours. */
+    /* Peer links we dial use the tunnel's settings (same client code); the links peers open
+     * to our cluster port get these: */
     pk_h2_settings_default(&srv->cluster_settings);
     srv->cluster_settings.max_concurrent_streams = 16384;
     srv->cluster_settings.stream_window = (uint32_t)cfg->upstream_stream_window;
@@ -731,7 +730,7 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
         .resolve_interval_ms = cfg->cluster_resolve_interval_ms,
         .peer_timeout_ms = cfg->cluster_peer_timeout_ms,
         .secret = cfg->cluster_secret,
-        .link_settings = &srv->link_settings,
+        .link_settings = &srv->tunnel_settings,
         .tls_ctx = pk_server_tls_cluster_client(srv),
         .tls_files = &cfg->cluster_tls,
     };

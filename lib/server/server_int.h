@@ -75,8 +75,7 @@ struct pk_server {
     struct exchange *state_waiters;         /* long polls of that state */
     struct event *state_ev;                 /* answers the long polls after a change */
     struct pk_h2_settings cluster_settings; /* our side of peer links we accept */
-    struct pk_h2_settings link_settings;    /* our side of peer links we dial */
-    bool soft_drain;       /* draining with an active peer: our endpoints move there */
+    bool moving_drain;     /* draining with an active peer: our endpoints move there */
     struct moving *moving; /* endpoints whose tunnels we sent away, until their deadline */
     struct event *moving_ev;
     bool drain_final;     /* the drain delay is over: connections are being closed */
@@ -121,7 +120,8 @@ void pk_upstream_drain_all(struct pk_server *srv);
 
 /* proxy.c */
 int pk_proxy_listen(struct pk_server *srv, char *err, size_t errlen);
-/* A tunnel of this endpoint has a free slot again (or a new one arrived). */
+/* A tunnel of this endpoint (NULL: of any) has a free slot again, or a new one arrived:
+ * the requests waiting for it are dispatched again. */
 void pk_proxy_slot_free(struct pk_server *srv, const char *endpoint);
 /* Drains downstream connections, or (cluster) the connections peers opened to us. */
 void pk_proxy_drain_all(struct pk_server *srv, bool cluster);

@@ -118,7 +118,7 @@ void pk_upstream_drain_all(struct pk_server *srv)
 {
     for (struct pk_list *l = srv->tunnels.next; l != &srv->tunnels; l = l->next) {
         struct tunnel *t = PK_CONTAINER_OF(l, struct tunnel, link);
-        if (srv->soft_drain && t->ep)
+        if (srv->moving_drain && t->ep)
             pk_server_mark_moving(srv, t->ep->id);
     }
     for (struct pk_list *l = srv->tunnels.next; l != &srv->tunnels; l = l->next)
