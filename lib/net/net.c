@@ -87,7 +87,7 @@ void pk_sockaddr_ip(const struct sockaddr *sa, char *ip, size_t iplen, uint16_t 
     }
 }
 
-void pk_listener_addr(struct evconnlistener *l, char *buf, size_t len)
+void pk_evlistener_addr(struct evconnlistener *l, char *buf, size_t len)
 {
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
@@ -99,6 +99,17 @@ void pk_listener_addr(struct evconnlistener *l, char *buf, size_t len)
     }
     pk_sockaddr_ip((struct sockaddr *)&ss, ip, sizeof(ip), &port);
     snprintf(buf, len, ss.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", ip, port);
+}
+
+struct event *pk_xevent_new(struct event_base *base, evutil_socket_t fd, short what,
+                            void (*cb)(evutil_socket_t, short, void *), void *arg)
+{
+    struct event *ev = event_new(base, fd, what, cb, arg);
+    if (!ev) {
+        fprintf(stderr, "fatal: event_new failed\n");
+        abort();
+    }
+    return ev;
 }
 
 void pk_tune_socket(int fd)

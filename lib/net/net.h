@@ -13,13 +13,18 @@
 struct bufferevent;
 struct event_base;
 
-/* Binds a listener on "host:port", ":port" or "[v6]:port" (the host is resolved with
+/* Binds a bare evconnlistener (pk_listener_new in listener.h wraps one with the handling
+ * of descriptor exhaustion; use that for ports) on "host:port", ":port" or "[v6]:port" (the host is resolved with
  * getaddrinfo at start-up: numeric addresses or names from /etc/hosts). Returns NULL
  * and a message in err on failure. */
 struct evconnlistener *pk_listen(struct event_base *base, const char *addr, evconnlistener_cb cb,
                                  void *arg, char *err, size_t errlen);
 /* "127.0.0.1:8000" for the address a listener is actually bound to. */
-void pk_listener_addr(struct evconnlistener *l, char *buf, size_t len);
+void pk_evlistener_addr(struct evconnlistener *l, char *buf, size_t len);
+
+/* event_new that aborts when it fails (only for want of memory: the pk_xmalloc policy). */
+struct event *pk_xevent_new(struct event_base *base, evutil_socket_t fd, short what,
+                            void (*cb)(evutil_socket_t, short, void *), void *arg);
 
 /* TCP_NODELAY and keepalive on a connected socket. */
 void pk_tune_socket(int fd);

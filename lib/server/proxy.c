@@ -1548,32 +1548,30 @@ static void accept_conn(struct pk_server *srv, evutil_socket_t fd, struct sockad
                NULL);
 }
 
-static void proxy_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
-                         int salen, void *arg)
+static void proxy_accept(evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
 {
-    PK_UNUSED(l);
     PK_UNUSED(salen);
     accept_conn(arg, fd, sa, false);
 }
 
-static void cluster_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
-                           int salen, void *arg)
+static void cluster_accept(evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
 {
-    PK_UNUSED(l);
     PK_UNUSED(salen);
     accept_conn(arg, fd, sa, true);
 }
 
 int pk_proxy_listen(struct pk_server *srv, char *err, size_t errlen)
 {
-    srv->proxy_l = pk_listen(srv->base, srv->cfg->proxy_bind_addr, proxy_accept, srv, err, errlen);
+    srv->proxy_l = pk_listener_new(srv->base, "proxy", srv->cfg->proxy_bind_addr, proxy_accept, srv,
+                                   err, errlen);
     return srv->proxy_l ? 0 : PK_ERR_IO;
 }
 
 int pk_cluster_port_listen(struct pk_server *srv, char *err, size_t errlen)
 {
     srv->cluster_l =
-        pk_listen(srv->base, srv->cfg->cluster_bind_addr, cluster_accept, srv, err, errlen);
+        pk_listener_new(srv->base, "cluster", srv->cfg->cluster_bind_addr, cluster_accept, srv, err,
+                        errlen);
     return srv->cluster_l ? 0 : PK_ERR_IO;
 }
 

@@ -484,7 +484,7 @@ static int admin_listen(struct pk_server *srv, char *err, size_t errlen)
     evhttp_set_cb(srv->admin, "/ready", admin_ready, srv);
     evhttp_set_cb(srv->admin, "/status/auth", admin_auth_status, srv);
     evhttp_set_gencb(srv->admin, admin_authed, srv);
-    pk_listener_addr(l, addrbuf, sizeof(addrbuf));
+    pk_evlistener_addr(l, addrbuf, sizeof(addrbuf));
     snprintf(srv->admin_addr, sizeof(srv->admin_addr), "%s", addrbuf);
     PK_INFO("server", "admin listening addr=%s", addrbuf);
     return 0;
@@ -515,7 +515,7 @@ static void check_cb(evutil_socket_t fd, short what, void *arg)
     if (srv->draining && srv->drain_final && srv->cluster_l) {
         /* Our tunnels take no new stream: close the links peers opened to us (the
          * streams in flight on them finish) and answer their long polls. */
-        evconnlistener_free(srv->cluster_l);
+        pk_listener_free(srv->cluster_l);
         srv->cluster_l = NULL;
         srv->cluster_closing = true;
         pk_proxy_state_changed(srv); /* the long polls are answered now */
@@ -546,11 +546,11 @@ static void drain_final(struct pk_server *srv)
     PK_INFO("server", "draining connections: %zu requests in flight, %zu tunnels", srv->nexchanges,
             srv->ntunnels_open);
     if (srv->proxy_l) {
-        evconnlistener_free(srv->proxy_l);
+        pk_listener_free(srv->proxy_l);
         srv->proxy_l = NULL;
     }
     if (srv->upstream_l) {
-        evconnlistener_free(srv->upstream_l);
+        pk_listener_free(srv->upstream_l);
         srv->upstream_l = NULL;
     }
     pk_proxy_drain_all(srv, false);
@@ -772,11 +772,11 @@ void pk_server_del(struct pk_server *srv)
     pk_resolver_del(srv->resolver);
     pk_linger_list_free(&srv->lingers);
     if (srv->proxy_l)
-        evconnlistener_free(srv->proxy_l);
+        pk_listener_free(srv->proxy_l);
     if (srv->upstream_l)
-        evconnlistener_free(srv->upstream_l);
+        pk_listener_free(srv->upstream_l);
     if (srv->cluster_l)
-        evconnlistener_free(srv->cluster_l);
+        pk_listener_free(srv->cluster_l);
     if (srv->admin)
         evhttp_free(srv->admin);
     pk_server_tls_free(srv);

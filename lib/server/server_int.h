@@ -5,6 +5,7 @@
 #include "auth/auth.h"
 #include "base/list.h"
 #include "h2/h2.h"
+#include "net/listener.h"
 #include "net/net.h"
 #include "server/server.h"
 #include "stream/pipe.h"
@@ -65,9 +66,9 @@ struct pk_server {
     char node_id[130];    /* --cluster.node-id or the hostname plus a random suffix */
     char incarnation[20]; /* random, new at every start */
     const struct pk_server_config *cfg;
-    struct evconnlistener *proxy_l;
-    struct evconnlistener *upstream_l;
-    struct evconnlistener *cluster_l;
+    struct pk_listener *proxy_l;
+    struct pk_listener *upstream_l;
+    struct pk_listener *cluster_l; /* NULL without cluster.join */
     char proxy_addr[64], admin_addr[64], cluster_addr[64]; /* as bound */
     struct pk_resolver *resolver;
     struct pk_cluster *cluster;

@@ -440,11 +440,9 @@ static void upstream_tls_accepted(struct bufferevent *bev, const struct sockaddr
     hs_start(srv, bev, sa);
 }
 
-static void upstream_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
-                            int salen, void *arg)
+static void upstream_accept(evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
 {
     struct pk_server *srv = arg;
-    PK_UNUSED(l);
     PK_UNUSED(salen);
     if (pk_server_over_limit(srv, fd, srv->cfg->upstream_max_connections, srv->ntunnels_open,
                              "upstream"))
@@ -461,7 +459,8 @@ static void upstream_accept(struct evconnlistener *l, evutil_socket_t fd, struct
 int pk_upstream_listen(struct pk_server *srv, char *err, size_t errlen)
 {
     srv->upstream_l =
-        pk_listen(srv->base, srv->cfg->upstream_bind_addr, upstream_accept, srv, err, errlen);
+        pk_listener_new(srv->base, "upstream", srv->cfg->upstream_bind_addr, upstream_accept, srv,
+                        err, errlen);
     return srv->upstream_l ? 0 : PK_ERR_IO;
 }
 

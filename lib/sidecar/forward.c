@@ -7,6 +7,7 @@
 #include "dns/dns.h"
 #include "http1/http1.h"
 #include "net/dial.h"
+#include "net/listener.h"
 #include "net/net.h"
 #include "net/tls.h"
 #include "sidecar/sidecar_int.h"
@@ -24,7 +25,7 @@ struct sc_forward {
     struct pk_sidecar *sc;
     char *local_addr;
     char *endpoint;
-    struct evconnlistener *l;
+    struct pk_listener *l;
     struct sc_forward *next;
     struct pk_list conns;
 };
@@ -299,12 +300,10 @@ static void local_event(struct bufferevent *bev, short what, void *arg)
     fc_done(fc);
 }
 
-static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
-                      void *arg)
+static void accept_cb(evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
 {
     struct sc_forward *f = arg;
     struct pk_sidecar *sc = f->sc;
-    PK_UNUSED(l);
     PK_UNUSED(salen);
     struct fconn *fc = pk_xcalloc(1, sizeof(*fc));
     fc->f = f;
@@ -347,7 +346,7 @@ int pk_forward_start(struct pk_sidecar *sc, char *err, size_t errlen)
         sc->forwards = f;
         if (split_forward(cfg->forwards.v[i], &f->local_addr, &f->endpoint, err, errlen) != 0)
             return PK_ERR_INVALID;
-        f->l = pk_listen(sc->base, f->local_addr, accept_cb, f, err, errlen);
+        f->l = pk_listener_new(sc->base, "forward", f->local_addr, accept_cb, f, err, errlen);
         if (!f->l)
             return PK_ERR_IO;
         char a[128];
@@ -362,7 +361,7 @@ void pk_forward_stop_listening(struct pk_sidecar *sc)
 {
     for (struct sc_forward *f = sc->forwards; f; f = f->next) {
         if (f->l) {
-            evconnlistener_free(f->l);
+            pk_listener_free(f->l);
             f->l = NULL;
         }
     }

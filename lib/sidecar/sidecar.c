@@ -343,7 +343,7 @@ struct pk_sidecar *pk_sidecar_new(struct event_base *base, const struct pk_sidec
     evhttp_set_cb(sc->admin, "/ready", admin_ready, sc);
     evhttp_set_gencb(sc->admin, admin_other, sc);
     char addr[128];
-    pk_listener_addr(l, addr, sizeof(addr));
+    pk_evlistener_addr(l, addr, sizeof(addr));
     PK_INFO("sidecar", "admin listening addr=%s", addr);
     PK_INFO("sidecar", "connect urls=%s connections=%lld", cfg->connect_url, cfg->connections);
 

@@ -1,0 +1,162 @@
+#include "net/listener.h"
+
+#include "base/base.h"
+#include "base/log.h"
+#include "net/net.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+struct pk_listener {
+    struct evconnlistener *l;
+    struct event *resume; /* ends an exhaustion pause */
+    pk_accept_cb cb;
+    void *arg;
+    char name[32];
+    int reserve;         /* a descriptor kept for shedding one connection, or -1 */
+    bool owner_paused;   /* pk_listener_pause */
+    bool exhaust_paused; /* waiting for resume after EMFILE/ENFILE */
+    struct pk_listener_stats stats;
+    uint64_t log_ms;     /* when the last failure was logged */
+    uint64_t unlogged;   /* failures since then */
+};
+
+static int reserve_open(void)
+{
+    return open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+static void apply(struct pk_listener *l)
+{
+    if (l->owner_paused || l->exhaust_paused)
+        evconnlistener_disable(l->l);
+    else
+        evconnlistener_enable(l->l);
+}
+
+static void accept_cb(struct evconnlistener *el, evutil_socket_t fd, struct sockaddr *sa, int salen,
+                      void *arg)
+{
+    struct pk_listener *l = arg;
+    PK_UNUSED(el);
+    l->stats.accepted++;
+    l->cb(fd, sa, salen, l->arg);
+}
+
+static bool exhausted(int err)
+{
+    return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
+
+/* With the reserve descriptor freed, the oldest pending connection can be accepted and
+ * closed at once: its client learns now instead of waiting in the backlog. */
+static void shed_one(struct pk_listener *l)
+{
+    if (l->reserve < 0)
+        return;
+    close(l->reserve);
+    l->reserve = -1;
+    int fd = accept4(evconnlistener_get_fd(l->l), NULL, NULL, SOCK_CLOEXEC);
+    if (fd >= 0) {
+        /* SO_LINGER 0: a reset, so no descriptor lingers in the kernel for it either. */
+        struct linger lg = {1, 0};
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        close(fd);
+        l->stats.shed++;
+    }
+    l->reserve = reserve_open();
+}
+
+static void resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct pk_listener *l = arg;
+    PK_UNUSED(fd);
+    PK_UNUSED(what);
+    l->exhaust_paused = false;
+    if (l->reserve < 0)
+        l->reserve = reserve_open();
+    apply(l);
+}
+
+static void error_cb(struct evconnlistener *el, void *arg)
+{
+    struct pk_listener *l = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    PK_UNUSED(el);
+    l->stats.accept_errors++;
+    l->unlogged++;
+    if (exhausted(err)) {
+        l->stats.fd_exhausted++;
+        shed_one(l);
+    }
+    /* Whatever failed, the pending connection is still there and the socket readable:
+     * stop for a moment instead of failing again at once. */
+    l->exhaust_paused = true;
+    apply(l);
+    struct timeval tv = {0, PK_LISTENER_PAUSE_MS * 1000};
+    event_add(l->resume, &tv);
+    uint64_t now = pk_now_ms();
+    if (now - l->log_ms >= 1000) {
+        PK_WARN("net",
+                "accept failed port=%s: %s (%llu failures since the last report, %llu "
+                "connections shed); accepting again in %dms",
+                l->name, strerror(err), (unsigned long long)l->unlogged,
+                (unsigned long long)l->stats.shed, PK_LISTENER_PAUSE_MS);
+        l->log_ms = now;
+        l->unlogged = 0;
+    }
+}
+
+struct pk_listener *pk_listener_new(struct event_base *base, const char *name, const char *addr,
+                                    pk_accept_cb cb, void *arg, char *err, size_t errlen)
+{
+    struct pk_listener *l = pk_xcalloc(1, sizeof(*l));
+    l->cb = cb;
+    l->arg = arg;
+    snprintf(l->name, sizeof(l->name), "%s", name);
+    l->l = pk_listen(base, addr, accept_cb, l, err, errlen);
+    if (!l->l) {
+        free(l);
+        return NULL;
+    }
+    l->resume = pk_xevent_new(base, -1, 0, resume_cb, l);
+    l->reserve = reserve_open();
+    evconnlistener_set_error_cb(l->l, error_cb);
+    return l;
+}
+
+void pk_listener_free(struct pk_listener *l)
+{
+    if (!l)
+        return;
+    evconnlistener_free(l->l);
+    event_free(l->resume);
+    if (l->reserve >= 0)
+        close(l->reserve);
+    free(l);
+}
+
+void pk_listener_addr(const struct pk_listener *l, char *buf, size_t len)
+{
+    pk_evlistener_addr(l->l, buf, len);
+}
+
+void pk_listener_pause(struct pk_listener *l, bool paused)
+{
+    if (l->owner_paused == paused)
+        return;
+    l->owner_paused = paused;
+    apply(l);
+}
+
+void pk_listener_stats(const struct pk_listener *l, struct pk_listener_stats *out)
+{
+    *out = l->stats;
+}
