@@ -41,7 +41,16 @@ struct pk_tls_files {
     char *key;
     char *client_cas; /* server side: verify clients against these CAs (mTLS) */
     char *root_cas;   /* client side: verify the server against these CAs */
+    char *groups;     /* server side: key exchange groups, OpenSSL's "a:b" form; NULL or
+                         "": PK_TLS_DEFAULT_GROUPS */
 };
+
+/* X25519 and the NIST curves only: no finite-field DH (ffdhe8192 costs the server ~150
+ * times the CPU of X25519 per handshake, at the client's choice). */
+#define PK_TLS_DEFAULT_GROUPS "X25519:P-256:P-384"
+
+/* Config-time check of a groups list (key names it in the message). */
+int pk_tls_groups_check(const char *key, const char *groups, char *err, size_t errlen);
 
 static inline bool pk_tls_set(const char *path)
 {
@@ -76,6 +85,8 @@ int pk_tls_server_reload(struct pk_tls_server *ts, char *err, size_t errlen);
  * failed handshakes are logged and counted through an info callback). */
 struct ssl_st *pk_tls_server_ssl_new(struct pk_tls_server *ts);
 const char *pk_tls_server_name(const struct pk_tls_server *ts);
+/* Handshakes that succeeded. */
+uint64_t pk_tls_server_handshakes(const struct pk_tls_server *ts);
 /* Handshakes that failed (bad or missing certificate, protocol error, timeout...). */
 uint64_t pk_tls_server_failures(const struct pk_tls_server *ts);
 /* True when clients must present a certificate (client-cas is set). */
@@ -83,13 +94,19 @@ bool pk_tls_server_mtls(const struct pk_tls_server *ts);
 
 /* The handshake succeeded: bev is an open TLS bufferevent owning the socket (callbacks
  * unset, reading and writing disabled, no timeouts); sa is the client's address; alpn is
- * the protocol agreed ("h2", "http/1.1") or NULL without ALPN. The callee owns bev. */
+ * the protocol agreed ("h2", "http/1.1") or NULL without ALPN; start_ms is pk_now_ms() at
+ * pk_tls_accept (deadlines that run from accept go on from it). The callee owns bev.
+ * It failed: bev and alpn are NULL, the socket is closed already (the owner releases what
+ * it counted for the connection). */
 typedef void (*pk_tls_accepted_cb)(struct bufferevent *bev, const struct sockaddr *sa,
-                                   const char *alpn, void *arg);
+                                   const char *alpn, uint64_t start_ms, void *arg);
 
-/* Runs the server handshake on an accepted socket (ownership of fd is taken). On success
- * cb runs from the loop; a failure or a handshake not done within timeout_ms (0: none)
- * is logged at info with its reason, counted, and the socket closed: cb never runs. */
+/* Runs the server handshake on an accepted socket (ownership of fd is taken). cb runs
+ * once, from the loop (or from this call when no TLS session can be made): with the
+ * connection on success; with NULL after a failure or a handshake not done within
+ * timeout_ms of this call (0: none; a deadline, however the bytes trickle in), which is
+ * logged at info with its reason and counted. pk_tls_server_free drops handshakes in
+ * flight without calling cb. */
 void pk_tls_accept(struct pk_tls_server *ts, evutil_socket_t fd, const struct sockaddr *sa,
                    uint64_t timeout_ms, pk_tls_accepted_cb cb, void *arg);
 

@@ -1477,22 +1477,32 @@ bool pk_server_over_limit(struct pk_server *srv, evutil_socket_t fd, long long m
     return true;
 }
 
-/* A new connection: with ALPN its protocol is known, else the first bytes tell. */
+/* What is left of proxy.head-timeout, counted from accept_ms (at least 1 ms, so that a
+ * timeout fires rather than none being set). */
+static uint64_t head_left(struct pk_server *srv, uint64_t accept_ms)
+{
+    uint64_t limit = srv->cfg->proxy_head_timeout_ms, spent = pk_now_ms() - accept_ms;
+    return spent < limit ? limit - spent : 1;
+}
+
+/* A new connection (already counted in nconns): with ALPN its protocol is known, else the
+ * first bytes tell. Its first request head must arrive within proxy.head-timeout of
+ * accept_ms, the TLS handshake included. */
 static void conn_start(struct pk_server *srv, struct bufferevent *bev, const struct sockaddr *sa,
-                       bool cluster, const char *alpn)
+                       bool cluster, const char *alpn, uint64_t accept_ms)
 {
     if (alpn) {
         char ip[64];
         uint16_t port;
         pk_sockaddr_ip(sa, ip, sizeof(ip), &port);
-        srv->nconns++;
         if (strcmp(alpn, "h2") == 0) {
             h2d_new(srv, bev, ip, port, cluster);
             return;
         }
         struct h1conn *hc = h1_new(srv, bev, ip, port);
         hc->dc.cluster = cluster;
-        set_timeout(bev, srv->cfg->proxy_idle_timeout_ms); /* as before a first byte */
+        hc->head_start_ms = accept_ms;
+        set_timeout(bev, head_left(srv, accept_ms));
         return;
     }
     struct detect *dt = pk_xcalloc(1, sizeof(*dt));
@@ -1501,34 +1511,37 @@ static void conn_start(struct pk_server *srv, struct bufferevent *bev, const str
     pk_sockaddr_ip(sa, dt->ip, sizeof(dt->ip), &dt->port);
     dt->bev = bev;
     dt->dc.kind = DCONN_DETECT;
+    dt->first_ms = accept_ms;
     pk_list_insert(&srv->conns, &dt->dc.link);
-    srv->nconns++;
-    set_timeout(bev, srv->cfg->proxy_idle_timeout_ms);
+    set_timeout(bev, head_left(srv, accept_ms));
     bufferevent_setcb(bev, detect_read, NULL, detect_event, dt);
     bufferevent_enable(bev, EV_READ | EV_WRITE);
 }
 
 static void tls_accepted(struct pk_server *srv, struct bufferevent *bev, const struct sockaddr *sa,
-                         const char *alpn, bool cluster)
+                         const char *alpn, uint64_t accept_ms, bool cluster)
 {
-    /* The listener closed while the handshake ran: nothing new is served. */
-    if (cluster ? srv->cluster_closing : srv->drain_final) {
-        bufferevent_free(bev);
+    /* Failed, or the listener closed while the handshake ran: nothing new is served. */
+    if (!bev || (cluster ? srv->cluster_closing : srv->drain_final)) {
+        if (bev)
+            bufferevent_free(bev);
+        srv->nconns--;
+        pk_server_check_drained(srv);
         return;
     }
-    conn_start(srv, bev, sa, cluster, alpn);
+    conn_start(srv, bev, sa, cluster, alpn, accept_ms);
 }
 
 static void proxy_tls_accepted(struct bufferevent *bev, const struct sockaddr *sa, const char *alpn,
-                               void *arg)
+                               uint64_t start_ms, void *arg)
 {
-    tls_accepted(arg, bev, sa, alpn, false);
+    tls_accepted(arg, bev, sa, alpn, start_ms, false);
 }
 
 static void cluster_tls_accepted(struct bufferevent *bev, const struct sockaddr *sa,
-                                 const char *alpn, void *arg)
+                                 const char *alpn, uint64_t start_ms, void *arg)
 {
-    tls_accepted(arg, bev, sa, alpn, true);
+    tls_accepted(arg, bev, sa, alpn, start_ms, true);
 }
 
 static void accept_conn(struct pk_server *srv, evutil_socket_t fd, struct sockaddr *sa,
@@ -1537,6 +1550,8 @@ static void accept_conn(struct pk_server *srv, evutil_socket_t fd, struct sockad
     if (!cluster &&
         pk_server_over_limit(srv, fd, srv->cfg->proxy_max_connections, srv->nconns, "proxy"))
         return;
+    /* Counted from accept: a TLS handshake in flight holds a slot like a connection. */
+    srv->nconns++;
     struct pk_tls_server *ts = pk_server_tls_port(srv, cluster ? PK_PORT_CLUSTER : PK_PORT_PROXY);
     if (ts) {
         pk_tls_accept(ts, fd, sa, srv->cfg->proxy_head_timeout_ms,
@@ -1544,8 +1559,13 @@ static void accept_conn(struct pk_server *srv, evutil_socket_t fd, struct sockad
         return;
     }
     pk_tune_socket(fd);
-    conn_start(srv, bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE), sa, cluster,
-               NULL);
+    struct bufferevent *bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!bev) {
+        evutil_closesocket(fd);
+        srv->nconns--;
+        return;
+    }
+    conn_start(srv, bev, sa, cluster, NULL, pk_now_ms());
 }
 
 static void proxy_accept(evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)

@@ -76,6 +76,9 @@ const struct pk_opt pk_server_opts[] = {
         "Address for sidecar tunnels"),
     OPT("upstream.max-connections", PK_OPT_INT, upstream_max_connections, "10000",
         "Tunnels and handshakes open at once; above, new connections are closed (0: no limit)"),
+    OPT("upstream.handshake-timeout", PK_OPT_DURATION, upstream_handshake_timeout_ms, "10s",
+        "Time from accept to a complete tunnel handshake (TLS, the upgrade request and its "
+        "token's verification): a deadline, however slowly the bytes come"),
     OPT("upstream.heartbeat-interval", PK_OPT_DURATION, upstream_heartbeat_interval_ms, "10s",
         "PING interval on tunnels"),
     OPT("upstream.heartbeat-timeout", PK_OPT_DURATION, upstream_heartbeat_timeout_ms, "10s",
@@ -118,7 +121,11 @@ const struct pk_opt pk_server_opts[] = {
     OPT("cluster.peer-timeout", PK_OPT_DURATION, cluster_peer_timeout_ms, "5s",
         "A peer unreachable this long leaves routing"),
     OPT("cluster.secret", PK_OPT_STRING, cluster_secret, "",
-        "Shared secret every request on the cluster port must carry; empty: none"),
+        "Shared secret every request on the cluster port must carry; required with "
+        "cluster.join unless cluster.tls.client-cas or cluster.insecure-no-secret is set"),
+    OPT("cluster.insecure-no-secret", PK_OPT_BOOL, cluster_insecure_no_secret, "false",
+        "Run a cluster without cluster.secret or cluster mTLS: anyone who reaches the cluster "
+        "port can use this node's tunnels, bypassing proxy.auth (testing only)"),
     OPT("cluster.tls.cert", PK_OPT_STRING, cluster_tls.cert, NULL,
         "PEM certificate chain: TLS on the cluster port, also the client certificate peers "
         "are dialled with (unset: plain)"),
@@ -130,6 +137,8 @@ const struct pk_opt pk_server_opts[] = {
     OPT("cluster.tls.root-cas", PK_OPT_STRING, cluster_tls.root_cas, NULL,
         "PEM CA certificates peers' cluster certificates are verified against (chain only); "
         "required with cluster.tls.cert"),
+    OPT("tls.groups", PK_OPT_STRING, tls_groups, PK_TLS_DEFAULT_GROUPS,
+        "Key exchange groups the TLS ports accept, in OpenSSL's form (a:b:c)"),
     OPT("dns.servers", PK_OPT_STRING, dns_servers, "",
         "DNS servers for cluster.join (comma list of ip[:port]); empty: /etc/resolv.conf"),
     OPT("log.level", PK_OPT_STRING, log_level, "info", "debug, info, warn or error"),
@@ -218,6 +227,23 @@ int pk_server_config_check(struct pk_server_config *cfg, char *err, size_t errle
     pk_join_free(items, nitems);
     if (pk_server_tls_check(cfg, err, errlen) != 0)
         return PK_ERR_INVALID;
+    if (pk_tls_groups_check("tls.groups", cfg->tls_groups, err, errlen) != 0)
+        return PK_ERR_INVALID;
+    if (cfg->upstream_handshake_timeout_ms == 0) {
+        snprintf(err, errlen, "upstream.handshake-timeout: must be greater than 0");
+        return PK_ERR_INVALID;
+    }
+    /* A node in a cluster serves its tunnels to whoever reaches the cluster port: that
+     * must prove it is a peer (docs/manage/security.md). */
+    bool clustered = cfg->cluster_join && *cfg->cluster_join;
+    if (clustered && !(cfg->cluster_secret && *cfg->cluster_secret) &&
+        !pk_tls_set(cfg->cluster_tls.client_cas) && !cfg->cluster_insecure_no_secret) {
+        snprintf(err, errlen,
+                 "cluster.secret: required with cluster.join (anyone who reaches the cluster port "
+                 "could use this node's tunnels); or set cluster.tls.client-cas (mTLS), or "
+                 "cluster.insecure-no-secret to run without proof");
+        return PK_ERR_INVALID;
+    }
     if (cfg->upstream_heartbeat_interval_ms == 0 || cfg->upstream_heartbeat_timeout_ms == 0) {
         snprintf(err, errlen, "upstream.heartbeat-interval and -timeout must be greater than 0");
         return PK_ERR_INVALID;
@@ -703,19 +729,26 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
         pk_server_del(srv);
         return NULL;
     }
+    /* The cluster port serves this node's tunnels to its peers: a node that is not in a
+     * cluster has no peers and does not open it (docs/manage/security.md). */
+    bool clustered = cfg->cluster_join && *cfg->cluster_join;
     if (pk_server_tls_new(srv, err, errlen) != 0 || pk_proxy_listen(srv, err, errlen) != 0 ||
         pk_upstream_listen(srv, err, errlen) != 0 || admin_listen(srv, err, errlen) != 0 ||
-        pk_cluster_port_listen(srv, err, errlen) != 0) {
+        (clustered && pk_cluster_port_listen(srv, err, errlen) != 0)) {
         pk_server_del(srv);
         return NULL;
     }
     pk_listener_addr(srv->proxy_l, srv->proxy_addr, sizeof(srv->proxy_addr));
-    pk_listener_addr(srv->cluster_l, srv->cluster_addr, sizeof(srv->cluster_addr));
     PK_INFO("server", "node id=%s incarnation=%s", srv->node_id, srv->incarnation);
     PK_INFO("server", "proxy listening addr=%s", srv->proxy_addr);
     pk_listener_addr(srv->upstream_l, addr, sizeof(addr));
     PK_INFO("server", "upstream listening addr=%s", addr);
-    PK_INFO("server", "cluster listening addr=%s", srv->cluster_addr);
+    if (srv->cluster_l) {
+        pk_listener_addr(srv->cluster_l, srv->cluster_addr, sizeof(srv->cluster_addr));
+        PK_INFO("server", "cluster listening addr=%s", srv->cluster_addr);
+    } else {
+        PK_INFO("server", "cluster port not opened: no cluster.join (a standalone node)");
+    }
 
     struct pk_resolver_opts ropts = {
         .servers = cfg->dns_servers && *cfg->dns_servers ? cfg->dns_servers : NULL};
@@ -739,12 +772,16 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
         pk_server_del(srv);
         return NULL;
     }
-    if (cfg->cluster_join && *cfg->cluster_join) {
+    if (clustered) {
         PK_INFO("cluster", "joining %s", cfg->cluster_join);
+        /* Only with cluster.insecure-no-secret (pk_server_config_check refuses the rest). */
         if ((!cfg->cluster_secret || !*cfg->cluster_secret) &&
             !pk_tls_set(cfg->cluster_tls.client_cas))
-            PK_WARN("cluster", "cluster.secret is empty: anyone who reaches the cluster port "
-                               "can use this node's tunnels");
+            PK_WARN("cluster",
+                    "INSECURE: cluster.insecure-no-secret is set and there is no cluster.secret "
+                    "nor cluster mTLS: anyone who reaches the cluster port %s can use this "
+                    "node's tunnels without proxy.auth",
+                    srv->cluster_addr);
     }
     if (cfg->rebalance_threshold > 0) {
         struct timeval tv = {(time_t)(cfg->upstream_rebalance_interval_ms / 1000),

@@ -38,6 +38,7 @@ struct pk_server_config {
     long long proxy_max_connections;
     uint64_t proxy_max_body_bytes;
     long long upstream_max_connections;
+    uint64_t upstream_handshake_timeout_ms;
     struct pk_port_auth_config proxy_auth;
     char *upstream_bind_addr;
     uint64_t upstream_heartbeat_interval_ms;
@@ -56,6 +57,7 @@ struct pk_server_config {
     uint64_t cluster_resolve_interval_ms;
     uint64_t cluster_peer_timeout_ms;
     char *cluster_secret;
+    bool cluster_insecure_no_secret;
     char *dns_servers;
     char *log_level;
     uint64_t grace_period_ms;
@@ -63,6 +65,7 @@ struct pk_server_config {
     /* TLS of each port: <port>.tls.cert/.key/.client-cas (unset: plain TCP), and
      * cluster.tls.root-cas (peers are dialled over TLS). See tls_ports.c. */
     struct pk_tls_files proxy_tls, upstream_tls, admin_tls, cluster_tls;
+    char *tls_groups; /* key exchange groups of every port (copied into each port's files) */
 };
 
 /* The option table of piko-server (flags and YAML keys). */

@@ -88,16 +88,17 @@ int pk_server_tls_new(struct pk_server *srv, char *err, size_t errlen)
     const struct pk_server_config *cfg = srv->cfg;
     srv->tls = pk_xcalloc(1, sizeof(*srv->tls));
     for (int p = 0; p < PK_PORT_COUNT; p++) {
-        const struct pk_tls_files *f = port_files(cfg, (enum pk_port)p);
-        if (!pk_tls_set(f->cert))
+        struct pk_tls_files f = *port_files(cfg, (enum pk_port)p);
+        if (!pk_tls_set(f.cert))
             continue;
-        srv->tls->port[p] =
-            pk_tls_server_new(srv->base, port_names[p], f, port_alpn((enum pk_port)p), err, errlen);
+        f.groups = cfg->tls_groups;
+        srv->tls->port[p] = pk_tls_server_new(srv->base, port_names[p], &f,
+                                              port_alpn((enum pk_port)p), err, errlen);
         if (!srv->tls->port[p])
             return PK_ERR_INVALID;
-        PK_INFO("tls", "port=%s cert=%s%s%s", port_names[p], f->cert,
-                pk_tls_set(f->client_cas) ? " client-cas=" : "",
-                pk_tls_set(f->client_cas) ? f->client_cas : "");
+        PK_INFO("tls", "port=%s cert=%s%s%s groups=%s", port_names[p], f.cert,
+                pk_tls_set(f.client_cas) ? " client-cas=" : "",
+                pk_tls_set(f.client_cas) ? f.client_cas : "", f.groups);
     }
     if (pk_tls_set(cfg->cluster_tls.root_cas)) {
         srv->tls->cluster_client =
@@ -195,6 +196,8 @@ void pk_server_tls_status(struct pk_server *srv, struct json_object *o)
         if (!ts)
             continue;
         struct json_object *po = json_object_new_object();
+        json_object_object_add(po, "handshakes",
+                               json_object_new_int64((int64_t)pk_tls_server_handshakes(ts)));
         json_object_object_add(po, "handshake_failures",
                                json_object_new_int64((int64_t)pk_tls_server_failures(ts)));
         json_object_object_add(po, "mtls", json_object_new_boolean(pk_tls_server_mtls(ts)));

@@ -242,11 +242,13 @@ struct handshake {
     char peer[64];
     struct pk_auth_req *auth; /* upstream.auth: the token's verification in flight */
     char *endpoint;           /* while it is in flight */
+    struct event *deadline;   /* upstream.handshake-timeout from accept */
 };
 
 static void hs_free(struct handshake *hs)
 {
     pk_auth_cancel(hs->auth);
+    event_free(hs->deadline);
     free(hs->endpoint);
     pk_list_remove(&hs->link);
     pk_h1parser_free(&hs->parser);
@@ -396,10 +398,7 @@ static void hs_read(struct bufferevent *bev, void *arg)
 static void hs_event(struct bufferevent *bev, short what, void *arg)
 {
     struct handshake *hs = arg;
-    if (what & BEV_EVENT_TIMEOUT) {
-        hs_reject(hs, 408, "request timeout", NULL);
-        return;
-    }
+    PK_UNUSED(what);
     PK_DEBUG("upstream", "handshake aborted by peer=%s", hs->peer);
     bufferevent_free(bev);
     hs->srv->ntunnels_open--;
@@ -408,7 +407,17 @@ static void hs_event(struct bufferevent *bev, short what, void *arg)
 
 static const struct pk_h1parser_cbs hs_parser_cbs = {0};
 
-static void hs_start(struct pk_server *srv, struct bufferevent *bev, const struct sockaddr *sa)
+/* The whole handshake (TLS, the upgrade request, its token's verification) has one
+ * deadline from accept: a request trickled a byte at a time cannot hold the slot. */
+static void hs_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    PK_UNUSED(fd);
+    PK_UNUSED(what);
+    hs_reject(arg, 408, "request timeout", NULL);
+}
+
+static void hs_start(struct pk_server *srv, struct bufferevent *bev, const struct sockaddr *sa,
+                     uint64_t accept_ms)
 {
     struct handshake *hs = pk_xcalloc(1, sizeof(*hs));
     char ip[64];
@@ -420,24 +429,29 @@ static void hs_start(struct pk_server *srv, struct bufferevent *bev, const struc
     hs->bev = bev;
     pk_h1parser_init(&hs->parser, HTTP_REQUEST, srv->cfg->proxy_max_header_bytes, &hs_parser_cbs,
                      hs);
-    srv->ntunnels_open++;
-    struct timeval tv = {(time_t)(srv->cfg->upstream_heartbeat_timeout_ms / 1000),
-                         (suseconds_t)(srv->cfg->upstream_heartbeat_timeout_ms % 1000) * 1000};
-    bufferevent_set_timeouts(hs->bev, &tv, NULL);
+    uint64_t limit = srv->cfg->upstream_handshake_timeout_ms, spent = pk_now_ms() - accept_ms;
+    uint64_t left = spent < limit ? limit - spent : 0;
+    struct timeval tv = {(time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000};
+    hs->deadline = pk_xevent_new(srv->base, -1, 0, hs_deadline, hs);
+    event_add(hs->deadline, &tv);
     bufferevent_setcb(hs->bev, hs_read, NULL, hs_event, hs);
     bufferevent_enable(hs->bev, EV_READ | EV_WRITE);
 }
 
 static void upstream_tls_accepted(struct bufferevent *bev, const struct sockaddr *sa,
-                                  const char *alpn, void *arg)
+                                  const char *alpn, uint64_t start_ms, void *arg)
 {
     struct pk_server *srv = arg;
     PK_UNUSED(alpn);
-    if (srv->drain_final) { /* the listener closed while the TLS handshake ran */
-        bufferevent_free(bev);
+    /* Failed, or the listener closed while the TLS handshake ran. */
+    if (!bev || srv->drain_final) {
+        if (bev)
+            bufferevent_free(bev);
+        srv->ntunnels_open--;
+        pk_server_check_drained(srv);
         return;
     }
-    hs_start(srv, bev, sa);
+    hs_start(srv, bev, sa, start_ms);
 }
 
 static void upstream_accept(evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
@@ -447,13 +461,16 @@ static void upstream_accept(evutil_socket_t fd, struct sockaddr *sa, int salen, 
     if (pk_server_over_limit(srv, fd, srv->cfg->upstream_max_connections, srv->ntunnels_open,
                              "upstream"))
         return;
+    /* Counted from accept: handshakes in flight hold a slot like tunnels. */
+    srv->ntunnels_open++;
     struct pk_tls_server *ts = pk_server_tls_port(srv, PK_PORT_UPSTREAM);
     if (ts) {
-        pk_tls_accept(ts, fd, sa, srv->cfg->proxy_head_timeout_ms, upstream_tls_accepted, srv);
+        pk_tls_accept(ts, fd, sa, srv->cfg->upstream_handshake_timeout_ms, upstream_tls_accepted,
+                      srv);
         return;
     }
     pk_tune_socket(fd);
-    hs_start(srv, bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE), sa);
+    hs_start(srv, bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE), sa, pk_now_ms());
 }
 
 int pk_upstream_listen(struct pk_server *srv, char *err, size_t errlen)
