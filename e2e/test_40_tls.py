@@ -586,7 +586,7 @@ def test_cluster_without_the_peers_ca_does_not_converge(piko, certs):
     """Tests can fail: a node verifying peers against another CA gets no state."""
     flags = {"cluster.tls.cert": certs["srv.pem"], "cluster.tls.key": certs["srv.key"],
              "cluster.tls.root-cas": certs["ca.pem"]}
-    cl = Cluster(piko, 2, secret=None, flags=flags, wait=False)
+    cl = Cluster(piko, 2, flags=flags, wait=False)
     cl.nodes[1].stop()
     cl.start(1, wait=False, flags={"cluster.tls.root-cas": certs["other-ca.pem"]})
     cl.nodes[1].wait_log(lambda t: "SSL peer certificate" in t,

@@ -89,6 +89,30 @@ static void test_hdrs_get(void)
     pk_hdrs_free(&h);
 }
 
+/* Only the field that carried a proxy token is removed: the application's own
+ * authorization fields stay, in order (issue: duplicate Authorization fields). */
+static void test_hdrs_del_first_and_count(void)
+{
+    struct pk_hdrs h;
+    pk_hdrs_init(&h);
+    CU_ASSERT_EQUAL(pk_hdrs_count(&h, "authorization"), 0);
+    CU_ASSERT_EQUAL(pk_hdrs_del_first(&h, "authorization"), 0);
+    pk_hdrs_add_str(&h, "Authorization", "Bearer t");
+    pk_hdrs_add_str(&h, "x", "1");
+    pk_hdrs_add_str(&h, "authorization", "Basic dXNlcjpwYXNz");
+    pk_hdrs_add_str(&h, "AUTHORIZATION", "Basic b3RoZXI6eA==");
+    CU_ASSERT_EQUAL(pk_hdrs_count(&h, "authorization"), 3);
+    CU_ASSERT_EQUAL(pk_hdrs_del_first(&h, "authorization"), 1);
+    CU_ASSERT_EQUAL(pk_hdrs_count(&h, "authorization"), 2);
+    CU_ASSERT_EQUAL_FATAL(h.n, 3);
+    ASSERT_STR(h.v[0].name, "x");
+    ASSERT_STR(h.v[1].value, "Basic dXNlcjpwYXNz");
+    ASSERT_STR(h.v[2].value, "Basic b3RoZXI6eA==");
+    CU_ASSERT_EQUAL(h.bytes, 1 + 1 + 2 * strlen("authorization") + strlen("Basic dXNlcjpwYXNz") +
+                                 strlen("Basic b3RoZXI6eA=="));
+    pk_hdrs_free(&h);
+}
+
 static void test_hdrs_del(void)
 {
     struct pk_hdrs h;
@@ -576,6 +600,7 @@ void pk_test_register_stream(void)
     CU_add_test(s, "hdrs_add_lowercases", test_hdrs_add_lowercases);
     CU_add_test(s, "hdrs_grow", test_hdrs_grow);
     CU_add_test(s, "hdrs_get", test_hdrs_get);
+    CU_add_test(s, "hdrs_del_first_and_count", test_hdrs_del_first_and_count);
     CU_add_test(s, "hdrs_del", test_hdrs_del);
     CU_add_test(s, "hdrs_del_prefix", test_hdrs_del_prefix);
     CU_add_test(s, "hdrs_set", test_hdrs_set);

@@ -707,9 +707,11 @@ static void ex_route(struct exchange *ex, struct pk_head *in, const struct pk_cl
     }
     prepare_request(ex, in, ex->ip, ex->port);
     /* PROTOCOL.md 1.4: authorization belongs to the application unless it carried the
-     * token of proxy.auth (x-piko-authorization is always removed). */
+     * token of proxy.auth (x-piko-authorization is always removed). Only the field that
+     * carried it goes (the first, as verified): others are the application's own
+     * credentials. */
     if (ex->auth_from_authorization)
-        pk_hdrs_del(&ex->req.hdrs, "authorization");
+        pk_hdrs_del_first(&ex->req.hdrs, "authorization");
     if (ex->raw) {
         /* Extended CONNECT (PROTOCOL.md 1.2): the method becomes CONNECT, the upgrade
          * token :protocol. A TCP tunnel carries only the client address. */
@@ -770,6 +772,15 @@ static void ex_start(struct exchange *ex, struct pk_head *in)
         return;
     }
     ex->is_head = in->method && strcmp(in->method, "HEAD") == 0;
+    /* Which of two tokens would count is anybody's guess (proxies in front may reorder
+     * or merge them): refuse rather than pick one. */
+    if (pk_hdrs_count(&in->hdrs, "x-piko-authorization") > 1) {
+        snprintf(ex->endpoint, sizeof(ex->endpoint), "-");
+        PK_INFO("proxy", "request refused client=%s status=400: duplicate x-piko-authorization",
+                ex->client);
+        ex_fail(ex, 400, "duplicate x-piko-authorization");
+        return;
+    }
     ex->held = *in;
     pk_head_init(in);
     struct timeval tv = {(time_t)(ex->srv->cfg->proxy_timeout_ms / 1000),

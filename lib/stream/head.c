@@ -2,6 +2,7 @@
 
 #include "base/base.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -55,13 +56,23 @@ const char *pk_hdrs_get(const struct pk_hdrs *h, const char *name)
     return NULL;
 }
 
-static size_t del_matching(struct pk_hdrs *h, const char *name, size_t cmp_len)
+size_t pk_hdrs_count(const struct pk_hdrs *h, const char *name)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < h->n; i++)
+        n += strcmp(h->v[i].name, name) == 0;
+    return n;
+}
+
+/* Removes the fields named name (or, with cmp_len, starting with its first cmp_len
+ * characters); at most max of them. */
+static size_t del_matching(struct pk_hdrs *h, const char *name, size_t cmp_len, size_t max)
 {
     size_t out = 0, removed = 0;
     for (size_t i = 0; i < h->n; i++) {
         bool match =
             cmp_len ? strncmp(h->v[i].name, name, cmp_len) == 0 : strcmp(h->v[i].name, name) == 0;
-        if (match) {
+        if (match && removed < max) {
             h->bytes -= h->v[i].nlen + h->v[i].vlen;
             free(h->v[i].name);
             removed++;
@@ -75,12 +86,17 @@ static size_t del_matching(struct pk_hdrs *h, const char *name, size_t cmp_len)
 
 size_t pk_hdrs_del(struct pk_hdrs *h, const char *name)
 {
-    return del_matching(h, name, 0);
+    return del_matching(h, name, 0, SIZE_MAX);
+}
+
+size_t pk_hdrs_del_first(struct pk_hdrs *h, const char *name)
+{
+    return del_matching(h, name, 0, 1);
 }
 
 size_t pk_hdrs_del_prefix(struct pk_hdrs *h, const char *prefix)
 {
-    return prefix[0] ? del_matching(h, prefix, strlen(prefix)) : 0;
+    return prefix[0] ? del_matching(h, prefix, strlen(prefix), SIZE_MAX) : 0;
 }
 
 void pk_hdrs_set(struct pk_hdrs *h, const char *name, const char *value)

@@ -39,6 +39,11 @@ void pk_hdrs_add(struct pk_hdrs *h, const char *name, size_t nlen, const char *v
 void pk_hdrs_add_str(struct pk_hdrs *h, const char *name, const char *value);
 /* First value of a field (name lower-case), or NULL. */
 const char *pk_hdrs_get(const struct pk_hdrs *h, const char *name);
+/* How many fields have this name (lower-case). */
+size_t pk_hdrs_count(const struct pk_hdrs *h, const char *name);
+/* Removes the first field with this name (the one pk_hdrs_get returns); returns 1, or 0
+ * when there is none. */
+size_t pk_hdrs_del_first(struct pk_hdrs *h, const char *name);
 /* Removes every field with this name; returns how many were removed. */
 size_t pk_hdrs_del(struct pk_hdrs *h, const char *name);
 /* Removes every field whose name starts with prefix (lower-case); returns the count. */

@@ -128,8 +128,11 @@ secret): piko-server expands ${PIKO_CLUSTER_SECRET} from the environment.
 {{- $rebalance := dict "threshold" (toString .Values.upstream.rebalance.threshold) "interval" (toString .Values.upstream.rebalance.interval) }}
 {{- $upstream := dict "bind_addr" (printf ":%d" (int .Values.ports.upstream)) "rebalance" $rebalance }}
 {{- $admin := dict "bind_addr" (printf ":%d" (int .Values.ports.admin)) }}
-{{- $cluster := dict "bind_addr" (printf ":%d" (int .Values.ports.cluster)) "join" (include "piko.clusterJoin" .) }}
+{{- $cluster := dict "bind_addr" (printf ":%d" (int .Values.ports.cluster)) }}
+{{- /* Without a secret the single pod runs standalone: piko-server refuses cluster.join
+       without a secret, and a standalone node does not open its cluster port. */}}
 {{- if include "piko.clusterSecretEnabled" . }}
+{{- $_ := set $cluster "join" (include "piko.clusterJoin" .) }}
 {{- $_ := set $cluster "secret" "${PIKO_CLUSTER_SECRET}" }}
 {{- end }}
 {{- $log := dict "level" (toString .Values.server.logLevel) }}
