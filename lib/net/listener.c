@@ -24,8 +24,8 @@ struct pk_listener {
     bool owner_paused;   /* pk_listener_pause */
     bool exhaust_paused; /* waiting for resume after EMFILE/ENFILE */
     struct pk_listener_stats stats;
-    uint64_t log_ms;     /* when the last failure was logged */
-    uint64_t unlogged;   /* failures since then */
+    uint64_t log_ms;   /* when the last failure was logged */
+    uint64_t unlogged; /* failures since then */
 };
 
 static int reserve_open(void)

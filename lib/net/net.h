@@ -14,8 +14,8 @@ struct bufferevent;
 struct event_base;
 
 /* Binds a bare evconnlistener (pk_listener_new in listener.h wraps one with the handling
- * of descriptor exhaustion; use that for ports) on "host:port", ":port" or "[v6]:port" (the host is resolved with
- * getaddrinfo at start-up: numeric addresses or names from /etc/hosts). Returns NULL
+ * of descriptor exhaustion; use that for ports) on "host:port", ":port" or "[v6]:port" (the host is
+ * resolved with getaddrinfo at start-up: numeric addresses or names from /etc/hosts). Returns NULL
  * and a message in err on failure. */
 struct evconnlistener *pk_listen(struct event_base *base, const char *addr, evconnlistener_cb cb,
                                  void *arg, char *err, size_t errlen);

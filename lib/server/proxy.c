@@ -1600,9 +1600,8 @@ int pk_proxy_listen(struct pk_server *srv, char *err, size_t errlen)
 
 int pk_cluster_port_listen(struct pk_server *srv, char *err, size_t errlen)
 {
-    srv->cluster_l =
-        pk_listener_new(srv->base, "cluster", srv->cfg->cluster_bind_addr, cluster_accept, srv, err,
-                        errlen);
+    srv->cluster_l = pk_listener_new(srv->base, "cluster", srv->cfg->cluster_bind_addr,
+                                     cluster_accept, srv, err, errlen);
     return srv->cluster_l ? 0 : PK_ERR_IO;
 }
 

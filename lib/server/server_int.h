@@ -68,7 +68,7 @@ struct pk_server {
     const struct pk_server_config *cfg;
     struct pk_listener *proxy_l;
     struct pk_listener *upstream_l;
-    struct pk_listener *cluster_l; /* NULL without cluster.join */
+    struct pk_listener *cluster_l;                         /* NULL without cluster.join */
     char proxy_addr[64], admin_addr[64], cluster_addr[64]; /* as bound */
     struct pk_resolver *resolver;
     struct pk_cluster *cluster;

@@ -475,9 +475,8 @@ static void upstream_accept(evutil_socket_t fd, struct sockaddr *sa, int salen, 
 
 int pk_upstream_listen(struct pk_server *srv, char *err, size_t errlen)
 {
-    srv->upstream_l =
-        pk_listener_new(srv->base, "upstream", srv->cfg->upstream_bind_addr, upstream_accept, srv,
-                        err, errlen);
+    srv->upstream_l = pk_listener_new(srv->base, "upstream", srv->cfg->upstream_bind_addr,
+                                      upstream_accept, srv, err, errlen);
     return srv->upstream_l ? 0 : PK_ERR_IO;
 }
 
