@@ -412,6 +412,7 @@ static struct json_object *local_node_json(struct pk_server *srv, bool table)
     json_object_object_add(o, "endpoints", json_object_new_int64((int64_t)neps));
     json_object_object_add(o, "tunnels", json_object_new_int64((int64_t)ntunnels));
     pk_server_tls_status(srv, o);
+    pk_server_listeners_status(srv, o);
     if (table)
         json_object_object_add(o, "endpoint_table", t);
     else

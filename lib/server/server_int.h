@@ -162,6 +162,10 @@ struct pk_tls_server *pk_server_tls_port(struct pk_server *srv, enum pk_port por
 struct ssl_ctx_st *pk_server_tls_cluster_client(struct pk_server *srv);
 /* Admin port: makes evhttp create TLS connections when admin.tls.cert is set. */
 void pk_server_tls_admin(struct pk_server *srv);
+/* Adds "listeners": {port: {"accepted", "accept_errors", "fd_exhausted", "shed"}} and
+ * "connections": {"proxy", "upstream", "refused"} (counts from accept) to a status
+ * object. */
+void pk_server_listeners_status(struct pk_server *srv, struct json_object *o);
 /* Adds "tls": {port: {"handshake_failures": n, "mtls": b}} to a status object. */
 void pk_server_tls_status(struct pk_server *srv, struct json_object *o);
 

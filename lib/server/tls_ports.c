@@ -4,7 +4,9 @@
  * ALPN: the proxy port offers h2 and http/1.1 (the proxy then skips the preface sniff),
  * the upstream port http/1.1 only (the tunnel handshake is HTTP/1.1, then reverse h2), the
  * cluster port h2 (peer links) and http/1.1 (state calls). The admin port is evhttp:
- * HTTP/1.1 without ALPN. */
+ * HTTP/1.1 without ALPN.
+ *
+ * Also the ports' counters in the status API (pk_server_listeners_status). */
 #include "base/base.h"
 #include "base/log.h"
 #include "cluster/cluster.h"
@@ -204,4 +206,32 @@ void pk_server_tls_status(struct pk_server *srv, struct json_object *o)
         json_object_object_add(t, port_names[p], po);
     }
     json_object_object_add(o, "tls", t);
+}
+
+static void listener_json(struct json_object *ls, const char *name, const struct pk_listener *l)
+{
+    if (!l)
+        return;
+    struct pk_listener_stats st;
+    pk_listener_stats(l, &st);
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "accepted", json_object_new_int64((int64_t)st.accepted));
+    json_object_object_add(o, "accept_errors", json_object_new_int64((int64_t)st.accept_errors));
+    json_object_object_add(o, "fd_exhausted", json_object_new_int64((int64_t)st.fd_exhausted));
+    json_object_object_add(o, "shed", json_object_new_int64((int64_t)st.shed));
+    json_object_object_add(ls, name, o);
+}
+
+void pk_server_listeners_status(struct pk_server *srv, struct json_object *o)
+{
+    struct json_object *ls = json_object_new_object();
+    listener_json(ls, "proxy", srv->proxy_l);
+    listener_json(ls, "upstream", srv->upstream_l);
+    listener_json(ls, "cluster", srv->cluster_l);
+    json_object_object_add(o, "listeners", ls);
+    struct json_object *c = json_object_new_object();
+    json_object_object_add(c, "proxy", json_object_new_int64((int64_t)srv->nconns));
+    json_object_object_add(c, "upstream", json_object_new_int64((int64_t)srv->ntunnels_open));
+    json_object_object_add(c, "refused", json_object_new_int64((int64_t)srv->refused_conns));
+    json_object_object_add(o, "connections", c);
 }
