@@ -3,6 +3,7 @@
 #include "base/base.h"
 
 #include <event2/buffer.h>
+#include <json-c/json.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -627,4 +628,17 @@ void pk_h1_strip_hop_by_hop(struct pk_hdrs *h, bool keep_te_trailers)
     /* TE survives only as "trailers" (PROTOCOL.md 1.4). */
     if (had_te && te_trailers)
         pk_hdrs_add_str(h, "te", "trailers");
+}
+
+char *pk_json_error_body(const char *msg, size_t *len)
+{
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "error", json_object_new_string(msg ? msg : ""));
+    char *body = pk_xasprintf(
+        "%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
+                                                       JSON_C_TO_STRING_NOSLASHESCAPE));
+    json_object_put(o);
+    if (len)
+        *len = strlen(body);
+    return body;
 }

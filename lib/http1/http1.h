@@ -88,6 +88,10 @@ void pk_h1_write_response_head(struct evbuffer *out, const struct pk_head *h, in
 void pk_h1_write_chunk(struct evbuffer *out, struct evbuffer *data, size_t len);
 void pk_h1_write_last_chunk(struct evbuffer *out, const struct pk_hdrs *trailers);
 const char *pk_h1_reason(int status);
+/* The JSON error body of every error answer (PROTOCOL.md 4): {"error":"<msg>"} and a
+ * newline, built by json-c so any message is escaped. Returns a malloc'd string; *len (may
+ * be NULL) gets its length. */
+char *pk_json_error_body(const char *msg, size_t *len);
 
 /* Moves body bytes from p to out, framed as a chunked body or as they are, while out
  * holds less than hwm. Returns true once the body is complete: the end of p was reached

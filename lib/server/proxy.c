@@ -270,9 +270,10 @@ static void ex_reply(struct exchange *ex, int status, const char *body, size_t n
 static void ex_fail_hdr(struct exchange *ex, int status, const char *msg, const char *name,
                         const char *value)
 {
-    char body[256];
-    int n = snprintf(body, sizeof(body), "{\"error\":\"%s\"}\n", msg);
-    ex_reply(ex, status, body, (size_t)n, name, value);
+    size_t n;
+    char *body = pk_json_error_body(msg, &n);
+    ex_reply(ex, status, body, n, name, value);
+    free(body);
 }
 
 static void ds_establish(struct exchange *ex, struct pk_head *resp);
@@ -987,12 +988,13 @@ static void h1_close(struct h1conn *hc, bool abort)
 /* An error before any exchange could start: answer and close. */
 static void h1_reject(struct h1conn *hc, int status, const char *msg)
 {
-    char body[256];
-    int n = snprintf(body, sizeof(body), "{\"error\":\"%s\"}\n", msg);
+    size_t n;
+    char *body = pk_json_error_body(msg, &n);
     evbuffer_add_printf(bufferevent_get_output(hc->bev),
-                        "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                        "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %zu\r\n"
                         "connection: close\r\n\r\n%s",
                         status, pk_h1_reason(status), n, body);
+    free(body);
     PK_INFO("proxy", "rejected client=%s:%u status=%d: %s%s%s%s", hc->ip, hc->port, status, msg,
             hc->parser.error_detail ? " (" : "",
             hc->parser.error_detail ? hc->parser.error_detail : "",

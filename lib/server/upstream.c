@@ -258,12 +258,13 @@ static void hs_free(struct handshake *hs)
 static void hs_reply_error(struct handshake *hs, int status, const char *msg, const char *extra)
 {
     struct evbuffer *out = bufferevent_get_output(hs->bev);
-    char body[256];
-    int n = snprintf(body, sizeof(body), "{\"error\":\"%s\"}\n", msg);
+    size_t n;
+    char *body = pk_json_error_body(msg, &n);
     evbuffer_add_printf(out,
                         "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
-                        "content-length: %d\r\nconnection: close\r\n%s\r\n%s",
+                        "content-length: %zu\r\nconnection: close\r\n%s\r\n%s",
                         status, pk_h1_reason(status), n, extra ? extra : "", body);
+    free(body);
     pk_bev_linger_close(hs->bev, &hs->srv->lingers);
     hs->srv->ntunnels_open--;
     hs_free(hs);
@@ -388,6 +389,10 @@ static void hs_read(struct bufferevent *bev, void *arg)
         /* The answer waits for the verification; a disconnect or the handshake timeout
          * cancels it (hs_free). */
         hs->endpoint = ep;
+        /* Nothing is read until the verdict (a JWKS fetch may take a while): what the
+         * sidecar sends meanwhile waits in the socket, bounded by TCP's own window. A
+         * disconnect is noticed at the handshake's deadline. */
+        bufferevent_disable(hs->bev, EV_READ);
         hs->auth = pk_port_auth_verify(hs->srv->upstream_auth, &h->hdrs, NULL, hs_verified, hs);
         return;
     }
