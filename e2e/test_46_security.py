@@ -60,6 +60,18 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def log_lines_between(path, start, end, sample=1 << 20):
+    """Lines written to a log file between byte offsets start and end (counted in the
+    first `sample` bytes and extrapolated: a spinning server writes hundreds of MB)."""
+    n = end - start
+    if n <= 0:
+        return 0
+    with open(path, "rb") as f:
+        f.seek(start)
+        chunk = f.read(min(n, sample))
+    return chunk.count(b"\n") * n // max(1, len(chunk))
+
+
 def run_server(args, timeout=3.0):
     """(exit status, stderr) of piko-server with args on fresh loopback ports, or
     (None, stderr so far) when it is still running after timeout (then killed)."""
@@ -268,6 +280,10 @@ def check_deadline_and_limit(t_conn, closed, limit, deadline):
         "%d connections still open %.1fs after they connected: the deadline is not a "
         "deadline" % (len(still_open), time.monotonic() - t_conn[0]))
     assert not late, "closed later than %.1fs after connect: %r" % (deadline, late[:10])
+    if held:
+        spans = [closed[i] - t_conn[i] for i in held]
+        print("%d of %d held, closed %.2f-%.2fs after connect" % (
+            len(held), len(closed), min(spans), max(spans)))
     return len(held)
 
 
@@ -334,9 +350,9 @@ def test_clustered_node_needs_a_secret_and_forged_streams_get_401(piko):
     assert svc.requests == 1
 
 
-@pytest.mark.skipif(not server_has_flag("cluster.insecure-no-secret"),
-                    reason="binary without --cluster.insecure-no-secret")
 def test_cluster_insecure_no_secret_starts_and_warns(piko):
+    if not server_has_flag("cluster.insecure-no-secret"):
+        pytest.skip("binary without --cluster.insecure-no-secret (the flag's own behaviour)")
     cport = free_port()
     srv = piko.server({"cluster.join": "127.0.0.1:%d" % cport}, ports={
         "proxy": free_port(), "upstream": free_port(), "admin": free_port(),
@@ -355,9 +371,6 @@ def test_tls_ports_refuse_ffdhe_and_old_protocols(piko, certs):
     f = certs.flags("proxy")
     f.update(certs.flags("upstream"))
     srv = piko.server(f)
-    before = status_tls(srv)["proxy"]
-    assert before.get("handshakes") == 0, (
-        "the proxy port's TLS status has no handshakes count of 0: %r" % before)
     for port, name in ((srv.proxy_port, "proxy"), (srv.upstream_port, "upstream")):
         for group in ("ffdhe2048", "ffdhe8192"):
             ok, out = s_client(port, "-tls1_3", "-groups", group)
@@ -367,7 +380,7 @@ def test_tls_ports_refuse_ffdhe_and_old_protocols(piko, certs):
     assert not ok, "TLS 1.2 with only ffdhe groups was accepted:\n" + out[-1500:]
     ok, out = s_client(srv.proxy_port, "-tls1_2", "-cipher", "DHE-RSA-AES128-GCM-SHA256")
     assert not ok, "a DHE-RSA cipher suite was accepted:\n" + out[-1500:]
-    for proto in ("-tls1", "-tls1_1"):
+    for proto in ("-tls1", "-tls1_1"):  # SECLEVEL=0: so that the client offers them
         ok, out = s_client(srv.proxy_port, proto, "-cipher", "DEFAULT:@SECLEVEL=0")
         assert not ok, "%s was accepted:\n%s" % (proto, out[-1500:])
     good = 0
@@ -378,15 +391,18 @@ def test_tls_ports_refuse_ffdhe_and_old_protocols(piko, certs):
             good += 1
     ok, out = s_client(srv.upstream_port, "-tls1_3", "-groups", "X25519")
     assert ok, out[-1500:]
+    # "handshakes" counts the successful ones, "handshake_failures" the others.
     tls = status_tls(srv)
-    assert tls["proxy"]["handshakes"] == good, tls
+    assert tls["proxy"].get("handshakes") == good, tls
     assert tls["proxy"]["handshake_failures"] >= 6, tls
-    assert tls["upstream"]["handshakes"] == 1, tls
+    assert tls["upstream"].get("handshakes") == 1, tls
+    assert tls["upstream"]["handshake_failures"] >= 2, tls
     assert tls["proxy"]["mtls"] is False, tls
 
 
-@pytest.mark.skipif(not server_has_flag("tls.groups"), reason="binary without --tls.groups")
 def test_tls_groups_flag(piko, certs):
+    if not server_has_flag("tls.groups"):
+        pytest.skip("binary without --tls.groups (the flag's own behaviour)")
     rc, err = run_server(["--proxy.tls.cert", certs["srv.pem"], "--proxy.tls.key",
                           certs["srv.key"], "--tls.groups", "X25519:no-such-group"])
     assert rc == 2 and "tls.groups" in err, (rc, err)
@@ -537,20 +553,20 @@ def test_descriptor_exhaustion_does_not_spin(piko):
         srv.wait_log(lambda t: "Too many open files" in t, timeout=3,
                      message="the descriptor limit reached (accept: Too many open files)")
         time.sleep(max(0.0, t_last + 0.5 - time.monotonic()))
-        cpu0, lines0, w0 = cpu_seconds(srv.pid), len(srv.log_text().splitlines()), \
+        cpu0, size0, w0 = cpu_seconds(srv.pid), os.path.getsize(srv.log_path), \
             time.monotonic()
         time.sleep(3.0)
-        cpu1, lines1, w1 = cpu_seconds(srv.pid), len(srv.log_text().splitlines()), \
+        cpu1, size1, w1 = cpu_seconds(srv.pid), os.path.getsize(srv.log_path), \
             time.monotonic()
         cpu_share = (cpu1 - cpu0) / (w1 - w0)
-        line_rate = (lines1 - lines0) / (w1 - w0)
+        lines = log_lines_between(srv.log_path, size0, size1)
         print("while exhausted: server CPU %.0f%%, %.1f log lines/s" % (
-            100 * cpu_share, line_rate))
+            100 * cpu_share, lines / (w1 - w0)))
         assert cpu_share < 0.20 * SLOW, (
             "the server used %.0f%% of a CPU with its descriptors exhausted (%d log lines "
-            "in %.1fs)" % (100 * cpu_share, lines1 - lines0, w1 - w0))
-        assert line_rate <= 5.5, "%d log lines in %.1fs with the descriptors exhausted" % (
-            lines1 - lines0, w1 - w0)
+            "in %.1fs)" % (100 * cpu_share, lines, w1 - w0))
+        assert lines <= 5 * (w1 - w0) + 1, (
+            "%d log lines in %.1fs with the descriptors exhausted" % (lines, w1 - w0))
     finally:
         for s in socks:
             s.close()
@@ -560,6 +576,7 @@ def test_descriptor_exhaustion_does_not_spin(piko):
         "x-piko-endpoint": EP}, timeout=2.0).status == 200, 10 * SLOW,
         message="a request served after the connections closed")
     assert srv.running()
+    assert "accept failed port=proxy: Too many open files" in srv.log_text()
 
 
 # ---------------------------------------------------------------------------------------
