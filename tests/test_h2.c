@@ -296,7 +296,7 @@ static void ts_on_close(struct pk_h2stream *s, uint32_t error_code, void *ud)
         pk_h2conn_close(pk_h2stream_conn(s), "closed from on_close");
 }
 
-static const struct pk_h2stream_cbs ts_cbs = {ts_on_head, ts_on_close};
+static const struct pk_h2stream_cbs ts_cbs = {.on_head = ts_on_head, .on_close = ts_on_close};
 
 /* ---- connection callbacks ------------------------------------------------------------ */
 
@@ -959,6 +959,32 @@ static void test_reset_by_client(void)
     h2t_free(t);
 }
 
+/* Regression: a request reset twice before its HEADERS went out (the proxy gave up on it
+ * from two places: the body limit, then its own error answer). nghttp2 cancels the
+ * queued HEADERS on the first reset but sent the second as a frame, and the peer, which
+ * never saw the stream, ended the whole connection with PROTOCOL_ERROR. */
+static void test_double_reset_before_headers_keeps_the_connection(void)
+{
+    struct h2t *t = h2t_new();
+    t->mode = SRV_HOLD;
+    t->srv_consume = true;
+    wait_ready(t);
+    struct tstream *c = new_cs(t);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(client_request(c, "/twice", false));
+    pk_h2stream_reset(c->s, NGHTTP2_CANCEL);
+    pk_h2stream_reset(c->s, NGHTTP2_CANCEL);
+    WAIT(t, c->closes == 1);
+    settle(t);
+    CU_ASSERT_EQUAL(t->nss, 0); /* the server never saw it */
+    CU_ASSERT_EQUAL(t->srv.goaways, 0);
+    CU_ASSERT_TRUE(pk_h2conn_can_open(t->cli.c));
+    /* The next request on the same connection is served. */
+    struct tstream *c2 = new_cs(t);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(client_request(c2, "/after", false));
+    WAIT(t, t->nss == 1);
+    h2t_free(t);
+}
+
 /* A source pipe aborted by its producer resets the stream instead of ending it cleanly. */
 static void test_aborted_body_resets(void)
 {
@@ -1507,6 +1533,8 @@ void pk_test_register_h2(void)
     CU_add_test(s, "reset_by_server", test_reset_by_server);
     CU_add_test(s, "reset_by_client", test_reset_by_client);
     CU_add_test(s, "aborted_body_resets", test_aborted_body_resets);
+    CU_add_test(s, "double_reset_before_headers_keeps_the_connection",
+                test_double_reset_before_headers_keeps_the_connection);
     CU_add_test(s, "drain_client", test_drain_client);
     CU_add_test(s, "drain_idle", test_drain_idle);
     CU_add_test(s, "drain_server", test_drain_server);

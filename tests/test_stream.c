@@ -495,6 +495,53 @@ static void test_pipe_abort(void)
     pk_pipe_free(&p);
 }
 
+static void on_limit(struct pk_pipe *p, void *arg)
+{
+    int *calls = arg;
+    (*calls)++;
+    /* Called after the abort: the consumer already knows the body is not complete. */
+    CU_ASSERT_TRUE(p->aborted);
+}
+
+/* proxy.max-body-bytes counts what any producer writes (an HTTP/2 client need not send a
+ * content-length): the write that crosses the limit is dropped whole and aborts. */
+static void test_pipe_limit(void)
+{
+    struct pk_pipe p;
+    struct pipe_log cons = {0};
+    int calls = 0;
+    pk_pipe_init(&p, 1024);
+    pk_pipe_set_consumer(&p, on_readable, &cons);
+    pk_pipe_set_limit(&p, 5, on_limit, &calls);
+    pk_pipe_write(&p, "abc", 3);
+    pk_pipe_write(&p, "de", 2); /* exactly the limit: fine */
+    CU_ASSERT_EQUAL(calls, 0);
+    CU_ASSERT_FALSE(p.aborted);
+    pk_pipe_write(&p, "f", 1);
+    CU_ASSERT_EQUAL(calls, 1);
+    CU_ASSERT_TRUE(p.aborted);
+    CU_ASSERT_EQUAL(p.total_in, 5);
+    CU_ASSERT_EQUAL(pk_pipe_len(&p), 5);
+    /* Once only; later writes are dropped like any write after an abort. */
+    pk_pipe_write(&p, "g", 1);
+    CU_ASSERT_EQUAL(calls, 1);
+    pk_pipe_free(&p);
+
+    /* The evbuffer path too: the source is drained, nothing past the limit arrives. */
+    struct evbuffer *src = evbuffer_new();
+    calls = 0;
+    pk_pipe_init(&p, 1024);
+    pk_pipe_set_limit(&p, 4, on_limit, &calls);
+    evbuffer_add(src, "0123456789", 10);
+    pk_pipe_write_from(&p, src, 3);
+    pk_pipe_write_from(&p, src, 3);
+    CU_ASSERT_EQUAL(calls, 1);
+    CU_ASSERT_EQUAL(p.total_in, 3);
+    CU_ASSERT_EQUAL(evbuffer_get_length(src), 4);
+    evbuffer_free(src);
+    pk_pipe_free(&p);
+}
+
 /* A consumer that takes everything as soon as it is notified, the way an adapter that
  * can write onward does; it records what it saw. */
 struct eager {
@@ -610,6 +657,7 @@ void pk_test_register_stream(void)
     CU_add_test(s, "pipe_write_read", test_pipe_write_read);
     CU_add_test(s, "pipe_move", test_pipe_move);
     CU_add_test(s, "pipe_hwm", test_pipe_hwm);
+    CU_add_test(s, "pipe_limit", test_pipe_limit);
     CU_add_test(s, "pipe_close_eof", test_pipe_close_eof);
     CU_add_test(s, "pipe_abort", test_pipe_abort);
     CU_add_test(s, "pipe_reentrant_flow", test_pipe_reentrant_flow);

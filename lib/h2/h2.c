@@ -24,6 +24,7 @@ struct pk_h2stream {
     bool end_sent;        /* our END_STREAM went out */
     bool raw;             /* a CONNECT stream: DATA are the bytes of a connection */
     bool rst_after_end;   /* RST_STREAM(NO_ERROR) once it has */
+    bool rst_submitted;   /* one RST_STREAM per stream (stream_rst) */
     struct pk_pipe *sink; /* received DATA */
     struct pk_pipe *src;  /* DATA to send */
     size_t unconsumed;    /* bytes given to the sink and not yet taken */
@@ -158,6 +159,18 @@ static void stream_finish(struct pk_h2stream *s, uint32_t error_code)
     free(s);
 }
 
+/* Every RST_STREAM of a stream goes through here, once. A second submit is not harmless:
+ * nghttp2 1.52 cancels a request whose HEADERS are still queued on the first one, but
+ * sends the second as a frame, and the peer, which never saw the stream, ends the whole
+ * connection (RST_STREAM on an idle stream is a connection error). */
+static void stream_rst(struct pk_h2stream *s, uint32_t error_code)
+{
+    if (s->rst_submitted)
+        return;
+    s->rst_submitted = true;
+    nghttp2_submit_rst_stream(s->c->ng, NGHTTP2_FLAG_NONE, s->id, error_code);
+}
+
 static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length,
                          uint32_t *flags, nghttp2_data_source *source, void *user_data)
 {
@@ -169,8 +182,7 @@ static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
     if (p->aborted) {
         /* The source failed: a raw stream reports a reset connection (CONNECT_ERROR,
          * PROTOCOL.md 1.2), anything else INTERNAL_ERROR. */
-        nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, id,
-                                  s->raw ? NGHTTP2_CONNECT_ERROR : NGHTTP2_INTERNAL_ERROR);
+        stream_rst(s, s->raw ? NGHTTP2_CONNECT_ERROR : NGHTTP2_INTERNAL_ERROR);
         s->deferred = true;
         return NGHTTP2_ERR_DEFERRED;
     }
@@ -190,6 +202,8 @@ static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
         }
         pk_pipe_set_consumer(p, NULL, NULL);
         s->src = NULL;
+        if (s->cbs && s->cbs->on_sent)
+            s->cbs->on_sent(s, s->ud);
         return (ssize_t)n;
     }
     if (n == 0) {
@@ -303,7 +317,7 @@ int pk_h2stream_respond(struct pk_h2stream *s, const struct pk_head *head, struc
 
 void pk_h2stream_reset(struct pk_h2stream *s, uint32_t error_code)
 {
-    nghttp2_submit_rst_stream(s->c->ng, NGHTTP2_FLAG_NONE, s->id, error_code);
+    stream_rst(s, error_code);
     schedule_flush(s->c);
 }
 
@@ -424,7 +438,7 @@ static void headers_received(struct pk_h2conn *c, struct pk_h2stream *s, const n
             if (c->cbs->on_stream)
                 c->cbs->on_stream(c, s, c->ud);
             if (!s->has_handler) {
-                nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_REFUSED_STREAM);
+                stream_rst(s, NGHTTP2_REFUSED_STREAM);
                 return;
             }
         } else if (s->cbs && s->cbs->on_head) {
@@ -523,7 +537,7 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *
         return 0;
     s->end_sent = true;
     if (s->rst_after_end)
-        nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_NO_ERROR);
+        stream_rst(s, NGHTTP2_NO_ERROR);
     return 0;
 }
 
@@ -533,6 +547,17 @@ static int on_error(nghttp2_session *ng, int lib_error_code, const char *msg, si
     struct pk_h2conn *c = user_data;
     PK_UNUSED(ng);
     PK_DEBUG("h2", "conn=%s nghttp2: %.*s (%d)", c->name, (int)len, msg, lib_error_code);
+    return 0;
+}
+
+/* A frame nghttp2 refused (it then resets the stream or ends the connection): why. */
+static int on_invalid_frame(nghttp2_session *ng, const nghttp2_frame *frame, int lib_error_code,
+                            void *user_data)
+{
+    struct pk_h2conn *c = user_data;
+    PK_UNUSED(ng);
+    PK_INFO("h2", "conn=%s invalid frame type=%u stream=%d from the peer: %s", c->name,
+            (unsigned)frame->hd.type, frame->hd.stream_id, nghttp2_strerror(lib_error_code));
     return 0;
 }
 
@@ -734,6 +759,7 @@ static nghttp2_session_callbacks *make_callbacks(void)
     nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
     nghttp2_session_callbacks_set_data_source_read_length_callback(cb, read_length);
     nghttp2_session_callbacks_set_error_callback2(cb, on_error);
+    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, on_invalid_frame);
     return cb;
 }
 

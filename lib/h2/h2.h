@@ -65,6 +65,9 @@ struct pk_h2stream_cbs {
      * close; PK_H2_CONN_LOST when the connection went away). The stream is freed right
      * after this returns; the pipes are already detached from it. */
     void (*on_close)(struct pk_h2stream *s, uint32_t error_code, void *ud);
+    /* Optional: the whole outgoing body was handed to nghttp2 (END_STREAM or the trailers
+     * follow). Called from inside nghttp2: only arm timers or set flags here. */
+    void (*on_sent)(struct pk_h2stream *s, void *ud);
 };
 
 #define PK_H2_CONN_LOST 0xffffffffu

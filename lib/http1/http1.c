@@ -634,9 +634,9 @@ char *pk_json_error_body(const char *msg, size_t *len)
 {
     struct json_object *o = json_object_new_object();
     json_object_object_add(o, "error", json_object_new_string(msg ? msg : ""));
-    char *body = pk_xasprintf(
-        "%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
-                                                       JSON_C_TO_STRING_NOSLASHESCAPE));
+    char *body =
+        pk_xasprintf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
+                                                                   JSON_C_TO_STRING_NOSLASHESCAPE));
     json_object_put(o);
     if (len)
         *len = strlen(body);

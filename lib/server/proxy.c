@@ -66,6 +66,7 @@ struct exchange {
     bool forwarded;  /* a peer's stream: local tunnels only (one hop) */
     bool state_wait; /* a state long poll waiting in srv->state_waiters */
     bool body_too_large;
+    bool answered; /* the proxy answered itself (an error or a state): nothing more goes down */
     uint64_t state_after;
     /* upstream side */
     struct pk_h2stream *us;
@@ -78,8 +79,15 @@ struct exchange {
     struct pk_h2stream *ds;
     bool ds_gone;
     bool head_sent;
+    bool req_sent; /* the whole request body went onto the upstream stream */
     int status;
+    /* The one timer (ex_timer_cb): proxy.timeout while no body moves and no response head
+     * came (routing, a slot, the wait after the upload); the stall check while a body
+     * moves. */
     struct event *timer;
+    bool stall_mode;
+    uint64_t stall_progress; /* body bytes moved, at the last check */
+    uint64_t stalled_ms;     /* how long nothing moved */
     bool waiting;
     struct exchange *wnext;
     uint64_t start_ms;
@@ -194,11 +202,109 @@ static void ex_maybe_free(struct exchange *ex)
     pk_server_check_drained(srv);
 }
 
+static void ex_fail(struct exchange *ex, int status, const char *msg);
+static void ds_abort(struct exchange *ex);
+
+static void ex_arm(struct exchange *ex, uint64_t ms)
+{
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    event_add(ex->timer, &tv);
+}
+
+/* proxy.timeout: the wait for the response head from now. */
+static void ex_arm_head_wait(struct exchange *ex)
+{
+    ex->stall_mode = false;
+    ex_arm(ex, ex->srv->cfg->proxy_timeout_ms);
+}
+
+static uint64_t stall_interval(const struct exchange *ex)
+{
+    return PK_MAX(ex->srv->cfg->proxy_stall_timeout_ms / 4, (uint64_t)50);
+}
+
+static uint64_t ex_progress(const struct exchange *ex)
+{
+    return ex->req_body.total_in + ex->req_body.total_out + ex->resp_body.total_in +
+           ex->resp_body.total_out;
+}
+
+/* A body is moving, or should: from now the exchange is aborted when no byte of it moves
+ * for proxy.stall-timeout (nginx's read and send timeouts). Raw streams have their own
+ * idle timeout instead. */
+static void ex_arm_stall(struct exchange *ex)
+{
+    if (ex->raw || !ex->srv->cfg->proxy_stall_timeout_ms) {
+        event_del(ex->timer);
+        return;
+    }
+    ex->stall_mode = true;
+    ex->stall_progress = ex_progress(ex);
+    ex->stalled_ms = 0;
+    ex_arm(ex, stall_interval(ex));
+}
+
+static bool ex_upload_pending(const struct exchange *ex)
+{
+    return ex->req_has_body && !ex->req_sent && !ex->req_body.aborted;
+}
+
+static void ex_stall_check(struct exchange *ex)
+{
+    bool response = ex->head_sent && !pk_pipe_done(&ex->resp_body) && !ex->resp_body.aborted;
+    bool upload = ex_upload_pending(ex);
+    if (!upload && !response) {
+        /* Nothing left to move; waiting for the head after the upload is proxy.timeout's. */
+        if (!ex->head_sent)
+            ex_arm_head_wait(ex);
+        return;
+    }
+    uint64_t progress = ex_progress(ex);
+    if (progress != ex->stall_progress) {
+        ex->stall_progress = progress;
+        ex->stalled_ms = 0;
+        ex_arm(ex, stall_interval(ex));
+        return;
+    }
+    ex->stalled_ms += stall_interval(ex);
+    if (ex->stalled_ms < ex->srv->cfg->proxy_stall_timeout_ms) {
+        ex_arm(ex, stall_interval(ex));
+        return;
+    }
+    /* Who stopped: a full request pipe is the service not reading; a full response pipe
+     * the client; an empty one the side that should be sending. */
+    const char *who =
+        response ? (pk_pipe_full(&ex->resp_body) ? "client not reading" : "service not sending")
+                 : (pk_pipe_full(&ex->req_body) ? "service not reading" : "client not sending");
+    ex->srv->stalled++;
+    PK_INFO("proxy",
+            "stalled endpoint=%s client=%s path=%.200s: %s, no body byte moved for %llums "
+            "(in=%llu out=%llu): aborted",
+            ex->endpoint, ex->client, ex->req.path ? ex->req.path : "-", who,
+            (unsigned long long)ex->stalled_ms, (unsigned long long)ex->req_body.total_in,
+            (unsigned long long)ex->resp_body.total_in);
+    ex->stall_mode = false;
+    if (ex->us)
+        pk_h2stream_reset(ex->us, NGHTTP2_CANCEL);
+    if (!ex->req_body.eof)
+        pk_pipe_abort(&ex->req_body);
+    if (ex->head_sent)
+        ds_abort(ex);
+    else if (pk_pipe_full(&ex->req_body))
+        ex_fail(ex, 504, "upstream timeout");
+    else
+        ex_fail(ex, 408, "request timeout");
+}
+
 static void ex_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct exchange *ex = arg;
     PK_UNUSED(fd);
     PK_UNUSED(what);
+    if (ex->stall_mode) {
+        ex_stall_check(ex);
+        return;
+    }
     if (ex->head_sent)
         return;
     if (ex->state_wait) {
@@ -227,7 +333,6 @@ static void ex_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 /* Sends the response head downstream; the body (if any) follows from resp_body. */
 static void ds_send_head(struct exchange *ex, struct pk_head *resp, bool body);
-static void ds_abort(struct exchange *ex);
 
 /* Answers with a JSON error (PROTOCOL.md 4), or aborts the downstream side when a
  * response head was already sent (never a silently short body). */
@@ -243,12 +348,19 @@ static void ex_fail(struct exchange *ex, int status, const char *msg)
 static void ex_reply(struct exchange *ex, int status, const char *body, size_t n, const char *name,
                      const char *value)
 {
-    if (ex->ds_gone)
+    if (ex->ds_gone || ex->answered)
         return;
+    /* The proxy answers instead of the service: whatever the service would still send
+     * is not wanted (and must never become a second response). */
+    if (ex->us) {
+        pk_h2stream_reset(ex->us, NGHTTP2_CANCEL);
+        pk_h2stream_set_sink(ex->us, NULL); /* DATA before the reset goes out is dropped */
+    }
     if (ex->head_sent) {
         ds_abort(ex);
         return;
     }
+    ex->answered = true;
     /* The failed upstream attempt may have aborted the pipe: start a fresh one. */
     pk_pipe_free(&ex->resp_body);
     pk_pipe_init(&ex->resp_body, PIPE_HWM);
@@ -281,7 +393,7 @@ static void ds_establish(struct exchange *ex, struct pk_head *resp);
 static void us_on_head(struct pk_h2stream *s, void *ud)
 {
     struct exchange *ex = ud;
-    if (ex->ds_gone || ex->timed_out)
+    if (ex->ds_gone || ex->timed_out || ex->head_sent)
         return;
     event_del(ex->timer);
     struct pk_head *h = pk_h2stream_head(s);
@@ -333,7 +445,19 @@ static void us_on_close(struct pk_h2stream *s, uint32_t code, void *ud)
     ex_maybe_free(ex);
 }
 
-static const struct pk_h2stream_cbs us_cbs = {.on_head = us_on_head, .on_close = us_on_close};
+/* The whole request body is on the upstream stream: proxy.timeout counts from here (the
+ * upload itself was watched by the stall check). */
+static void us_on_sent(struct pk_h2stream *s, void *ud)
+{
+    struct exchange *ex = ud;
+    PK_UNUSED(s);
+    ex->req_sent = true;
+    if (!ex->head_sent && !ex->raw && !ex->answered)
+        ex_arm_head_wait(ex);
+}
+
+static const struct pk_h2stream_cbs us_cbs = {
+    .on_head = us_on_head, .on_close = us_on_close, .on_sent = us_on_sent};
 
 /* Opens the upstream stream on a local tunnel, or else on the link to a peer node that
  * holds the endpoint (a forwarded stream, PROTOCOL.md 3). A peer's own streams
@@ -413,6 +537,12 @@ static void ex_dispatch(struct exchange *ex)
         return;
     }
     pk_h2stream_set_sink(ex->us, &ex->resp_body);
+    /* An upload is watched by the stall check; proxy.timeout starts when it is all on the
+     * stream (us_on_sent), not before: a slow upload is not a slow service. */
+    if (!ex->req_has_body)
+        ex->req_sent = true;
+    else if (!ex->raw && !ex->req_sent)
+        ex_arm_stall(ex);
     if (ex->expect_continue && ex->h1) {
         /* The proxy answers 100 Continue itself once a tunnel is found (PROTOCOL.md 1.4). */
         ex->expect_continue = false;
@@ -892,8 +1022,13 @@ static void h1_establish(struct h1conn *hc, struct exchange *ex, struct pk_head 
         pk_bevpipe_set_idle_timeout(hc->bp, hc->srv->cfg->proxy_raw_idle_timeout_ms);
 }
 
+/* ds_establish and ds_send_head are the only ways a response head goes downstream, and
+ * each sends at most one: a second head (an upstream answer racing the proxy's own error
+ * answer) is dropped here, whoever asks. */
 static void ds_establish(struct exchange *ex, struct pk_head *resp)
 {
+    if (ex->head_sent)
+        return;
     ex->head_sent = true;
     ex->status = resp->status;
     event_del(ex->timer);
@@ -910,9 +1045,13 @@ static void ds_establish(struct exchange *ex, struct pk_head *resp)
 
 static void ds_send_head(struct exchange *ex, struct pk_head *resp, bool body)
 {
+    if (ex->head_sent)
+        return;
     ex->head_sent = true;
     ex->status = resp->status;
     event_del(ex->timer);
+    if (!ex->answered && (body || ex_upload_pending(ex)))
+        ex_arm_stall(ex);
     if (ex->h1)
         h1_send_head(ex->h1, ex, resp, body);
     else if (ex->ds)
@@ -990,10 +1129,11 @@ static void h1_reject(struct h1conn *hc, int status, const char *msg)
 {
     size_t n;
     char *body = pk_json_error_body(msg, &n);
-    evbuffer_add_printf(bufferevent_get_output(hc->bev),
-                        "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %zu\r\n"
-                        "connection: close\r\n\r\n%s",
-                        status, pk_h1_reason(status), n, body);
+    evbuffer_add_printf(
+        bufferevent_get_output(hc->bev),
+        "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %zu\r\n"
+        "connection: close\r\n\r\n%s",
+        status, pk_h1_reason(status), n, body);
     free(body);
     PK_INFO("proxy", "rejected client=%s:%u status=%d: %s%s%s%s", hc->ip, hc->port, status, msg,
             hc->parser.error_detail ? " (" : "",
@@ -1324,6 +1464,24 @@ static void ds_on_close(struct pk_h2stream *s, uint32_t code, void *ud)
 
 static const struct pk_h2stream_cbs ds_cbs = {.on_close = ds_on_close};
 
+/* proxy.max-body-bytes on an HTTP/2 downstream: DATA is counted as it arrives, whatever
+ * content-length said (or did not say). The service sees at most the limit (the request
+ * pipe is aborted: its stream is reset); the client gets 413, or a reset when the response
+ * had started. */
+static void h2_body_over_limit(struct pk_pipe *p, void *arg)
+{
+    struct exchange *ex = arg;
+    PK_UNUSED(p);
+    if (ex->body_too_large)
+        return;
+    ex->body_too_large = true;
+    PK_INFO("proxy", "request body over %llu bytes endpoint=%s client=%s",
+            (unsigned long long)ex->srv->cfg->proxy_max_body_bytes, ex->endpoint, ex->client);
+    ex_fail(ex, 413, "request body too large");
+    if (ex->ds)
+        pk_h2stream_end_early(ex->ds);
+}
+
 static void h2d_on_stream(struct pk_h2conn *c, struct pk_h2stream *s, void *ud)
 {
     struct h2down *d = ud;
@@ -1373,6 +1531,8 @@ static void h2d_on_stream(struct pk_h2conn *c, struct pk_h2stream *s, void *ud)
         ex->raw = true;
         ex->req_has_body = true;
     }
+    if (!ex->cluster && !ex->raw && max_body)
+        pk_pipe_set_limit(&ex->req_body, max_body, h2_body_over_limit, ex);
     ex_start(ex, in);
 }
 

@@ -51,7 +51,8 @@ const struct pk_opt pk_server_opts[] = {
     OPT("proxy.bind-addr", PK_OPT_STRING, proxy_bind_addr, ":8000",
         "Address for downstream clients (HTTP/1.1 and h2c)"),
     OPT("proxy.timeout", PK_OPT_DURATION, proxy_timeout_ms, "30s",
-        "Time to wait for an upstream response head before answering 504"),
+        "Time to wait for an upstream response head, counted from the end of the request "
+        "body (504 after); also bounds routing (a free tunnel slot, token verification)"),
     OPT("proxy.max-header-bytes", PK_OPT_SIZE, proxy_max_header_bytes, "64KiB",
         "Largest request head accepted (431 above)"),
     OPT("proxy.head-timeout", PK_OPT_DURATION, proxy_head_timeout_ms, "10s",
@@ -60,6 +61,10 @@ const struct pk_opt pk_server_opts[] = {
         "Idle keep-alive connections are closed after this"),
     OPT("proxy.max-h2-streams", PK_OPT_INT, proxy_max_h2_streams, "256",
         "Concurrent streams per downstream HTTP/2 connection"),
+    OPT("proxy.stall-timeout", PK_OPT_DURATION, proxy_stall_timeout_ms, "60s",
+        "Abort an HTTP exchange when no byte of a body that is moving (the upload, or the "
+        "response) moved this long: a client that stops reading or sending, a service that "
+        "stalls (0: never)"),
     OPT("proxy.raw-idle-timeout", PK_OPT_DURATION, proxy_raw_idle_timeout_ms, "0",
         "Close an upgraded or TCP stream idle this long (0: never)"),
     OPT("proxy.max-connections", PK_OPT_INT, proxy_max_connections, "10000",

@@ -35,6 +35,7 @@ struct pk_server_config {
     uint64_t proxy_idle_timeout_ms;
     long long proxy_max_h2_streams;
     uint64_t proxy_raw_idle_timeout_ms;
+    uint64_t proxy_stall_timeout_ms;
     long long proxy_max_connections;
     uint64_t proxy_max_body_bytes;
     long long upstream_max_connections;

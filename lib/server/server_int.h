@@ -94,6 +94,7 @@ struct pk_server {
     struct event *check_ev;
     size_t nconns;          /* downstream connections (h1 + h2 + undecided) */
     uint64_t refused_conns; /* closed at once above a connection limit */
+    uint64_t stalled;       /* exchanges aborted by proxy.stall-timeout */
     uint64_t refused_log_ms;
     size_t ntunnels_open; /* tunnels incl. handshaking ones */
     size_t nexchanges;

@@ -233,5 +233,6 @@ void pk_server_listeners_status(struct pk_server *srv, struct json_object *o)
     json_object_object_add(c, "proxy", json_object_new_int64((int64_t)srv->nconns));
     json_object_object_add(c, "upstream", json_object_new_int64((int64_t)srv->ntunnels_open));
     json_object_object_add(c, "refused", json_object_new_int64((int64_t)srv->refused_conns));
+    json_object_object_add(c, "stalled", json_object_new_int64((int64_t)srv->stalled));
     json_object_object_add(o, "connections", c);
 }

@@ -38,9 +38,27 @@ static void notify_consumer(struct pk_pipe *p)
         p->on_readable(p, p->consumer);
 }
 
+void pk_pipe_set_limit(struct pk_pipe *p, uint64_t limit, pk_pipe_limit_cb on_limit, void *arg)
+{
+    p->limit = limit;
+    p->on_limit = on_limit;
+    p->limit_arg = arg;
+}
+
+/* True (and the pipe aborted, the owner told) when len more bytes would cross the limit. */
+static bool over_limit(struct pk_pipe *p, size_t len)
+{
+    if (!p->limit || p->total_in + len <= p->limit)
+        return false;
+    pk_pipe_abort(p);
+    if (p->on_limit)
+        p->on_limit(p, p->limit_arg);
+    return true;
+}
+
 void pk_pipe_write(struct pk_pipe *p, const void *data, size_t len)
 {
-    if (p->eof || p->aborted || len == 0)
+    if (p->eof || p->aborted || len == 0 || over_limit(p, len))
         return;
     evbuffer_add(p->buf, data, len);
     p->total_in += len;
@@ -49,7 +67,7 @@ void pk_pipe_write(struct pk_pipe *p, const void *data, size_t len)
 
 void pk_pipe_write_from(struct pk_pipe *p, struct evbuffer *src, size_t len)
 {
-    if (p->eof || p->aborted || len == 0) {
+    if (p->eof || p->aborted || len == 0 || over_limit(p, len)) {
         evbuffer_drain(src, len);
         return;
     }

@@ -28,6 +28,8 @@ struct pk_pipe;
 typedef void (*pk_pipe_readable_cb)(struct pk_pipe *p, void *consumer);
 /* Producer side: the consumer took n bytes (written onward). */
 typedef void (*pk_pipe_drained_cb)(struct pk_pipe *p, size_t n, void *producer);
+/* Owner side: a write would have taken the pipe past its limit. */
+typedef void (*pk_pipe_limit_cb)(struct pk_pipe *p, void *arg);
 
 struct pk_pipe {
     struct evbuffer *buf;
@@ -42,6 +44,9 @@ struct pk_pipe {
     void *consumer;
     pk_pipe_drained_cb on_drained;
     void *producer;
+    uint64_t limit; /* most bytes it may ever carry (0: no limit) */
+    pk_pipe_limit_cb on_limit;
+    void *limit_arg;
 };
 
 void pk_pipe_init(struct pk_pipe *p, size_t hwm);
@@ -49,6 +54,12 @@ void pk_pipe_free(struct pk_pipe *p);
 
 void pk_pipe_set_consumer(struct pk_pipe *p, pk_pipe_readable_cb cb, void *consumer);
 void pk_pipe_set_producer(struct pk_pipe *p, pk_pipe_drained_cb cb, void *producer);
+
+/* Bounds the bytes the pipe may ever carry, whoever produces them. A write that would
+ * take total_in past limit is dropped whole, the pipe is aborted (the consumer never sees
+ * a complete body), then on_limit runs once, synchronously from inside that write, with
+ * the pipe's usual rules for callbacks. limit 0: none. */
+void pk_pipe_set_limit(struct pk_pipe *p, uint64_t limit, pk_pipe_limit_cb on_limit, void *arg);
 
 /* Producer API. Writes after the end or an abort are dropped. */
 void pk_pipe_write(struct pk_pipe *p, const void *data, size_t len);
