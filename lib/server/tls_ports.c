@@ -3,7 +3,7 @@
  *
  * ALPN: the proxy port offers h2 and http/1.1 (the proxy then skips the preface sniff),
  * the upstream port http/1.1 only (the tunnel handshake is HTTP/1.1, then reverse h2), the
- * cluster port h2 (peer links) and http/1.1 (state calls). The admin port is evhttp:
+ * cluster port h2 (peer links) and http/1.1 (state calls). The admin port (lib/admin) speaks
  * HTTP/1.1 without ALPN. */
 #include "base/base.h"
 #include "base/log.h"
@@ -11,9 +11,6 @@
 #include "net/tls.h"
 #include "server/server_int.h"
 
-#include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
-#include <event2/http.h>
 #include <json-c/json.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
@@ -161,29 +158,6 @@ void pk_server_reload(struct pk_server *srv)
             pk_cluster_set_tls_ctx(srv->cluster, ctx);
         }
     }
-}
-
-/* evhttp's bevcb: every admin connection starts as a TLS server handshake. */
-static struct bufferevent *admin_bev(struct event_base *base, void *arg)
-{
-    struct pk_server *srv = arg;
-    SSL *ssl = pk_tls_server_ssl_new(srv->tls->port[PK_PORT_ADMIN]);
-    if (!ssl)
-        return NULL;
-    struct bufferevent *bev = bufferevent_openssl_socket_new(
-        base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
-    if (!bev) {
-        SSL_free(ssl);
-        return NULL;
-    }
-    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
-    return bev;
-}
-
-void pk_server_tls_admin(struct pk_server *srv)
-{
-    if (pk_server_tls_port(srv, PK_PORT_ADMIN))
-        evhttp_set_bevcb(srv->admin, admin_bev, srv);
 }
 
 void pk_server_tls_status(struct pk_server *srv, struct json_object *o)
