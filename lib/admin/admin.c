@@ -183,7 +183,9 @@ static void write_reply(struct conn *c, struct pk_admin_req *req, int status, co
 void pk_admin_reply(struct pk_admin_req *req, int status, struct json_object *body)
 {
     if (req->c) {
-        const char *s = body ? json_object_to_json_string_ext(body, JSON_C_TO_STRING_PLAIN) : "";
+        const char *s = body ? json_object_to_json_string_ext(
+                                   body, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
+                             : "";
         char *text = body ? pk_xasprintf("%s\n", s) : pk_xstrdup("");
         write_reply(req->c, req, status, text, strlen(text));
         free(text);

@@ -117,8 +117,9 @@ void pk_admin_req_on_cancel(struct pk_admin_req *req, pk_admin_cancel_cb cb, voi
 void pk_admin_req_add_header(struct pk_admin_req *req, const char *name, const char *value);
 
 /* Replies status with body (taken: json_object_put is called on it) serialised as plain
- * JSON plus a newline, as content-type application/json with a content-length; NULL body
- * is an empty body. Frees req. On a dead connection it only frees. */
+ * JSON (slashes not escaped) plus a newline, as content-type application/json with a
+ * content-length; a NULL body is an empty one. HEAD gets the same headers and no body.
+ * Frees req. On a dead connection it only frees. */
 void pk_admin_reply(struct pk_admin_req *req, int status, struct json_object *body);
 /* pk_admin_reply of {"error": message}. */
 void pk_admin_reply_error(struct pk_admin_req *req, int status, const char *message);
