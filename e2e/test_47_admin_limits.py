@@ -24,13 +24,14 @@ def _vm_rss_kib(pid):
     raise KeyError("VmRSS")
 
 
-def test_admin_large_body_refused_without_reading_it(piko):
+@pytest.mark.parametrize("method", ["POST", "GET"])
+def test_admin_large_body_refused_without_reading_it(piko, method):
     srv = piko.server()
     before = _vm_rss_kib(srv.pid)
     total = 200 * MiB
     conn = RawConn(srv.admin_port, timeout=30)
-    conn.send(b"POST /health HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\n"
-              b"Content-Length: %d\r\n\r\n" % total)
+    conn.send(b"%s /health HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % (method.encode(), total))
     sent = {"bytes": 0}
 
     def body():

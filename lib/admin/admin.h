@@ -70,7 +70,7 @@ struct pk_admin_opts {
 struct pk_admin_stats {
     uint64_t accepted;  /* connections taken (TLS handshakes included) */
     uint64_t refused;   /* connections closed at once above max_connections */
-    uint64_t requests;  /* requests handed to a handler or answered by the module */
+    uint64_t requests;  /* complete heads: routed, or refused (405, 413) by the module */
     size_t connections; /* open now, TLS handshakes in flight included */
 };
 
