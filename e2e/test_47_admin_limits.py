@@ -3,15 +3,18 @@
 RSS under evhttp); admin.max-connections closes connections above it at once; idle admin
 connections cannot use up the descriptors the proxy port needs."""
 
+import http.client
 import json
 import resource
 import socket
+import ssl
 import threading
 import time
 
 import pytest
 
 from helpers import SANITIZED, SLOW, RawConn, assert_json_error, h1, poll
+from test_40_tls import Certs, tls_flags
 
 MiB = 1 << 20
 
@@ -133,3 +136,47 @@ def test_idle_admin_connections_do_not_starve_the_proxy(piko):
     poll(lambda: srv.ready_status() == 200, 10 * SLOW, message="/ready after the idle ones")
     assert srv.admin("/health")[0] == 200
     assert srv.running()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return Certs(tmp_path_factory.mktemp("certs"))
+
+
+def _tls_health(port, ctx):
+    c = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=5 * SLOW)
+    try:
+        c.request("GET", "/health")
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def test_admin_tls_handshakes_count_against_the_cap(piko, certs):
+    flags = tls_flags("admin", certs)
+    flags["admin.max-connections"] = "2"
+    srv = piko.server(flags, wait=False)
+    ctx = certs.client_ctx()
+
+    def healthy():
+        try:
+            return _tls_health(srv.admin_port, ctx)[0] == 200
+        except (OSError, ssl.SSLError, http.client.HTTPException):
+            return False
+    poll(healthy, 10 * SLOW, message="admin /health over TLS")
+    time.sleep(0.3 * SLOW)
+    # Two connections that never start their handshake fill the cap.
+    silent = [RawConn(srv.admin_port) for _ in range(2)]
+    try:
+        time.sleep(0.3 * SLOW)
+        extra = RawConn(srv.admin_port)
+        try:
+            assert extra.closed_by_peer(timeout=3), "a third connection was not closed"
+        finally:
+            extra.close()
+    finally:
+        for c in silent:
+            c.close()
+    poll(healthy, 5 * SLOW, message="admin /health over TLS after the silent ones")
+    srv.wait_log(lambda t: "connection limit (2) reached" in t, message="the limit logged")
