@@ -11,8 +11,9 @@
  *     kept (the socket is closed after the reply, with a lingering close);
  *   - only GET and HEAD are served (405 with Allow: GET, HEAD); HEAD gets the headers of the
  *     GET reply, content-length included, and no body;
- *   - one request at a time per connection: while a reply is pending the connection is not
- *     read, so pipelined requests wait in the socket and are answered in order;
+ *   - one request at a time per connection: while a reply is pending or being written no
+ *     request is parsed and at most max_head_bytes are read ahead (enough to notice the
+ *     client closing), so pipelined requests wait in the socket and are answered in order;
  *   - at most max_connections connections (TLS handshakes in flight included, from accept):
  *     above it a new connection is closed at once, counted and logged at most once a
  *     second, so idle admin connections cannot use up the process's descriptors.
