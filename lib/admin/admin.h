@@ -27,7 +27,7 @@
  * pk_admin_reply, at once or later (an asynchronous check such as a JWT verification). The
  * request stays valid until pk_admin_reply returns or its cancel callback (see
  * pk_admin_req_on_cancel) has run, whichever comes first. If the connection goes away
- * while a request waits:
+ * while a request waits (the client closed or reset it; a half-close counts as gone):
  *   - with a cancel callback set, that callback runs (once, from the loop or from
  *     pk_admin_free) and the request is freed after it returns: do not reply to it then;
  *   - without one, the request stays valid and the later pk_admin_reply frees it without
