@@ -243,35 +243,6 @@ static void count_failure(struct pk_tls_server *ts, const char *peer, const char
             (unsigned long long)ts->failures, why);
 }
 
-/* Failed handshakes of SSL objects driven by someone else (evhttp on the admin port): a
- * fatal alert, sent or received, marks the failure. */
-static void info_cb(const SSL *ssl, int where, int ret)
-{
-    if (!(where & SSL_CB_ALERT) || SSL_is_init_finished(ssl))
-        return;
-    if ((ret >> 8) != SSL3_AL_FATAL)
-        return;
-    struct pk_tls_server *ts = SSL_get_app_data(ssl);
-    if (!ts)
-        return;
-    char peer[80] = "?";
-    int fd = SSL_get_fd(ssl);
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof(ss);
-    if (fd >= 0 && getpeername(fd, (struct sockaddr *)&ss, &sl) == 0) {
-        char ip[64];
-        uint16_t port;
-        pk_sockaddr_ip((struct sockaddr *)&ss, ip, sizeof(ip), &port);
-        snprintf(peer, sizeof(peer), strchr(ip, ':') ? "[%s]:%u" : "%s:%u", ip, port);
-    }
-    unsigned long e = ERR_peek_last_error();
-    const char *r = e ? ERR_reason_error_string(e) : NULL;
-    char why[256];
-    snprintf(why, sizeof(why), "%s (alert %s: %s)", r ? r : "handshake error",
-             (where & SSL_CB_WRITE) ? "sent" : "received", SSL_alert_desc_string_long(ret));
-    count_failure(ts, peer, why);
-}
-
 static SSL_CTX *server_ctx_new(struct pk_tls_server *ts, char *err, size_t errlen)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
@@ -305,7 +276,6 @@ static SSL_CTX *server_ctx_new(struct pk_tls_server *ts, char *err, size_t errle
     }
     if (ts->alpn_len)
         SSL_CTX_set_alpn_select_cb(ctx, alpn_select, ts);
-    SSL_CTX_set_info_callback(ctx, info_cb);
     return ctx;
 fail:
     SSL_CTX_free(ctx);
@@ -376,14 +346,6 @@ int pk_tls_server_reload(struct pk_tls_server *ts, char *err, size_t errlen)
     return 0;
 }
 
-struct ssl_st *pk_tls_server_ssl_new(struct pk_tls_server *ts)
-{
-    SSL *ssl = SSL_new(ts->ctx);
-    if (ssl)
-        SSL_set_app_data(ssl, ts);
-    return ssl;
-}
-
 const char *pk_tls_server_name(const struct pk_tls_server *ts)
 {
     return ts->name;
@@ -420,9 +382,6 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
     struct tls_pending *p = arg;
     PK_UNUSED(fd);
     PK_UNUSED(what);
-    SSL *ssl = bufferevent_openssl_get_ssl(p->bev);
-    if (ssl)
-        SSL_set_app_data(ssl, NULL);
     count_failure(p->ts, p->peer, "handshake not done in time");
     pending_fail(p);
 }
@@ -441,7 +400,6 @@ static void accept_event(struct bufferevent *bev, short what, void *arg)
             alpn[alen] = '\0';
         }
         /* From now on failures belong to the connection's owner. */
-        SSL_set_app_data(ssl, NULL);
         p->ts->handshakes++;
         PK_DEBUG("tls", "handshake done port=%s peer=%s version=%s alpn=%s", p->ts->name, p->peer,
                  SSL_get_version(ssl), alpn[0] ? alpn : "-");
@@ -459,9 +417,6 @@ static void accept_event(struct bufferevent *bev, short what, void *arg)
     }
     char why[320];
     pk_tls_error(bev, what, why, sizeof(why));
-    SSL *ssl = bufferevent_openssl_get_ssl(bev);
-    if (ssl)
-        SSL_set_app_data(ssl, NULL); /* counted here, not again by info_cb */
     count_failure(p->ts, p->peer, why);
     pending_fail(p);
 }
@@ -489,9 +444,6 @@ void pk_tls_accept(struct pk_tls_server *ts, evutil_socket_t fd, const struct so
     uint16_t port;
     pk_sockaddr_ip(sa, ip, sizeof(ip), &port);
     snprintf(p->peer, sizeof(p->peer), strchr(ip, ':') ? "[%s]:%u" : "%s:%u", ip, port);
-    /* Alerts we send before the handshake is done are counted by info_cb only while
-     * nobody else sees the failure: accept_event clears this. */
-    SSL_set_app_data(ssl, NULL);
     p->bev = bufferevent_openssl_socket_new(ts->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
                                             BEV_OPT_CLOSE_ON_FREE);
     if (!p->bev) {

@@ -81,9 +81,6 @@ void pk_tls_server_free(struct pk_tls_server *ts);
 /* Reads the files again into a new context and uses it for new connections. On failure
  * the old context stays and err says why. Returns 0 or a negative PK_ERR_*. */
 int pk_tls_server_reload(struct pk_tls_server *ts, char *err, size_t errlen);
-/* A new SSL object of the current context, in server mode (for evhttp's bevcb, whose
- * failed handshakes are logged and counted through an info callback). */
-struct ssl_st *pk_tls_server_ssl_new(struct pk_tls_server *ts);
 const char *pk_tls_server_name(const struct pk_tls_server *ts);
 /* Handshakes that succeeded. */
 uint64_t pk_tls_server_handshakes(const struct pk_tls_server *ts);

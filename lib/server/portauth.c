@@ -3,6 +3,7 @@
  * tunnel when its token expires (PROTOCOL.md 1.5) and the admin port's gate. The upstream
  * handshake (upstream.c) and the proxy exchange (proxy.c) verify through
  * pk_port_auth_verify and log their rejections with their own tags. */
+#include "admin/admin.h"
 #include "auth/auth.h"
 #include "base/base.h"
 #include "base/log.h"
@@ -10,9 +11,7 @@
 #include "server/server_int.h"
 
 #include <errno.h>
-#include <event2/buffer.h>
 #include <event2/event.h>
-#include <event2/http.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,8 +37,8 @@ struct pk_port_auth {
 /* One admin request waiting for its token's verification. */
 struct admin_wait {
     struct pk_server *srv;
-    struct evhttp_request *req;
-    void (*handler)(struct evhttp_request *req, void *arg);
+    struct pk_admin_req *req;
+    void (*handler)(struct pk_admin_req *req, void *arg);
     struct pk_auth_req *ar;
     struct admin_wait *prev, *next;
 };
@@ -159,9 +158,10 @@ static void port_auth_free(struct pk_port_auth *pa)
     if (!pa)
         return;
     while (pa->waits) {
-        /* Teardown: evhttp_free drops the requests themselves. */
+        /* Teardown without pk_admin_free first: the requests are left to it. */
         struct admin_wait *w = pa->waits;
         pa->waits = w->next;
+        pk_admin_req_on_cancel(w->req, NULL, NULL);
         pk_auth_cancel(w->ar);
         free(w);
     }
@@ -265,55 +265,54 @@ void pk_tunnel_expiry_start(struct pk_server *srv, struct tunnel *t, int64_t exp
 
 /* ---- the admin port ----------------------------------------------------------------------- */
 
-static void admin_error(struct evhttp_request *req, int code, const char *reason, const char *msg)
+static void wait_unlink(struct admin_wait *w)
 {
-    struct evbuffer *b = evbuffer_new();
-    evbuffer_add_printf(b, "{\"error\":\"%s\"}\n", msg);
-    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
-    evhttp_add_header(out, "Content-Type", "application/json");
-    if (code == 401)
-        evhttp_add_header(out, "WWW-Authenticate", "Bearer");
-    evhttp_send_reply(req, code, reason, b);
-    evbuffer_free(b);
-}
-
-static void admin_verified(enum pk_auth_result res, const struct pk_claims *claims,
-                           const char *detail, void *arg)
-{
-    struct admin_wait *w = arg;
     struct pk_port_auth *pa = w->srv->admin_auth;
-    PK_UNUSED(claims);
     if (w->prev)
         w->prev->next = w->next;
     else
         pa->waits = w->next;
     if (w->next)
         w->next->prev = w->prev;
+}
+
+static void admin_verified(enum pk_auth_result res, const struct pk_claims *claims,
+                           const char *detail, void *arg)
+{
+    struct admin_wait *w = arg;
+    struct pk_admin_req *req = w->req;
+    PK_UNUSED(claims);
+    wait_unlink(w);
+    pk_admin_req_on_cancel(req, NULL, NULL);
     if (res == PK_AUTH_OK) {
-        w->handler(w->req, w->srv);
+        w->handler(req, w->srv);
     } else {
-        char *peer = NULL;
-        ev_uint16_t port = 0;
-        struct evhttp_connection *evcon = evhttp_request_get_connection(w->req);
-        if (evcon)
-            evhttp_connection_get_peer(evcon, &peer, &port);
-        PK_INFO("admin", "request refused peer=%s:%u path=%.200s status=401 reason=%s: %s",
-                peer ? peer : "-", port, evhttp_request_get_uri(w->req), pk_auth_result_str(res),
-                detail);
-        admin_error(w->req, 401, "Unauthorized", pk_auth_http_message(res));
+        PK_INFO("admin", "request refused peer=%s path=%.200s status=401 reason=%s: %s",
+                pk_admin_req_peer(req), pk_admin_req_path(req), pk_auth_result_str(res), detail);
+        pk_admin_req_add_header(req, "WWW-Authenticate", "Bearer");
+        pk_admin_reply_error(req, 401, pk_auth_http_message(res));
     }
     free(w);
 }
 
-void pk_admin_auth(struct pk_server *srv, struct evhttp_request *req,
-                   void (*handler)(struct evhttp_request *req, void *arg))
+/* The client went away (or the admin port is being freed) during the verification. */
+static void admin_wait_cancel(struct pk_admin_req *req, void *arg)
+{
+    struct admin_wait *w = arg;
+    PK_UNUSED(req);
+    wait_unlink(w);
+    pk_auth_cancel(w->ar);
+    free(w);
+}
+
+void pk_admin_auth(struct pk_server *srv, struct pk_admin_req *req,
+                   void (*handler)(struct pk_admin_req *req, void *arg))
 {
     struct pk_port_auth *pa = srv->admin_auth;
     if (!pa) {
         handler(req, srv);
         return;
     }
-    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
     struct admin_wait *w = pk_xcalloc(1, sizeof(*w));
     w->srv = srv;
     w->req = req;
@@ -322,10 +321,11 @@ void pk_admin_auth(struct pk_server *srv, struct evhttp_request *req,
     if (pa->waits)
         pa->waits->prev = w;
     pa->waits = w;
-    /* evhttp keeps an unanswered request (even when its connection goes) until the
-     * reply, so w->req stays valid until the callback answers it. */
-    w->ar = verify_fields(pa, evhttp_find_header(in, "x-piko-authorization"),
-                          evhttp_find_header(in, "authorization"), NULL, admin_verified, w);
+    /* The verification always answers from the loop: until then the request waits, and
+     * its cancellation (the connection went away) cancels the verification. */
+    pk_admin_req_on_cancel(req, admin_wait_cancel, w);
+    w->ar = verify_fields(pa, pk_admin_req_header(req, "x-piko-authorization"),
+                          pk_admin_req_header(req, "authorization"), NULL, admin_verified, w);
 }
 
 static struct json_object *counters_json(const struct pk_port_auth *pa)
@@ -347,7 +347,7 @@ static struct json_object *counters_json(const struct pk_port_auth *pa)
     return o;
 }
 
-void pk_admin_auth_status(struct evhttp_request *req, void *arg)
+void pk_admin_auth_status(struct pk_admin_req *req, void *arg)
 {
     struct pk_server *srv = arg;
     struct pk_port_auth *ports[] = {srv->upstream_auth, srv->proxy_auth, srv->admin_auth};
@@ -355,10 +355,5 @@ void pk_admin_auth_status(struct evhttp_request *req, void *arg)
     struct json_object *o = json_object_new_object();
     for (size_t i = 0; i < PK_ARRAY_LEN(ports); i++)
         json_object_object_add(o, names[i], ports[i] ? counters_json(ports[i]) : NULL);
-    struct evbuffer *b = evbuffer_new();
-    evbuffer_add_printf(b, "%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
-    json_object_put(o);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
-    evhttp_send_reply(req, 200, "OK", b);
-    evbuffer_free(b);
+    pk_admin_reply(req, 200, o);
 }

@@ -1,5 +1,6 @@
 #include "server/server.h"
 
+#include "admin/admin.h"
 #include "base/base.h"
 #include "base/log.h"
 #include "cluster/cluster.h"
@@ -12,8 +13,6 @@
 
 #include <event2/buffer.h>
 #include <event2/event.h>
-#include <event2/http.h>
-#include <event2/listener.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -109,6 +108,8 @@ const struct pk_opt pk_server_opts[] = {
         "PEM CA certificates: sidecars must present a certificate they signed (mTLS)"),
     OPT("admin.bind-addr", PK_OPT_STRING, admin_bind_addr, ":8002",
         "Address for /health, /ready and /status"),
+    OPT("admin.max-connections", PK_OPT_INT, admin_max_connections, "128",
+        "Admin connections open at once; above, new ones are closed at once (0: no limit)"),
     AUTH_OPTS(admin),
     OPT("admin.tls.cert", PK_OPT_STRING, admin_tls.cert, NULL,
         "PEM certificate chain: TLS on the admin port (unset: plain)"),
@@ -188,10 +189,12 @@ int pk_server_config_check(struct pk_server_config *cfg, char *err, size_t errle
         snprintf(err, errlen, "upstream.connection-window: must be between 64KiB and 2GiB");
         return PK_ERR_INVALID;
     }
-    if (cfg->proxy_max_connections < 0 || cfg->upstream_max_connections < 0) {
+    if (cfg->proxy_max_connections < 0 || cfg->upstream_max_connections < 0 ||
+        cfg->admin_max_connections < 0) {
         snprintf(err, errlen, "%s: must not be negative",
-                 cfg->proxy_max_connections < 0 ? "proxy.max-connections"
-                                                : "upstream.max-connections");
+                 cfg->proxy_max_connections < 0      ? "proxy.max-connections"
+                 : cfg->upstream_max_connections < 0 ? "upstream.max-connections"
+                                                     : "admin.max-connections");
         return PK_ERR_INVALID;
     }
     if (cfg->proxy_max_h2_streams < 1 || cfg->proxy_max_h2_streams > 100000) {
@@ -258,29 +261,27 @@ int pk_server_config_check(struct pk_server_config *cfg, char *err, size_t errle
 
 /* ---- admin ------------------------------------------------------------------------- */
 
-static void admin_reply(struct evhttp_request *req, int code, const char *body)
+/* {"status": status} */
+static void admin_status(struct pk_admin_req *req, int code, const char *status)
 {
-    struct evbuffer *b = evbuffer_new();
-    evbuffer_add_printf(b, "%s\n", body);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
-    evhttp_send_reply(req, code, code == 200 ? "OK" : "Service Unavailable", b);
-    evbuffer_free(b);
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "status", json_object_new_string(status));
+    pk_admin_reply(req, code, o);
 }
 
-static void admin_health(struct evhttp_request *req, void *arg)
+static void admin_health(struct pk_admin_req *req, void *arg)
 {
     PK_UNUSED(arg);
-    admin_reply(req, 200, "{\"status\":\"ok\"}");
+    admin_status(req, 200, "ok");
 }
 
-static void admin_ready(struct evhttp_request *req, void *arg)
+static void admin_ready(struct pk_admin_req *req, void *arg)
 {
     struct pk_server *srv = arg;
     if (srv->ready && !srv->draining && pk_cluster_synced(srv->cluster))
-        admin_reply(req, 200, "{\"status\":\"ready\"}");
+        admin_status(req, 200, "ready");
     else
-        admin_reply(req, 503,
-                    srv->draining ? "{\"status\":\"draining\"}" : "{\"status\":\"starting\"}");
+        admin_status(req, 503, srv->draining ? "draining" : "starting");
 }
 
 /* ---- routing state and cluster status ---------------------------------------------------- */
@@ -425,100 +426,73 @@ static struct json_object *local_node_json(struct pk_server *srv, bool table)
     return o;
 }
 
-static void admin_json(struct evhttp_request *req, int code, const char *reason,
-                       struct json_object *o)
-{
-    struct evbuffer *b = evbuffer_new();
-    evbuffer_add_printf(b, "%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
-    json_object_put(o);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
-    evhttp_send_reply(req, code, reason, b);
-    evbuffer_free(b);
-}
-
-static void admin_notfound(struct evhttp_request *req, void *arg);
-
 #define NODES_PATH "/status/cluster/nodes"
 
-static void admin_nodes(struct evhttp_request *req, void *arg)
+/* /status/cluster/nodes[/] lists the nodes, /status/cluster/nodes/{id|local} shows one. */
+static void admin_nodes(struct pk_admin_req *req, struct pk_server *srv)
 {
-    struct pk_server *srv = arg;
-    const char *uri = evhttp_request_get_uri(req);
-    size_t ulen = strcspn(uri, "?");
-    if (ulen == strlen(NODES_PATH) || (ulen == strlen(NODES_PATH) + 1 && uri[ulen - 1] == '/')) {
+    const char *path = pk_admin_req_path(req);
+    size_t plen = strlen(path), base = strlen(NODES_PATH);
+    if (plen == base || (plen == base + 1 && path[base] == '/')) {
         struct json_object *a = json_object_new_array();
         json_object_array_add(a, local_node_json(srv, false));
         pk_cluster_nodes_json(srv->cluster, a);
-        admin_json(req, 200, "OK", a);
+        pk_admin_reply(req, 200, a);
         return;
     }
     char id[160];
-    snprintf(id, sizeof(id), "%.*s", (int)(ulen - strlen(NODES_PATH) - 1),
-             uri + strlen(NODES_PATH) + 1);
+    snprintf(id, sizeof(id), "%s", path + base + 1);
     struct json_object *o = NULL;
     if (strcmp(id, "local") == 0 || strcmp(id, srv->node_id) == 0)
         o = local_node_json(srv, true);
     else if (pk_endpoint_id_valid(id, strlen(id)))
         o = pk_cluster_node_json(srv->cluster, id);
     if (!o) {
-        o = json_object_new_object();
-        json_object_object_add(o, "error", json_object_new_string("node not found"));
-        admin_json(req, 404, "Not Found", o);
+        pk_admin_reply_error(req, 404, "node not found");
         return;
     }
-    admin_json(req, 200, "OK", o);
+    pk_admin_reply(req, 200, o);
 }
 
-static void admin_notfound(struct evhttp_request *req, void *arg)
+/* Every path but /health and /ready, once authenticated. */
+static void admin_other(struct pk_admin_req *req, void *arg)
 {
-    const char *uri = evhttp_request_get_uri(req);
-    if (strncmp(uri, NODES_PATH, strlen(NODES_PATH)) == 0 &&
-        (uri[strlen(NODES_PATH)] == '\0' || uri[strlen(NODES_PATH)] == '/' ||
-         uri[strlen(NODES_PATH)] == '?')) {
+    const char *path = pk_admin_req_path(req);
+    size_t base = strlen(NODES_PATH);
+    if (strncmp(path, NODES_PATH, base) == 0 && (path[base] == '\0' || path[base] == '/')) {
         admin_nodes(req, arg);
         return;
     }
-    struct evbuffer *b = evbuffer_new();
-    evbuffer_add_printf(b, "{\"error\":\"not found\"}\n");
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
-    evhttp_send_reply(req, 404, "Not Found", b);
-    evbuffer_free(b);
+    pk_admin_reply_error(req, 404, "not found");
 }
 
 /* Everything but /health and /ready needs a token when admin.auth is on. */
-static void admin_authed(struct evhttp_request *req, void *arg)
+static void admin_authed(struct pk_admin_req *req, void *arg)
 {
-    pk_admin_auth(arg, req, admin_notfound);
+    pk_admin_auth(arg, req, admin_other);
 }
 
-static void admin_auth_status(struct evhttp_request *req, void *arg)
+static void admin_auth_status(struct pk_admin_req *req, void *arg)
 {
     pk_admin_auth(arg, req, pk_admin_auth_status);
 }
 
 static int admin_listen(struct pk_server *srv, char *err, size_t errlen)
 {
-    char addrbuf[256];
-    struct evconnlistener *l =
-        pk_listen(srv->base, srv->cfg->admin_bind_addr, NULL, NULL, err, errlen);
-    if (!l)
+    struct pk_admin_opts o = {
+        .max_connections = srv->cfg->admin_max_connections,
+        .tls = pk_server_tls_port(srv, PK_PORT_ADMIN),
+    };
+    srv->admin = pk_admin_new(srv->base, srv->cfg->admin_bind_addr, &o, err, errlen);
+    if (!srv->admin)
         return PK_ERR_IO;
-    evconnlistener_disable(l);
-    srv->admin = evhttp_new(srv->base);
-    if (!evhttp_bind_listener(srv->admin, l)) {
-        snprintf(err, errlen, "cannot serve admin on '%s'", srv->cfg->admin_bind_addr);
-        return PK_ERR_IO;
-    }
-    evconnlistener_enable(l);
-    pk_server_tls_admin(srv);
-    evhttp_set_allowed_methods(srv->admin, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
-    evhttp_set_cb(srv->admin, "/health", admin_health, srv);
-    evhttp_set_cb(srv->admin, "/ready", admin_ready, srv);
-    evhttp_set_cb(srv->admin, "/status/auth", admin_auth_status, srv);
-    evhttp_set_gencb(srv->admin, admin_authed, srv);
-    pk_evlistener_addr(l, addrbuf, sizeof(addrbuf));
-    snprintf(srv->admin_addr, sizeof(srv->admin_addr), "%s", addrbuf);
-    PK_INFO("server", "admin listening addr=%s", addrbuf);
+    pk_admin_route(srv->admin, "/health", false, admin_health, srv);
+    pk_admin_route(srv->admin, "/ready", false, admin_ready, srv);
+    pk_admin_route(srv->admin, "/status/auth", false, admin_auth_status, srv);
+    pk_admin_route(srv->admin, "/", true, admin_authed, srv);
+    pk_admin_addr(srv->admin, srv->admin_addr, sizeof(srv->admin_addr));
+    PK_INFO("server", "admin listening addr=%s max-connections=%lld", srv->admin_addr,
+            srv->cfg->admin_max_connections);
     return 0;
 }
 
@@ -811,6 +785,9 @@ void pk_server_del(struct pk_server *srv)
          i++)
         event_base_loop(srv->base, EVLOOP_NONBLOCK);
     pk_cluster_free(srv->cluster);
+    /* Before the verifiers: the admin requests waiting for one are cancelled with it. */
+    pk_admin_free(srv->admin);
+    srv->admin = NULL;
     pk_server_auth_free(srv);
     pk_resolver_del(srv->resolver);
     pk_linger_list_free(&srv->lingers);
@@ -820,8 +797,6 @@ void pk_server_del(struct pk_server *srv)
         pk_listener_free(srv->upstream_l);
     if (srv->cluster_l)
         pk_listener_free(srv->cluster_l);
-    if (srv->admin)
-        evhttp_free(srv->admin);
     pk_server_tls_free(srv);
     event_free(srv->grace_ev);
     event_free(srv->check_ev);

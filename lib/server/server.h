@@ -51,6 +51,7 @@ struct pk_server_config {
     double rebalance_threshold; /* parsed from upstream_rebalance_threshold */
     struct pk_port_auth_config upstream_auth;
     char *admin_bind_addr;
+    long long admin_max_connections;
     struct pk_port_auth_config admin_auth;
     char *cluster_bind_addr;
     char *cluster_node_id;

@@ -14,7 +14,6 @@
 #include <stdint.h>
 
 struct evconnlistener;
-struct evhttp;
 struct event;
 struct exchange;
 struct pk_cluster;
@@ -22,7 +21,8 @@ struct pk_resolver;
 struct pk_port_auth;
 struct pk_httpc;
 struct pk_hdrs;
-struct evhttp_request;
+struct pk_admin;
+struct pk_admin_req;
 
 /* A sidecar's tunnel as seen by the server: we are its HTTP/2 client. */
 struct tunnel {
@@ -83,7 +83,7 @@ struct pk_server {
     bool cluster_closing; /* and the connections peers opened to us too */
     struct event *drain_ev;
     struct event *rebalance_ev;
-    struct evhttp *admin;
+    struct pk_admin *admin;
     struct pk_server_tls *tls; /* the ports' TLS (tls_ports.c) */
     struct endpoint *eps[PK_EP_BUCKETS];
     struct pk_h2_settings tunnel_settings;
@@ -161,11 +161,9 @@ void pk_server_tls_free(struct pk_server *srv);
 struct pk_tls_server *pk_server_tls_port(struct pk_server *srv, enum pk_port port);
 /* The context peers are dialled with (NULL: plain cluster). */
 struct ssl_ctx_st *pk_server_tls_cluster_client(struct pk_server *srv);
-/* Admin port: makes evhttp create TLS connections when admin.tls.cert is set. */
-void pk_server_tls_admin(struct pk_server *srv);
 /* Adds "listeners": {port: {"accepted", "accept_errors", "fd_exhausted", "shed"}} and
- * "connections": {"proxy", "upstream", "refused"} (counts from accept) to a status
- * object. */
+ * "connections": {"proxy", "upstream", "refused", "stalled"} (counts from accept) to a
+ * status object. */
 void pk_server_listeners_status(struct pk_server *srv, struct json_object *o);
 /* Adds "tls": {port: {"handshake_failures": n, "mtls": b}} to a status object. */
 void pk_server_tls_status(struct pk_server *srv, struct json_object *o);
@@ -184,8 +182,9 @@ void pk_server_check_drained(struct pk_server *srv);
 /* Builds the verifiers of --{upstream,proxy,admin}.auth.* (keys loaded now). Returns 0, or
  * PK_ERR_INVALID with a message naming the option at fault. */
 int pk_server_auth_init(struct pk_server *srv, char *err, size_t errlen);
-/* Teardown: cancels every verification in flight (admin requests still waiting are left to
- * evhttp_free) and frees the verifiers and their HTTP client. */
+/* Teardown: cancels every verification in flight (the admin requests still waiting for
+ * one are dropped) and frees the verifiers and their HTTP client. Call it after
+ * pk_admin_free, whose cancel callbacks release the admin waits. */
 void pk_server_auth_free(struct pk_server *srv);
 /* Verifies the bearer token of a request (x-piko-authorization, else authorization; none:
  * MISSING_TOKEN) with pa; cb comes from the loop, as pk_auth_verify. *from_authorization
@@ -197,11 +196,12 @@ void pk_port_auth_not_permitted(struct pk_port_auth *pa);
 /* Arms t->expiry_ev to drain the tunnel when its token expires, unless
  * upstream.auth.disable-disconnect-on-expiry or the token has no exp. */
 void pk_tunnel_expiry_start(struct pk_server *srv, struct tunnel *t, int64_t exp);
-/* Admin requests: runs handler at once when admin auth is off, else once the request's
- * token verified (401 JSON otherwise). */
-void pk_admin_auth(struct pk_server *srv, struct evhttp_request *req,
-                   void (*handler)(struct evhttp_request *req, void *arg));
-/* GET /status/auth: the verifiers' counters. */
-void pk_admin_auth_status(struct evhttp_request *req, void *arg);
+/* Admin requests: runs handler(req, srv) at once when admin auth is off, else once the
+ * request's token verified (401 JSON with WWW-Authenticate: Bearer otherwise). A request
+ * whose connection goes away while it waits is cancelled with its verification. */
+void pk_admin_auth(struct pk_server *srv, struct pk_admin_req *req,
+                   void (*handler)(struct pk_admin_req *req, void *arg));
+/* GET /status/auth: the verifiers' counters (arg is the server). */
+void pk_admin_auth_status(struct pk_admin_req *req, void *arg);
 
 #endif

@@ -3,19 +3,17 @@
  *
  * ALPN: the proxy port offers h2 and http/1.1 (the proxy then skips the preface sniff),
  * the upstream port http/1.1 only (the tunnel handshake is HTTP/1.1, then reverse h2), the
- * cluster port h2 (peer links) and http/1.1 (state calls). The admin port is evhttp:
+ * cluster port h2 (peer links) and http/1.1 (state calls). The admin port (lib/admin) speaks
  * HTTP/1.1 without ALPN.
  *
  * Also the ports' counters in the status API (pk_server_listeners_status). */
+#include "admin/admin.h"
 #include "base/base.h"
 #include "base/log.h"
 #include "cluster/cluster.h"
 #include "net/tls.h"
 #include "server/server_int.h"
 
-#include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
-#include <event2/http.h>
 #include <json-c/json.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
@@ -165,29 +163,6 @@ void pk_server_reload(struct pk_server *srv)
     }
 }
 
-/* evhttp's bevcb: every admin connection starts as a TLS server handshake. */
-static struct bufferevent *admin_bev(struct event_base *base, void *arg)
-{
-    struct pk_server *srv = arg;
-    SSL *ssl = pk_tls_server_ssl_new(srv->tls->port[PK_PORT_ADMIN]);
-    if (!ssl)
-        return NULL;
-    struct bufferevent *bev = bufferevent_openssl_socket_new(
-        base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
-    if (!bev) {
-        SSL_free(ssl);
-        return NULL;
-    }
-    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
-    return bev;
-}
-
-void pk_server_tls_admin(struct pk_server *srv)
-{
-    if (pk_server_tls_port(srv, PK_PORT_ADMIN))
-        evhttp_set_bevcb(srv->admin, admin_bev, srv);
-}
-
 void pk_server_tls_status(struct pk_server *srv, struct json_object *o)
 {
     if (!srv->tls)
@@ -228,6 +203,16 @@ void pk_server_listeners_status(struct pk_server *srv, struct json_object *o)
     listener_json(ls, "proxy", srv->proxy_l);
     listener_json(ls, "upstream", srv->upstream_l);
     listener_json(ls, "cluster", srv->cluster_l);
+    if (srv->admin) {
+        struct pk_admin_stats st;
+        pk_admin_stats(srv->admin, &st);
+        struct json_object *a = json_object_new_object();
+        json_object_object_add(a, "accepted", json_object_new_int64((int64_t)st.accepted));
+        json_object_object_add(a, "refused", json_object_new_int64((int64_t)st.refused));
+        json_object_object_add(a, "requests", json_object_new_int64((int64_t)st.requests));
+        json_object_object_add(a, "connections", json_object_new_int64((int64_t)st.connections));
+        json_object_object_add(ls, "admin", a);
+    }
     json_object_object_add(o, "listeners", ls);
     struct json_object *c = json_object_new_object();
     json_object_object_add(c, "proxy", json_object_new_int64((int64_t)srv->nconns));

@@ -1,15 +1,14 @@
 #include "sidecar/sidecar.h"
 
+#include "admin/admin.h"
 #include "base/base.h"
 #include "base/log.h"
 #include "dns/dns.h"
 #include "net/net.h"
 #include "sidecar/sidecar_int.h"
 
-#include <event2/buffer.h>
 #include <event2/event.h>
-#include <event2/http.h>
-#include <event2/listener.h>
+#include <json-c/json.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,6 +71,8 @@ const struct pk_opt pk_sidecar_opts[] = {
         "Idle keep-alive connections kept per local service"),
     OPT("admin.bind-addr", PK_OPT_STRING, admin_bind_addr, "127.0.0.1:5000",
         "Address for /health and /ready"),
+    OPT("admin.max-connections", PK_OPT_INT, admin_max_connections, "128",
+        "Admin connections open at once; above, new ones are closed at once (0: no limit)"),
     OPT("log.level", PK_OPT_STRING, log_level, "info", "debug, info, warn or error"),
     OPT("grace-period", PK_OPT_DURATION, grace_period_ms, "30s",
         "On SIGTERM/SIGINT, time allowed for in-flight streams"),
@@ -165,6 +166,10 @@ int pk_sidecar_config_check(const struct pk_sidecar_config *cfg, char *err, size
         return PK_ERR_INVALID;
     }
     free(host);
+    if (cfg->admin_max_connections < 0) {
+        snprintf(err, errlen, "admin.max-connections: must not be negative");
+        return PK_ERR_INVALID;
+    }
     if (cfg->endpoints.n == 0 && cfg->tcp_endpoints.n == 0 && cfg->forwards.n == 0) {
         snprintf(err, errlen,
                  "endpoint: nothing to do: give --endpoint NAME=ADDR, "
@@ -212,36 +217,28 @@ int pk_sidecar_config_check(const struct pk_sidecar_config *cfg, char *err, size
 
 /* ---- admin ------------------------------------------------------------------------- */
 
-static void reply(struct evhttp_request *req, int code, const char *body)
+/* {"status": status} */
+static void admin_status(struct pk_admin_req *req, int code, const char *status)
 {
-    struct evbuffer *b = evbuffer_new();
-    evbuffer_add_printf(b, "%s\n", body);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
-    evhttp_send_reply(req, code, code == 200 ? "OK" : code == 404 ? "Not Found" : "Unavailable", b);
-    evbuffer_free(b);
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "status", json_object_new_string(status));
+    pk_admin_reply(req, code, o);
 }
 
-static void admin_health(struct evhttp_request *req, void *arg)
+static void admin_health(struct pk_admin_req *req, void *arg)
 {
     PK_UNUSED(arg);
-    reply(req, 200, "{\"status\":\"ok\"}");
+    admin_status(req, 200, "ok");
 }
 
-static void admin_ready(struct evhttp_request *req, void *arg)
+static void admin_ready(struct pk_admin_req *req, void *arg)
 {
     struct pk_sidecar *sc = arg;
     bool ready = !sc->draining;
     for (struct sc_endpoint *ep = sc->eps; ep && ready; ep = ep->next)
         ready = pk_tunnels_ready(ep);
-    reply(req, ready ? 200 : 503,
-          ready ? "{\"status\":\"ready\"}"
-                : (sc->draining ? "{\"status\":\"draining\"}" : "{\"status\":\"connecting\"}"));
-}
-
-static void admin_other(struct evhttp_request *req, void *arg)
-{
-    PK_UNUSED(arg);
-    reply(req, 404, "{\"error\":\"not found\"}");
+    admin_status(req, ready ? 200 : 503,
+                 ready ? "ready" : (sc->draining ? "draining" : "connecting"));
 }
 
 /* ---- lifecycle ---------------------------------------------------------------------- */
@@ -333,18 +330,16 @@ struct pk_sidecar *pk_sidecar_new(struct event_base *base, const struct pk_sidec
     if (!sc->resolver)
         goto fail;
 
-    struct evconnlistener *l = pk_listen(base, cfg->admin_bind_addr, NULL, NULL, err, errlen);
-    if (!l)
+    struct pk_admin_opts ao = {.max_connections = cfg->admin_max_connections};
+    sc->admin = pk_admin_new(base, cfg->admin_bind_addr, &ao, err, errlen);
+    if (!sc->admin)
         goto fail;
-    sc->admin = evhttp_new(base);
-    evhttp_bind_listener(sc->admin, l);
-    evconnlistener_enable(l);
-    evhttp_set_cb(sc->admin, "/health", admin_health, sc);
-    evhttp_set_cb(sc->admin, "/ready", admin_ready, sc);
-    evhttp_set_gencb(sc->admin, admin_other, sc);
+    pk_admin_route(sc->admin, "/health", false, admin_health, sc);
+    pk_admin_route(sc->admin, "/ready", false, admin_ready, sc);
     char addr[128];
-    pk_evlistener_addr(l, addr, sizeof(addr));
-    PK_INFO("sidecar", "admin listening addr=%s", addr);
+    pk_admin_addr(sc->admin, addr, sizeof(addr));
+    PK_INFO("sidecar", "admin listening addr=%s max-connections=%lld", addr,
+            cfg->admin_max_connections);
     PK_INFO("sidecar", "connect urls=%s connections=%lld", cfg->connect_url, cfg->connections);
 
     struct sc_endpoint **tail = &sc->eps;
@@ -418,8 +413,7 @@ void pk_sidecar_del(struct pk_sidecar *sc)
         free(ep->host);
         free(ep);
     }
-    if (sc->admin)
-        evhttp_free(sc->admin);
+    pk_admin_free(sc->admin);
     pk_resolver_del(sc->resolver);
     pk_linger_list_free(&sc->lingers);
     if (sc->tls_ctx)

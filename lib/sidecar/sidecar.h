@@ -29,6 +29,7 @@ struct pk_sidecar_config {
     uint64_t local_connect_timeout_ms;
     long long local_max_idle;
     char *admin_bind_addr;
+    long long admin_max_connections;
     char *log_level;
     uint64_t grace_period_ms;
     char *dns_servers;

@@ -15,6 +15,7 @@ struct sc_forward;
 struct lconn;
 struct pk_dial;
 struct event;
+struct pk_admin;
 
 /* One server URL of --connect.url. */
 struct sc_server {
@@ -71,7 +72,7 @@ struct pk_sidecar {
     struct event_base *base;
     const struct pk_sidecar_config *cfg;
     struct pk_resolver *resolver;
-    struct evhttp *admin;
+    struct pk_admin *admin;
     struct sc_endpoint *eps;
     struct sc_server *servers; /* connect.url, in order */
     size_t nservers;
