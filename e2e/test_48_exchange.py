@@ -248,3 +248,25 @@ def test_upload_that_stops_gets_408_after_the_stall_timeout(piko):
     assert data.startswith(b"HTTP/1.1 408"), data[:300]
     assert b'{"error":"request timeout"}' in data, data
     assert took < 5 * SLOW, took
+
+
+def test_sidecar_aborts_a_service_that_stalls_mid_body(piko):
+    """The sidecar applies the same rule to its service connections
+    (--local.stall-timeout): the server's own timer is left long here."""
+    stall = _StallingService(0)
+    try:
+        srv = piko.server({"proxy.stall-timeout": "60s"})
+        sc = piko.sidecar({"my-service": stall.addr}, server=srv, wait=False,
+                          flags={"local.stall-timeout": "1s"})
+        srv.wait_log(lambda t: "tunnel up endpoint=my-service" in t, timeout=10 * SLOW,
+                     message="tunnel up")
+        s = socket.create_connection(("127.0.0.1", srv.proxy_port))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nx-piko-endpoint: my-service\r\n\r\n")
+        n, closed = _recv_until_closed(s, 10 * SLOW)
+        s.close()
+        assert closed is not None, "a stalled response was never aborted"
+        assert closed < 6 * SLOW, closed
+        assert n < 1048576, n
+        assert "stalled: no body byte moved" in sc.log_text()
+    finally:
+        stall.close()

@@ -37,6 +37,10 @@ struct lx {
     bool resp_complete;
     bool pooled_conn; /* the connection came from the pool: a stale one may be retried */
     bool got_bytes;   /* the service sent something */
+    /* local.stall-timeout: checked every quarter of it while the exchange lives. */
+    struct event *stall_ev;
+    uint64_t progress; /* body bytes moved at the last check */
+    uint64_t stalled_ms;
 };
 
 struct lconn {
@@ -59,6 +63,8 @@ static void lx_connect(struct lx *x);
 
 static void lx_free(struct lx *x)
 {
+    if (x->stall_ev)
+        event_free(x->stall_ev);
     pk_pipe_free(&x->req_body);
     pk_pipe_free(&x->resp_body);
     x->ep->sc->nstreams--;
@@ -126,6 +132,50 @@ static void lx_fail(struct lx *x, uint32_t code, const char *why)
         pk_pipe_abort(&x->resp_body);
     else
         pk_h2stream_reset(x->s, code);
+}
+
+/* ---- stall timer ------------------------------------------------------------------ */
+
+static uint64_t stall_interval(const struct lx *x)
+{
+    return PK_MAX(x->ep->sc->cfg->local_stall_timeout_ms / 4, (uint64_t)50);
+}
+
+static void stall_arm(struct lx *x)
+{
+    uint64_t ms = stall_interval(x);
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    event_add(x->stall_ev, &tv);
+}
+
+/* A body that should move (the request to the service, or its response) and did not for
+ * local.stall-timeout: the service stopped reading or sending, or the server stopped
+ * taking the response. Waiting for the response head is the server's proxy.timeout. */
+static void stall_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct lx *x = arg;
+    PK_UNUSED(fd);
+    PK_UNUSED(what);
+    bool upload = x->lc && !x->req_sent;
+    bool response = x->resp_started && !x->resp_complete;
+    uint64_t progress = x->req_body.total_in + x->req_body.total_out + x->resp_body.total_in +
+                        x->resp_body.total_out;
+    if ((!upload && !response) || progress != x->progress) {
+        x->progress = progress;
+        x->stalled_ms = 0;
+        stall_arm(x);
+        return;
+    }
+    x->stalled_ms += stall_interval(x);
+    if (x->stalled_ms < x->ep->sc->cfg->local_stall_timeout_ms) {
+        stall_arm(x);
+        return;
+    }
+    x->ep->sc->stalled++;
+    char why[160];
+    snprintf(why, sizeof(why), "stalled: no body byte moved for %llums (%s)",
+             (unsigned long long)x->stalled_ms, response ? "response" : "request body");
+    lx_fail(x, NGHTTP2_CANCEL, why);
 }
 
 /* ---- request: stream -> service ---------------------------------------------------- */
@@ -527,5 +577,9 @@ void pk_local_serve(struct sc_endpoint *ep, struct pk_h2stream *s)
     ep->sc->nstreams++;
     pk_h2stream_set_handler(s, &stream_cbs, x);
     pk_h2stream_set_sink(s, &x->req_body);
+    if (ep->sc->cfg->local_stall_timeout_ms) {
+        x->stall_ev = pk_xevent_new(ep->sc->base, -1, 0, stall_cb, x);
+        stall_arm(x);
+    }
     lx_connect(x);
 }

@@ -69,6 +69,9 @@ const struct pk_opt pk_sidecar_opts[] = {
         "Time allowed to connect to a local service"),
     OPT("local.max-idle", PK_OPT_INT, local_max_idle, "64",
         "Idle keep-alive connections kept per local service"),
+    OPT("local.stall-timeout", PK_OPT_DURATION, local_stall_timeout_ms, "60s",
+        "Abort a request whose body to, or response body from, the local service has not "
+        "moved this long (0: never)"),
     OPT("admin.bind-addr", PK_OPT_STRING, admin_bind_addr, "127.0.0.1:5000",
         "Address for /health and /ready"),
     OPT("admin.max-connections", PK_OPT_INT, admin_max_connections, "128",

@@ -28,6 +28,7 @@ struct pk_sidecar_config {
     char *forward_url;
     uint64_t local_connect_timeout_ms;
     long long local_max_idle;
+    uint64_t local_stall_timeout_ms;
     char *admin_bind_addr;
     long long admin_max_connections;
     char *log_level;
