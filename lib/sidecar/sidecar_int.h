@@ -83,8 +83,8 @@ struct pk_sidecar {
     bool draining;
     struct event *grace_ev;
     struct event *check_ev;
-    size_t ntunnels; /* tunnel connections alive (HTTP/2 started) */
-    size_t nstreams; /* streams in flight */
+    size_t ntunnels;  /* tunnel connections alive (HTTP/2 started) */
+    size_t nstreams;  /* streams in flight */
     uint64_t stalled; /* exchanges aborted by local.stall-timeout */
     struct sc_forward *forwards;
     size_t nforwards; /* forwarded connections alive */
