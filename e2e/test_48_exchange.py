@@ -270,3 +270,52 @@ def test_sidecar_aborts_a_service_that_stalls_mid_body(piko):
         assert "stalled: no body byte moved" in sc.log_text()
     finally:
         stall.close()
+
+
+def test_invalid_target_or_host_gets_400_at_the_server(piko):
+    """An invalid request target or Host used to reach the sidecar, whose HTTP/2 library
+    refused it: 502 instead of the client's own error."""
+    svc = piko.service()
+    srv = piko.server()
+    piko.sidecar({"my-service": svc.addr}, server=srv)
+    cases = [
+        (b"GET * HTTP/1.1\r\nHost: x\r\n", b"invalid request target"),
+        (b"GET /a\tb HTTP/1.1\r\nHost: x\r\n", b"invalid request target"),
+        (b"GET / HTTP/1.1\r\nHost: a\tb\r\n", b"invalid host"),
+        (b"GET / HTTP/1.1\r\nHost: a b\r\n", b"invalid host"),
+        (b"GET / HTTP/1.1\r\nHost: user@a\r\n", b"invalid host"),
+        (b"GET / HTTP/1.1\r\nHost: [::1\r\n", b"invalid host"),
+        (b"GET / HTTP/1.1\r\nHost: a:8x\r\n", b"invalid host"),
+    ]
+    for head, msg in cases:
+        with RawConn(srv.proxy_port) as c:
+            c.send(head + b"x-piko-endpoint: my-service\r\n\r\n")
+            c.sock.settimeout(5 * SLOW)
+            data = c.sock.recv(65536)
+        assert data.startswith(b"HTTP/1.1 400"), (head, data)
+        assert b'{"error":"' + msg + b'"}' in data, (head, data)
+    with svc.lock:
+        assert svc.requests == 0 or all("\t" not in p for p in svc.paths), svc.paths
+    # Valid forms still pass: an IPv6 literal with a port, a name with a port, OPTIONS *.
+    for host in (b"[::1]:8000", b"svc.example:80", b"x"):
+        with RawConn(srv.proxy_port) as c:
+            c.send(b"GET /echo HTTP/1.1\r\nHost: " + host + b"\r\n"
+                   b"x-piko-endpoint: my-service\r\n\r\n")
+            c.sock.settimeout(5 * SLOW)
+            assert c.sock.recv(65536).startswith(b"HTTP/1.1 200"), host
+
+
+def test_h2_header_block_too_large_gets_431(piko):
+    """An HTTP/2 request whose header block is over proxy.max-header-bytes used to be
+    reset; it gets 431 with the JSON error, like HTTP/1.1."""
+    svc = piko.service()
+    srv = piko.server({"proxy.max-header-bytes": "4KiB"})
+    piko.sidecar({"my-service": svc.addr}, server=srv)
+    rc, out, err = nghttp(srv.proxy_port, ["/echo"],
+                          dict(EP, **{"x-big": "a" * 8000}), extra=["-v"])
+    text = out.decode(errors="replace")
+    assert ":status: 431" in text, text[-2000:]
+    assert '"request header fields too large"' in text
+    # The connection is still good for the next request.
+    rc, out, err = nghttp(srv.proxy_port, ["/echo"], EP)
+    assert json.loads(out)["path"] == "/echo", (out, err)

@@ -25,6 +25,7 @@ struct pk_h2stream {
     bool raw;             /* a CONNECT stream: DATA are the bytes of a connection */
     bool rst_after_end;   /* RST_STREAM(NO_ERROR) once it has */
     bool rst_submitted;   /* one RST_STREAM per stream (stream_rst) */
+    bool head_too_large;  /* server role: fields past max_header_bytes were dropped */
     struct pk_pipe *sink; /* received DATA */
     struct pk_pipe *src;  /* DATA to send */
     size_t unconsumed;    /* bytes given to the sink and not yet taken */
@@ -345,6 +346,11 @@ struct pk_h2conn *pk_h2stream_conn(const struct pk_h2stream *s)
     return s->c;
 }
 
+bool pk_h2stream_head_too_large(const struct pk_h2stream *s)
+{
+    return s->head_too_large;
+}
+
 bool pk_h2stream_remote_ended(const struct pk_h2stream *s)
 {
     return s->remote_ended;
@@ -383,7 +389,17 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
     struct pk_h2stream *s = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
     if (!s)
         return 0;
+    if (s->head_too_large)
+        return 0;
     struct pk_hdrs *dst = s->head_done ? &s->trailers : &s->head.hdrs;
+    if (dst->bytes + namelen + valuelen > c->set.max_header_bytes && c->server && !s->head_done) {
+        /* A request head: the rest of the block is decoded (HPACK state) and dropped, and
+         * the stream's owner answers 431 (pk_h2stream_head_too_large). */
+        PK_INFO("h2", "conn=%s stream=%d request header block over %zu bytes: 431", c->name, s->id,
+                c->set.max_header_bytes);
+        s->head_too_large = true;
+        return 0;
+    }
     if (dst->bytes + namelen + valuelen > c->set.max_header_bytes) {
         PK_INFO("h2", "conn=%s stream=%d header block over %zu bytes: reset", c->name, s->id,
                 c->set.max_header_bytes);

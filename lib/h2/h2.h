@@ -120,6 +120,9 @@ void pk_h2stream_end_early(struct pk_h2stream *s);
 struct pk_head *pk_h2stream_head(struct pk_h2stream *s);
 int32_t pk_h2stream_id(const struct pk_h2stream *s);
 struct pk_h2conn *pk_h2stream_conn(const struct pk_h2stream *s);
+/* Server role: the request's header block was over max_header_bytes. Its head is
+ * incomplete (the fields past the limit were dropped): answer 431, never route it. */
+bool pk_h2stream_head_too_large(const struct pk_h2stream *s);
 /* True when the peer ended its side of the stream with END_STREAM (no body follows). */
 bool pk_h2stream_remote_ended(const struct pk_h2stream *s);
 

@@ -578,10 +578,73 @@ void pk_proxy_slot_free(struct pk_server *srv, const char *endpoint)
     }
 }
 
+/* RFC 3986 3.2.2-3.2.3: a reg-name or IPv4 address (unreserved, pct-encoded, sub-delims)
+ * or an [IP-literal], then an optional :port of digits. No userinfo, no whitespace. */
+static bool authority_valid(const char *a)
+{
+    const char *p = a;
+    if (*p == '[') {
+        const char *end = strchr(p, ']');
+        if (!end || end == p + 1)
+            return false;
+        for (const char *q = p + 1; q < end; q++)
+            if (!strchr("0123456789abcdefABCDEF:.", *q) && !(*q >= 'a' && *q <= 'z') &&
+                !(*q >= 'A' && *q <= 'Z') && *q != '%' && *q != '_' && *q != '~' && *q != '-')
+                return false;
+        p = end + 1;
+    } else {
+        for (; *p && *p != ':'; p++) {
+            unsigned char c = (unsigned char)*p;
+            bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                      strchr("-._~%!$&'()*+,;=", c);
+            if (!ok || c == '\0')
+                return false;
+        }
+        if (p == a)
+            return false;
+    }
+    if (*p == '\0')
+        return true;
+    if (*p != ':')
+        return false;
+    for (p++; *p; p++)
+        if (*p < '0' || *p > '9')
+            return false;
+    return true;
+}
+
+/* An origin-form target (RFC 9112 3.2.1: it starts with '/'; '*' only with OPTIONS),
+ * without whitespace, control characters or a fragment: anything else would reach the
+ * service as something it may read differently. */
+static bool target_valid(const char *method, const char *path)
+{
+    if (!path || !*path)
+        return false;
+    if (strcmp(path, "*") == 0)
+        return method && strcmp(method, "OPTIONS") == 0;
+    if (path[0] != '/')
+        return false;
+    for (const unsigned char *p = (const unsigned char *)path; *p; p++)
+        if (*p <= 0x20 || *p == 0x7f || *p == '#')
+            return false;
+    return true;
+}
+
 /* Chooses the endpoint (PROTOCOL.md 4): x-piko-endpoint, x-endpoint-id, then the first
- * label of a Host that has a dot and is not an IP literal. Returns 0 or an HTTP status. */
+ * label of a Host that has a dot and is not an IP literal. The target and the authority
+ * are checked first (400 "invalid request target" / "invalid host"). Returns 0 or an HTTP
+ * status. */
 int pk_proxy_route(const struct pk_head *req, char *out, size_t outlen, const char **msg)
 {
+    bool connect = req->method && strcmp(req->method, "CONNECT") == 0;
+    if (!connect && !target_valid(req->method, req->path)) {
+        *msg = "invalid request target";
+        return 400;
+    }
+    if (req->authority && !authority_valid(req->authority)) {
+        *msg = "invalid host";
+        return 400;
+    }
     const char *id = pk_hdrs_get(&req->hdrs, "x-piko-endpoint");
     if (!id)
         id = pk_hdrs_get(&req->hdrs, "x-endpoint-id");
@@ -1493,6 +1556,12 @@ static void h2d_on_stream(struct pk_h2conn *c, struct pk_h2stream *s, void *ud)
     ex->req_has_body = !pk_h2stream_remote_ended(s);
     pk_h2stream_set_sink(s, &ex->req_body);
     ex->cluster = d->dc.cluster;
+    if (pk_h2stream_head_too_large(s)) {
+        snprintf(ex->endpoint, sizeof(ex->endpoint), "-");
+        ex_fail(ex, 431, "request header fields too large");
+        pk_h2stream_end_early(s);
+        return;
+    }
     const char *cl = pk_hdrs_get(&in->hdrs, "content-length");
     uint64_t max_body = d->srv->cfg->proxy_max_body_bytes;
     if (!ex->cluster && max_body && cl && strtoull(cl, NULL, 10) > max_body) {
