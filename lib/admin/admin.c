@@ -83,7 +83,7 @@ static void arm(struct conn *c, enum conn_wait w, uint64_t ms)
         evtimer_del(c->timer);
         return;
     }
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    struct timeval tv = pk_ms_timeval(ms);
     evtimer_add(c->timer, &tv);
 }
 

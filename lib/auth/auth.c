@@ -72,18 +72,6 @@ struct pk_auth {
     struct pk_auth_counters counters;
 };
 
-static struct event *xevent_new(struct event_base *base, evutil_socket_t fd, short what,
-                                event_callback_fn fn, void *arg)
-{
-    struct event *ev = event_new(base, fd, what, fn, arg);
-    if (!ev) {
-        /* event_new fails only when out of memory: same policy as pk_xmalloc. */
-        fprintf(stderr, "fatal: event_new failed\n");
-        abort();
-    }
-    return ev;
-}
-
 /* ---- the JWKS ---- */
 
 static void schedule_refresh(struct pk_auth *a, uint64_t ms);
@@ -266,7 +254,7 @@ static void refresh_cb(evutil_socket_t fd, short what, void *arg)
 
 static void schedule_refresh(struct pk_auth *a, uint64_t ms)
 {
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    struct timeval tv = pk_ms_timeval(ms);
     evtimer_add(a->refresh, &tv);
 }
 
@@ -449,7 +437,7 @@ struct pk_auth_req *pk_auth_verify(struct pk_auth *a, const char *token, size_t 
     r->a = a;
     r->cb = cb;
     r->arg = arg;
-    r->deliver = xevent_new(a->base, -1, 0, deliver_cb, r);
+    r->deliver = pk_xevent_new(a->base, -1, 0, deliver_cb, r);
     r->state = REQ_QUEUED;
     link_req(a, r);
     bool may_wait = a->nwaiting < PK_AUTH_MAX_WAITING;
@@ -619,7 +607,7 @@ struct pk_auth *pk_auth_new(struct event_base *base, struct pk_httpc *http,
         opts->jwks_min_refetch_ms ? opts->jwks_min_refetch_ms : PK_AUTH_DEFAULT_MIN_REFETCH_MS;
     a->timeout_ms =
         opts->jwks_timeout_ms ? opts->jwks_timeout_ms : PK_AUTH_DEFAULT_FETCH_TIMEOUT_MS;
-    a->refresh = xevent_new(base, -1, 0, refresh_cb, a);
+    a->refresh = pk_xevent_new(base, -1, 0, refresh_cb, a);
     if (load_keys(a, opts, err, errlen) != 0) {
         pk_auth_free(a);
         return NULL;

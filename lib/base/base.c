@@ -1,5 +1,7 @@
 #include "base/base.h"
 
+#include <event2/event.h>
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -141,4 +143,21 @@ unsigned long pk_raise_nofile(void)
             getrlimit(RLIMIT_NOFILE, &rl);
     }
     return (unsigned long)rl.rlim_cur;
+}
+
+struct timeval pk_ms_timeval(uint64_t ms)
+{
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    return tv;
+}
+
+struct event *pk_xevent_new(struct event_base *base, int fd, short what,
+                            void (*cb)(int, short, void *), void *arg)
+{
+    struct event *ev = event_new(base, fd, what, cb, arg);
+    if (!ev) {
+        fprintf(stderr, "fatal: event_new failed\n");
+        abort();
+    }
+    return ev;
 }

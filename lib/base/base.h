@@ -9,6 +9,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/time.h>
+
+struct event;
+struct event_base;
 
 /* Error codes: 0 is success, failures are negative. */
 enum pk_err {
@@ -36,6 +40,11 @@ char *pk_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Monotonic clock in milliseconds. */
 uint64_t pk_now_ms(void);
+/* A duration in milliseconds as the struct timeval libevent takes. */
+struct timeval pk_ms_timeval(uint64_t ms);
+/* event_new that aborts when it fails (only for want of memory: the pk_xmalloc policy). */
+struct event *pk_xevent_new(struct event_base *base, int fd, short what,
+                            void (*cb)(int, short, void *), void *arg);
 /* Raises the soft limit of open files to the hard limit (a proxy holds two descriptors
  * per proxied connection). Returns the soft limit now in force. */
 unsigned long pk_raise_nofile(void);

@@ -124,7 +124,7 @@ static void change_cb(evutil_socket_t fd, short what, void *arg)
 
 static void add_ms(struct event *ev, uint64_t ms)
 {
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    struct timeval tv = pk_ms_timeval(ms);
     event_add(ev, &tv);
 }
 
@@ -169,8 +169,8 @@ static struct peer *peer_new(struct pk_cluster *c, const char *host, uint16_t po
     p->port = port;
     snprintf(p->addr, sizeof(p->addr), strchr(host, ':') ? "[%s]:%u" : "%s:%u", host, port);
     pk_node_state_init(&p->st);
-    p->watch_ev = event_new(c->base, -1, 0, watch_cb, p);
-    p->link_ev = event_new(c->base, -1, 0, link_cb, p);
+    p->watch_ev = pk_xevent_new(c->base, -1, 0, watch_cb, p);
+    p->link_ev = pk_xevent_new(c->base, -1, 0, link_cb, p);
     pk_list_insert(&c->peers, &p->link);
     PK_DEBUG("cluster", "discovered address=%s", p->addr);
     return p;
@@ -694,9 +694,9 @@ struct pk_cluster *pk_cluster_new(struct event_base *base, struct pk_resolver *r
     }
     free(items); /* the names moved into the jobs */
     pk_list_init(&c->peers);
-    c->resolve_ev = event_new(base, -1, 0, resolve_cb, c);
-    c->tick_ev = event_new(base, -1, 0, tick_cb, c);
-    c->change_ev = event_new(base, -1, 0, change_cb, c);
+    c->resolve_ev = pk_xevent_new(base, -1, 0, resolve_cb, c);
+    c->tick_ev = pk_xevent_new(base, -1, 0, tick_cb, c);
+    c->change_ev = pk_xevent_new(base, -1, 0, change_cb, c);
     add_ms(c->tick_ev, PK_MAX(c->peer_timeout_ms / 10, (uint64_t)20));
     c->start_ms = pk_now_ms();
     c->discovered = n == 0;

@@ -80,18 +80,6 @@ struct pk_httpc {
     char *tls_cas, *tls_cert, *tls_key; /* pk_httpc_set_tls */
 };
 
-static struct event *xevent_new(struct event_base *base, evutil_socket_t fd, short what,
-                                event_callback_fn fn, void *arg)
-{
-    struct event *ev = event_new(base, fd, what, fn, arg);
-    if (!ev) {
-        /* event_new fails only when out of memory: same policy as pk_xmalloc. */
-        fprintf(stderr, "fatal: event_new failed\n");
-        abort();
-    }
-    return ev;
-}
-
 /* ---- requests ---- */
 
 static void link_req(struct pk_httpc *h, struct pk_httpc_req *r)
@@ -280,7 +268,7 @@ static int socket_fn(CURL *easy, curl_socket_t s, int action, void *clientp, voi
         h->socks[i].fd = s;
     }
     h->socks[i].what = what;
-    h->socks[i].ev = xevent_new(h->base, s, (short)(what | EV_PERSIST), sock_cb, h);
+    h->socks[i].ev = pk_xevent_new(h->base, s, (short)(what | EV_PERSIST), sock_cb, h);
     event_add(h->socks[i].ev, NULL);
     return 0;
 }
@@ -340,7 +328,7 @@ struct pk_httpc *pk_httpc_new(struct event_base *base, size_t max_body)
     h = pk_xcalloc(1, sizeof(*h));
     h->base = base;
     h->max_body = max_body ? PK_MIN(max_body, SIZE_MAX / 2) : PK_HTTPC_DEFAULT_MAX_BODY;
-    h->timer = xevent_new(base, -1, 0, timer_cb, h);
+    h->timer = pk_xevent_new(base, -1, 0, timer_cb, h);
     h->multi = curl_multi_init();
     if (!h->multi)
         goto fail;
@@ -437,7 +425,7 @@ struct pk_httpc_req *pk_httpc_get(struct pk_httpc *h, const char *url, const cha
     if (h->tls_cert && (curl_easy_setopt(e, CURLOPT_SSLCERT, h->tls_cert) != CURLE_OK ||
                         curl_easy_setopt(e, CURLOPT_SSLKEY, h->tls_key) != CURLE_OK))
         goto fail;
-    r->deliver = xevent_new(h->base, -1, 0, deliver_cb, r);
+    r->deliver = pk_xevent_new(h->base, -1, 0, deliver_cb, r);
     /* Calls timer_fn with 0: the transfer starts from the timer event. */
     if (curl_multi_add_handle(h->multi, e) != CURLM_OK)
         goto fail;

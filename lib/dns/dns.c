@@ -67,18 +67,6 @@ struct pk_resolver {
     int last_status;
 };
 
-static struct event *xevent_new(struct event_base *base, evutil_socket_t fd, short what,
-                                event_callback_fn fn, void *arg)
-{
-    struct event *ev = event_new(base, fd, what, fn, arg);
-    if (!ev) {
-        /* event_new fails only when out of memory: same policy as pk_xmalloc. */
-        fprintf(stderr, "fatal: event_new failed\n");
-        abort();
-    }
-    return ev;
-}
-
 /* ---- loop plumbing ---- */
 
 static void rearm_timer(struct pk_resolver *r)
@@ -139,7 +127,7 @@ static void sock_state_cb(void *data, ares_socket_t fd, int readable, int writab
         r->socks[i].fd = fd;
     }
     r->socks[i].what = what;
-    r->socks[i].ev = xevent_new(r->base, fd, (short)(what | EV_PERSIST), sock_cb, r);
+    r->socks[i].ev = pk_xevent_new(r->base, fd, (short)(what | EV_PERSIST), sock_cb, r);
     event_add(r->socks[i].ev, NULL);
 }
 
@@ -224,7 +212,7 @@ static struct pk_resolve_req *new_req(struct pk_resolver *r, enum req_kind kind,
     req->kind = kind;
     req->arg = arg;
     req->in_ares = true;
-    req->deliver = xevent_new(r->base, -1, 0, deliver_cb, req);
+    req->deliver = pk_xevent_new(r->base, -1, 0, deliver_cb, req);
     req->next = r->reqs;
     if (r->reqs)
         r->reqs->prev = req;
@@ -517,7 +505,7 @@ struct pk_resolver *pk_resolver_new_opts(struct event_base *base,
             goto fail;
         }
     }
-    r->timer = xevent_new(base, -1, 0, timer_cb, r);
+    r->timer = pk_xevent_new(base, -1, 0, timer_cb, r);
     return r;
 
 fail:

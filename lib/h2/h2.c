@@ -740,8 +740,7 @@ static void ping_cb(evutil_socket_t fd, short what, void *arg)
         return;
     nghttp2_submit_ping(c->ng, NGHTTP2_FLAG_NONE, NULL);
     c->ping_sent_ms = pk_now_ms();
-    struct timeval tv = {(time_t)(c->set.ping_timeout_ms / 1000),
-                         (suseconds_t)((c->set.ping_timeout_ms % 1000) * 1000)};
+    struct timeval tv = pk_ms_timeval(c->set.ping_timeout_ms);
     event_add(c->deadline_ev, &tv);
     schedule_flush(c);
 }
@@ -835,17 +834,15 @@ struct pk_h2conn *pk_h2conn_new(struct event_base *base, struct bufferevent *bev
     nghttp2_session_set_local_window_size(c->ng, NGHTTP2_FLAG_NONE, 0,
                                           (int32_t)settings->conn_window);
 
-    c->flush_ev = event_new(base, -1, 0, flush_cb, c);
-    c->deadline_ev = event_new(base, -1, 0, deadline_cb, c);
+    c->flush_ev = pk_xevent_new(base, -1, 0, flush_cb, c);
+    c->deadline_ev = pk_xevent_new(base, -1, 0, deadline_cb, c);
     if (settings->ping_interval_ms) {
-        c->ping_ev = event_new(base, -1, EV_PERSIST, ping_cb, c);
-        struct timeval tv = {(time_t)(settings->ping_interval_ms / 1000),
-                             (suseconds_t)((settings->ping_interval_ms % 1000) * 1000)};
+        c->ping_ev = pk_xevent_new(base, -1, EV_PERSIST, ping_cb, c);
+        struct timeval tv = pk_ms_timeval(settings->ping_interval_ms);
         event_add(c->ping_ev, &tv);
     }
     if (settings->settings_timeout_ms) {
-        struct timeval tv = {(time_t)(settings->settings_timeout_ms / 1000),
-                             (suseconds_t)((settings->settings_timeout_ms % 1000) * 1000)};
+        struct timeval tv = pk_ms_timeval(settings->settings_timeout_ms);
         event_add(c->deadline_ev, &tv);
     }
     bufferevent_setcb(bev, read_cb, write_cb, event_cb, c);

@@ -76,8 +76,7 @@ static void try_next(struct pk_dial *d)
         struct pk_addr *pa = &d->addrs.v[d->next++];
         d->bev = bufferevent_socket_new(d->base, -1, BEV_OPT_CLOSE_ON_FREE);
         bufferevent_setcb(d->bev, NULL, NULL, connect_event, d);
-        struct timeval tv = {(time_t)(d->timeout_ms / 1000),
-                             (suseconds_t)((d->timeout_ms % 1000) * 1000)};
+        struct timeval tv = pk_ms_timeval(d->timeout_ms);
         bufferevent_set_timeouts(d->bev, &tv, &tv);
         if (bufferevent_socket_connect(d->bev, (struct sockaddr *)&pa->ss, (int)pa->len) == 0)
             return;

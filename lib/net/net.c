@@ -101,17 +101,6 @@ void pk_evlistener_addr(struct evconnlistener *l, char *buf, size_t len)
     snprintf(buf, len, ss.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", ip, port);
 }
 
-struct event *pk_xevent_new(struct event_base *base, evutil_socket_t fd, short what,
-                            void (*cb)(evutil_socket_t, short, void *), void *arg)
-{
-    struct event *ev = event_new(base, fd, what, cb, arg);
-    if (!ev) {
-        fprintf(stderr, "fatal: event_new failed\n");
-        abort();
-    }
-    return ev;
-}
-
 void pk_tune_socket(int fd)
 {
     int one = 1;

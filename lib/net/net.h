@@ -22,10 +22,6 @@ struct evconnlistener *pk_listen(struct event_base *base, const char *addr, evco
 /* "127.0.0.1:8000" for the address a listener is actually bound to. */
 void pk_evlistener_addr(struct evconnlistener *l, char *buf, size_t len);
 
-/* event_new that aborts when it fails (only for want of memory: the pk_xmalloc policy). */
-struct event *pk_xevent_new(struct event_base *base, evutil_socket_t fd, short what,
-                            void (*cb)(evutil_socket_t, short, void *), void *arg);
-
 /* TCP_NODELAY and keepalive on a connected socket. */
 void pk_tune_socket(int fd);
 

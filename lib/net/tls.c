@@ -459,8 +459,7 @@ void pk_tls_accept(struct pk_tls_server *ts, evutil_socket_t fd, const struct so
     if (timeout_ms) {
         /* A deadline, not an idle timeout: a ClientHello trickled a byte at a time must
          * not hold the connection past it. */
-        struct timeval tv = {(time_t)(timeout_ms / 1000),
-                             (suseconds_t)((timeout_ms % 1000) * 1000)};
+        struct timeval tv = pk_ms_timeval(timeout_ms);
         p->deadline = pk_xevent_new(ts->base, -1, 0, deadline_cb, p);
         event_add(p->deadline, &tv);
     }
@@ -577,7 +576,7 @@ struct pk_tls_connect *pk_tls_connect(struct event_base *base, struct buffereven
     struct pk_tls_connect *tc = pk_xcalloc(1, sizeof(*tc));
     tc->cb = cb;
     tc->arg = arg;
-    tc->ev = event_new(base, -1, 0, start_failed, tc);
+    tc->ev = pk_xevent_new(base, -1, 0, start_failed, tc);
     /* The socket moves to a TLS bufferevent of its own (not a filter over plain). */
     evutil_socket_t fd = fcntl(bufferevent_getfd(plain), F_DUPFD_CLOEXEC, 0);
     bufferevent_free(plain);
@@ -598,8 +597,7 @@ struct pk_tls_connect *pk_tls_connect(struct event_base *base, struct buffereven
     }
     bufferevent_openssl_set_allow_dirty_shutdown(tc->bev, 1);
     if (timeout_ms) {
-        struct timeval tv = {(time_t)(timeout_ms / 1000),
-                             (suseconds_t)((timeout_ms % 1000) * 1000)};
+        struct timeval tv = pk_ms_timeval(timeout_ms);
         bufferevent_set_timeouts(tc->bev, &tv, &tv);
     }
     bufferevent_setcb(tc->bev, NULL, NULL, connect_event, tc);

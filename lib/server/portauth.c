@@ -225,7 +225,7 @@ static void expiry_arm(struct tunnel *t)
         uint64_t left = (uint64_t)(t->token_exp - now / 1000) * 1000 - (uint64_t)(now % 1000);
         ms = PK_MIN(left, MAX_EXPIRY_STEP_MS);
     }
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    struct timeval tv = pk_ms_timeval(ms);
     evtimer_add(t->expiry_ev, &tv);
 }
 
@@ -259,7 +259,7 @@ void pk_tunnel_expiry_start(struct pk_server *srv, struct tunnel *t, int64_t exp
     t->token_exp = exp;
     if (!srv->upstream_auth || !srv->upstream_auth->disconnect_on_expiry || exp <= 0)
         return;
-    t->expiry_ev = evtimer_new(srv->base, expiry_cb, t);
+    t->expiry_ev = pk_xevent_new(srv->base, -1, 0, expiry_cb, t);
     expiry_arm(t);
 }
 

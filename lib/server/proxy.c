@@ -149,7 +149,7 @@ static struct exchange *ex_new(struct pk_server *srv, const char *ip, uint16_t p
     snprintf(ex->ip, sizeof(ex->ip), "%s", ip);
     ex->port = port;
     pk_head_init(&ex->held);
-    ex->timer = event_new(srv->base, -1, 0, ex_timer_cb, ex);
+    ex->timer = pk_xevent_new(srv->base, -1, 0, ex_timer_cb, ex);
     ex->start_ms = pk_now_ms();
     srv->nexchanges++;
     return ex;
@@ -207,7 +207,7 @@ static void ds_abort(struct exchange *ex);
 
 static void ex_arm(struct exchange *ex, uint64_t ms)
 {
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    struct timeval tv = pk_ms_timeval(ms);
     event_add(ex->timer, &tv);
 }
 
@@ -791,7 +791,7 @@ static void ex_state_request(struct exchange *ex, const char *path)
     ex->state_after = after;
     ex->wnext = srv->state_waiters;
     srv->state_waiters = ex;
-    struct timeval tv = {(time_t)(wait / 1000), (suseconds_t)((wait % 1000) * 1000)};
+    struct timeval tv = pk_ms_timeval(wait);
     event_add(ex->timer, &tv);
 }
 
@@ -865,8 +865,7 @@ static void ex_start_cluster(struct exchange *ex, struct pk_head *in)
     pk_hdrs_del(&r->hdrs, "piko-authorization");
     pk_hdrs_del(&r->hdrs, "piko-endpoint");
     pk_hdrs_del(&r->hdrs, "piko-forwarded-by");
-    struct timeval tv = {(time_t)(srv->cfg->proxy_timeout_ms / 1000),
-                         (suseconds_t)((srv->cfg->proxy_timeout_ms % 1000) * 1000)};
+    struct timeval tv = pk_ms_timeval(srv->cfg->proxy_timeout_ms);
     event_add(ex->timer, &tv);
     ex_dispatch(ex);
 }
@@ -928,8 +927,7 @@ static void ex_route(struct exchange *ex, struct pk_head *in, const struct pk_cl
         pk_hdrs_del(&r->hdrs, "content-length");
     }
     if (!evtimer_pending(ex->timer, NULL)) {
-        struct timeval tv = {(time_t)(ex->srv->cfg->proxy_timeout_ms / 1000),
-                             (suseconds_t)((ex->srv->cfg->proxy_timeout_ms % 1000) * 1000)};
+        struct timeval tv = pk_ms_timeval(ex->srv->cfg->proxy_timeout_ms);
         event_add(ex->timer, &tv);
     }
     ex_dispatch(ex);
@@ -977,8 +975,7 @@ static void ex_start(struct exchange *ex, struct pk_head *in)
     }
     ex->held = *in;
     pk_head_init(in);
-    struct timeval tv = {(time_t)(ex->srv->cfg->proxy_timeout_ms / 1000),
-                         (suseconds_t)((ex->srv->cfg->proxy_timeout_ms % 1000) * 1000)};
+    struct timeval tv = pk_ms_timeval(ex->srv->cfg->proxy_timeout_ms);
     event_add(ex->timer, &tv);
     ex->auth = pk_port_auth_verify(ex->srv->proxy_auth, &ex->held.hdrs,
                                    &ex->auth_from_authorization, ex_verified, ex);
@@ -1334,7 +1331,7 @@ static const struct pk_h1parser_cbs h1_parser_cbs = {
 
 static void set_timeout(struct bufferevent *bev, uint64_t ms)
 {
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    struct timeval tv = pk_ms_timeval(ms);
     bufferevent_set_timeouts(bev, ms ? &tv : NULL, NULL);
 }
 
@@ -1494,7 +1491,7 @@ static struct h1conn *h1_new(struct pk_server *srv, struct bufferevent *bev, con
     hc->bev = bev;
     snprintf(hc->ip, sizeof(hc->ip), "%s", ip);
     hc->port = port;
-    hc->kick_ev = event_new(srv->base, -1, 0, h1_kick_cb, hc);
+    hc->kick_ev = pk_xevent_new(srv->base, -1, 0, h1_kick_cb, hc);
     pk_h1parser_init(&hc->parser, HTTP_REQUEST, srv->cfg->proxy_max_header_bytes, &h1_parser_cbs,
                      hc);
     hc->dc.kind = DCONN_H1;

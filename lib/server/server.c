@@ -323,7 +323,7 @@ static void moving_arm(struct pk_server *srv)
     if (!next)
         return;
     uint64_t ms = next > now ? next - now : 0;
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    struct timeval tv = pk_ms_timeval(ms);
     event_add(srv->moving_ev, &tv);
 }
 
@@ -587,12 +587,10 @@ void pk_server_shutdown(struct pk_server *srv)
             (unsigned long long)srv->cfg->grace_period_ms);
     pk_server_state_changed(srv); /* peers learn at once that we are draining */
     pk_upstream_drain_all(srv);
-    struct timeval tv = {(time_t)(srv->cfg->grace_period_ms / 1000),
-                         (suseconds_t)((srv->cfg->grace_period_ms % 1000) * 1000)};
+    struct timeval tv = pk_ms_timeval(srv->cfg->grace_period_ms);
     event_add(srv->grace_ev, &tv);
     if (srv->cfg->drain_delay_ms) {
-        struct timeval dv = {(time_t)(srv->cfg->drain_delay_ms / 1000),
-                             (suseconds_t)((srv->cfg->drain_delay_ms % 1000) * 1000)};
+        struct timeval dv = pk_ms_timeval(srv->cfg->drain_delay_ms);
         event_add(srv->drain_ev, &dv);
     } else {
         drain_final(srv);
@@ -631,8 +629,7 @@ static void rebalance_cb(evutil_socket_t fd, short what, void *arg)
         if (nodes > 0 && local >= 2 && (double)local > avg * (1.0 + srv->cfg->rebalance_threshold))
             pk_upstream_shed_one(srv);
     }
-    struct timeval tv = {(time_t)(srv->cfg->upstream_rebalance_interval_ms / 1000),
-                         (suseconds_t)((srv->cfg->upstream_rebalance_interval_ms % 1000) * 1000)};
+    struct timeval tv = pk_ms_timeval(srv->cfg->upstream_rebalance_interval_ms);
     event_add(srv->rebalance_ev, &tv);
 }
 
@@ -668,12 +665,12 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
         snprintf(srv->node_id, sizeof(srv->node_id), "%s-%s", host[0] ? host : "piko", suffix);
     random_hex(srv->incarnation, sizeof(srv->incarnation), 8);
     srv->state_version = 1;
-    srv->grace_ev = event_new(base, -1, 0, grace_cb, srv);
-    srv->check_ev = event_new(base, -1, 0, check_cb, srv);
-    srv->state_ev = event_new(base, -1, 0, state_cb, srv);
-    srv->drain_ev = event_new(base, -1, 0, drain_cb, srv);
-    srv->rebalance_ev = event_new(base, -1, 0, rebalance_cb, srv);
-    srv->moving_ev = event_new(base, -1, 0, moving_cb, srv);
+    srv->grace_ev = pk_xevent_new(base, -1, 0, grace_cb, srv);
+    srv->check_ev = pk_xevent_new(base, -1, 0, check_cb, srv);
+    srv->state_ev = pk_xevent_new(base, -1, 0, state_cb, srv);
+    srv->drain_ev = pk_xevent_new(base, -1, 0, drain_cb, srv);
+    srv->rebalance_ev = pk_xevent_new(base, -1, 0, rebalance_cb, srv);
+    srv->moving_ev = pk_xevent_new(base, -1, 0, moving_cb, srv);
     pk_list_init(&srv->conns);
     pk_list_init(&srv->tunnels);
     pk_list_init(&srv->handshakes);
@@ -764,8 +761,7 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
                     srv->cluster_addr);
     }
     if (cfg->rebalance_threshold > 0) {
-        struct timeval tv = {(time_t)(cfg->upstream_rebalance_interval_ms / 1000),
-                             (suseconds_t)((cfg->upstream_rebalance_interval_ms % 1000) * 1000)};
+        struct timeval tv = pk_ms_timeval(cfg->upstream_rebalance_interval_ms);
         event_add(srv->rebalance_ev, &tv);
     }
     srv->ready = true;

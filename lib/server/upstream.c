@@ -436,7 +436,7 @@ static void hs_start(struct pk_server *srv, struct bufferevent *bev, const struc
                      hs);
     uint64_t limit = srv->cfg->upstream_handshake_timeout_ms, spent = pk_now_ms() - accept_ms;
     uint64_t left = spent < limit ? limit - spent : 0;
-    struct timeval tv = {(time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000};
+    struct timeval tv = pk_ms_timeval(left);
     hs->deadline = pk_xevent_new(srv->base, -1, 0, hs_deadline, hs);
     event_add(hs->deadline, &tv);
     bufferevent_setcb(hs->bev, hs_read, NULL, hs_event, hs);

@@ -314,7 +314,7 @@ static void accept_cb(evutil_socket_t fd, struct sockaddr *sa, int salen, void *
     bufferevent_setcb(fc->local, NULL, NULL, local_event, fc);
     bufferevent_disable(fc->local, EV_READ);
     fc->body = evbuffer_new();
-    fc->done_ev = event_new(sc->base, -1, 0, done_cb, fc);
+    fc->done_ev = pk_xevent_new(sc->base, -1, 0, done_cb, fc);
     pk_h1parser_init(&fc->parser, HTTP_RESPONSE, 64 * 1024, &parser_cbs, fc);
     pk_list_insert(&f->conns, &fc->link);
     sc->nforwards++;

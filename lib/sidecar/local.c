@@ -144,7 +144,7 @@ static uint64_t stall_interval(const struct lx *x)
 static void stall_arm(struct lx *x)
 {
     uint64_t ms = stall_interval(x);
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    struct timeval tv = pk_ms_timeval(ms);
     event_add(x->stall_ev, &tv);
 }
 
@@ -483,7 +483,7 @@ static struct lconn *lc_new(struct sc_endpoint *ep)
 {
     struct lconn *lc = pk_xcalloc(1, sizeof(*lc));
     lc->ep = ep;
-    lc->kick_ev = event_new(ep->sc->base, -1, 0, kick_cb, lc);
+    lc->kick_ev = pk_xevent_new(ep->sc->base, -1, 0, kick_cb, lc);
     return lc;
 }
 

@@ -330,7 +330,7 @@ void pk_raw_serve(struct sc_endpoint *ep, struct pk_h2stream *s)
     x->ep = ep;
     x->s = s;
     x->upgrade = !tcp;
-    x->done_ev = event_new(ep->sc->base, -1, 0, done_cb, x);
+    x->done_ev = pk_xevent_new(ep->sc->base, -1, 0, done_cb, x);
     const char *ca = pk_hdrs_get(&h->hdrs, "piko-client-addr");
     if (ca)
         snprintf(x->client_addr, sizeof(x->client_addr), "%s", ca);

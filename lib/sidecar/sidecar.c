@@ -283,8 +283,7 @@ void pk_sidecar_shutdown(struct pk_sidecar *sc)
         pk_tunnels_drain(ep);
         pk_local_pool_free(ep);
     }
-    struct timeval tv = {(time_t)(sc->cfg->grace_period_ms / 1000),
-                         (suseconds_t)((sc->cfg->grace_period_ms % 1000) * 1000)};
+    struct timeval tv = pk_ms_timeval(sc->cfg->grace_period_ms);
     event_add(sc->grace_ev, &tv);
     pk_sidecar_check_done(sc);
 }
@@ -296,8 +295,8 @@ struct pk_sidecar *pk_sidecar_new(struct event_base *base, const struct pk_sidec
     sc->base = base;
     sc->cfg = cfg;
     pk_linger_list_init(&sc->lingers, NULL, NULL);
-    sc->grace_ev = event_new(base, -1, 0, grace_cb, sc);
-    sc->check_ev = event_new(base, -1, 0, check_cb, sc);
+    sc->grace_ev = pk_xevent_new(base, -1, 0, grace_cb, sc);
+    sc->check_ev = pk_xevent_new(base, -1, 0, check_cb, sc);
     char host[64];
     gethostname(host, sizeof(host));
     host[sizeof(host) - 1] = '\0';

@@ -145,7 +145,7 @@ static void schedule_redial(struct sc_slot *sl, uint64_t delay_ms)
 {
     if (sl->ep->sc->draining)
         return;
-    struct timeval tv = {(time_t)(delay_ms / 1000), (suseconds_t)((delay_ms % 1000) * 1000)};
+    struct timeval tv = pk_ms_timeval(delay_ms);
     event_add(sl->redial_ev, &tv);
 }
 
@@ -457,8 +457,7 @@ static int start_tls(struct hs *h, struct bufferevent *bev)
         return -1;
     }
     h->bev = tb;
-    struct timeval tv = {(time_t)(sc->cfg->connect_timeout_ms / 1000),
-                         (suseconds_t)((sc->cfg->connect_timeout_ms % 1000) * 1000)};
+    struct timeval tv = pk_ms_timeval(sc->cfg->connect_timeout_ms);
     bufferevent_set_timeouts(tb, &tv, NULL);
     bufferevent_setcb(tb, NULL, NULL, tls_event, h);
     bufferevent_enable(tb, EV_READ | EV_WRITE);
@@ -482,8 +481,7 @@ static void dialed(int err, struct bufferevent *bev, const char *why, void *arg)
         return;
     }
     h->bev = bev;
-    struct timeval tv = {(time_t)(sc->cfg->connect_timeout_ms / 1000),
-                         (suseconds_t)((sc->cfg->connect_timeout_ms % 1000) * 1000)};
+    struct timeval tv = pk_ms_timeval(sc->cfg->connect_timeout_ms);
     bufferevent_set_timeouts(bev, &tv, NULL);
     send_handshake(h);
 }
@@ -535,7 +533,7 @@ void pk_tunnels_start(struct sc_endpoint *ep)
         sl->index = (unsigned)i;
         /* Slots start spread over the URLs, so a list of nodes gets a tunnel on each. */
         sl->server = i % sc->nservers;
-        sl->redial_ev = event_new(sc->base, -1, 0, redial_cb, sl);
+        sl->redial_ev = pk_xevent_new(sc->base, -1, 0, redial_cb, sl);
     }
     for (size_t i = 0; i < ep->nslots; i++)
         dial_slot(&ep->slots[i]);

@@ -345,7 +345,7 @@ static void idle_cb(evutil_socket_t fd, short what, void *arg)
     uint64_t quiet = pk_now_ms() - bp->last_active_ms;
     if (quiet < bp->idle_ms) {
         uint64_t left = bp->idle_ms - quiet;
-        struct timeval tv = {(time_t)(left / 1000), (suseconds_t)((left % 1000) * 1000)};
+        struct timeval tv = pk_ms_timeval(left);
         event_add(bp->idle_ev, &tv);
         return;
     }
@@ -369,10 +369,8 @@ struct pk_bevpipe *pk_bevpipe_new(struct event_base *base, struct bufferevent *b
     bp->out_hwm = out_hwm ? out_hwm : DEFAULT_OUT_HWM;
     bp->on_done = on_done;
     bp->arg = arg;
-    bp->kick_ev = event_new(base, -1, 0, kick_cb, bp);
-    bp->idle_ev = evtimer_new(base, idle_cb, bp);
-    if (!bp->kick_ev || !bp->idle_ev)
-        abort();
+    bp->kick_ev = pk_xevent_new(base, -1, 0, kick_cb, bp);
+    bp->idle_ev = pk_xevent_new(base, -1, 0, idle_cb, bp);
     pk_pipe_set_producer(in, in_drained, bp);
     pk_pipe_set_consumer(out, out_readable, bp);
     bufferevent_setcb(bev, read_cb, write_cb, event_cb, bp);
@@ -397,7 +395,7 @@ void pk_bevpipe_set_idle_timeout(struct pk_bevpipe *bp, uint64_t ms)
     if (!ms || bp->failed || bp->reported)
         return;
     bp->last_active_ms = pk_now_ms();
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    struct timeval tv = pk_ms_timeval(ms);
     event_add(bp->idle_ev, &tv);
 }
 
