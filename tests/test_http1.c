@@ -98,6 +98,44 @@ static ssize_t feed_str(struct pk_h1parser *p, const char *s)
 
 /* ---- requests ----------------------------------------------------------------------- */
 
+/* The evbuffer feeder reads segment by segment (no pull-up), stops after a complete
+ * message like pk_h1parser_feed, and drains exactly what was consumed: the next
+ * pipelined request stays in the buffer, split across segments as it was. */
+static void test_feed_evbuffer_segments(void)
+{
+    struct evbuffer *in = evbuffer_new();
+    const char *parts[] = {"POST /a HTTP/1.1\r\nHo", "st: x\r\nContent-Length: 5\r\n\r\nhe", "llo",
+                           "GET /b HTTP/1.1\r\nHost: y\r\n\r\n"};
+    for (size_t i = 0; i < PK_ARRAY_LEN(parts); i++) {
+        struct evbuffer *seg = evbuffer_new();
+        evbuffer_add(seg, parts[i], strlen(parts[i]));
+        evbuffer_add_buffer(in, seg); /* moves the chain: one segment per part */
+        evbuffer_free(seg);
+    }
+    CU_ASSERT_TRUE(evbuffer_peek(in, -1, NULL, NULL, 0) >= 2);
+    struct rec r = {0};
+    struct pk_h1parser p;
+    pk_h1parser_init(&p, HTTP_REQUEST, 8192, &rec_cbs, &r);
+    size_t first = strlen(parts[0]) + strlen(parts[1]) + strlen(parts[2]);
+    CU_ASSERT_EQUAL(pk_h1parser_feed_evbuffer(&p, in, 0), (ssize_t)first);
+    CU_ASSERT_TRUE(p.message_done);
+    CU_ASSERT_TRUE(BODY_IS(r, "hello"));
+    ASSERT_STR(p.head.path, "/a");
+    CU_ASSERT_EQUAL(evbuffer_get_length(in), strlen(parts[3]));
+    pk_h1parser_next(&p);
+    /* max bounds how much is fed at once. */
+    CU_ASSERT_EQUAL(pk_h1parser_feed_evbuffer(&p, in, 4), 4);
+    CU_ASSERT_EQUAL(pk_h1parser_feed_evbuffer(&p, in, 0), (ssize_t)strlen(parts[3]) - 4);
+    CU_ASSERT_TRUE(p.message_done);
+    ASSERT_STR(p.head.path, "/b");
+    CU_ASSERT_EQUAL(evbuffer_get_length(in), 0);
+    pk_h1parser_next(&p);
+    evbuffer_add(in, "BAD LINE\r\n\r\n", 14);
+    CU_ASSERT_EQUAL(pk_h1parser_feed_evbuffer(&p, in, 0), -1);
+    pk_h1parser_free(&p);
+    evbuffer_free(in);
+}
+
 static void test_simple_get(void)
 {
     const char *req = "GET /index.html?x=1 HTTP/1.1\r\n"
@@ -1227,6 +1265,7 @@ void pk_test_register_http1(void)
     CU_pSuite s = CU_add_suite("http1", NULL, NULL);
 
     CU_add_test(s, "simple_get", test_simple_get);
+    CU_add_test(s, "feed_evbuffer_segments", test_feed_evbuffer_segments);
     CU_add_test(s, "smuggling", test_smuggling);
     CU_add_test(s, "other_methods_and_forms", test_other_methods_and_forms);
     CU_add_test(s, "absolute_form", test_absolute_form);

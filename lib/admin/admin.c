@@ -293,9 +293,7 @@ static void conn_process(struct conn *c)
     while (!c->req && c->wait != WAIT_SEND && (len = evbuffer_get_length(in)) > 0) {
         if (c->wait == WAIT_IDLE)
             arm(c, WAIT_HEAD, a->o.head_timeout_ms); /* the first byte of a request */
-        size_t chunk = PK_MIN(len, (size_t)16384);
-        const char *data = (const char *)evbuffer_pullup(in, (ssize_t)chunk);
-        ssize_t n = pk_h1parser_feed(&c->p, data, chunk);
+        ssize_t n = pk_h1parser_feed_evbuffer(&c->p, in, 16384);
         if (n < 0) {
             enum pk_h1_error e = c->p.error;
             int status = e == PK_H1_HEAD_TOO_LARGE ? 431 : e == PK_H1_NOT_IMPLEMENTED ? 413 : 400;
@@ -305,7 +303,6 @@ static void conn_process(struct conn *c)
             refuse(c, NULL, status, msg, c->p.error_detail ? c->p.error_detail : msg);
             return;
         }
-        evbuffer_drain(in, (size_t)n);
         if (c->p.message_done) {
             dispatch(c);
             return;

@@ -642,3 +642,26 @@ char *pk_json_error_body(const char *msg, size_t *len)
         *len = strlen(body);
     return body;
 }
+
+ssize_t pk_h1parser_feed_evbuffer(struct pk_h1parser *p, struct evbuffer *in, size_t max)
+{
+    size_t want = evbuffer_get_length(in);
+    if (max && max < want)
+        want = max;
+    struct evbuffer_iovec v[16];
+    int nv = evbuffer_peek(in, (ev_ssize_t)want, NULL, v, 16);
+    size_t done = 0;
+    for (int i = 0; i < nv && i < 16 && done < want; i++) {
+        size_t len = PK_MIN(v[i].iov_len, want - done);
+        ssize_t n = pk_h1parser_feed(p, v[i].iov_base, len);
+        if (n < 0) {
+            evbuffer_drain(in, done);
+            return -1;
+        }
+        done += (size_t)n;
+        if ((size_t)n < len)
+            break;
+    }
+    evbuffer_drain(in, done);
+    return (ssize_t)done;
+}

@@ -76,6 +76,12 @@ void pk_h1parser_free(struct pk_h1parser *p);
 /* Feeds bytes. Returns the number consumed (it stops early after a complete message or
  * the head of an upgrade) or -1 on an error (see p->error). */
 ssize_t pk_h1parser_feed(struct pk_h1parser *p, const char *data, size_t len);
+/* Feeds up to max bytes (0: all) from the front of in, segment by segment without
+ * pulling them up into one block, and drains what the parser consumed. Returns that
+ * count (it stops early where pk_h1parser_feed does) or -1 on an error (see p->error).
+ * The parser's callbacks see pointers into in's segments: they must copy what they keep
+ * and must not touch in. */
+ssize_t pk_h1parser_feed_evbuffer(struct pk_h1parser *p, struct evbuffer *in, size_t max);
 /* Tells the parser the peer closed: completes a close-delimited body. Returns 0 or -1. */
 int pk_h1parser_eof(struct pk_h1parser *p);
 /* Arms the parser for the next message on the same connection. */

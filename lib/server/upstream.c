@@ -347,9 +347,7 @@ static void hs_read(struct bufferevent *bev, void *arg)
     if (hs->auth)
         return; /* bytes before our answer stay in the input, for HTTP/2 */
     struct evbuffer *in = bufferevent_get_input(bev);
-    size_t len = evbuffer_get_length(in);
-    const char *data = (const char *)evbuffer_pullup(in, (ssize_t)len);
-    ssize_t n = pk_h1parser_feed(&hs->parser, data, len);
+    ssize_t n = pk_h1parser_feed_evbuffer(&hs->parser, in, 0);
     if (n < 0) {
         if (hs->parser.error == PK_H1_HEAD_TOO_LARGE)
             hs_reject(hs, 431, "request header fields too large", NULL);
@@ -357,7 +355,6 @@ static void hs_read(struct bufferevent *bev, void *arg)
             hs_reject(hs, 400, "malformed request", NULL);
         return;
     }
-    evbuffer_drain(in, (size_t)n);
     if (!hs->parser.message_done)
         return;
 

@@ -200,13 +200,10 @@ static void remote_read(struct bufferevent *bev, void *arg)
 {
     struct fconn *fc = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
-    size_t len = evbuffer_get_length(in);
-    ssize_t n = pk_h1parser_feed(&fc->parser, (const char *)evbuffer_pullup(in, (ssize_t)len), len);
-    if (n < 0) {
+    if (pk_h1parser_feed_evbuffer(&fc->parser, in, 0) < 0) {
         fc_fail(fc, "malformed answer from the proxy port");
         return;
     }
-    evbuffer_drain(in, (size_t)n);
     if (!fc->parser.message_done)
         return;
     int status = fc->parser.head.status;

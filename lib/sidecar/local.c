@@ -344,14 +344,11 @@ static void lc_process(struct lconn *lc)
             return;
         }
         x->got_bytes = true;
-        size_t chunk = PK_MIN(evbuffer_get_length(in), (size_t)65536);
-        const char *data = (const char *)evbuffer_pullup(in, (ssize_t)chunk);
-        ssize_t n = pk_h1parser_feed(&lc->parser, data, chunk);
+        ssize_t n = pk_h1parser_feed_evbuffer(&lc->parser, in, 65536);
         if (n < 0) {
             lx_fail(x, NGHTTP2_INTERNAL_ERROR, "malformed response");
             return;
         }
-        evbuffer_drain(in, (size_t)n);
         if (lc->parser.message_done && !x->resp_complete) {
             pk_h1parser_next(&lc->parser); /* after an interim response */
             continue;

@@ -189,14 +189,11 @@ static void up_read(struct bufferevent *bev, void *arg)
     struct rx *x = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
     while (evbuffer_get_length(in) > 0 && x->bev) {
-        size_t len = evbuffer_get_length(in);
-        const char *data = (const char *)evbuffer_pullup(in, (ssize_t)len);
-        ssize_t n = pk_h1parser_feed(&x->parser, data, len);
+        ssize_t n = pk_h1parser_feed_evbuffer(&x->parser, in, 0);
         if (n < 0) {
             fail(x, NGHTTP2_INTERNAL_ERROR, "malformed upgrade response");
             return;
         }
-        evbuffer_drain(in, (size_t)n);
         if (x->parser.upgrade && x->parser.head.status == 101 && x->responded) {
             go_raw(x); /* bytes after the 101 stay in the input: the bevpipe reads them */
             return;

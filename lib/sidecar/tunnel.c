@@ -324,14 +324,11 @@ static bool hs_process(struct hs *h, struct bufferevent *bev)
     struct sc_endpoint *ep = sl->ep;
     struct pk_sidecar *sc = ep->sc;
     struct evbuffer *in = bufferevent_get_input(bev);
-    size_t len = evbuffer_get_length(in);
-    const char *data = (const char *)evbuffer_pullup(in, (ssize_t)len);
-    ssize_t n = pk_h1parser_feed(&h->parser, data, len);
+    ssize_t n = pk_h1parser_feed_evbuffer(&h->parser, in, 0);
     if (n < 0) {
         hs_done(h, false, false, "malformed handshake response");
         return true;
     }
-    evbuffer_drain(in, (size_t)n);
     if (!h->parser.message_done)
         return false;
     int status = h->parser.head.status;
