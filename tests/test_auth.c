@@ -5,7 +5,7 @@
  * The RSA and EC keys are generated once, by the suite's init function. */
 #include "auth/auth.h"
 #include "base/base.h"
-#include "cluster/httpc.h"
+#include "httpc/httpc.h"
 
 #include <CUnit/CUnit.h>
 #include <arpa/inet.h>

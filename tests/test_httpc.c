@@ -1,11 +1,11 @@
-/* Tests for lib/cluster/httpc: real transfers on a real event loop, against an evhttp
+/* Tests for lib/httpc: real transfers on a real event loop, against an evhttp
  * server on 127.0.0.1 and a random port that runs on the same event_base.
  *
  * Server paths: /echo (200, body "x-echo=<X-Echo header> uri=<uri>"), /missing (404),
  * /redirect (302 to /echo), /slow?ms=N (200 after N ms, from an evtimer), /big?n=N (N
  * bytes with a Content-Length), /chunked?n=N (N bytes, chunked, no length). */
 #include "base/base.h"
-#include "cluster/httpc.h"
+#include "httpc/httpc.h"
 
 #include <CUnit/CUnit.h>
 #include <arpa/inet.h>

@@ -1,5 +1,8 @@
 /* The unit test runner: registers every suite of tests/suites.def and runs one suite
  * (argv[1]) or all of them. Exit status is non-zero when any test or assertion failed. */
+#include "dns/dns.h"
+#include "httpc/httpc.h"
+
 #include <CUnit/Basic.h>
 #include <CUnit/CUnit.h>
 #include <signal.h>
@@ -27,6 +30,9 @@ int main(int argc, char **argv)
     int found = 0;
 
     signal(SIGPIPE, SIG_IGN);
+    char err[256];
+    if (pk_dns_global_init(err, sizeof(err)) != 0 || pk_httpc_global_init() != 0)
+        return 2;
     if (CU_initialize_registry() != CUE_SUCCESS)
         return 2;
     for (size_t i = 0; i < sizeof(suites) / sizeof(suites[0]); i++) {
@@ -44,5 +50,7 @@ int main(int argc, char **argv)
     CU_basic_run_tests();
     unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
     CU_cleanup_registry();
+    pk_httpc_global_cleanup();
+    pk_dns_global_cleanup();
     return failed ? 1 : 0;
 }

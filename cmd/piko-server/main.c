@@ -2,6 +2,8 @@
 #include "base/base.h"
 #include "base/log.h"
 #include "config/config.h"
+#include "dns/dns.h"
+#include "httpc/httpc.h"
 #include "server/server.h"
 
 #include <event2/event.h>
@@ -49,11 +51,21 @@ int main(int argc, char **argv)
     unsigned long nofile = pk_raise_nofile();
     PK_DEBUG("server", "open files limit %lu", nofile);
 
+    /* Process-wide library state, once, before any loop (libcurl 7.88 and c-ares 1.18
+     * initialise without locks). */
+    err[0] = '\0';
+    if (pk_dns_global_init(err, sizeof(err)) != 0 || pk_httpc_global_init() != 0) {
+        fprintf(stderr, "piko-server: cannot initialise c-ares or libcurl%s%s\n",
+                err[0] ? ": " : "", err);
+        return 1;
+    }
     struct event_base *base = event_base_new();
     struct pk_server *srv = pk_server_new(base, &cfg, err, sizeof(err));
     if (!srv) {
         fprintf(stderr, "piko-server: %s\n", err);
         event_base_free(base);
+        pk_httpc_global_cleanup();
+        pk_dns_global_cleanup();
         pk_config_free(pk_server_opts, pk_server_nopts, &cfg);
         return 1;
     }
@@ -72,6 +84,8 @@ int main(int argc, char **argv)
     event_free(sighup);
     pk_server_del(srv);
     event_base_free(base);
+    pk_httpc_global_cleanup();
+    pk_dns_global_cleanup();
     pk_config_free(pk_server_opts, pk_server_nopts, &cfg);
     PK_INFO("server", "exited");
     return 0;

@@ -6,7 +6,7 @@
 #include "auth/auth_int.h"
 #include "base/base.h"
 #include "base/log.h"
-#include "cluster/httpc.h"
+#include "httpc/httpc.h"
 
 #include <errno.h>
 #include <event2/event.h>

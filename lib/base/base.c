@@ -1,5 +1,7 @@
 #include "base/base.h"
 
+#include <sys/random.h>
+
 #include <event2/event.h>
 
 #include <stdarg.h>
@@ -160,4 +162,19 @@ struct event *pk_xevent_new(struct event_base *base, int fd, short what,
         abort();
     }
     return ev;
+}
+
+uint64_t pk_random_u64(void)
+{
+    uint64_t r;
+    if (getrandom(&r, sizeof(r), 0) != (ssize_t)sizeof(r)) {
+        /* Only without a kernel entropy pool (early boot): jitter need not be secret. */
+        static _Thread_local uint64_t x = 0x9e3779b97f4a7c15ull;
+        x ^= pk_now_ms() + 0x632be59bd9b4e019ull;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        r = x;
+    }
+    return r;
 }

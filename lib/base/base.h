@@ -40,6 +40,9 @@ char *pk_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Monotonic clock in milliseconds. */
 uint64_t pk_now_ms(void);
+/* A random number from the kernel (getrandom): for jitter and random choices, safe from
+ * any thread, no seeding. */
+uint64_t pk_random_u64(void);
 /* A duration in milliseconds as the struct timeval libevent takes. */
 struct timeval pk_ms_timeval(uint64_t ms);
 /* event_new that aborts when it fails (only for want of memory: the pk_xmalloc policy). */

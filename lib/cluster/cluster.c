@@ -3,10 +3,10 @@
 #include "base/base.h"
 #include "base/list.h"
 #include "base/log.h"
-#include "cluster/httpc.h"
 #include "cluster/state.h"
 #include "dns/dns.h"
 #include "h2/h2.h"
+#include "httpc/httpc.h"
 #include "net/dial.h"
 #include "net/tls.h"
 
@@ -130,10 +130,7 @@ static void add_ms(struct event *ev, uint64_t ms)
 
 static uint32_t rand32(void)
 {
-    uint32_t r;
-    if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != sizeof(r))
-        r = (uint32_t)random();
-    return r;
+    return (uint32_t)pk_random_u64();
 }
 
 /* ---- peers ---------------------------------------------------------------------------- */

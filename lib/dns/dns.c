@@ -464,13 +464,6 @@ struct pk_resolver *pk_resolver_new_opts(struct event_base *base,
             snprintf(err, errlen, "dns: %s", base ? "empty server list" : "no event base");
         return NULL;
     }
-    st = ares_library_init(ARES_LIB_INIT_ALL);
-    if (st != ARES_SUCCESS) {
-        if (errlen)
-            snprintf(err, errlen, "dns: ares_library_init: %s", ares_strerror(st));
-        return NULL;
-    }
-
     r = pk_xcalloc(1, sizeof(*r));
     r->base = base;
     memset(&ao, 0, sizeof(ao));
@@ -534,6 +527,21 @@ void pk_resolver_del(struct pk_resolver *r)
     if (r->timer)
         event_free(r->timer);
     free(r);
+}
+
+int pk_dns_global_init(char *err, size_t errlen)
+{
+    int st = ares_library_init(ARES_LIB_INIT_ALL);
+    if (st != ARES_SUCCESS) {
+        if (errlen)
+            snprintf(err, errlen, "dns: ares_library_init: %s", ares_strerror(st));
+        return PK_ERR_IO;
+    }
+    return 0;
+}
+
+void pk_dns_global_cleanup(void)
+{
     ares_library_cleanup();
 }
 

@@ -65,6 +65,12 @@ struct pk_resolver_opts {
     bool no_search; /* never append the search domains of resolv.conf */
 };
 
+/* c-ares' process-wide state: call once per process before any resolver is created and
+ * before any loop thread starts (ares_library_init is not thread-safe); cleanup after the
+ * last resolver is freed. Returns 0, or PK_ERR_IO with a message in err. */
+int pk_dns_global_init(char *err, size_t errlen);
+void pk_dns_global_cleanup(void);
+
 /* Creates a resolver on base with the system configuration (servers NULL) or with the
  * given servers (see pk_resolver_opts.servers). /etc/hosts is consulted in both cases.
  * Returns NULL on failure with a message in err (errlen bytes, may be 0). */

@@ -7,7 +7,7 @@
 #include "auth/auth.h"
 #include "base/base.h"
 #include "base/log.h"
-#include "cluster/httpc.h"
+#include "httpc/httpc.h"
 #include "server/server_int.h"
 
 #include <errno.h>

@@ -301,7 +301,6 @@ struct pk_sidecar *pk_sidecar_new(struct event_base *base, const struct pk_sidec
     gethostname(host, sizeof(host));
     host[sizeof(host) - 1] = '\0';
     snprintf(sc->sidecar_id, sizeof(sc->sidecar_id), "%.40s-%d", host, (int)getpid());
-    srandom((unsigned)(pk_now_ms() ^ (uint64_t)getpid()));
 
     if (pk_servers_parse(cfg->connect_url, &sc->servers, &sc->nservers, err, errlen) != 0)
         goto fail;

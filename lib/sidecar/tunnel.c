@@ -159,7 +159,7 @@ static uint64_t next_backoff(struct sc_slot *sl, bool to_max)
     if (sl->backoff_ms > BACKOFF_MAX_MS)
         sl->backoff_ms = BACKOFF_MAX_MS;
     uint64_t jitter = sl->backoff_ms / 5;
-    return sl->backoff_ms - jitter + (uint64_t)(random() % (long)(2 * jitter + 1));
+    return sl->backoff_ms - jitter + pk_random_u64() % (2 * jitter + 1);
 }
 
 /* A dial of this slot failed: the next one tries the next URL (round robin). */
@@ -233,7 +233,7 @@ static void t_on_goaway(struct pk_h2conn *c, uint32_t code, void *ud)
     sl->tunnel = NULL;
     if (t->up && pk_now_ms() - t->up_since_ms > BACKOFF_RESET_MS)
         sl->backoff_ms = 0;
-    uint64_t delay = (uint64_t)(random() % REPLACE_DELAY_MS);
+    uint64_t delay = pk_random_u64() % REPLACE_DELAY_MS;
     PK_INFO("tunnel",
             "server sent GOAWAY endpoint=%s slot=%u server=%s code=%u: dialling a replacement "
             "in %llums",

@@ -13,7 +13,7 @@
  * this module on the stack that touches the client afterwards, so it may start requests,
  * cancel others and free the client. The connections stay in the multi handle's pool
  * for the next request to the same host. */
-#include "cluster/httpc.h"
+#include "httpc/httpc.h"
 
 #include "base/base.h"
 #include "base/log.h"
@@ -323,8 +323,6 @@ struct pk_httpc *pk_httpc_new(struct event_base *base, size_t max_body)
 
     if (!base)
         return NULL;
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-        return NULL;
     h = pk_xcalloc(1, sizeof(*h));
     h->base = base;
     h->max_body = max_body ? PK_MIN(max_body, SIZE_MAX / 2) : PK_HTTPC_DEFAULT_MAX_BODY;
@@ -370,6 +368,15 @@ void pk_httpc_free(struct pk_httpc *h)
     free(h->tls_cert);
     free(h->tls_key);
     free(h);
+}
+
+int pk_httpc_global_init(void)
+{
+    return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : PK_ERR_IO;
+}
+
+void pk_httpc_global_cleanup(void)
+{
     curl_global_cleanup();
 }
 

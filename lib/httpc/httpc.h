@@ -36,10 +36,15 @@ struct pk_httpc_req; /* one GET in flight */
  * The request is freed right after the callback returns. */
 typedef void (*pk_httpc_cb)(int status, const char *body, size_t len, const char *err, void *arg);
 
-/* Creates a client on base. Bodies longer than max_body bytes fail the request
- * (0: PK_HTTPC_DEFAULT_MAX_BODY). Calls curl_global_init, which libcurl 7.88 counts (and
- * locks, in builds whose curl -V lists "threadsafe"); pk_httpc_free calls
- * curl_global_cleanup. Returns NULL when base is NULL or libcurl cannot be initialised. */
+/* libcurl's process-wide state: call once per process before any client is created and
+ * before any loop thread starts (curl_global_init is not thread-safe in 7.88); cleanup
+ * after the last client is freed. Returns 0 or PK_ERR_IO. */
+int pk_httpc_global_init(void);
+void pk_httpc_global_cleanup(void);
+
+/* Creates a client on base (pk_httpc_global_init must have run). Bodies longer than
+ * max_body bytes fail the request (0: PK_HTTPC_DEFAULT_MAX_BODY). Returns NULL when base is
+ * NULL or libcurl cannot make a multi handle. */
 struct pk_httpc *pk_httpc_new(struct event_base *base, size_t max_body);
 
 /* Cancels every request (no callbacks), closes the pooled connections and frees h. NULL is
