@@ -114,6 +114,12 @@ bool pk_server_over_limit(struct pk_server *srv, evutil_socket_t fd, long long m
 
 /* upstream.c */
 int pk_upstream_listen(struct pk_server *srv, char *err, size_t errlen);
+/* The tunnel handshake's request (PROTOCOL.md 1.1), once p has a complete message: 0 with
+ * *endpoint pointing into the path, or the HTTP status of the refusal with *msg and *extra
+ * (an extra response field line, or NULL). Pure: also called by tests/fuzz. */
+struct pk_h1parser;
+int pk_upstream_handshake_check(const struct pk_h1parser *p, const char **endpoint,
+                                const char **msg, const char **extra);
 /* Picks the tunnel of an endpoint with the fewest open streams (ties round-robin), one
  * that can open a stream now. *exists tells whether the endpoint has any tunnel. */
 struct tunnel *pk_upstream_pick(struct pk_server *srv, const char *endpoint, bool *exists,

@@ -341,6 +341,34 @@ static void hs_verified(enum pk_auth_result res, const struct pk_claims *claims,
     free(ep);
 }
 
+int pk_upstream_handshake_check(const struct pk_h1parser *p, const char **endpoint,
+                                const char **msg, const char **extra)
+{
+    const struct pk_head *h = &p->head;
+    const char *path = h->path ? h->path : "";
+    *extra = NULL;
+    if (strncmp(path, UPSTREAM_PREFIX, strlen(UPSTREAM_PREFIX)) != 0) {
+        *msg = "not found";
+        return 404;
+    }
+    if (!h->method || strcmp(h->method, "GET") != 0) {
+        *msg = "method not allowed";
+        *extra = "allow: GET\r\n";
+        return 405;
+    }
+    *endpoint = path + strlen(UPSTREAM_PREFIX);
+    if (!pk_endpoint_id_valid(*endpoint, strlen(*endpoint))) {
+        *msg = "invalid endpoint id";
+        return 400;
+    }
+    if (!p->upgrade || !pk_hdrs_has_token(&h->hdrs, "upgrade", UPGRADE_TOKEN)) {
+        *msg = "upgrade required";
+        *extra = "upgrade: " UPGRADE_TOKEN "\r\n";
+        return 426;
+    }
+    return 0;
+}
+
 static void hs_read(struct bufferevent *bev, void *arg)
 {
     struct handshake *hs = arg;
@@ -359,22 +387,10 @@ static void hs_read(struct bufferevent *bev, void *arg)
         return;
 
     struct pk_head *h = &hs->parser.head;
-    const char *path = h->path ? h->path : "";
-    if (strncmp(path, UPSTREAM_PREFIX, strlen(UPSTREAM_PREFIX)) != 0) {
-        hs_reject(hs, 404, "not found", NULL);
-        return;
-    }
-    if (strcmp(h->method, "GET") != 0) {
-        hs_reject(hs, 405, "method not allowed", "allow: GET\r\n");
-        return;
-    }
-    const char *endpoint = path + strlen(UPSTREAM_PREFIX);
-    if (!pk_endpoint_id_valid(endpoint, strlen(endpoint))) {
-        hs_reject(hs, 400, "invalid endpoint id", NULL);
-        return;
-    }
-    if (!hs->parser.upgrade || !pk_hdrs_has_token(&h->hdrs, "upgrade", UPGRADE_TOKEN)) {
-        hs_reject(hs, 426, "upgrade required", "upgrade: " UPGRADE_TOKEN "\r\n");
+    const char *endpoint, *msg, *extra;
+    int status = pk_upstream_handshake_check(&hs->parser, &endpoint, &msg, &extra);
+    if (status) {
+        hs_reject(hs, status, msg, extra);
         return;
     }
     if (hs->srv->draining) {

@@ -17,16 +17,18 @@
  *     tunnel, without a body) before http-parser rejects it (HPE_INVALID_TRANSFER_ENCODING).
  *  2. CONNECT over HTTP/1.1 is sent as a plain request with :scheme and :path, which the
  *     sidecar refuses (PROTOCOL_ERROR).
- *  3. Host is not validated: an empty one, or one with characters outside RFC 3986
- *     authority, becomes an :authority the sidecar refuses.
+ *  3. (Fixed: pk_proxy_route answers 400 "invalid host".) Host was not validated: an
+ *     empty one, or one with characters outside RFC 3986 authority, became an :authority
+ *     the sidecar refused.
  *  4. Trailers are forwarded unfiltered: a connection-specific one (connection,
  *     transfer-encoding, upgrade, ...) gets the stream refused by the sidecar.
  *  5. http-parser 2.9 does not check the first byte of a field value: NUL and other
  *     control characters there reach pk_hdrs (whose C-string view then disagrees with vlen)
  *     and the tunnel, whose peer drops the field.
- *  6. The request target is only checked by http-parser (non-strict build): HTAB or form
- *     feed inside it, "*" with a method other than OPTIONS, or "*" followed by more, make
- *     a :path the sidecar refuses.
+ *  6. (Fixed: pk_proxy_route answers 400 "invalid request target".) The request target
+ *     was only checked by http-parser (non-strict build): HTAB or form feed inside it, "*"
+ *     with a method other than OPTIONS, or "*" followed by more, made a :path the sidecar
+ *     refused.
  *  7. http-parser 2.9 (non-strict build) ends a head at CR followed by any byte, not only
  *     CR LF; the byte after the CR is swallowed (with pipelining, the first byte of the next
  *     request). */
@@ -368,8 +370,8 @@ static void proxy_head(struct msg *m, struct pk_h1parser *p)
 
 /* ---- known findings ------------------------------------------------------------------ */
 
-/* A request the sidecar refuses because of a known finding (2, 3, 4 or 6 at the top of
- * this file). Always false when strict. */
+/* A request the sidecar refuses because of a known finding (2 or 4 at the top of this
+ * file; 3 and 6 are refused by pk_proxy_route now). Always false when strict. */
 static bool known_h2_finding(struct msg *m)
 {
     if (strict)
@@ -377,12 +379,6 @@ static bool known_h2_finding(struct msg *m)
     const struct pk_head *r = &m->req;
     if (strcmp(r->method, "CONNECT") == 0 && !r->protocol)
         return true; /* 2 */
-    if (!*r->authority ||
-        !nghttp2_check_authority((const uint8_t *)r->authority, strlen(r->authority)))
-        return true; /* 3 */
-    if (!nghttp2_check_path((const uint8_t *)r->path, strlen(r->path)) ||
-        (r->path[0] != '/' && !(strcmp(r->path, "*") == 0 && strcmp(r->method, "OPTIONS") == 0)))
-        return true; /* 6 */
     if (m->trailers.n == 0)
         return false;
     struct h2check again = {

@@ -8,12 +8,12 @@
  * tunnel relies on: a GET on /piko/v1/upstream/{id} with a valid id that asked to upgrade
  * to piko-reverse-h2, and every byte after the head left for HTTP/2.
  *
- * The decision is a copy of hs_read (a pure function in lib/ would let the target call the
- * real one): keep it in step with lib/server/upstream.c. */
+ * The decision is the server's own (pk_upstream_handshake_check, which hs_read calls). */
 #include "fuzz.h"
 
 #include "base/base.h"
 #include "http1/http1.h"
+#include "server/server_int.h"
 #include "stream/head.h"
 
 #define MAX_HEAD        (64 * 1024)
@@ -34,21 +34,25 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-/* hs_read() once the message is done; *endpoint points into the head's path. */
+/* hs_read()'s decision once the message is done; *endpoint points into the head's path. */
 static enum outcome decide(const struct pk_h1parser *p, const char **endpoint)
 {
-    const struct pk_head *h = &p->head;
-    const char *path = h->path ? h->path : "";
-    if (strncmp(path, UPSTREAM_PREFIX, strlen(UPSTREAM_PREFIX)) != 0)
+    const char *msg, *extra;
+    switch (pk_upstream_handshake_check(p, endpoint, &msg, &extra)) {
+    case 0:
+        return HS_ACCEPT;
+    case 404:
         return HS_404;
-    if (strcmp(h->method, "GET") != 0)
+    case 405:
         return HS_405;
-    *endpoint = path + strlen(UPSTREAM_PREFIX);
-    if (!pk_endpoint_id_valid(*endpoint, strlen(*endpoint)))
-        return HS_400_ID;
-    if (!p->upgrade || !pk_hdrs_has_token(&h->hdrs, "upgrade", UPGRADE_TOKEN))
+    case 426:
         return HS_426;
-    return HS_ACCEPT;
+    case 400:
+        return HS_400_ID;
+    default:
+        FUZZ_CHECK(false, "unexpected handshake status for '%s'", msg);
+        return HS_400_ID;
+    }
 }
 
 /* What an accepted tunnel relies on, checked independently of decide(). */
