@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 
-from helpers import SLOW, RawConn, nghttp
+from helpers import SANITIZED, SLOW, RawConn, nghttp
 
 EP = {"x-piko-endpoint": "my-service"}
 
@@ -156,7 +156,9 @@ def test_client_that_stops_reading_is_aborted_by_the_stall_timer(piko):
     assert n < 64 * 1024 * 1024, n
     time.sleep(0.5)
     grown = srv.rss_kib()["VmRSS"] - idle_rss
-    assert grown < 8 * 1024, "server RSS %d KiB above idle after the abort" % grown
+    # ASan's allocator keeps freed memory in quarantine: RSS says nothing there.
+    if not SANITIZED:
+        assert grown < 8 * 1024, "server RSS %d KiB above idle after the abort" % grown
 
 
 class _StallingService(_LateAnswer):
