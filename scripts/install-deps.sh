@@ -26,5 +26,8 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# A new cloud VM often runs unattended upgrades at boot: wait for their lock (5 minutes)
+# instead of failing at once.
+LOCK=(-o DPkg::Lock::Timeout=300)
+$SUDO apt-get "${LOCK[@]}" update -qq
+$SUDO apt-get "${LOCK[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
