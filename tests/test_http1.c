@@ -130,7 +130,7 @@ static void test_feed_evbuffer_segments(void)
     ASSERT_STR(p.head.path, "/b");
     CU_ASSERT_EQUAL(evbuffer_get_length(in), 0);
     pk_h1parser_next(&p);
-    evbuffer_add(in, "BAD LINE\r\n\r\n", 14);
+    evbuffer_add(in, "BAD LINE\r\n\r\n", strlen("BAD LINE\r\n\r\n"));
     CU_ASSERT_EQUAL(pk_h1parser_feed_evbuffer(&p, in, 0), -1);
     pk_h1parser_free(&p);
     evbuffer_free(in);
