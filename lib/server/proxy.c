@@ -14,6 +14,7 @@
 #include "http1/http1.h"
 #include "net/net.h"
 #include "net/tls.h"
+#include "server/end.h"
 #include "server/server_int.h"
 #include "stream/bevpipe.h"
 
@@ -74,10 +75,8 @@ struct exchange {
     const struct pk_peer *last_peer; /* compared only: the peer of the failed attempt */
     bool retried;
     bool timed_out;
-    /* downstream side */
-    struct h1conn *h1;
-    struct pk_h2stream *ds;
-    bool ds_gone;
+    /* downstream side: NULL once it is done or gone (ex_down_gone) */
+    struct pk_end *down;
     bool head_sent;
     bool req_sent; /* the whole request body went onto the upstream stream */
     int status;
@@ -101,6 +100,7 @@ struct exchange {
 
 struct h1conn {
     struct dconn dc;
+    struct pk_end end; /* the downstream end of the current exchange */
     struct pk_server *srv;
     struct bufferevent *bev;
     struct pk_h1parser parser;
@@ -181,7 +181,7 @@ static void ex_unwait(struct exchange *ex)
 /* Frees the exchange once neither side uses it. */
 static void ex_maybe_free(struct exchange *ex)
 {
-    if (ex->us || !ex->ds_gone)
+    if (ex->us || ex->down)
         return;
     struct pk_server *srv = ex->srv;
     ex_unwait(ex);
@@ -202,8 +202,18 @@ static void ex_maybe_free(struct exchange *ex)
     pk_server_check_drained(srv);
 }
 
+/* The downstream end is done or gone: it is never called again, and the upstream stream
+ * is cancelled unless both bodies were complete. */
+static void ex_down_gone(struct exchange *ex)
+{
+    ex->down = NULL;
+    if (ex->us && !(ex->resp_body.eof && ex->req_body.eof))
+        pk_h2stream_reset(ex->us, NGHTTP2_CANCEL);
+    ex_maybe_free(ex);
+}
+
 static void ex_fail(struct exchange *ex, int status, const char *msg);
-static void ds_abort(struct exchange *ex);
+static void ex_abort_down(struct exchange *ex);
 
 static void ex_arm(struct exchange *ex, uint64_t ms)
 {
@@ -289,7 +299,7 @@ static void ex_stall_check(struct exchange *ex)
     if (!ex->req_body.eof)
         pk_pipe_abort(&ex->req_body);
     if (ex->head_sent)
-        ds_abort(ex);
+        ex_abort_down(ex);
     else if (pk_pipe_full(&ex->req_body))
         ex_fail(ex, 504, "upstream timeout");
     else
@@ -332,7 +342,7 @@ static void ex_timer_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /* Sends the response head downstream; the body (if any) follows from resp_body. */
-static void ds_send_head(struct exchange *ex, struct pk_head *resp, bool body);
+static void ex_send_head(struct exchange *ex, struct pk_head *resp, bool body);
 
 /* Answers with a JSON error (PROTOCOL.md 4), or aborts the downstream side when a
  * response head was already sent (never a silently short body). */
@@ -348,7 +358,7 @@ static void ex_fail(struct exchange *ex, int status, const char *msg)
 static void ex_reply(struct exchange *ex, int status, const char *body, size_t n, const char *name,
                      const char *value)
 {
-    if (ex->ds_gone || ex->answered)
+    if (!ex->down || ex->answered)
         return;
     /* The proxy answers instead of the service: whatever the service would still send
      * is not wanted (and must never become a second response). */
@@ -357,7 +367,7 @@ static void ex_reply(struct exchange *ex, int status, const char *body, size_t n
         pk_h2stream_set_sink(ex->us, NULL); /* DATA before the reset goes out is dropped */
     }
     if (ex->head_sent) {
-        ds_abort(ex);
+        ex_abort_down(ex);
         return;
     }
     ex->answered = true;
@@ -375,7 +385,7 @@ static void ex_reply(struct exchange *ex, int status, const char *body, size_t n
         pk_hdrs_add_str(&h.hdrs, name, value);
     pk_pipe_write(&ex->resp_body, body, n);
     pk_pipe_close(&ex->resp_body);
-    ds_send_head(ex, &h, !ex->is_head);
+    ex_send_head(ex, &h, !ex->is_head);
     pk_head_free(&h);
 }
 
@@ -388,12 +398,12 @@ static void ex_fail_hdr(struct exchange *ex, int status, const char *msg, const 
     free(body);
 }
 
-static void ds_establish(struct exchange *ex, struct pk_head *resp);
+static void ex_establish(struct exchange *ex, struct pk_head *resp);
 
 static void us_on_head(struct pk_h2stream *s, void *ud)
 {
     struct exchange *ex = ud;
-    if (ex->ds_gone || ex->timed_out || ex->head_sent)
+    if (!ex->down || ex->timed_out || ex->head_sent)
         return;
     event_del(ex->timer);
     struct pk_head *h = pk_h2stream_head(s);
@@ -403,7 +413,7 @@ static void us_on_head(struct pk_h2stream *s, void *ud)
     pk_hdrs_move(&resp.hdrs, &h->hdrs);
     pk_h1_strip_hop_by_hop(&resp.hdrs, false);
     if (ex->raw && resp.status >= 200 && resp.status < 300) {
-        ds_establish(ex, &resp);
+        ex_establish(ex, &resp);
         pk_head_free(&resp);
         return;
     }
@@ -412,7 +422,7 @@ static void us_on_head(struct pk_h2stream *s, void *ud)
                    pk_hdrs_get(&resp.hdrs, "content-length") == NULL));
     if (!body && !ex->is_head && resp.status != 204 && resp.status != 304)
         pk_hdrs_set(&resp.hdrs, "content-length", "0");
-    ds_send_head(ex, &resp, body);
+    ex_send_head(ex, &resp, body);
     pk_head_free(&resp);
 }
 
@@ -421,7 +431,7 @@ static void us_on_close(struct pk_h2stream *s, uint32_t code, void *ud)
     struct exchange *ex = ud;
     PK_UNUSED(s);
     ex->us = NULL;
-    if (code != NGHTTP2_NO_ERROR && !ex->timed_out && !ex->ds_gone) {
+    if (code != NGHTTP2_NO_ERROR && !ex->timed_out && ex->down) {
         if (!ex->head_sent && code == NGHTTP2_REFUSED_STREAM && !ex->retried &&
             ex->req_body.total_out == 0) {
             /* Refused before any body byte was taken: one retry on another tunnel. */
@@ -437,10 +447,10 @@ static void us_on_close(struct pk_h2stream *s, uint32_t code, void *ud)
                 ex->client, code == PK_H2_CONN_LOST ? "tunnel lost" : nghttp2_http2_strerror(code),
                 ex->head_sent);
         ex_fail(ex, 502, "upstream unreachable");
-    } else if (code == NGHTTP2_NO_ERROR && ex->ds && !ex->req_body.eof) {
+    } else if (code == NGHTTP2_NO_ERROR && ex->down && !ex->req_body.eof) {
         /* The service answered without reading the whole request: the downstream h2
          * stream ends the same way. (HTTP/1.1 closes after the response instead.) */
-        pk_h2stream_end_early(ex->ds);
+        ex->down->ops->end_early(ex->down);
     }
     ex_maybe_free(ex);
 }
@@ -478,12 +488,12 @@ static void ex_dispatch(struct exchange *ex)
         if (!exists && !pexists && !ex->forwarded && pk_server_is_moving(srv, ex->endpoint))
             pexists = true;
         if (!exists && !pexists) {
-            if (ex->forwarded && ex->ds && !ex->head_sent) {
+            if (ex->forwarded && pk_end_takes_forwarded(ex->down) && !ex->head_sent) {
                 /* The peer's view was stale: refused, so it can try another node. */
                 PK_DEBUG("proxy", "forwarded stream for endpoint=%s: no local tunnel, refused",
                          ex->endpoint);
                 ex_unwait(ex);
-                pk_h2stream_reset(ex->ds, NGHTTP2_REFUSED_STREAM);
+                ex->down->ops->refuse(ex->down);
                 return;
             }
             ex_unwait(ex);
@@ -543,10 +553,10 @@ static void ex_dispatch(struct exchange *ex)
         ex->req_sent = true;
     else if (!ex->raw && !ex->req_sent)
         ex_arm_stall(ex);
-    if (ex->expect_continue && ex->h1) {
+    if (ex->expect_continue && ex->down && ex->down->ops->send_continue) {
         /* The proxy answers 100 Continue itself once a tunnel is found (PROTOCOL.md 1.4). */
         ex->expect_continue = false;
-        evbuffer_add_printf(bufferevent_get_output(ex->h1->bev), "HTTP/1.1 100 Continue\r\n\r\n");
+        ex->down->ops->send_continue(ex->down);
     }
 }
 
@@ -842,8 +852,10 @@ static void ex_start_cluster(struct exchange *ex, struct pk_head *in)
         return;
     }
     const char *ep = pk_hdrs_get(&in->hdrs, "piko-endpoint");
-    if (!ex->ds || !ep || !pk_hdrs_get(&in->hdrs, "piko-forwarded-by")) {
-        ex_fail(ex, ex->ds ? 400 : 404, ex->ds ? "not a forwarded request" : "not found");
+    /* HTTP/1.1 on the cluster port takes state calls only (peer streams are HTTP/2). */
+    bool h2 = pk_end_takes_forwarded(ex->down);
+    if (!h2 || !ep || !pk_hdrs_get(&in->hdrs, "piko-forwarded-by")) {
+        ex_fail(ex, h2 ? 400 : 404, h2 ? "not a forwarded request" : "not found");
         return;
     }
     if (!pk_endpoint_id_valid(ep, strlen(ep))) {
@@ -1017,14 +1029,19 @@ static void h1_resp_readable(struct pk_pipe *p, void *consumer)
     h1_pump_response(consumer);
 }
 
-static void ds_abort(struct exchange *ex)
+static void ex_abort_down(struct exchange *ex)
 {
-    if (ex->h1 && ex->h1->bp)
-        pk_bevpipe_reset(ex->h1->bp, PK_ERR_CLOSED); /* a raw stream failed: reset the client */
-    else if (ex->h1)
-        h1_close(ex->h1, true);
-    else if (ex->ds)
-        pk_h2stream_reset(ex->ds, ex->raw ? NGHTTP2_CONNECT_ERROR : NGHTTP2_INTERNAL_ERROR);
+    if (ex->down)
+        ex->down->ops->abort(ex->down);
+}
+
+static void h1_end_abort(struct pk_end *e)
+{
+    struct h1conn *hc = PK_CONTAINER_OF(e, struct h1conn, end);
+    if (hc->bp)
+        pk_bevpipe_reset(hc->bp, PK_ERR_CLOSED); /* a raw stream failed: reset the client */
+    else
+        h1_close(hc, true);
 }
 
 static void h1_send_head(struct h1conn *hc, struct exchange *ex, struct pk_head *resp, bool body)
@@ -1051,8 +1068,6 @@ static void h1_send_head(struct h1conn *hc, struct exchange *ex, struct pk_head 
     pk_pipe_set_consumer(&ex->resp_body, h1_resp_readable, hc);
     h1_pump_response(hc);
 }
-
-static void h2_send_head(struct exchange *ex, struct pk_head *resp, bool body);
 
 static void h1_raw_done(struct pk_bevpipe *bp, int err, void *arg)
 {
@@ -1082,28 +1097,21 @@ static void h1_establish(struct h1conn *hc, struct exchange *ex, struct pk_head 
         pk_bevpipe_set_idle_timeout(hc->bp, hc->srv->cfg->proxy_raw_idle_timeout_ms);
 }
 
-/* ds_establish and ds_send_head are the only ways a response head goes downstream, and
+/* ex_establish and ex_send_head are the only ways a response head goes downstream, and
  * each sends at most one: a second head (an upstream answer racing the proxy's own error
  * answer) is dropped here, whoever asks. */
-static void ds_establish(struct exchange *ex, struct pk_head *resp)
+static void ex_establish(struct exchange *ex, struct pk_head *resp)
 {
     if (ex->head_sent)
         return;
     ex->head_sent = true;
     ex->status = resp->status;
     event_del(ex->timer);
-    if (ex->h1) {
-        h1_establish(ex->h1, ex, resp);
-    } else if (ex->ds) {
-        /* RFC 8441: an HTTP/2 client sent no key, so it gets no accept (the sidecar
-         * checked it). */
-        pk_hdrs_del(&resp->hdrs, "sec-websocket-accept");
-        resp->status = 200;
-        pk_h2stream_respond(ex->ds, resp, &ex->resp_body);
-    }
+    if (ex->down)
+        ex->down->ops->establish(ex->down, resp);
 }
 
-static void ds_send_head(struct exchange *ex, struct pk_head *resp, bool body)
+static void ex_send_head(struct exchange *ex, struct pk_head *resp, bool body)
 {
     if (ex->head_sent)
         return;
@@ -1112,11 +1120,43 @@ static void ds_send_head(struct exchange *ex, struct pk_head *resp, bool body)
     event_del(ex->timer);
     if (!ex->answered && (body || ex_upload_pending(ex)))
         ex_arm_stall(ex);
-    if (ex->h1)
-        h1_send_head(ex->h1, ex, resp, body);
-    else if (ex->ds)
-        h2_send_head(ex, resp, body);
+    if (ex->down)
+        ex->down->ops->send_head(ex->down, resp, body);
 }
+
+static void h1_end_send_head(struct pk_end *e, struct pk_head *resp, bool body)
+{
+    struct h1conn *hc = PK_CONTAINER_OF(e, struct h1conn, end);
+    h1_send_head(hc, hc->ex, resp, body);
+}
+
+static void h1_end_establish(struct pk_end *e, struct pk_head *resp)
+{
+    struct h1conn *hc = PK_CONTAINER_OF(e, struct h1conn, end);
+    h1_establish(hc, hc->ex, resp);
+}
+
+/* HTTP/1.1 closes the connection after a response that started before the request body
+ * ended (h1_send_head): nothing to do here. */
+static void h1_end_early(struct pk_end *e)
+{
+    PK_UNUSED(e);
+}
+
+static void h1_end_continue(struct pk_end *e)
+{
+    struct h1conn *hc = PK_CONTAINER_OF(e, struct h1conn, end);
+    evbuffer_add_printf(bufferevent_get_output(hc->bev), "HTTP/1.1 100 Continue\r\n\r\n");
+}
+
+static const struct pk_end_ops h1_end_ops = {
+    .send_head = h1_end_send_head,
+    .establish = h1_end_establish,
+    .abort = h1_end_abort,
+    .end_early = h1_end_early,
+    .send_continue = h1_end_continue,
+    .refuse = NULL, /* peer streams are HTTP/2 */
+};
 
 static void h1_req_drained(struct pk_pipe *p, size_t n, void *producer)
 {
@@ -1139,11 +1179,7 @@ static void h1_detach(struct h1conn *hc)
     pk_pipe_set_producer(&ex->req_body, NULL, NULL);
     if (!ex->req_body.eof)
         pk_pipe_abort(&ex->req_body);
-    ex->h1 = NULL;
-    ex->ds_gone = true;
-    if (ex->us && !(ex->resp_body.eof && ex->req_body.eof))
-        pk_h2stream_reset(ex->us, NGHTTP2_CANCEL);
-    ex_maybe_free(ex);
+    ex_down_gone(ex);
 }
 
 static void h1_destroy(struct h1conn *hc)
@@ -1209,7 +1245,7 @@ static bool h1_on_head(struct pk_h1parser *p, void *ud)
     hc->head_start_ms = 0;
     struct exchange *ex = ex_new(hc->srv, hc->ip, hc->port);
     hc->ex = ex;
-    ex->h1 = hc;
+    ex->down = &hc->end;
     hc->keep_alive = p->keep_alive;
     hc->resp_done = false;
     ex->req_has_body = p->chunked || (p->has_length && p->content_length > 0);
@@ -1492,6 +1528,7 @@ static struct h1conn *h1_new(struct pk_server *srv, struct bufferevent *bev, con
     snprintf(hc->ip, sizeof(hc->ip), "%s", ip);
     hc->port = port;
     hc->kick_ev = pk_xevent_new(srv->base, -1, 0, h1_kick_cb, hc);
+    hc->end.ops = &h1_end_ops;
     pk_h1parser_init(&hc->parser, HTTP_REQUEST, srv->cfg->proxy_max_header_bytes, &h1_parser_cbs,
                      hc);
     hc->dc.kind = DCONN_H1;
@@ -1505,21 +1542,71 @@ static struct h1conn *h1_new(struct pk_server *srv, struct bufferevent *bev, con
 
 /* ---- downstream HTTP/2 (h2c prior knowledge) ------------------------------------------- */
 
-static void h2_send_head(struct exchange *ex, struct pk_head *resp, bool body)
+/* A downstream HTTP/2 stream: the end of one exchange, freed when the stream closes. */
+struct h2s {
+    struct pk_end end;
+    struct pk_h2stream *s;
+    struct exchange *ex;
+};
+
+static void h2s_send_head(struct pk_end *e, struct pk_head *resp, bool body)
 {
-    pk_h2stream_respond(ex->ds, resp, body ? &ex->resp_body : NULL);
+    struct h2s *hs = PK_CONTAINER_OF(e, struct h2s, end);
+    pk_h2stream_respond(hs->s, resp, body ? &hs->ex->resp_body : NULL);
 }
+
+static void h2s_establish(struct pk_end *e, struct pk_head *resp)
+{
+    struct h2s *hs = PK_CONTAINER_OF(e, struct h2s, end);
+    /* RFC 8441: an HTTP/2 client sent no key, so it gets no accept (the sidecar
+     * checked it). */
+    pk_hdrs_del(&resp->hdrs, "sec-websocket-accept");
+    resp->status = 200;
+    pk_h2stream_respond(hs->s, resp, &hs->ex->resp_body);
+}
+
+static void h2s_abort(struct pk_end *e)
+{
+    struct h2s *hs = PK_CONTAINER_OF(e, struct h2s, end);
+    pk_h2stream_reset(hs->s, hs->ex->raw ? NGHTTP2_CONNECT_ERROR : NGHTTP2_INTERNAL_ERROR);
+}
+
+static void h2s_end_early(struct pk_end *e)
+{
+    pk_h2stream_end_early(PK_CONTAINER_OF(e, struct h2s, end)->s);
+}
+
+static void h2s_refuse(struct pk_end *e)
+{
+    pk_h2stream_reset(PK_CONTAINER_OF(e, struct h2s, end)->s, NGHTTP2_REFUSED_STREAM);
+}
+
+static const struct pk_end_ops h2s_ops = {
+    .send_head = h2s_send_head,
+    .establish = h2s_establish,
+    .abort = h2s_abort,
+    .end_early = h2s_end_early,
+    .send_continue = NULL, /* an HTTP/2 client does not wait for 100 (RFC 9113 8.1) */
+    .refuse = NULL,        /* set per stream: only the cluster port's streams are refused */
+};
+
+static const struct pk_end_ops h2s_cluster_ops = {
+    .send_head = h2s_send_head,
+    .establish = h2s_establish,
+    .abort = h2s_abort,
+    .end_early = h2s_end_early,
+    .send_continue = NULL,
+    .refuse = h2s_refuse,
+};
 
 static void ds_on_close(struct pk_h2stream *s, uint32_t code, void *ud)
 {
-    struct exchange *ex = ud;
+    struct h2s *hs = ud;
+    struct exchange *ex = hs->ex;
     PK_UNUSED(s);
     PK_UNUSED(code);
-    ex->ds = NULL;
-    ex->ds_gone = true;
-    if (ex->us && !(ex->resp_body.eof && ex->req_body.eof))
-        pk_h2stream_reset(ex->us, NGHTTP2_CANCEL);
-    ex_maybe_free(ex);
+    free(hs);
+    ex_down_gone(ex);
 }
 
 static const struct pk_h2stream_cbs ds_cbs = {.on_close = ds_on_close};
@@ -1538,8 +1625,8 @@ static void h2_body_over_limit(struct pk_pipe *p, void *arg)
     PK_INFO("proxy", "request body over %llu bytes endpoint=%s client=%s",
             (unsigned long long)ex->srv->cfg->proxy_max_body_bytes, ex->endpoint, ex->client);
     ex_fail(ex, 413, "request body too large");
-    if (ex->ds)
-        pk_h2stream_end_early(ex->ds);
+    if (ex->down)
+        ex->down->ops->end_early(ex->down);
 }
 
 static void h2d_on_stream(struct pk_h2conn *c, struct pk_h2stream *s, void *ud)
@@ -1547,8 +1634,12 @@ static void h2d_on_stream(struct pk_h2conn *c, struct pk_h2stream *s, void *ud)
     struct h2down *d = ud;
     PK_UNUSED(c);
     struct exchange *ex = ex_new(d->srv, d->ip, d->port);
-    ex->ds = s;
-    pk_h2stream_set_handler(s, &ds_cbs, ex);
+    struct h2s *hs = pk_xcalloc(1, sizeof(*hs));
+    hs->end.ops = d->dc.cluster ? &h2s_cluster_ops : &h2s_ops;
+    hs->s = s;
+    hs->ex = ex;
+    ex->down = &hs->end;
+    pk_h2stream_set_handler(s, &ds_cbs, hs);
     struct pk_head *in = pk_h2stream_head(s);
     ex->req_has_body = !pk_h2stream_remote_ended(s);
     pk_h2stream_set_sink(s, &ex->req_body);
