@@ -76,8 +76,8 @@ static void detect_event(struct bufferevent *bev, short what, void *arg)
 
 /* Above proxy.max-connections a new connection is closed at once (counted, logged at
  * most once a second): the process keeps its descriptors and memory for the ones it has. */
-bool pk_server_over_limit(struct pk_server *srv, evutil_socket_t fd, long long max, size_t n,
-                          const char *what)
+bool pk_accept_refuse_over_limit(struct pk_server *srv, evutil_socket_t fd, long long max, size_t n,
+                                 const char *what)
 {
     if (max <= 0 || n < (size_t)max)
         return false;
@@ -162,7 +162,7 @@ static void accept_conn(struct pk_server *srv, evutil_socket_t fd, struct sockad
                         bool cluster)
 {
     if (!cluster &&
-        pk_server_over_limit(srv, fd, srv->cfg->proxy_max_connections, srv->nconns, "proxy"))
+        pk_accept_refuse_over_limit(srv, fd, srv->cfg->proxy_max_connections, srv->nconns, "proxy"))
         return;
     /* Counted from accept: a TLS handshake in flight holds a slot like a connection. */
     srv->nconns++;

@@ -100,7 +100,7 @@ static void state_request(struct exchange *ex, const char *path)
     event_add(ex->timer, &tv);
 }
 
-void pk_proxy_state_changed(struct pk_server *srv)
+void pk_cluster_port_state_changed(struct pk_server *srv)
 {
     struct exchange *list = srv->state_waiters;
     srv->state_waiters = NULL;

@@ -479,13 +479,13 @@ void pk_exchange_dispatch(struct exchange *ex)
     }
 }
 
-void pk_proxy_retry_waiting(struct pk_server *srv)
+void pk_exchange_redispatch_all(struct pk_server *srv)
 {
-    pk_proxy_slot_free(srv, NULL);
+    pk_exchange_redispatch(srv, NULL);
 }
 
 /* Re-dispatches the waiting requests of endpoint (NULL: all of them). */
-void pk_proxy_slot_free(struct pk_server *srv, const char *endpoint)
+void pk_exchange_redispatch(struct pk_server *srv, const char *endpoint)
 {
     struct exchange *ready = NULL;
     for (struct exchange **pp = &srv->waiting; *pp;) {

@@ -110,8 +110,8 @@ struct pk_server {
 };
 
 /* accept.c. Closes fd when n >= max (> 0): a listener's connection limit. */
-bool pk_server_over_limit(struct pk_server *srv, evutil_socket_t fd, long long max, size_t n,
-                          const char *what);
+bool pk_accept_refuse_over_limit(struct pk_server *srv, evutil_socket_t fd, long long max, size_t n,
+                                 const char *what);
 
 /* upstream.c */
 int pk_upstream_listen(struct pk_server *srv, char *err, size_t errlen);
@@ -125,7 +125,7 @@ void pk_upstream_drain_all(struct pk_server *srv);
 int pk_proxy_listen(struct pk_server *srv, char *err, size_t errlen);
 /* exchange.c. A tunnel of this endpoint (NULL: of any) has a free slot again, or a new one arrived:
  * the requests waiting for it are dispatched again. */
-void pk_proxy_slot_free(struct pk_server *srv, const char *endpoint);
+void pk_exchange_redispatch(struct pk_server *srv, const char *endpoint);
 /* Drains downstream connections, or (cluster) the connections peers opened to us. */
 void pk_proxy_drain_all(struct pk_server *srv, bool cluster);
 /* Teardown: aborts every downstream connection (deferred) / every tunnel and handshake. */
@@ -146,9 +146,9 @@ int pk_proxy_route(const struct pk_head *req, char *out, size_t outlen, const ch
 /* accept.c (cluster port) */
 int pk_cluster_port_listen(struct pk_server *srv, char *err, size_t errlen);
 /* exchange.c. Re-dispatches every request waiting for a route (a peer's table or link changed). */
-void pk_proxy_retry_waiting(struct pk_server *srv);
+void pk_exchange_redispatch_all(struct pk_server *srv);
 /* clusterport.c. Answers the state long polls (the version moved, or the node is draining). */
-void pk_proxy_state_changed(struct pk_server *srv);
+void pk_cluster_port_state_changed(struct pk_server *srv);
 
 /* tls_ports.c */
 enum pk_port { PK_PORT_PROXY, PK_PORT_UPSTREAM, PK_PORT_ADMIN, PK_PORT_CLUSTER, PK_PORT_COUNT };
