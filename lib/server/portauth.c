@@ -1,7 +1,7 @@
 /* Port authentication (docs/manage/security.md): the verifiers of
  * --{upstream,proxy,admin}.auth.*, the bearer token of a request, the timer that drains a
  * tunnel when its token expires (PROTOCOL.md 1.5) and the admin port's gate. The upstream
- * handshake (upstream.c) and the proxy exchange (proxy.c) verify through
+ * handshake (upstream.c) and the proxy exchange (exchange.c) verify through
  * pk_port_auth_verify and log their rejections with their own tags. */
 #include "admin/admin.h"
 #include "auth/auth.h"

@@ -383,7 +383,7 @@ static void moving_cb(evutil_socket_t fd, short what, void *arg)
         }
     }
     pk_server_state_changed(srv);
-    pk_proxy_retry_waiting(srv);
+    pk_exchange_redispatch_all(srv);
     moving_arm(srv);
 }
 
@@ -397,7 +397,7 @@ static void state_cb(evutil_socket_t fd, short what, void *arg)
 {
     PK_UNUSED(fd);
     PK_UNUSED(what);
-    pk_proxy_state_changed(arg);
+    pk_cluster_port_state_changed(arg);
 }
 
 /* The local node as /status/cluster/nodes lists it. */
@@ -524,7 +524,7 @@ static void check_cb(evutil_socket_t fd, short what, void *arg)
         pk_listener_free(srv->cluster_l);
         srv->cluster_l = NULL;
         srv->cluster_closing = true;
-        pk_proxy_state_changed(srv); /* the long polls are answered now */
+        pk_cluster_port_state_changed(srv); /* the long polls are answered now */
         pk_proxy_drain_all(srv, true);
     }
     if (drained(srv)) {
@@ -599,14 +599,14 @@ void pk_server_shutdown(struct pk_server *srv)
 
 static void cluster_change(void *ud)
 {
-    pk_proxy_retry_waiting(ud);
+    pk_exchange_redispatch_all(ud);
 }
 
 static void cluster_slot(void *ud)
 {
     struct pk_server *srv = ud;
     if (srv->waiting)
-        pk_proxy_retry_waiting(srv);
+        pk_exchange_redispatch_all(srv);
 }
 
 static const struct pk_cluster_cbs cluster_cbs = {.on_change = cluster_change,

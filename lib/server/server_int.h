@@ -1,4 +1,5 @@
-/* Private to lib/server: the types shared by server.c, proxy.c and upstream.c. */
+/* Private to lib/server: the types shared by its files (the proxy and cluster ports'
+ * own private declarations are in exchange.h, end.h and down.h). */
 #ifndef PK_SERVER_INT_H
 #define PK_SERVER_INT_H
 
@@ -108,9 +109,9 @@ struct pk_server {
     struct pk_httpc *auth_http; /* for https JWKS; NULL when none */
 };
 
-/* Closes fd when n >= max (> 0): a listener's connection limit. */
-bool pk_server_over_limit(struct pk_server *srv, evutil_socket_t fd, long long max, size_t n,
-                          const char *what);
+/* accept.c. Closes fd when n >= max (> 0): a listener's connection limit. */
+bool pk_accept_refuse_over_limit(struct pk_server *srv, evutil_socket_t fd, long long max, size_t n,
+                                 const char *what);
 
 /* upstream.c */
 int pk_upstream_listen(struct pk_server *srv, char *err, size_t errlen);
@@ -126,11 +127,11 @@ struct tunnel *pk_upstream_pick(struct pk_server *srv, const char *endpoint, boo
                                 const struct tunnel *avoid);
 void pk_upstream_drain_all(struct pk_server *srv);
 
-/* proxy.c */
+/* accept.c */
 int pk_proxy_listen(struct pk_server *srv, char *err, size_t errlen);
-/* A tunnel of this endpoint (NULL: of any) has a free slot again, or a new one arrived:
+/* exchange.c. A tunnel of this endpoint (NULL: of any) has a free slot again, or a new one arrived:
  * the requests waiting for it are dispatched again. */
-void pk_proxy_slot_free(struct pk_server *srv, const char *endpoint);
+void pk_exchange_redispatch(struct pk_server *srv, const char *endpoint);
 /* Drains downstream connections, or (cluster) the connections peers opened to us. */
 void pk_proxy_drain_all(struct pk_server *srv, bool cluster);
 /* Teardown: aborts every downstream connection (deferred) / every tunnel and handshake. */
@@ -143,17 +144,17 @@ struct json_object *pk_upstream_table_json(struct pk_server *srv, size_t *neps, 
 bool pk_upstream_shed_one(struct pk_server *srv);
 size_t pk_upstream_count(struct pk_server *srv);
 
-/* Chooses the endpoint of a request (PROTOCOL.md 4): x-piko-endpoint, x-endpoint-id, then
+/* route.c. Chooses the endpoint of a request (PROTOCOL.md 4): x-piko-endpoint, x-endpoint-id, then
  * the first label of a Host that has a dot and is not an IP literal. Returns 0 with the id
  * in out, or an HTTP status (400) with *msg. Pure: also called by tests/fuzz. */
 int pk_proxy_route(const struct pk_head *req, char *out, size_t outlen, const char **msg);
 
-/* proxy.c (cluster port) */
+/* accept.c (cluster port) */
 int pk_cluster_port_listen(struct pk_server *srv, char *err, size_t errlen);
-/* Re-dispatches every request waiting for a route (a peer's table or link changed). */
-void pk_proxy_retry_waiting(struct pk_server *srv);
-/* Answers the state long polls (the version moved, or the node is draining). */
-void pk_proxy_state_changed(struct pk_server *srv);
+/* exchange.c. Re-dispatches every request waiting for a route (a peer's table or link changed). */
+void pk_exchange_redispatch_all(struct pk_server *srv);
+/* clusterport.c. Answers the state long polls (the version moved, or the node is draining). */
+void pk_cluster_port_state_changed(struct pk_server *srv);
 
 /* tls_ports.c */
 enum pk_port { PK_PORT_PROXY, PK_PORT_UPSTREAM, PK_PORT_ADMIN, PK_PORT_CLUSTER, PK_PORT_COUNT };

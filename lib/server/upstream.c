@@ -187,7 +187,7 @@ static void tunnel_ready(struct pk_h2conn *c, void *ud)
         return;
     }
     ep_add(t->srv, t);
-    pk_proxy_slot_free(t->srv, t->endpoint_id);
+    pk_exchange_redispatch(t->srv, t->endpoint_id);
 }
 
 static void tunnel_goaway(struct pk_h2conn *c, uint32_t error_code, void *ud)
@@ -204,7 +204,7 @@ static void tunnel_stream_closed(struct pk_h2conn *c, void *ud)
     struct tunnel *t = ud;
     PK_UNUSED(c);
     if (t->ep)
-        pk_proxy_slot_free(t->srv, t->endpoint_id);
+        pk_exchange_redispatch(t->srv, t->endpoint_id);
 }
 
 static void tunnel_closed(struct pk_h2conn *c, const char *why, void *ud)
@@ -476,8 +476,8 @@ static void upstream_accept(evutil_socket_t fd, struct sockaddr *sa, int salen, 
 {
     struct pk_server *srv = arg;
     PK_UNUSED(salen);
-    if (pk_server_over_limit(srv, fd, srv->cfg->upstream_max_connections, srv->ntunnels_open,
-                             "upstream"))
+    if (pk_accept_refuse_over_limit(srv, fd, srv->cfg->upstream_max_connections, srv->ntunnels_open,
+                                    "upstream"))
         return;
     /* Counted from accept: handshakes in flight hold a slot like tunnels. */
     srv->ntunnels_open++;

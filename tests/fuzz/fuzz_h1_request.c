@@ -1,7 +1,7 @@
 /* fuzz_h1_request: the downstream HTTP/1.1 side of piko-server's proxy port.
  *
  * The input is a byte stream from a client, delivered in pieces (tests/fuzz/fuzz.h) to
- * pk_h1parser (HTTP_REQUEST, 64 KiB head limit) the way lib/server/proxy.c h1_process()
+ * pk_h1parser (HTTP_REQUEST, 64 KiB head limit) the way lib/server/h1down.c h1_process()
  * does: whatever is buffered, again after each complete message (pk_h1parser_next) while the
  * connection stays keep-alive. For each head, the target replays what the proxy does before
  * it sends the request on a tunnel (h1_on_head, route, prepare_request: Host to authority,
@@ -9,7 +9,7 @@
  * checks invariants on the parser's output and on that HTTP/2 request, then hands it with
  * its body and trailers to an in-memory nghttp2 peer (h2check.h), which must accept it.
  *
- * The replayed proxy logic is a copy: keep it in step with lib/server/proxy.c.
+ * The replayed proxy logic is a copy: keep it in step with lib/server/h1down.c and exchange.c.
  *
  * Known findings, reported and not yet fixed in lib/ (docs/fuzzing.md); the target lets
  * them pass unless PIKO_FUZZ_STRICT=1:
@@ -271,14 +271,14 @@ static void check_converted(const struct msg *m)
 
 /* ---- the proxy, replayed ------------------------------------------------------------ */
 
-/* proxy.c's own routing (pk_proxy_route). */
+/* route.c, the proxy's own routing (pk_proxy_route). */
 static int route(const struct pk_head *req, char *out, size_t outlen)
 {
     const char *msg = NULL;
     return pk_proxy_route(req, out, outlen, &msg);
 }
 
-/* proxy.c prepare_request(); moves method, path and fields out of in. */
+/* exchange.c prepare_request(); moves method, path and fields out of in. */
 static void prepare_request(struct msg *m, struct pk_head *in)
 {
     struct pk_head *r = &m->req;
@@ -303,7 +303,8 @@ static void prepare_request(struct msg *m, struct pk_head *in)
     pk_hdrs_add_str(&r->hdrs, "piko-client-addr", CLIENT_ADDR);
 }
 
-/* proxy.c h1_on_head() and ex_start(); sets m->forwarded when the request goes out. */
+/* h1down.c h1_on_head() and exchange.c pk_exchange_start(); sets m->forwarded when the request goes
+ * out. */
 static void proxy_head(struct msg *m, struct pk_h1parser *p)
 {
     struct pk_head *in = &p->head;

@@ -1,0 +1,109 @@
+/* Routing a proxy request to an endpoint (PROTOCOL.md 4), and the checks of its target
+ * and authority. Pure functions: also called by tests/fuzz. */
+#include "base/base.h"
+#include "server/server_int.h"
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <string.h>
+
+/* RFC 3986 3.2.2-3.2.3: a reg-name or IPv4 address (unreserved, pct-encoded, sub-delims)
+ * or an [IP-literal], then an optional :port of digits. No userinfo, no whitespace. */
+static bool authority_valid(const char *a)
+{
+    const char *p = a;
+    if (*p == '[') {
+        const char *end = strchr(p, ']');
+        if (!end || end == p + 1)
+            return false;
+        for (const char *q = p + 1; q < end; q++)
+            if (!strchr("0123456789abcdefABCDEF:.", *q) && !(*q >= 'a' && *q <= 'z') &&
+                !(*q >= 'A' && *q <= 'Z') && *q != '%' && *q != '_' && *q != '~' && *q != '-')
+                return false;
+        p = end + 1;
+    } else {
+        for (; *p && *p != ':'; p++) {
+            unsigned char c = (unsigned char)*p;
+            bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                      strchr("-._~%!$&'()*+,;=", c);
+            if (!ok || c == '\0')
+                return false;
+        }
+        if (p == a)
+            return false;
+    }
+    if (*p == '\0')
+        return true;
+    if (*p != ':')
+        return false;
+    for (p++; *p; p++)
+        if (*p < '0' || *p > '9')
+            return false;
+    return true;
+}
+
+/* An origin-form target (RFC 9112 3.2.1: it starts with '/'; '*' only with OPTIONS),
+ * without whitespace, control characters or a fragment: anything else would reach the
+ * service as something it may read differently. */
+static bool target_valid(const char *method, const char *path)
+{
+    if (!path || !*path)
+        return false;
+    if (strcmp(path, "*") == 0)
+        return method && strcmp(method, "OPTIONS") == 0;
+    if (path[0] != '/')
+        return false;
+    for (const unsigned char *p = (const unsigned char *)path; *p; p++)
+        if (*p <= 0x20 || *p == 0x7f || *p == '#')
+            return false;
+    return true;
+}
+
+/* Chooses the endpoint (PROTOCOL.md 4): x-piko-endpoint, x-endpoint-id, then the first
+ * label of a Host that has a dot and is not an IP literal. The target and the authority
+ * are checked first (400 "invalid request target" / "invalid host"). Returns 0 or an HTTP
+ * status. */
+int pk_proxy_route(const struct pk_head *req, char *out, size_t outlen, const char **msg)
+{
+    bool connect = req->method && strcmp(req->method, "CONNECT") == 0;
+    if (!connect && !target_valid(req->method, req->path)) {
+        *msg = "invalid request target";
+        return 400;
+    }
+    if (req->authority && !authority_valid(req->authority)) {
+        *msg = "invalid host";
+        return 400;
+    }
+    const char *id = pk_hdrs_get(&req->hdrs, "x-piko-endpoint");
+    if (!id)
+        id = pk_hdrs_get(&req->hdrs, "x-endpoint-id");
+    size_t len = id ? strlen(id) : 0;
+    if (!id && req->authority) {
+        const char *host = req->authority;
+        char buf[256];
+        struct in6_addr a6;
+        size_t hlen = strcspn(host, ":");
+        if (host[0] == '[' || hlen >= sizeof(buf)) {
+            host = NULL;
+        } else {
+            memcpy(buf, host, hlen);
+            buf[hlen] = '\0';
+            if (!strchr(buf, '.') || inet_pton(AF_INET, buf, &a6) == 1)
+                host = NULL;
+        }
+        if (host) {
+            id = host;
+            len = strcspn(host, ".");
+        }
+    }
+    if (!id) {
+        *msg = "missing endpoint id";
+        return 400;
+    }
+    if (!pk_endpoint_id_valid(id, len)) {
+        *msg = "invalid endpoint id";
+        return 400;
+    }
+    snprintf(out, outlen, "%.*s", (int)len, id);
+    return 0;
+}
