@@ -424,11 +424,9 @@ static void h1_process(struct h1conn *hc)
             hc->read_paused = true;
             break;
         }
-        size_t len = evbuffer_get_length(in);
-        size_t chunk = PK_MIN(len, (size_t)65536);
-        const char *data = (const char *)evbuffer_pullup(in, (ssize_t)chunk);
         bool had_ex = hc->ex != NULL;
-        ssize_t n = pk_h1parser_feed(&hc->parser, data, chunk);
+        /* At most 64 KiB at a time: the request pipe's mark is checked between feeds. */
+        ssize_t n = pk_h1parser_feed_evbuffer(&hc->parser, in, 65536);
         if (n < 0) {
             if (had_ex || hc->ex) {
                 PK_INFO("proxy", "bad request body client=%s:%u: %s", hc->ip, hc->port,
@@ -450,7 +448,6 @@ static void h1_process(struct h1conn *hc)
                 h1_reject(hc, 400, "malformed request");
             return;
         }
-        evbuffer_drain(in, (size_t)n);
         if (!hc->ex && !hc->parser.head_done && n > 0 && head_deadline(hc) != 0)
             return;
         if (n == 0 && !hc->parser.message_done)
