@@ -74,8 +74,8 @@ static void fx_init(struct fixture *fx)
 {
     memset(fx, 0, sizeof(*fx));
     fx->base = event_base_new();
-    fx->srv.base = fx->base;
-    fx->srv.cfg = &fx->cfg;
+    fx->srv.loop.base = fx->base;
+    fx->srv.node.cfg = &fx->cfg;
 }
 
 static int fx_auth(struct fixture *fx)
@@ -94,9 +94,9 @@ static void test_ports_open_by_default(void)
     struct fixture fx;
     fx_init(&fx);
     CU_ASSERT_EQUAL(fx_auth(&fx), 0);
-    CU_ASSERT_PTR_NULL(fx.srv.upstream_auth);
-    CU_ASSERT_PTR_NULL(fx.srv.proxy_auth);
-    CU_ASSERT_PTR_NULL(fx.srv.admin_auth);
+    CU_ASSERT_PTR_NULL(fx.srv.node.upstream_auth);
+    CU_ASSERT_PTR_NULL(fx.srv.node.proxy_auth);
+    CU_ASSERT_PTR_NULL(fx.srv.node.admin_auth);
     fx_free(&fx);
 }
 
@@ -109,9 +109,9 @@ static void test_pem_as_text_and_as_path(void)
     fx.cfg.upstream_auth.ecdsa_public_key = pem;
     fx.cfg.admin_auth.ecdsa_public_key = path;
     CU_ASSERT_EQUAL(fx_auth(&fx), 0);
-    CU_ASSERT_PTR_NOT_NULL(fx.srv.upstream_auth);
-    CU_ASSERT_PTR_NOT_NULL(fx.srv.admin_auth);
-    CU_ASSERT_PTR_NULL(fx.srv.proxy_auth);
+    CU_ASSERT_PTR_NOT_NULL(fx.srv.node.upstream_auth);
+    CU_ASSERT_PTR_NOT_NULL(fx.srv.node.admin_auth);
+    CU_ASSERT_PTR_NULL(fx.srv.node.proxy_auth);
     fx_free(&fx);
     free(pem);
     free(path);
@@ -186,7 +186,7 @@ static enum pk_auth_result verify(struct fixture *fx, const char *const *fields,
     for (size_t i = 0; i + 1 < n; i += 2)
         pk_hdrs_add_str(&h, fields[i], fields[i + 1]);
     CU_ASSERT_PTR_NOT_NULL(
-        pk_port_auth_verify(fx->srv.proxy_auth, &h, from_authorization, verified, &o));
+        pk_port_auth_verify(fx->srv.node.proxy_auth, &h, from_authorization, verified, &o));
     pk_hdrs_free(&h); /* the token is copied when the verification must wait */
     for (int i = 0; i < 100 && !o.done; i++)
         event_base_loop(fx->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);

@@ -38,7 +38,7 @@ static void detect_read(struct bufferevent *bev, void *arg)
     size_t n = PK_MIN(len, (size_t)H2_PREFACE_LEN);
     const char *data = (const char *)evbuffer_pullup(in, (ssize_t)n);
     bool h2 = memcmp(data, H2_PREFACE, n) == 0;
-    uint64_t now = pk_now_ms(), limit = dt->srv->cfg->proxy_head_timeout_ms;
+    uint64_t now = pk_now_ms(), limit = dt->srv->node.cfg->proxy_head_timeout_ms;
     if (!dt->first_ms)
         dt->first_ms = now;
     if (h2 && n < H2_PREFACE_LEN) {
@@ -58,7 +58,7 @@ static void detect_read(struct bufferevent *bev, void *arg)
         return;
     }
     struct h1conn *hc = pk_h1down_new(d.srv, bev, d.ip, d.port, d.dc.cluster, d.first_ms);
-    pk_down_set_timeout(bev, d.srv->cfg->proxy_head_timeout_ms);
+    pk_down_set_timeout(bev, d.srv->node.cfg->proxy_head_timeout_ms);
     pk_h1down_process(hc);
 }
 
@@ -70,7 +70,7 @@ static void detect_event(struct bufferevent *bev, short what, void *arg)
     pk_list_remove(&dt->dc.link);
     free(dt);
     bufferevent_free(bev);
-    srv->nconns--;
+    srv->loop.nconns--;
     pk_server_check_drained(srv);
 }
 
@@ -82,13 +82,13 @@ bool pk_accept_refuse_over_limit(struct pk_server *srv, evutil_socket_t fd, long
     if (max <= 0 || n < (size_t)max)
         return false;
     evutil_closesocket(fd);
-    srv->refused_conns++;
+    srv->loop.refused_conns++;
     uint64_t now = pk_now_ms();
-    if (now - srv->refused_log_ms >= 1000) {
-        srv->refused_log_ms = now;
+    if (now - srv->loop.refused_log_ms >= 1000) {
+        srv->loop.refused_log_ms = now;
         PK_WARN("server",
                 "%s connection limit (%lld) reached: new connections closed (%llu so far)", what,
-                max, (unsigned long long)srv->refused_conns);
+                max, (unsigned long long)srv->loop.refused_conns);
     }
     return true;
 }
@@ -97,7 +97,7 @@ bool pk_accept_refuse_over_limit(struct pk_server *srv, evutil_socket_t fd, long
  * timeout fires rather than none being set). */
 static uint64_t head_left(struct pk_server *srv, uint64_t accept_ms)
 {
-    uint64_t limit = srv->cfg->proxy_head_timeout_ms, spent = pk_now_ms() - accept_ms;
+    uint64_t limit = srv->node.cfg->proxy_head_timeout_ms, spent = pk_now_ms() - accept_ms;
     return spent < limit ? limit - spent : 1;
 }
 
@@ -126,7 +126,7 @@ static void conn_start(struct pk_server *srv, struct bufferevent *bev, const str
     dt->bev = bev;
     dt->dc.kind = DCONN_DETECT;
     dt->first_ms = accept_ms;
-    pk_list_insert(&srv->conns, &dt->dc.link);
+    pk_list_insert(&srv->loop.conns, &dt->dc.link);
     pk_down_set_timeout(bev, head_left(srv, accept_ms));
     bufferevent_setcb(bev, detect_read, NULL, detect_event, dt);
     bufferevent_enable(bev, EV_READ | EV_WRITE);
@@ -136,10 +136,10 @@ static void tls_accepted(struct pk_server *srv, struct bufferevent *bev, const s
                          const char *alpn, uint64_t accept_ms, bool cluster)
 {
     /* Failed, or the listener closed while the handshake ran: nothing new is served. */
-    if (!bev || (cluster ? srv->cluster_closing : srv->drain_final)) {
+    if (!bev || (cluster ? srv->node.cluster_closing : srv->node.drain_final)) {
         if (bev)
             bufferevent_free(bev);
-        srv->nconns--;
+        srv->loop.nconns--;
         pk_server_check_drained(srv);
         return;
     }
@@ -161,22 +161,22 @@ static void cluster_tls_accepted(struct bufferevent *bev, const struct sockaddr 
 static void accept_conn(struct pk_server *srv, evutil_socket_t fd, struct sockaddr *sa,
                         bool cluster)
 {
-    if (!cluster &&
-        pk_accept_refuse_over_limit(srv, fd, srv->cfg->proxy_max_connections, srv->nconns, "proxy"))
+    if (!cluster && pk_accept_refuse_over_limit(srv, fd, srv->node.cfg->proxy_max_connections,
+                                                srv->loop.nconns, "proxy"))
         return;
     /* Counted from accept: a TLS handshake in flight holds a slot like a connection. */
-    srv->nconns++;
+    srv->loop.nconns++;
     struct pk_tls_server *ts = pk_server_tls_port(srv, cluster ? PK_PORT_CLUSTER : PK_PORT_PROXY);
     if (ts) {
-        pk_tls_accept(ts, fd, sa, srv->cfg->proxy_head_timeout_ms,
+        pk_tls_accept(ts, fd, sa, srv->node.cfg->proxy_head_timeout_ms,
                       cluster ? cluster_tls_accepted : proxy_tls_accepted, srv);
         return;
     }
     pk_tune_socket(fd);
-    struct bufferevent *bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    struct bufferevent *bev = bufferevent_socket_new(srv->loop.base, fd, BEV_OPT_CLOSE_ON_FREE);
     if (!bev) {
         evutil_closesocket(fd);
-        srv->nconns--;
+        srv->loop.nconns--;
         return;
     }
     conn_start(srv, bev, sa, cluster, NULL, pk_now_ms());
@@ -196,22 +196,23 @@ static void cluster_accept(evutil_socket_t fd, struct sockaddr *sa, int salen, v
 
 int pk_proxy_listen(struct pk_server *srv, char *err, size_t errlen)
 {
-    srv->proxy_l = pk_listener_new(srv->base, "proxy", srv->cfg->proxy_bind_addr, proxy_accept, srv,
-                                   err, errlen);
-    return srv->proxy_l ? 0 : PK_ERR_IO;
+    srv->loop.proxy_l = pk_listener_new(srv->loop.base, "proxy", srv->node.cfg->proxy_bind_addr,
+                                        proxy_accept, srv, err, errlen);
+    return srv->loop.proxy_l ? 0 : PK_ERR_IO;
 }
 
 int pk_cluster_port_listen(struct pk_server *srv, char *err, size_t errlen)
 {
-    srv->cluster_l = pk_listener_new(srv->base, "cluster", srv->cfg->cluster_bind_addr,
-                                     cluster_accept, srv, err, errlen);
-    return srv->cluster_l ? 0 : PK_ERR_IO;
+    srv->loop.cluster_l =
+        pk_listener_new(srv->loop.base, "cluster", srv->node.cfg->cluster_bind_addr, cluster_accept,
+                        srv, err, errlen);
+    return srv->loop.cluster_l ? 0 : PK_ERR_IO;
 }
 
 void pk_proxy_drain_all(struct pk_server *srv, bool cluster)
 {
     struct pk_list *l, *next;
-    for (l = srv->conns.next; l != &srv->conns; l = next) {
+    for (l = srv->loop.conns.next; l != &srv->loop.conns; l = next) {
         next = l->next;
         struct dconn *dc = PK_CONTAINER_OF(l, struct dconn, link);
         if (dc->cluster != cluster)
@@ -231,7 +232,7 @@ void pk_proxy_drain_all(struct pk_server *srv, bool cluster)
 void pk_proxy_abort_all(struct pk_server *srv)
 {
     struct pk_list *l, *next;
-    for (l = srv->conns.next; l != &srv->conns; l = next) {
+    for (l = srv->loop.conns.next; l != &srv->loop.conns; l = next) {
         next = l->next;
         struct dconn *dc = PK_CONTAINER_OF(l, struct dconn, link);
         if (dc->kind == DCONN_H2)

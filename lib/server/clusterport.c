@@ -23,7 +23,7 @@
 static bool secret_ok(struct pk_server *srv, const struct pk_hdrs *h, bool allow_authorization,
                       const char **why)
 {
-    const char *secret = srv->cfg->cluster_secret;
+    const char *secret = srv->node.cfg->cluster_secret;
     if (!secret || !*secret)
         return true;
     /* With cluster mTLS every connection here presented a certificate signed by
@@ -87,42 +87,42 @@ static void state_request(struct exchange *ex, const char *path)
     bool has_after = q && query_u64(q + 1, "after", &after, false);
     if (q && !query_u64(q + 1, "wait", &wait, true))
         wait = 0;
-    if (!has_after || srv->state_version > after || wait == 0 || srv->cluster_closing) {
+    if (!has_after || srv->node.state_version > after || wait == 0 || srv->node.cluster_closing) {
         state_reply(ex);
         return;
     }
     wait = PK_MIN(wait, (uint64_t)MAX_STATE_WAIT);
     ex->state_wait = true;
     ex->state_after = after;
-    ex->wnext = srv->state_waiters;
-    srv->state_waiters = ex;
+    ex->wnext = srv->loop.state_waiters;
+    srv->loop.state_waiters = ex;
     struct timeval tv = pk_ms_timeval(wait);
     event_add(ex->timer, &tv);
 }
 
 void pk_cluster_port_state_changed(struct pk_server *srv)
 {
-    struct exchange *list = srv->state_waiters;
-    srv->state_waiters = NULL;
+    struct exchange *list = srv->loop.state_waiters;
+    srv->loop.state_waiters = NULL;
     while (list) {
         struct exchange *ex = list;
         list = ex->wnext;
         ex->wnext = NULL;
         ex->state_wait = false;
-        if (srv->state_version > ex->state_after || srv->cluster_closing) {
+        if (srv->node.state_version > ex->state_after || srv->node.cluster_closing) {
             event_del(ex->timer);
             state_reply(ex);
         } else {
             ex->state_wait = true;
-            ex->wnext = srv->state_waiters;
-            srv->state_waiters = ex;
+            ex->wnext = srv->loop.state_waiters;
+            srv->loop.state_waiters = ex;
         }
     }
 }
 
 void pk_cluster_port_unwait(struct exchange *ex)
 {
-    for (struct exchange **pp = &ex->srv->state_waiters; *pp; pp = &(*pp)->wnext) {
+    for (struct exchange **pp = &ex->srv->loop.state_waiters; *pp; pp = &(*pp)->wnext) {
         if (*pp == ex) {
             *pp = ex->wnext;
             break;
@@ -189,7 +189,7 @@ void pk_cluster_port_start(struct exchange *ex, struct pk_head *in)
     pk_hdrs_del(&r->hdrs, "piko-authorization");
     pk_hdrs_del(&r->hdrs, "piko-endpoint");
     pk_hdrs_del(&r->hdrs, "piko-forwarded-by");
-    struct timeval tv = pk_ms_timeval(srv->cfg->proxy_timeout_ms);
+    struct timeval tv = pk_ms_timeval(srv->node.cfg->proxy_timeout_ms);
     event_add(ex->timer, &tv);
     pk_exchange_dispatch(ex);
 }

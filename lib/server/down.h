@@ -14,7 +14,7 @@
 struct pk_server;
 struct h1conn;
 
-/* Every downstream connection is on srv->conns, whatever its protocol. */
+/* Every downstream connection is on srv->loop.conns, whatever its protocol. */
 enum dconn_kind { DCONN_DETECT, DCONN_H1, DCONN_H2 };
 
 struct dconn {

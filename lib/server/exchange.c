@@ -31,9 +31,9 @@ struct exchange *pk_exchange_new(struct pk_server *srv, const char *ip, uint16_t
     snprintf(ex->ip, sizeof(ex->ip), "%s", ip);
     ex->port = port;
     pk_head_init(&ex->held);
-    ex->timer = pk_xevent_new(srv->base, -1, 0, ex_timer_cb, ex);
+    ex->timer = pk_xevent_new(srv->loop.base, -1, 0, ex_timer_cb, ex);
     ex->start_ms = pk_now_ms();
-    srv->nexchanges++;
+    srv->loop.nexchanges++;
     return ex;
 }
 
@@ -45,7 +45,7 @@ static void ex_unwait(struct exchange *ex)
     }
     if (!ex->waiting)
         return;
-    for (struct exchange **pp = &ex->srv->waiting; *pp; pp = &(*pp)->wnext) {
+    for (struct exchange **pp = &ex->srv->loop.waiting; *pp; pp = &(*pp)->wnext) {
         if (*pp == ex) {
             *pp = ex->wnext;
             break;
@@ -74,7 +74,7 @@ static void ex_maybe_free(struct exchange *ex)
     pk_pipe_free(&ex->req_body);
     pk_pipe_free(&ex->resp_body);
     free(ex);
-    srv->nexchanges--;
+    srv->loop.nexchanges--;
     pk_server_check_drained(srv);
 }
 
@@ -104,12 +104,12 @@ static void ex_arm(struct exchange *ex, uint64_t ms)
 static void ex_arm_head_wait(struct exchange *ex)
 {
     ex->stall_mode = false;
-    ex_arm(ex, ex->srv->cfg->proxy_timeout_ms);
+    ex_arm(ex, ex->srv->node.cfg->proxy_timeout_ms);
 }
 
 static uint64_t stall_interval(const struct exchange *ex)
 {
-    return PK_MAX(ex->srv->cfg->proxy_stall_timeout_ms / 4, (uint64_t)50);
+    return PK_MAX(ex->srv->node.cfg->proxy_stall_timeout_ms / 4, (uint64_t)50);
 }
 
 static uint64_t ex_progress(const struct exchange *ex)
@@ -123,7 +123,7 @@ static uint64_t ex_progress(const struct exchange *ex)
  * idle timeout instead. */
 static void ex_arm_stall(struct exchange *ex)
 {
-    if (ex->raw || !ex->srv->cfg->proxy_stall_timeout_ms) {
+    if (ex->raw || !ex->srv->node.cfg->proxy_stall_timeout_ms) {
         event_del(ex->timer);
         return;
     }
@@ -156,7 +156,7 @@ static void ex_stall_check(struct exchange *ex)
         return;
     }
     ex->stalled_ms += stall_interval(ex);
-    if (ex->stalled_ms < ex->srv->cfg->proxy_stall_timeout_ms) {
+    if (ex->stalled_ms < ex->srv->node.cfg->proxy_stall_timeout_ms) {
         ex_arm(ex, stall_interval(ex));
         return;
     }
@@ -165,7 +165,7 @@ static void ex_stall_check(struct exchange *ex)
     const char *who =
         response ? (pk_pipe_full(&ex->resp_body) ? "client not reading" : "service not sending")
                  : (pk_pipe_full(&ex->req_body) ? "service not reading" : "client not sending");
-    ex->srv->stalled++;
+    ex->srv->loop.stalled++;
     PK_INFO("proxy",
             "stalled endpoint=%s client=%s path=%.200s: %s, no body byte moved for %llums "
             "(in=%llu out=%llu): aborted",
@@ -203,7 +203,7 @@ static void ex_timer_cb(evutil_socket_t fd, short what, void *arg)
     if (ex->auth) {
         /* The JWKS fetch the verification waits for is the upstream that timed out. */
         PK_WARN("proxy", "token verification not done after %llums client=%s: 504",
-                (unsigned long long)ex->srv->cfg->proxy_timeout_ms, ex->client);
+                (unsigned long long)ex->srv->node.cfg->proxy_timeout_ms, ex->client);
         pk_auth_cancel(ex->auth);
         ex->auth = NULL;
         pk_exchange_fail(ex, 504, "upstream timeout");
@@ -211,7 +211,7 @@ static void ex_timer_cb(evutil_socket_t fd, short what, void *arg)
     }
     PK_INFO("proxy", "upstream timeout endpoint=%s client=%s path=%s after=%llums", ex->endpoint,
             ex->client, ex->req.path ? ex->req.path : "-",
-            (unsigned long long)ex->srv->cfg->proxy_timeout_ms);
+            (unsigned long long)ex->srv->node.cfg->proxy_timeout_ms);
     ex->timed_out = true;
     ex_unwait(ex);
     if (ex->us)
@@ -402,8 +402,8 @@ static void ex_no_route(struct exchange *ex, bool exists, bool pexists)
      * slot (PROTOCOL.md 1.5), up to proxy.timeout. */
     if (!ex->waiting) {
         ex->waiting = true;
-        ex->wnext = srv->waiting;
-        srv->waiting = ex;
+        ex->wnext = srv->loop.waiting;
+        srv->loop.waiting = ex;
     }
 }
 
@@ -418,9 +418,9 @@ static struct pk_h2stream *ex_forward(struct exchange *ex, struct pk_peer *peer)
     ex->last_tunnel = NULL;
     struct pk_hdrs *h = &ex->req.hdrs;
     pk_hdrs_add_str(h, "piko-endpoint", ex->endpoint);
-    pk_hdrs_add_str(h, "piko-forwarded-by", srv->node_id);
-    if (srv->cfg->cluster_secret && *srv->cfg->cluster_secret) {
-        char *auth = pk_xasprintf("Bearer %s", srv->cfg->cluster_secret);
+    pk_hdrs_add_str(h, "piko-forwarded-by", srv->node.node_id);
+    if (srv->node.cfg->cluster_secret && *srv->node.cfg->cluster_secret) {
+        char *auth = pk_xasprintf("Bearer %s", srv->node.cfg->cluster_secret);
         pk_hdrs_add_str(h, "piko-authorization", auth);
         free(auth);
     }
@@ -443,8 +443,8 @@ void pk_exchange_dispatch(struct exchange *ex)
     struct tunnel *t =
         pk_upstream_pick(srv, ex->endpoint, &exists, ex->retried ? ex->last_tunnel : NULL);
     struct pk_peer *peer = NULL;
-    if (!t && !ex->forwarded && srv->cluster)
-        peer = pk_cluster_pick(srv->cluster, ex->endpoint, ex->retried ? ex->last_peer : NULL,
+    if (!t && !ex->forwarded && srv->node.cluster)
+        peer = pk_cluster_pick(srv->node.cluster, ex->endpoint, ex->retried ? ex->last_peer : NULL,
                                &pexists);
     if (!t && !peer) {
         ex_no_route(ex, exists, pexists);
@@ -488,7 +488,7 @@ void pk_exchange_redispatch_all(struct pk_server *srv)
 void pk_exchange_redispatch(struct pk_server *srv, const char *endpoint)
 {
     struct exchange *ready = NULL;
-    for (struct exchange **pp = &srv->waiting; *pp;) {
+    for (struct exchange **pp = &srv->loop.waiting; *pp;) {
         struct exchange *ex = *pp;
         if (!endpoint || strcmp(ex->endpoint, endpoint) == 0) {
             *pp = ex->wnext;
@@ -560,7 +560,7 @@ static void ex_route(struct exchange *ex, struct pk_head *in, const struct pk_cl
         return;
     }
     if (claims && !pk_auth_allows(claims, ex->endpoint)) {
-        pk_port_auth_not_permitted(ex->srv->proxy_auth);
+        pk_port_auth_not_permitted(ex->srv->node.proxy_auth);
         PK_INFO("proxy", "request refused endpoint=%s client=%s status=403 reason=%s", ex->endpoint,
                 ex->client, pk_auth_result_str(PK_AUTH_ENDPOINT_NOT_PERMITTED));
         pk_exchange_fail(ex, 403, pk_auth_http_message(PK_AUTH_ENDPOINT_NOT_PERMITTED));
@@ -595,7 +595,7 @@ static void ex_route(struct exchange *ex, struct pk_head *in, const struct pk_cl
         pk_hdrs_del(&r->hdrs, "content-length");
     }
     if (!evtimer_pending(ex->timer, NULL)) {
-        struct timeval tv = pk_ms_timeval(ex->srv->cfg->proxy_timeout_ms);
+        struct timeval tv = pk_ms_timeval(ex->srv->node.cfg->proxy_timeout_ms);
         event_add(ex->timer, &tv);
     }
     pk_exchange_dispatch(ex);
@@ -627,7 +627,7 @@ void pk_exchange_start(struct exchange *ex, struct pk_head *in)
         pk_cluster_port_start(ex, in);
         return;
     }
-    if (!ex->srv->proxy_auth) {
+    if (!ex->srv->node.proxy_auth) {
         ex_route(ex, in, NULL);
         return;
     }
@@ -643,8 +643,8 @@ void pk_exchange_start(struct exchange *ex, struct pk_head *in)
     }
     ex->held = *in;
     pk_head_init(in);
-    struct timeval tv = pk_ms_timeval(ex->srv->cfg->proxy_timeout_ms);
+    struct timeval tv = pk_ms_timeval(ex->srv->node.cfg->proxy_timeout_ms);
     event_add(ex->timer, &tv);
-    ex->auth = pk_port_auth_verify(ex->srv->proxy_auth, &ex->held.hdrs,
+    ex->auth = pk_port_auth_verify(ex->srv->node.proxy_auth, &ex->held.hdrs,
                                    &ex->auth_from_authorization, ex_verified, ex);
 }

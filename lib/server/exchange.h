@@ -45,7 +45,7 @@ struct exchange {
     bool expect_continue;
     bool cluster;    /* arrived on the cluster port (a peer's stream or a state call) */
     bool forwarded;  /* a peer's stream: local tunnels only (one hop) */
-    bool state_wait; /* a state long poll waiting in srv->state_waiters */
+    bool state_wait; /* a state long poll waiting in srv->loop.state_waiters */
     bool body_too_large;
     bool answered; /* the proxy answered itself (an error or a state): nothing more goes down */
     uint64_t state_after;
@@ -108,7 +108,7 @@ void pk_exchange_cancel(struct exchange *ex);
 /* A request on the cluster port: a state call, or a stream a peer forwards to one of our
  * tunnels. */
 void pk_cluster_port_start(struct exchange *ex, struct pk_head *in);
-/* Takes a state long poll off srv->state_waiters. */
+/* Takes a state long poll off srv->loop.state_waiters. */
 void pk_cluster_port_unwait(struct exchange *ex);
 /* The long poll's wait is over: answers with the state as it is. */
 void pk_cluster_port_state_timeout(struct exchange *ex);

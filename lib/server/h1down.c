@@ -100,7 +100,7 @@ static void h1_send_head(struct h1conn *hc, struct exchange *ex, struct pk_head 
     }
     /* A response that starts while the request body is still arriving closes the
      * connection: the service may not read the rest (PROTOCOL.md 1.3). */
-    if (hc->srv->draining || (ex->req_has_body && !ex->req_body.eof))
+    if (hc->srv->node.draining || (ex->req_has_body && !ex->req_body.eof))
         hc->keep_alive = false;
     if (!hc->keep_alive)
         pk_hdrs_set(&resp->hdrs, "connection", "close");
@@ -133,10 +133,10 @@ static void h1_establish(struct h1conn *hc, struct exchange *ex, struct pk_head 
     pk_hdrs_set(&resp->hdrs, "upgrade", ex->token);
     pk_h1_write_response_head(out, resp, 1);
     hc->resp_done = false;
-    hc->bp = pk_bevpipe_new(hc->srv->base, hc->bev, &ex->req_body, &ex->resp_body,
+    hc->bp = pk_bevpipe_new(hc->srv->loop.base, hc->bev, &ex->req_body, &ex->resp_body,
                             !pk_bev_is_tls(hc->bev), OUT_HWM, h1_raw_done, hc);
-    if (hc->srv->cfg->proxy_raw_idle_timeout_ms)
-        pk_bevpipe_set_idle_timeout(hc->bp, hc->srv->cfg->proxy_raw_idle_timeout_ms);
+    if (hc->srv->node.cfg->proxy_raw_idle_timeout_ms)
+        pk_bevpipe_set_idle_timeout(hc->bp, hc->srv->node.cfg->proxy_raw_idle_timeout_ms);
 }
 
 static void h1_end_send_head(struct pk_end *e, struct pk_head *resp, bool body)
@@ -216,12 +216,12 @@ static void h1_destroy(struct h1conn *hc)
     if (hc->bev && hc->abort)
         bufferevent_free(hc->bev);
     else if (hc->bev)
-        pk_bev_linger_close(hc->bev, &srv->lingers);
+        pk_bev_linger_close(hc->bev, &srv->loop.lingers);
     /* else it belonged to the bevpipe, already freed */
     event_free(hc->kick_ev);
     pk_h1parser_free(&hc->parser);
     free(hc);
-    srv->nconns--;
+    srv->loop.nconns--;
     pk_server_check_drained(srv);
 }
 
@@ -269,7 +269,7 @@ static bool h1_on_head(struct pk_h1parser *p, void *ud)
     pk_pipe_set_producer(&ex->req_body, h1_req_drained, hc);
     if (!ex->req_has_body)
         pk_pipe_close(&ex->req_body);
-    uint64_t max_body = hc->srv->cfg->proxy_max_body_bytes;
+    uint64_t max_body = hc->srv->node.cfg->proxy_max_body_bytes;
     if (max_body && p->has_length && p->content_length > max_body) {
         hc->keep_alive = false;
         ex->body_too_large = true;
@@ -333,7 +333,7 @@ static void h1_on_body(struct pk_h1parser *p, const char *data, size_t len, void
     struct exchange *ex = hc->ex;
     if (!ex || ex->body_too_large)
         return;
-    uint64_t max_body = hc->srv->cfg->proxy_max_body_bytes;
+    uint64_t max_body = hc->srv->node.cfg->proxy_max_body_bytes;
     if (max_body && !ex->raw && ex->req_body.total_in + len > max_body) {
         /* A chunked body over the limit: 413 if nothing was answered yet, and the
          * connection closes either way (the rest of the body is not read). */
@@ -383,7 +383,7 @@ static const struct pk_h1parser_cbs h1_parser_cbs = {
  * bytes: a client trickling a byte a second (slowloris) gets 408 like a silent one. */
 static int head_deadline(struct h1conn *hc)
 {
-    uint64_t now = pk_now_ms(), limit = hc->srv->cfg->proxy_head_timeout_ms;
+    uint64_t now = pk_now_ms(), limit = hc->srv->node.cfg->proxy_head_timeout_ms;
     if (!hc->head_start_ms)
         hc->head_start_ms = now;
     if (now - hc->head_start_ms >= limit) {
@@ -404,14 +404,14 @@ static void h1_process(struct h1conn *hc)
         /* A finished exchange: next request (keep-alive) or close. */
         if (hc->ex && hc->resp_done && hc->parser.message_done) {
             h1_detach(hc);
-            if (!hc->keep_alive || hc->srv->draining) {
+            if (!hc->keep_alive || hc->srv->node.draining) {
                 h1_close(hc, false);
                 return;
             }
             pk_h1parser_next(&hc->parser);
             pk_down_set_timeout(hc->bev, evbuffer_get_length(in)
-                                             ? hc->srv->cfg->proxy_head_timeout_ms
-                                             : hc->srv->cfg->proxy_idle_timeout_ms);
+                                             ? hc->srv->node.cfg->proxy_head_timeout_ms
+                                             : hc->srv->node.cfg->proxy_idle_timeout_ms);
         }
         if (hc->ex && hc->resp_done && !hc->parser.message_done) {
             /* The service answered before the whole request arrived (PROTOCOL.md 1.3). */
@@ -533,14 +533,14 @@ struct h1conn *pk_h1down_new(struct pk_server *srv, struct bufferevent *bev, con
     hc->bev = bev;
     snprintf(hc->ip, sizeof(hc->ip), "%s", ip);
     hc->port = port;
-    hc->kick_ev = pk_xevent_new(srv->base, -1, 0, h1_kick_cb, hc);
+    hc->kick_ev = pk_xevent_new(srv->loop.base, -1, 0, h1_kick_cb, hc);
     hc->end.ops = &h1_end_ops;
-    pk_h1parser_init(&hc->parser, HTTP_REQUEST, srv->cfg->proxy_max_header_bytes, &h1_parser_cbs,
-                     hc);
+    pk_h1parser_init(&hc->parser, HTTP_REQUEST, srv->node.cfg->proxy_max_header_bytes,
+                     &h1_parser_cbs, hc);
     hc->dc.kind = DCONN_H1;
     hc->dc.cluster = cluster;
     hc->head_start_ms = head_start_ms;
-    pk_list_insert(&srv->conns, &hc->dc.link);
+    pk_list_insert(&srv->loop.conns, &hc->dc.link);
     bufferevent_setcb(bev, h1_read, h1_write, h1_event, hc);
     bufferevent_setwatermark(bev, EV_WRITE, OUT_HWM / 2, 0);
     bufferevent_setwatermark(bev, EV_READ, 0, 256 * 1024);

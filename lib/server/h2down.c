@@ -101,7 +101,7 @@ static void h2_body_over_limit(struct pk_pipe *p, void *arg)
         return;
     ex->body_too_large = true;
     PK_INFO("proxy", "request body over %llu bytes endpoint=%s client=%s",
-            (unsigned long long)ex->srv->cfg->proxy_max_body_bytes, ex->endpoint, ex->client);
+            (unsigned long long)ex->srv->node.cfg->proxy_max_body_bytes, ex->endpoint, ex->client);
     pk_exchange_fail(ex, 413, "request body too large");
     if (ex->down)
         ex->down->ops->end_early(ex->down);
@@ -167,7 +167,7 @@ static void h2d_on_stream(struct pk_h2conn *c, struct pk_h2stream *s, void *ud)
         return;
     }
     const char *cl = pk_hdrs_get(&in->hdrs, "content-length");
-    uint64_t max_body = d->srv->cfg->proxy_max_body_bytes;
+    uint64_t max_body = d->srv->node.cfg->proxy_max_body_bytes;
     if (!ex->cluster && max_body && cl && strtoull(cl, NULL, 10) > max_body) {
         pk_exchange_fail(ex, 413, "request body too large");
         pk_h2stream_end_early(s);
@@ -188,7 +188,7 @@ static void h2d_on_close(struct pk_h2conn *c, const char *why, void *ud)
     PK_DEBUG("proxy", "h2 connection closed client=%s:%u: %s", d->ip, d->port, why);
     pk_list_remove(&d->dc.link);
     free(d);
-    srv->nconns--;
+    srv->loop.nconns--;
     pk_server_check_drained(srv);
 }
 
@@ -205,14 +205,14 @@ void pk_h2down_new(struct pk_server *srv, struct bufferevent *bev, const char *i
     snprintf(name, sizeof(name), "%s/%s:%u", cluster ? "peer-in" : "downstream", ip, port);
     d->dc.kind = DCONN_H2;
     d->dc.cluster = cluster;
-    pk_list_insert(&srv->conns, &d->dc.link);
-    d->h2 =
-        pk_h2conn_new(srv->base, bev, true, cluster ? &srv->cluster_settings : &srv->down_settings,
-                      &h2d_cbs, d, name);
+    pk_list_insert(&srv->loop.conns, &d->dc.link);
+    d->h2 = pk_h2conn_new(srv->loop.base, bev, true,
+                          cluster ? &srv->node.cluster_settings : &srv->node.down_settings,
+                          &h2d_cbs, d, name);
     if (!d->h2) {
         pk_list_remove(&d->dc.link);
         free(d);
-        srv->nconns--;
+        srv->loop.nconns--;
     }
 }
 

@@ -116,11 +116,11 @@ static struct pk_port_auth *port_auth_new(struct pk_server *srv, const char *por
         o.ecdsa_public_key = ec;
     }
     if (set(c->jwks_endpoint) && strncasecmp(c->jwks_endpoint, "https://", 8) == 0 &&
-        !srv->auth_http && !(srv->auth_http = pk_httpc_new(srv->base, 0))) {
+        !srv->node.auth_http && !(srv->node.auth_http = pk_httpc_new(srv->loop.base, 0))) {
         snprintf(err, errlen, "%s.jwks.endpoint: cannot create an HTTP client", prefix);
         goto out;
     }
-    struct pk_auth *a = pk_auth_new(srv->base, srv->auth_http, &o, err, errlen);
+    struct pk_auth *a = pk_auth_new(srv->loop.base, srv->node.auth_http, &o, err, errlen);
     if (!a)
         goto out;
     pa = pk_xcalloc(1, sizeof(*pa));
@@ -139,16 +139,16 @@ out:
 
 int pk_server_auth_init(struct pk_server *srv, char *err, size_t errlen)
 {
-    const struct pk_server_config *cfg = srv->cfg;
+    const struct pk_server_config *cfg = srv->node.cfg;
     err[0] = '\0';
-    srv->upstream_auth = port_auth_new(srv, "upstream", &cfg->upstream_auth, err, errlen);
-    if (!srv->upstream_auth && err[0])
+    srv->node.upstream_auth = port_auth_new(srv, "upstream", &cfg->upstream_auth, err, errlen);
+    if (!srv->node.upstream_auth && err[0])
         return PK_ERR_INVALID;
-    srv->proxy_auth = port_auth_new(srv, "proxy", &cfg->proxy_auth, err, errlen);
-    if (!srv->proxy_auth && err[0])
+    srv->node.proxy_auth = port_auth_new(srv, "proxy", &cfg->proxy_auth, err, errlen);
+    if (!srv->node.proxy_auth && err[0])
         return PK_ERR_INVALID;
-    srv->admin_auth = port_auth_new(srv, "admin", &cfg->admin_auth, err, errlen);
-    if (!srv->admin_auth && err[0])
+    srv->node.admin_auth = port_auth_new(srv, "admin", &cfg->admin_auth, err, errlen);
+    if (!srv->node.admin_auth && err[0])
         return PK_ERR_INVALID;
     return 0;
 }
@@ -171,12 +171,12 @@ static void port_auth_free(struct pk_port_auth *pa)
 
 void pk_server_auth_free(struct pk_server *srv)
 {
-    port_auth_free(srv->upstream_auth);
-    port_auth_free(srv->proxy_auth);
-    port_auth_free(srv->admin_auth);
-    srv->upstream_auth = srv->proxy_auth = srv->admin_auth = NULL;
-    pk_httpc_free(srv->auth_http);
-    srv->auth_http = NULL;
+    port_auth_free(srv->node.upstream_auth);
+    port_auth_free(srv->node.proxy_auth);
+    port_auth_free(srv->node.admin_auth);
+    srv->node.upstream_auth = srv->node.proxy_auth = srv->node.admin_auth = NULL;
+    pk_httpc_free(srv->node.auth_http);
+    srv->node.auth_http = NULL;
 }
 
 /* ---- verification -------------------------------------------------------------------- */
@@ -249,7 +249,7 @@ static void expiry_cb(evutil_socket_t fd, short what, void *arg)
     /* Like a rebalancing shed: the sidecar redials with the token it has now, and requests
      * wait for that tunnel when this was the endpoint's last one. */
     t->shed = true;
-    if (t->ep && t->ep->ntunnels == 1 && !srv->draining)
+    if (t->ep && t->ep->ntunnels == 1 && !srv->node.draining)
         pk_server_mark_moving(srv, t->endpoint_id);
     pk_h2conn_drain(t->h2, 0);
 }
@@ -257,9 +257,9 @@ static void expiry_cb(evutil_socket_t fd, short what, void *arg)
 void pk_tunnel_expiry_start(struct pk_server *srv, struct tunnel *t, int64_t exp)
 {
     t->token_exp = exp;
-    if (!srv->upstream_auth || !srv->upstream_auth->disconnect_on_expiry || exp <= 0)
+    if (!srv->node.upstream_auth || !srv->node.upstream_auth->disconnect_on_expiry || exp <= 0)
         return;
-    t->expiry_ev = pk_xevent_new(srv->base, -1, 0, expiry_cb, t);
+    t->expiry_ev = pk_xevent_new(srv->loop.base, -1, 0, expiry_cb, t);
     expiry_arm(t);
 }
 
@@ -267,7 +267,7 @@ void pk_tunnel_expiry_start(struct pk_server *srv, struct tunnel *t, int64_t exp
 
 static void wait_unlink(struct admin_wait *w)
 {
-    struct pk_port_auth *pa = w->srv->admin_auth;
+    struct pk_port_auth *pa = w->srv->node.admin_auth;
     if (w->prev)
         w->prev->next = w->next;
     else
@@ -308,7 +308,7 @@ static void admin_wait_cancel(struct pk_admin_req *req, void *arg)
 void pk_admin_auth(struct pk_server *srv, struct pk_admin_req *req,
                    void (*handler)(struct pk_admin_req *req, void *arg))
 {
-    struct pk_port_auth *pa = srv->admin_auth;
+    struct pk_port_auth *pa = srv->node.admin_auth;
     if (!pa) {
         handler(req, srv);
         return;
@@ -350,7 +350,8 @@ static struct json_object *counters_json(const struct pk_port_auth *pa)
 void pk_admin_auth_status(struct pk_admin_req *req, void *arg)
 {
     struct pk_server *srv = arg;
-    struct pk_port_auth *ports[] = {srv->upstream_auth, srv->proxy_auth, srv->admin_auth};
+    struct pk_port_auth *ports[] = {srv->node.upstream_auth, srv->node.proxy_auth,
+                                    srv->node.admin_auth};
     const char *names[] = {"upstream", "proxy", "admin"};
     struct json_object *o = json_object_new_object();
     for (size_t i = 0; i < PK_ARRAY_LEN(ports); i++)

@@ -278,10 +278,10 @@ static void admin_health(struct pk_admin_req *req, void *arg)
 static void admin_ready(struct pk_admin_req *req, void *arg)
 {
     struct pk_server *srv = arg;
-    if (srv->ready && !srv->draining && pk_cluster_synced(srv->cluster))
+    if (srv->node.ready && !srv->node.draining && pk_cluster_synced(srv->node.cluster))
         admin_status(req, 200, "ready");
     else
-        admin_status(req, 503, srv->draining ? "draining" : "starting");
+        admin_status(req, 503, srv->node.draining ? "draining" : "starting");
 }
 
 /* ---- routing state and cluster status ---------------------------------------------------- */
@@ -289,23 +289,23 @@ static void admin_ready(struct pk_admin_req *req, void *arg)
 struct json_object *pk_server_state_json(struct pk_server *srv, bool with_endpoints)
 {
     struct json_object *o = json_object_new_object();
-    json_object_object_add(o, "node_id", json_object_new_string(srv->node_id));
-    json_object_object_add(o, "incarnation", json_object_new_string(srv->incarnation));
-    json_object_object_add(o, "version", json_object_new_int64((int64_t)srv->state_version));
-    json_object_object_add(o, "proxy_addr", json_object_new_string(srv->proxy_addr));
-    json_object_object_add(o, "admin_addr", json_object_new_string(srv->admin_addr));
-    json_object_object_add(o, "cluster_addr", json_object_new_string(srv->cluster_addr));
-    json_object_object_add(o, "draining", json_object_new_boolean(srv->draining));
+    json_object_object_add(o, "node_id", json_object_new_string(srv->node.node_id));
+    json_object_object_add(o, "incarnation", json_object_new_string(srv->node.incarnation));
+    json_object_object_add(o, "version", json_object_new_int64((int64_t)srv->node.state_version));
+    json_object_object_add(o, "proxy_addr", json_object_new_string(srv->node.proxy_addr));
+    json_object_object_add(o, "admin_addr", json_object_new_string(srv->node.admin_addr));
+    json_object_object_add(o, "cluster_addr", json_object_new_string(srv->node.cluster_addr));
+    json_object_object_add(o, "draining", json_object_new_boolean(srv->node.draining));
     size_t neps, ntunnels;
     struct json_object *t = pk_upstream_table_json(srv, &neps, &ntunnels);
     if (with_endpoints)
         json_object_object_add(o, "endpoints", t);
     else
         json_object_put(t);
-    if (with_endpoints && srv->moving) {
+    if (with_endpoints && srv->node.moving) {
         uint64_t now = pk_now_ms();
         struct json_object *mv = json_object_new_object();
-        for (struct moving *m = srv->moving; m; m = m->next)
+        for (struct moving *m = srv->node.moving; m; m = m->next)
             if (m->deadline_ms > now)
                 json_object_object_add(mv, m->id,
                                        json_object_new_int64((int64_t)(m->deadline_ms - now)));
@@ -317,27 +317,27 @@ struct json_object *pk_server_state_json(struct pk_server *srv, bool with_endpoi
 static void moving_arm(struct pk_server *srv)
 {
     uint64_t next = 0, now = pk_now_ms();
-    for (struct moving *m = srv->moving; m; m = m->next)
+    for (struct moving *m = srv->node.moving; m; m = m->next)
         if (!next || m->deadline_ms < next)
             next = m->deadline_ms;
     if (!next)
         return;
     uint64_t ms = next > now ? next - now : 0;
     struct timeval tv = pk_ms_timeval(ms);
-    event_add(srv->moving_ev, &tv);
+    event_add(srv->node.moving_ev, &tv);
 }
 
 void pk_server_mark_moving(struct pk_server *srv, const char *endpoint)
 {
     struct moving *m;
-    for (m = srv->moving; m; m = m->next)
+    for (m = srv->node.moving; m; m = m->next)
         if (strcmp(m->id, endpoint) == 0)
             break;
     if (!m) {
         m = pk_xcalloc(1, sizeof(*m));
         m->id = pk_xstrdup(endpoint);
-        m->next = srv->moving;
-        srv->moving = m;
+        m->next = srv->node.moving;
+        srv->node.moving = m;
     }
     m->deadline_ms = pk_now_ms() + PK_MOVE_WINDOW_MS;
     PK_INFO("server", "endpoint=%s moving: requests for it wait up to %dms for a new tunnel",
@@ -349,7 +349,7 @@ void pk_server_mark_moving(struct pk_server *srv, const char *endpoint)
 bool pk_server_is_moving(struct pk_server *srv, const char *endpoint)
 {
     uint64_t now = pk_now_ms();
-    for (struct moving *m = srv->moving; m; m = m->next)
+    for (struct moving *m = srv->node.moving; m; m = m->next)
         if (m->deadline_ms > now && strcmp(m->id, endpoint) == 0)
             return true;
     return false;
@@ -357,9 +357,9 @@ bool pk_server_is_moving(struct pk_server *srv, const char *endpoint)
 
 static void moving_free_all(struct pk_server *srv)
 {
-    while (srv->moving) {
-        struct moving *m = srv->moving;
-        srv->moving = m->next;
+    while (srv->node.moving) {
+        struct moving *m = srv->node.moving;
+        srv->node.moving = m->next;
         free(m->id);
         free(m);
     }
@@ -372,7 +372,7 @@ static void moving_cb(evutil_socket_t fd, short what, void *arg)
     PK_UNUSED(fd);
     PK_UNUSED(what);
     uint64_t now = pk_now_ms();
-    for (struct moving **pp = &srv->moving; *pp;) {
+    for (struct moving **pp = &srv->node.moving; *pp;) {
         struct moving *m = *pp;
         if (m->deadline_ms <= now) {
             *pp = m->next;
@@ -389,8 +389,8 @@ static void moving_cb(evutil_socket_t fd, short what, void *arg)
 
 void pk_server_state_changed(struct pk_server *srv)
 {
-    srv->state_version++;
-    event_active(srv->state_ev, EV_TIMEOUT, 0); /* long polls are answered from the loop */
+    srv->node.state_version++;
+    event_active(srv->node.state_ev, EV_TIMEOUT, 0); /* long polls are answered from the loop */
 }
 
 static void state_cb(evutil_socket_t fd, short what, void *arg)
@@ -404,15 +404,15 @@ static void state_cb(evutil_socket_t fd, short what, void *arg)
 static struct json_object *local_node_json(struct pk_server *srv, bool table)
 {
     struct json_object *o = json_object_new_object();
-    json_object_object_add(o, "id", json_object_new_string(srv->node_id));
+    json_object_object_add(o, "id", json_object_new_string(srv->node.node_id));
     json_object_object_add(o, "status",
-                           json_object_new_string(srv->draining ? "draining" : "active"));
+                           json_object_new_string(srv->node.draining ? "draining" : "active"));
     json_object_object_add(o, "local", json_object_new_boolean(true));
-    json_object_object_add(o, "incarnation", json_object_new_string(srv->incarnation));
-    json_object_object_add(o, "version", json_object_new_int64((int64_t)srv->state_version));
-    json_object_object_add(o, "proxy_addr", json_object_new_string(srv->proxy_addr));
-    json_object_object_add(o, "admin_addr", json_object_new_string(srv->admin_addr));
-    json_object_object_add(o, "cluster_addr", json_object_new_string(srv->cluster_addr));
+    json_object_object_add(o, "incarnation", json_object_new_string(srv->node.incarnation));
+    json_object_object_add(o, "version", json_object_new_int64((int64_t)srv->node.state_version));
+    json_object_object_add(o, "proxy_addr", json_object_new_string(srv->node.proxy_addr));
+    json_object_object_add(o, "admin_addr", json_object_new_string(srv->node.admin_addr));
+    json_object_object_add(o, "cluster_addr", json_object_new_string(srv->node.cluster_addr));
     size_t neps, ntunnels;
     struct json_object *t = pk_upstream_table_json(srv, &neps, &ntunnels);
     json_object_object_add(o, "endpoints", json_object_new_int64((int64_t)neps));
@@ -436,17 +436,17 @@ static void admin_nodes(struct pk_admin_req *req, struct pk_server *srv)
     if (plen == base || (plen == base + 1 && path[base] == '/')) {
         struct json_object *a = json_object_new_array();
         json_object_array_add(a, local_node_json(srv, false));
-        pk_cluster_nodes_json(srv->cluster, a);
+        pk_cluster_nodes_json(srv->node.cluster, a);
         pk_admin_reply(req, 200, a);
         return;
     }
     char id[160];
     snprintf(id, sizeof(id), "%s", path + base + 1);
     struct json_object *o = NULL;
-    if (strcmp(id, "local") == 0 || strcmp(id, srv->node_id) == 0)
+    if (strcmp(id, "local") == 0 || strcmp(id, srv->node.node_id) == 0)
         o = local_node_json(srv, true);
     else if (pk_endpoint_id_valid(id, strlen(id)))
-        o = pk_cluster_node_json(srv->cluster, id);
+        o = pk_cluster_node_json(srv->node.cluster, id);
     if (!o) {
         pk_admin_reply_error(req, 404, "node not found");
         return;
@@ -480,19 +480,19 @@ static void admin_auth_status(struct pk_admin_req *req, void *arg)
 static int admin_listen(struct pk_server *srv, char *err, size_t errlen)
 {
     struct pk_admin_opts o = {
-        .max_connections = srv->cfg->admin_max_connections,
+        .max_connections = srv->node.cfg->admin_max_connections,
         .tls = pk_server_tls_port(srv, PK_PORT_ADMIN),
     };
-    srv->admin = pk_admin_new(srv->base, srv->cfg->admin_bind_addr, &o, err, errlen);
-    if (!srv->admin)
+    srv->node.admin = pk_admin_new(srv->loop.base, srv->node.cfg->admin_bind_addr, &o, err, errlen);
+    if (!srv->node.admin)
         return PK_ERR_IO;
-    pk_admin_route(srv->admin, "/health", false, admin_health, srv);
-    pk_admin_route(srv->admin, "/ready", false, admin_ready, srv);
-    pk_admin_route(srv->admin, "/status/auth", false, admin_auth_status, srv);
-    pk_admin_route(srv->admin, "/", true, admin_authed, srv);
-    pk_admin_addr(srv->admin, srv->admin_addr, sizeof(srv->admin_addr));
-    PK_INFO("server", "admin listening addr=%s max-connections=%lld", srv->admin_addr,
-            srv->cfg->admin_max_connections);
+    pk_admin_route(srv->node.admin, "/health", false, admin_health, srv);
+    pk_admin_route(srv->node.admin, "/ready", false, admin_ready, srv);
+    pk_admin_route(srv->node.admin, "/status/auth", false, admin_auth_status, srv);
+    pk_admin_route(srv->node.admin, "/", true, admin_authed, srv);
+    pk_admin_addr(srv->node.admin, srv->node.admin_addr, sizeof(srv->node.admin_addr));
+    PK_INFO("server", "admin listening addr=%s max-connections=%lld", srv->node.admin_addr,
+            srv->node.cfg->admin_max_connections);
     return 0;
 }
 
@@ -503,14 +503,15 @@ static void grace_cb(evutil_socket_t fd, short what, void *arg)
     struct pk_server *srv = arg;
     PK_UNUSED(fd);
     PK_UNUSED(what);
-    PK_WARN("server", "grace period over with %zu requests in flight: exiting", srv->nexchanges);
-    event_base_loopexit(srv->base, NULL);
+    PK_WARN("server", "grace period over with %zu requests in flight: exiting",
+            srv->loop.nexchanges);
+    event_base_loopexit(srv->loop.base, NULL);
 }
 
 static bool drained(struct pk_server *srv)
 {
-    return srv->draining && srv->drain_final && srv->nexchanges == 0 && srv->nconns == 0 &&
-           srv->lingers.n == 0;
+    return srv->node.draining && srv->node.drain_final && srv->loop.nexchanges == 0 &&
+           srv->loop.nconns == 0 && srv->loop.lingers.n == 0;
 }
 
 static void check_cb(evutil_socket_t fd, short what, void *arg)
@@ -518,25 +519,25 @@ static void check_cb(evutil_socket_t fd, short what, void *arg)
     struct pk_server *srv = arg;
     PK_UNUSED(fd);
     PK_UNUSED(what);
-    if (srv->draining && srv->drain_final && srv->cluster_l) {
+    if (srv->node.draining && srv->node.drain_final && srv->loop.cluster_l) {
         /* Our tunnels take no new stream: close the links peers opened to us (the
          * streams in flight on them finish) and answer their long polls. */
-        pk_listener_free(srv->cluster_l);
-        srv->cluster_l = NULL;
-        srv->cluster_closing = true;
+        pk_listener_free(srv->loop.cluster_l);
+        srv->loop.cluster_l = NULL;
+        srv->node.cluster_closing = true;
         pk_cluster_port_state_changed(srv); /* the long polls are answered now */
         pk_proxy_drain_all(srv, true);
     }
     if (drained(srv)) {
         PK_INFO("server", "drained: exiting");
-        event_base_loopexit(srv->base, NULL);
+        event_base_loopexit(srv->loop.base, NULL);
     }
 }
 
 void pk_server_check_drained(struct pk_server *srv)
 {
-    if (srv->draining && srv->drain_final)
-        event_active(srv->check_ev, EV_TIMEOUT, 0);
+    if (srv->node.draining && srv->node.drain_final)
+        event_active(srv->loop.check_ev, EV_TIMEOUT, 0);
 }
 
 static void linger_done(void *arg)
@@ -548,16 +549,16 @@ static void linger_done(void *arg)
  * ends. Peer connections stay while our tunnels may still be needed. */
 static void drain_final(struct pk_server *srv)
 {
-    srv->drain_final = true;
-    PK_INFO("server", "draining connections: %zu requests in flight, %zu tunnels", srv->nexchanges,
-            srv->ntunnels_open);
-    if (srv->proxy_l) {
-        pk_listener_free(srv->proxy_l);
-        srv->proxy_l = NULL;
+    srv->node.drain_final = true;
+    PK_INFO("server", "draining connections: %zu requests in flight, %zu tunnels",
+            srv->loop.nexchanges, srv->loop.ntunnels_open);
+    if (srv->loop.proxy_l) {
+        pk_listener_free(srv->loop.proxy_l);
+        srv->loop.proxy_l = NULL;
     }
-    if (srv->upstream_l) {
-        pk_listener_free(srv->upstream_l);
-        srv->upstream_l = NULL;
+    if (srv->loop.upstream_l) {
+        pk_listener_free(srv->loop.upstream_l);
+        srv->loop.upstream_l = NULL;
     }
     pk_proxy_drain_all(srv, false);
     pk_server_check_drained(srv);
@@ -572,26 +573,26 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
 
 void pk_server_shutdown(struct pk_server *srv)
 {
-    if (srv->draining)
+    if (srv->node.draining)
         return;
-    srv->draining = true;
+    srv->node.draining = true;
     /* With a node to go to, the sidecars move there: our endpoints are published as
      * moving so that requests wait for them (docs/architecture/cluster.md). */
-    srv->moving_drain = pk_cluster_has_active_peer(srv->cluster);
+    srv->node.moving_drain = pk_cluster_has_active_peer(srv->node.cluster);
     PK_INFO("server",
             "shutting down: %zu requests in flight, %zu tunnels (%s), drain delay %llums, "
             "grace period %llums",
-            srv->nexchanges, srv->ntunnels_open,
-            srv->moving_drain ? "moving to other nodes" : "drained",
-            (unsigned long long)srv->cfg->drain_delay_ms,
-            (unsigned long long)srv->cfg->grace_period_ms);
+            srv->loop.nexchanges, srv->loop.ntunnels_open,
+            srv->node.moving_drain ? "moving to other nodes" : "drained",
+            (unsigned long long)srv->node.cfg->drain_delay_ms,
+            (unsigned long long)srv->node.cfg->grace_period_ms);
     pk_server_state_changed(srv); /* peers learn at once that we are draining */
     pk_upstream_drain_all(srv);
-    struct timeval tv = pk_ms_timeval(srv->cfg->grace_period_ms);
-    event_add(srv->grace_ev, &tv);
-    if (srv->cfg->drain_delay_ms) {
-        struct timeval dv = pk_ms_timeval(srv->cfg->drain_delay_ms);
-        event_add(srv->drain_ev, &dv);
+    struct timeval tv = pk_ms_timeval(srv->node.cfg->grace_period_ms);
+    event_add(srv->node.grace_ev, &tv);
+    if (srv->node.cfg->drain_delay_ms) {
+        struct timeval dv = pk_ms_timeval(srv->node.cfg->drain_delay_ms);
+        event_add(srv->node.drain_ev, &dv);
     } else {
         drain_final(srv);
     }
@@ -605,7 +606,7 @@ static void cluster_change(void *ud)
 static void cluster_slot(void *ud)
 {
     struct pk_server *srv = ud;
-    if (srv->waiting)
+    if (srv->loop.waiting)
         pk_exchange_redispatch_all(srv);
 }
 
@@ -620,17 +621,18 @@ static void rebalance_cb(evutil_socket_t fd, short what, void *arg)
     struct pk_server *srv = arg;
     PK_UNUSED(fd);
     PK_UNUSED(what);
-    if (!srv->draining) {
+    if (!srv->node.draining) {
         size_t nodes;
         uint64_t others;
-        pk_cluster_totals(srv->cluster, &nodes, &others);
+        pk_cluster_totals(srv->node.cluster, &nodes, &others);
         size_t local = pk_upstream_count(srv);
         double avg = (double)(local + others) / (double)(nodes + 1);
-        if (nodes > 0 && local >= 2 && (double)local > avg * (1.0 + srv->cfg->rebalance_threshold))
+        if (nodes > 0 && local >= 2 &&
+            (double)local > avg * (1.0 + srv->node.cfg->rebalance_threshold))
             pk_upstream_shed_one(srv);
     }
-    struct timeval tv = pk_ms_timeval(srv->cfg->upstream_rebalance_interval_ms);
-    event_add(srv->rebalance_ev, &tv);
+    struct timeval tv = pk_ms_timeval(srv->node.cfg->upstream_rebalance_interval_ms);
+    event_add(srv->node.rebalance_ev, &tv);
 }
 
 static void random_hex(char *buf, size_t len, size_t bytes)
@@ -652,55 +654,56 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
 {
     struct pk_server *srv = pk_xcalloc(1, sizeof(*srv));
     char addr[256];
-    srv->base = base;
-    srv->cfg = cfg;
+    srv->loop.base = base;
+    srv->node.cfg = cfg;
     char host[64] = "piko", suffix[16];
     gethostname(host, sizeof(host));
     host[sizeof(host) - 1] = '\0';
     host[strspn(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")] = '\0';
     random_hex(suffix, sizeof(suffix), 4);
     if (cfg->cluster_node_id && *cfg->cluster_node_id)
-        snprintf(srv->node_id, sizeof(srv->node_id), "%s", cfg->cluster_node_id);
+        snprintf(srv->node.node_id, sizeof(srv->node.node_id), "%s", cfg->cluster_node_id);
     else
-        snprintf(srv->node_id, sizeof(srv->node_id), "%s-%s", host[0] ? host : "piko", suffix);
-    random_hex(srv->incarnation, sizeof(srv->incarnation), 8);
-    srv->state_version = 1;
-    srv->grace_ev = pk_xevent_new(base, -1, 0, grace_cb, srv);
-    srv->check_ev = pk_xevent_new(base, -1, 0, check_cb, srv);
-    srv->state_ev = pk_xevent_new(base, -1, 0, state_cb, srv);
-    srv->drain_ev = pk_xevent_new(base, -1, 0, drain_cb, srv);
-    srv->rebalance_ev = pk_xevent_new(base, -1, 0, rebalance_cb, srv);
-    srv->moving_ev = pk_xevent_new(base, -1, 0, moving_cb, srv);
-    pk_list_init(&srv->conns);
-    pk_list_init(&srv->tunnels);
-    pk_list_init(&srv->handshakes);
-    pk_linger_list_init(&srv->lingers, linger_done, srv);
+        snprintf(srv->node.node_id, sizeof(srv->node.node_id), "%s-%s", host[0] ? host : "piko",
+                 suffix);
+    random_hex(srv->node.incarnation, sizeof(srv->node.incarnation), 8);
+    srv->node.state_version = 1;
+    srv->node.grace_ev = pk_xevent_new(base, -1, 0, grace_cb, srv);
+    srv->loop.check_ev = pk_xevent_new(base, -1, 0, check_cb, srv);
+    srv->node.state_ev = pk_xevent_new(base, -1, 0, state_cb, srv);
+    srv->node.drain_ev = pk_xevent_new(base, -1, 0, drain_cb, srv);
+    srv->node.rebalance_ev = pk_xevent_new(base, -1, 0, rebalance_cb, srv);
+    srv->node.moving_ev = pk_xevent_new(base, -1, 0, moving_cb, srv);
+    pk_list_init(&srv->loop.conns);
+    pk_list_init(&srv->loop.tunnels);
+    pk_list_init(&srv->loop.handshakes);
+    pk_linger_list_init(&srv->loop.lingers, linger_done, srv);
 
-    pk_h2_settings_default(&srv->tunnel_settings);
-    srv->tunnel_settings.stream_window = (uint32_t)cfg->upstream_stream_window;
-    srv->tunnel_settings.conn_window = (uint32_t)cfg->upstream_connection_window;
-    srv->tunnel_settings.ping_interval_ms = cfg->upstream_heartbeat_interval_ms;
-    srv->tunnel_settings.ping_timeout_ms = cfg->upstream_heartbeat_timeout_ms;
-    srv->tunnel_settings.settings_timeout_ms = cfg->upstream_heartbeat_timeout_ms;
-    srv->tunnel_settings.max_header_bytes = cfg->proxy_max_header_bytes;
+    pk_h2_settings_default(&srv->node.tunnel_settings);
+    srv->node.tunnel_settings.stream_window = (uint32_t)cfg->upstream_stream_window;
+    srv->node.tunnel_settings.conn_window = (uint32_t)cfg->upstream_connection_window;
+    srv->node.tunnel_settings.ping_interval_ms = cfg->upstream_heartbeat_interval_ms;
+    srv->node.tunnel_settings.ping_timeout_ms = cfg->upstream_heartbeat_timeout_ms;
+    srv->node.tunnel_settings.settings_timeout_ms = cfg->upstream_heartbeat_timeout_ms;
+    srv->node.tunnel_settings.max_header_bytes = cfg->proxy_max_header_bytes;
 
-    pk_h2_settings_default(&srv->down_settings);
-    srv->down_settings.max_concurrent_streams = (uint32_t)cfg->proxy_max_h2_streams;
-    srv->down_settings.enable_connect_protocol = true; /* RFC 8441: WebSocket, piko-tcp */
-    srv->down_settings.ping_interval_ms = 0;
-    srv->down_settings.settings_timeout_ms = cfg->proxy_head_timeout_ms;
-    srv->down_settings.max_header_bytes = cfg->proxy_max_header_bytes;
+    pk_h2_settings_default(&srv->node.down_settings);
+    srv->node.down_settings.max_concurrent_streams = (uint32_t)cfg->proxy_max_h2_streams;
+    srv->node.down_settings.enable_connect_protocol = true; /* RFC 8441: WebSocket, piko-tcp */
+    srv->node.down_settings.ping_interval_ms = 0;
+    srv->node.down_settings.settings_timeout_ms = cfg->proxy_head_timeout_ms;
+    srv->node.down_settings.max_header_bytes = cfg->proxy_max_header_bytes;
 
     /* Peer links we dial use the tunnel's settings (same client code); the links peers open
      * to our cluster port get these: */
-    pk_h2_settings_default(&srv->cluster_settings);
-    srv->cluster_settings.max_concurrent_streams = 16384;
-    srv->cluster_settings.stream_window = (uint32_t)cfg->upstream_stream_window;
-    srv->cluster_settings.conn_window = (uint32_t)cfg->upstream_connection_window;
-    srv->cluster_settings.enable_connect_protocol = true;
-    srv->cluster_settings.ping_interval_ms = 0; /* the dialling side sends heartbeats */
-    srv->cluster_settings.settings_timeout_ms = cfg->upstream_heartbeat_timeout_ms;
-    srv->cluster_settings.max_header_bytes = cfg->proxy_max_header_bytes;
+    pk_h2_settings_default(&srv->node.cluster_settings);
+    srv->node.cluster_settings.max_concurrent_streams = 16384;
+    srv->node.cluster_settings.stream_window = (uint32_t)cfg->upstream_stream_window;
+    srv->node.cluster_settings.conn_window = (uint32_t)cfg->upstream_connection_window;
+    srv->node.cluster_settings.enable_connect_protocol = true;
+    srv->node.cluster_settings.ping_interval_ms = 0; /* the dialling side sends heartbeats */
+    srv->node.cluster_settings.settings_timeout_ms = cfg->upstream_heartbeat_timeout_ms;
+    srv->node.cluster_settings.max_header_bytes = cfg->proxy_max_header_bytes;
 
     if (pk_server_auth_init(srv, err, errlen) != 0) {
         pk_server_del(srv);
@@ -715,37 +718,39 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
         pk_server_del(srv);
         return NULL;
     }
-    pk_listener_addr(srv->proxy_l, srv->proxy_addr, sizeof(srv->proxy_addr));
-    PK_INFO("server", "node id=%s incarnation=%s", srv->node_id, srv->incarnation);
-    PK_INFO("server", "proxy listening addr=%s", srv->proxy_addr);
-    pk_listener_addr(srv->upstream_l, addr, sizeof(addr));
+    pk_listener_addr(srv->loop.proxy_l, srv->node.proxy_addr, sizeof(srv->node.proxy_addr));
+    PK_INFO("server", "node id=%s incarnation=%s", srv->node.node_id, srv->node.incarnation);
+    PK_INFO("server", "proxy listening addr=%s", srv->node.proxy_addr);
+    pk_listener_addr(srv->loop.upstream_l, addr, sizeof(addr));
     PK_INFO("server", "upstream listening addr=%s", addr);
-    if (srv->cluster_l) {
-        pk_listener_addr(srv->cluster_l, srv->cluster_addr, sizeof(srv->cluster_addr));
-        PK_INFO("server", "cluster listening addr=%s", srv->cluster_addr);
+    if (srv->loop.cluster_l) {
+        pk_listener_addr(srv->loop.cluster_l, srv->node.cluster_addr,
+                         sizeof(srv->node.cluster_addr));
+        PK_INFO("server", "cluster listening addr=%s", srv->node.cluster_addr);
     } else {
         PK_INFO("server", "cluster port not opened: no cluster.join (a standalone node)");
     }
 
     struct pk_resolver_opts ropts = {
         .servers = cfg->dns_servers && *cfg->dns_servers ? cfg->dns_servers : NULL};
-    srv->resolver = pk_resolver_new_opts(base, &ropts, err, errlen);
-    if (!srv->resolver) {
+    srv->node.resolver = pk_resolver_new_opts(base, &ropts, err, errlen);
+    if (!srv->node.resolver) {
         pk_server_del(srv);
         return NULL;
     }
     struct pk_cluster_opts copts = {
-        .node_id = srv->node_id,
+        .node_id = srv->node.node_id,
         .join = cfg->cluster_join,
         .resolve_interval_ms = cfg->cluster_resolve_interval_ms,
         .peer_timeout_ms = cfg->cluster_peer_timeout_ms,
         .secret = cfg->cluster_secret,
-        .link_settings = &srv->tunnel_settings,
+        .link_settings = &srv->node.tunnel_settings,
         .tls_ctx = pk_server_tls_cluster_client(srv),
         .tls_files = &cfg->cluster_tls,
     };
-    srv->cluster = pk_cluster_new(base, srv->resolver, &copts, &cluster_cbs, srv, err, errlen);
-    if (!srv->cluster) {
+    srv->node.cluster =
+        pk_cluster_new(base, srv->node.resolver, &copts, &cluster_cbs, srv, err, errlen);
+    if (!srv->node.cluster) {
         pk_server_del(srv);
         return NULL;
     }
@@ -758,13 +763,13 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
                     "INSECURE: cluster.insecure-no-secret is set and there is no cluster.secret "
                     "nor cluster mTLS: anyone who reaches the cluster port %s can use this "
                     "node's tunnels without proxy.auth",
-                    srv->cluster_addr);
+                    srv->node.cluster_addr);
     }
     if (cfg->rebalance_threshold > 0) {
         struct timeval tv = pk_ms_timeval(cfg->upstream_rebalance_interval_ms);
-        event_add(srv->rebalance_ev, &tv);
+        event_add(srv->node.rebalance_ev, &tv);
     }
-    srv->ready = true;
+    srv->node.ready = true;
     return srv;
 }
 
@@ -775,36 +780,36 @@ void pk_server_del(struct pk_server *srv)
     /* Abort whatever is left and let the deferred closes run, so nothing leaks. */
     pk_proxy_abort_all(srv);
     pk_upstream_abort_all(srv);
-    pk_cluster_stop(srv->cluster);
-    for (int i = 0; i < 100 && (srv->nconns || srv->ntunnels_open || srv->nexchanges ||
-                                pk_cluster_nlinks(srv->cluster));
+    pk_cluster_stop(srv->node.cluster);
+    for (int i = 0; i < 100 && (srv->loop.nconns || srv->loop.ntunnels_open ||
+                                srv->loop.nexchanges || pk_cluster_nlinks(srv->node.cluster));
          i++)
-        event_base_loop(srv->base, EVLOOP_NONBLOCK);
-    pk_cluster_free(srv->cluster);
+        event_base_loop(srv->loop.base, EVLOOP_NONBLOCK);
+    pk_cluster_free(srv->node.cluster);
     /* Before the verifiers: the admin requests waiting for one are cancelled with it. */
-    pk_admin_free(srv->admin);
-    srv->admin = NULL;
+    pk_admin_free(srv->node.admin);
+    srv->node.admin = NULL;
     pk_server_auth_free(srv);
-    pk_resolver_del(srv->resolver);
-    pk_linger_list_free(&srv->lingers);
-    if (srv->proxy_l)
-        pk_listener_free(srv->proxy_l);
-    if (srv->upstream_l)
-        pk_listener_free(srv->upstream_l);
-    if (srv->cluster_l)
-        pk_listener_free(srv->cluster_l);
+    pk_resolver_del(srv->node.resolver);
+    pk_linger_list_free(&srv->loop.lingers);
+    if (srv->loop.proxy_l)
+        pk_listener_free(srv->loop.proxy_l);
+    if (srv->loop.upstream_l)
+        pk_listener_free(srv->loop.upstream_l);
+    if (srv->loop.cluster_l)
+        pk_listener_free(srv->loop.cluster_l);
     pk_server_tls_free(srv);
-    event_free(srv->grace_ev);
-    event_free(srv->check_ev);
-    event_free(srv->state_ev);
-    event_free(srv->drain_ev);
-    event_free(srv->rebalance_ev);
-    event_free(srv->moving_ev);
+    event_free(srv->node.grace_ev);
+    event_free(srv->loop.check_ev);
+    event_free(srv->node.state_ev);
+    event_free(srv->node.drain_ev);
+    event_free(srv->node.rebalance_ev);
+    event_free(srv->node.moving_ev);
     moving_free_all(srv);
     for (size_t b = 0; b < PK_EP_BUCKETS; b++) {
-        while (srv->eps[b]) {
-            struct endpoint *e = srv->eps[b];
-            srv->eps[b] = e->next;
+        while (srv->node.eps[b]) {
+            struct endpoint *e = srv->node.eps[b];
+            srv->node.eps[b] = e->next;
             free(e->id);
             free(e);
         }

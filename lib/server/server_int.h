@@ -36,7 +36,7 @@ struct tunnel {
     uint64_t served;     /* streams opened on it, for logs */
     bool shed;           /* told to reconnect elsewhere (rebalancing) */
     struct tunnel *next; /* in ep->tunnels */
-    struct pk_list link; /* in srv->tunnels */
+    struct pk_list link; /* in srv->loop.tunnels */
 
     int64_t token_exp;       /* the handshake token's exp (0: none, or auth off) */
     struct event *expiry_ev; /* drains the tunnel at token_exp (portauth.c) */
@@ -62,40 +62,52 @@ struct endpoint {
 
 #define PK_EP_BUCKETS 256
 
-struct pk_server {
-    struct event_base *base;
+/* The node: what every loop of the process shares — identity, configuration, the routing
+ * table of endpoints, the cluster view, TLS and auth contexts, the admin port, the drain
+ * state. Read on any loop; changed only on the main loop (a later worker design publishes
+ * it as snapshots). */
+struct pk_node {
+    const struct pk_server_config *cfg;
     char node_id[130];    /* --cluster.node-id or the hostname plus a random suffix */
     char incarnation[20]; /* random, new at every start */
-    const struct pk_server_config *cfg;
-    struct pk_listener *proxy_l;
-    struct pk_listener *upstream_l;
-    struct pk_listener *cluster_l;                         /* NULL without cluster.join */
     char proxy_addr[64], admin_addr[64], cluster_addr[64]; /* as bound */
     struct pk_resolver *resolver;
     struct pk_cluster *cluster;
     uint64_t state_version;                 /* of the routing state this node publishes */
-    struct exchange *state_waiters;         /* long polls of that state */
     struct event *state_ev;                 /* answers the long polls after a change */
     struct pk_h2_settings cluster_settings; /* our side of peer links we accept */
+    struct pk_h2_settings tunnel_settings;
+    struct pk_h2_settings down_settings;
     bool moving_drain;     /* draining with an active peer: our endpoints move there */
     struct moving *moving; /* endpoints whose tunnels we sent away, until their deadline */
     struct event *moving_ev;
+    bool ready;
+    bool draining;
     bool drain_final;     /* the drain delay is over: connections are being closed */
     bool cluster_closing; /* and the connections peers opened to us too */
     struct event *drain_ev;
+    struct event *grace_ev;
     struct event *rebalance_ev;
     struct pk_admin *admin;
     struct pk_server_tls *tls; /* the ports' TLS (tls_ports.c) */
     struct endpoint *eps[PK_EP_BUCKETS];
-    struct pk_h2_settings tunnel_settings;
-    struct pk_h2_settings down_settings;
-    bool ready;
-    bool draining;
-    struct event *grace_ev;
-    struct event *check_ev;
-    size_t nconns;          /* downstream connections (h1 + h2 + undecided) */
-    uint64_t refused_conns; /* closed at once above a connection limit */
-    uint64_t stalled;       /* exchanges aborted by proxy.stall-timeout */
+    /* --<port>.auth.*: NULL when the port takes no token (portauth.c) */
+    struct pk_port_auth *upstream_auth, *proxy_auth, *admin_auth;
+    struct pk_httpc *auth_http; /* for https JWKS; NULL when none */
+};
+
+/* One loop's own state: its listeners, connections, tunnels, exchanges, waiting queue and
+ * counters, touched only by the thread that runs it (today the one loop of the process). */
+struct pk_loop {
+    struct event_base *base;
+    struct pk_listener *proxy_l;
+    struct pk_listener *upstream_l;
+    struct pk_listener *cluster_l;  /* NULL without cluster.join */
+    struct exchange *state_waiters; /* long polls of the node's routing state */
+    struct event *check_ev;         /* deferred: is the drain over? */
+    size_t nconns;                  /* downstream connections (h1 + h2 + undecided) */
+    uint64_t refused_conns;         /* closed at once above a connection limit */
+    uint64_t stalled;               /* exchanges aborted by proxy.stall-timeout */
     uint64_t refused_log_ms;
     size_t ntunnels_open; /* tunnels incl. handshaking ones */
     size_t nexchanges;
@@ -104,9 +116,11 @@ struct pk_server {
     struct pk_list tunnels;   /* every tunnel, registered or not */
     struct pk_list handshakes;
     struct pk_linger_list lingers; /* closed connections still flushing */
-    /* --<port>.auth.*: NULL when the port takes no token (portauth.c) */
-    struct pk_port_auth *upstream_auth, *proxy_auth, *admin_auth;
-    struct pk_httpc *auth_http; /* for https JWKS; NULL when none */
+};
+
+struct pk_server {
+    struct pk_node node;
+    struct pk_loop loop;
 };
 
 /* accept.c. Closes fd when n >= max (> 0): a listener's connection limit. */

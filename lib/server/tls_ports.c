@@ -85,25 +85,25 @@ int pk_server_tls_check(const struct pk_server_config *cfg, char *err, size_t er
 
 int pk_server_tls_new(struct pk_server *srv, char *err, size_t errlen)
 {
-    const struct pk_server_config *cfg = srv->cfg;
-    srv->tls = pk_xcalloc(1, sizeof(*srv->tls));
+    const struct pk_server_config *cfg = srv->node.cfg;
+    srv->node.tls = pk_xcalloc(1, sizeof(*srv->node.tls));
     for (int p = 0; p < PK_PORT_COUNT; p++) {
         struct pk_tls_files f = *port_files(cfg, (enum pk_port)p);
         if (!pk_tls_set(f.cert))
             continue;
         f.groups = cfg->tls_groups;
-        srv->tls->port[p] = pk_tls_server_new(srv->base, port_names[p], &f,
-                                              port_alpn((enum pk_port)p), err, errlen);
-        if (!srv->tls->port[p])
+        srv->node.tls->port[p] = pk_tls_server_new(srv->loop.base, port_names[p], &f,
+                                                   port_alpn((enum pk_port)p), err, errlen);
+        if (!srv->node.tls->port[p])
             return PK_ERR_INVALID;
         PK_INFO("tls", "port=%s cert=%s%s%s groups=%s", port_names[p], f.cert,
                 pk_tls_set(f.client_cas) ? " client-cas=" : "",
                 pk_tls_set(f.client_cas) ? f.client_cas : "", f.groups);
     }
     if (pk_tls_set(cfg->cluster_tls.root_cas)) {
-        srv->tls->cluster_client =
+        srv->node.tls->cluster_client =
             pk_tls_client_ctx_new("cluster.tls", &cfg->cluster_tls, false, alpn_h2, err, errlen);
-        if (!srv->tls->cluster_client)
+        if (!srv->node.tls->cluster_client)
             return PK_ERR_INVALID;
         PK_INFO("tls",
                 "peers are dialled over TLS, verified against root-cas=%s (chain only, "
@@ -115,32 +115,32 @@ int pk_server_tls_new(struct pk_server *srv, char *err, size_t errlen)
 
 void pk_server_tls_free(struct pk_server *srv)
 {
-    if (!srv->tls)
+    if (!srv->node.tls)
         return;
     for (int p = 0; p < PK_PORT_COUNT; p++)
-        pk_tls_server_free(srv->tls->port[p]);
-    SSL_CTX_free(srv->tls->cluster_client);
-    free(srv->tls);
-    srv->tls = NULL;
+        pk_tls_server_free(srv->node.tls->port[p]);
+    SSL_CTX_free(srv->node.tls->cluster_client);
+    free(srv->node.tls);
+    srv->node.tls = NULL;
 }
 
 struct pk_tls_server *pk_server_tls_port(struct pk_server *srv, enum pk_port port)
 {
-    return srv->tls ? srv->tls->port[port] : NULL;
+    return srv->node.tls ? srv->node.tls->port[port] : NULL;
 }
 
 struct ssl_ctx_st *pk_server_tls_cluster_client(struct pk_server *srv)
 {
-    return srv->tls ? srv->tls->cluster_client : NULL;
+    return srv->node.tls ? srv->node.tls->cluster_client : NULL;
 }
 
 void pk_server_reload(struct pk_server *srv)
 {
     char err[512];
-    if (!srv->tls)
+    if (!srv->node.tls)
         return;
     for (int p = 0; p < PK_PORT_COUNT; p++) {
-        struct pk_tls_server *ts = srv->tls->port[p];
+        struct pk_tls_server *ts = srv->node.tls->port[p];
         if (!ts)
             continue;
         if (pk_tls_server_reload(ts, err, sizeof(err)) != 0)
@@ -148,28 +148,28 @@ void pk_server_reload(struct pk_server *srv)
                     port_names[p], err);
         else
             PK_INFO("tls", "reloaded port=%s cert=%s", port_names[p],
-                    port_files(srv->cfg, (enum pk_port)p)->cert);
+                    port_files(srv->node.cfg, (enum pk_port)p)->cert);
     }
-    if (srv->tls->cluster_client) {
-        SSL_CTX *ctx = pk_tls_client_ctx_new("cluster.tls", &srv->cfg->cluster_tls, false, alpn_h2,
-                                             err, sizeof(err));
+    if (srv->node.tls->cluster_client) {
+        SSL_CTX *ctx = pk_tls_client_ctx_new("cluster.tls", &srv->node.cfg->cluster_tls, false,
+                                             alpn_h2, err, sizeof(err));
         if (!ctx) {
             PK_WARN("tls", "reload failed for peer links, keeping the current context: %s", err);
         } else {
-            SSL_CTX_free(srv->tls->cluster_client);
-            srv->tls->cluster_client = ctx;
-            pk_cluster_set_tls_ctx(srv->cluster, ctx);
+            SSL_CTX_free(srv->node.tls->cluster_client);
+            srv->node.tls->cluster_client = ctx;
+            pk_cluster_set_tls_ctx(srv->node.cluster, ctx);
         }
     }
 }
 
 void pk_server_tls_status(struct pk_server *srv, struct json_object *o)
 {
-    if (!srv->tls)
+    if (!srv->node.tls)
         return;
     struct json_object *t = json_object_new_object();
     for (int p = 0; p < PK_PORT_COUNT; p++) {
-        struct pk_tls_server *ts = srv->tls->port[p];
+        struct pk_tls_server *ts = srv->node.tls->port[p];
         if (!ts)
             continue;
         struct json_object *po = json_object_new_object();
@@ -200,12 +200,12 @@ static void listener_json(struct json_object *ls, const char *name, const struct
 void pk_server_listeners_status(struct pk_server *srv, struct json_object *o)
 {
     struct json_object *ls = json_object_new_object();
-    listener_json(ls, "proxy", srv->proxy_l);
-    listener_json(ls, "upstream", srv->upstream_l);
-    listener_json(ls, "cluster", srv->cluster_l);
-    if (srv->admin) {
+    listener_json(ls, "proxy", srv->loop.proxy_l);
+    listener_json(ls, "upstream", srv->loop.upstream_l);
+    listener_json(ls, "cluster", srv->loop.cluster_l);
+    if (srv->node.admin) {
         struct pk_admin_stats st;
-        pk_admin_stats(srv->admin, &st);
+        pk_admin_stats(srv->node.admin, &st);
         struct json_object *a = json_object_new_object();
         json_object_object_add(a, "accepted", json_object_new_int64((int64_t)st.accepted));
         json_object_object_add(a, "refused", json_object_new_int64((int64_t)st.refused));
@@ -215,9 +215,9 @@ void pk_server_listeners_status(struct pk_server *srv, struct json_object *o)
     }
     json_object_object_add(o, "listeners", ls);
     struct json_object *c = json_object_new_object();
-    json_object_object_add(c, "proxy", json_object_new_int64((int64_t)srv->nconns));
-    json_object_object_add(c, "upstream", json_object_new_int64((int64_t)srv->ntunnels_open));
-    json_object_object_add(c, "refused", json_object_new_int64((int64_t)srv->refused_conns));
-    json_object_object_add(c, "stalled", json_object_new_int64((int64_t)srv->stalled));
+    json_object_object_add(c, "proxy", json_object_new_int64((int64_t)srv->loop.nconns));
+    json_object_object_add(c, "upstream", json_object_new_int64((int64_t)srv->loop.ntunnels_open));
+    json_object_object_add(c, "refused", json_object_new_int64((int64_t)srv->loop.refused_conns));
+    json_object_object_add(c, "stalled", json_object_new_int64((int64_t)srv->loop.stalled));
     json_object_object_add(o, "connections", c);
 }

@@ -31,7 +31,7 @@ static unsigned hash_id(const char *s)
 
 static struct endpoint *ep_find(struct pk_server *srv, const char *id)
 {
-    for (struct endpoint *e = srv->eps[hash_id(id)]; e; e = e->next)
+    for (struct endpoint *e = srv->node.eps[hash_id(id)]; e; e = e->next)
         if (strcmp(e->id, id) == 0)
             return e;
     return NULL;
@@ -44,8 +44,8 @@ static void ep_add(struct pk_server *srv, struct tunnel *t)
         e = pk_xcalloc(1, sizeof(*e));
         e->id = pk_xstrdup(t->endpoint_id);
         unsigned b = hash_id(e->id);
-        e->next = srv->eps[b];
-        srv->eps[b] = e;
+        e->next = srv->node.eps[b];
+        srv->node.eps[b] = e;
     }
     t->ep = e;
     t->next = e->tunnels;
@@ -73,7 +73,7 @@ static void ep_remove(struct pk_server *srv, struct tunnel *t)
     pk_server_state_changed(srv);
     if (e->ntunnels == 0) {
         unsigned b = hash_id(e->id);
-        for (struct endpoint **pp = &srv->eps[b]; *pp; pp = &(*pp)->next) {
+        for (struct endpoint **pp = &srv->node.eps[b]; *pp; pp = &(*pp)->next) {
             if (*pp == e) {
                 *pp = e->next;
                 break;
@@ -116,12 +116,12 @@ struct tunnel *pk_upstream_pick(struct pk_server *srv, const char *endpoint, boo
  * the sidecars' replacement tunnels on other nodes (docs/architecture/cluster.md). */
 void pk_upstream_drain_all(struct pk_server *srv)
 {
-    for (struct pk_list *l = srv->tunnels.next; l != &srv->tunnels; l = l->next) {
+    for (struct pk_list *l = srv->loop.tunnels.next; l != &srv->loop.tunnels; l = l->next) {
         struct tunnel *t = PK_CONTAINER_OF(l, struct tunnel, link);
-        if (srv->moving_drain && t->ep)
+        if (srv->node.moving_drain && t->ep)
             pk_server_mark_moving(srv, t->ep->id);
     }
-    for (struct pk_list *l = srv->tunnels.next; l != &srv->tunnels; l = l->next)
+    for (struct pk_list *l = srv->loop.tunnels.next; l != &srv->loop.tunnels; l = l->next)
         pk_h2conn_drain(PK_CONTAINER_OF(l, struct tunnel, link)->h2, 0);
 }
 
@@ -130,7 +130,7 @@ struct json_object *pk_upstream_table_json(struct pk_server *srv, size_t *neps, 
     struct json_object *o = json_object_new_object();
     *neps = *ntunnels = 0;
     for (size_t b = 0; b < PK_EP_BUCKETS; b++) {
-        for (struct endpoint *e = srv->eps[b]; e; e = e->next) {
+        for (struct endpoint *e = srv->node.eps[b]; e; e = e->next) {
             json_object_object_add(o, e->id, json_object_new_int64((int64_t)e->ntunnels));
             (*neps)++;
             *ntunnels += e->ntunnels;
@@ -142,7 +142,7 @@ struct json_object *pk_upstream_table_json(struct pk_server *srv, size_t *neps, 
 size_t pk_upstream_count(struct pk_server *srv)
 {
     size_t n = 0;
-    for (struct pk_list *l = srv->tunnels.next; l != &srv->tunnels; l = l->next) {
+    for (struct pk_list *l = srv->loop.tunnels.next; l != &srv->loop.tunnels; l = l->next) {
         struct tunnel *t = PK_CONTAINER_OF(l, struct tunnel, link);
         if (t->ep && !t->shed)
             n++;
@@ -156,7 +156,7 @@ bool pk_upstream_shed_one(struct pk_server *srv)
 {
     struct tunnel *best = NULL;
     size_t best_n = 0;
-    for (struct pk_list *l = srv->tunnels.next; l != &srv->tunnels; l = l->next) {
+    for (struct pk_list *l = srv->loop.tunnels.next; l != &srv->loop.tunnels; l = l->next) {
         struct tunnel *t = PK_CONTAINER_OF(l, struct tunnel, link);
         if (!t->ep || t->shed || !pk_h2conn_is_ready(t->h2))
             continue;
@@ -182,7 +182,7 @@ static void tunnel_ready(struct pk_h2conn *c, void *ud)
 {
     struct tunnel *t = ud;
     PK_UNUSED(c);
-    if (t->srv->draining) {
+    if (t->srv->node.draining) {
         pk_h2conn_drain(t->h2, 0);
         return;
     }
@@ -221,7 +221,7 @@ static void tunnel_closed(struct pk_h2conn *c, const char *why, void *ud)
     free(t->endpoint_id);
     free(t->sidecar_id);
     free(t);
-    srv->ntunnels_open--;
+    srv->loop.ntunnels_open--;
     pk_server_check_drained(srv);
 }
 
@@ -235,7 +235,7 @@ static const struct pk_h2conn_cbs tunnel_cbs = {
 /* ---- handshake ---------------------------------------------------------------------- */
 
 struct handshake {
-    struct pk_list link; /* in srv->handshakes */
+    struct pk_list link; /* in srv->loop.handshakes */
     struct pk_server *srv;
     struct bufferevent *bev;
     struct pk_h1parser parser;
@@ -265,8 +265,8 @@ static void hs_reply_error(struct handshake *hs, int status, const char *msg, co
                         "content-length: %zu\r\nconnection: close\r\n%s\r\n%s",
                         status, pk_h1_reason(status), n, extra ? extra : "", body);
     free(body);
-    pk_bev_linger_close(hs->bev, &hs->srv->lingers);
-    hs->srv->ntunnels_open--;
+    pk_bev_linger_close(hs->bev, &hs->srv->loop.lingers);
+    hs->srv->loop.ntunnels_open--;
     hs_free(hs);
 }
 
@@ -282,7 +282,7 @@ static void hs_accept(struct handshake *hs, const char *endpoint, int64_t token_
     struct pk_head *h = &hs->parser.head;
     struct tunnel *t = pk_xcalloc(1, sizeof(*t));
     t->srv = srv;
-    pk_list_insert(&srv->tunnels, &t->link);
+    pk_list_insert(&srv->loop.tunnels, &t->link);
     t->endpoint_id = pk_xstrdup(endpoint);
     const char *sid = pk_hdrs_get(&h->hdrs, "piko-sidecar-id");
     t->sidecar_id = pk_xstrdup(sid ? sid : "-");
@@ -291,20 +291,21 @@ static void hs_accept(struct handshake *hs, const char *endpoint, int64_t token_
     evbuffer_add_printf(bufferevent_get_output(hs->bev),
                         "HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\n"
                         "upgrade: " UPGRADE_TOKEN "\r\npiko-node-id: %s\r\n\r\n",
-                        srv->node_id);
+                        srv->node.node_id);
     char name[256];
     snprintf(name, sizeof(name), "tunnel/%s/%s", endpoint, hs->peer);
     struct bufferevent *bev = hs->bev;
     bufferevent_set_timeouts(bev, NULL, NULL);
     hs_free(hs);
     /* Leftover bytes after the request head stay in bev's input: HTTP/2 reads them. */
-    t->h2 = pk_h2conn_new(srv->base, bev, false, &srv->tunnel_settings, &tunnel_cbs, t, name);
+    t->h2 =
+        pk_h2conn_new(srv->loop.base, bev, false, &srv->node.tunnel_settings, &tunnel_cbs, t, name);
     if (!t->h2) {
         pk_list_remove(&t->link);
         free(t->endpoint_id);
         free(t->sidecar_id);
         free(t);
-        srv->ntunnels_open--;
+        srv->loop.ntunnels_open--;
         return;
     }
     pk_tunnel_expiry_start(srv, t, token_exp);
@@ -320,7 +321,7 @@ static void hs_verified(enum pk_auth_result res, const struct pk_claims *claims,
     if (res == PK_AUTH_OK && !pk_auth_allows(claims, hs->endpoint)) {
         res = PK_AUTH_ENDPOINT_NOT_PERMITTED;
         detail = "piko.endpoints does not list the endpoint";
-        pk_port_auth_not_permitted(hs->srv->upstream_auth);
+        pk_port_auth_not_permitted(hs->srv->node.upstream_auth);
     }
     if (res != PK_AUTH_OK) {
         int status = pk_auth_http_status(res);
@@ -331,7 +332,7 @@ static void hs_verified(enum pk_auth_result res, const struct pk_claims *claims,
                        status == 401 ? "www-authenticate: Bearer\r\n" : NULL);
         return;
     }
-    if (hs->srv->draining) {
+    if (hs->srv->node.draining) {
         hs_reject(hs, 503, "node draining", NULL);
         return;
     }
@@ -393,12 +394,12 @@ static void hs_read(struct bufferevent *bev, void *arg)
         hs_reject(hs, status, msg, extra);
         return;
     }
-    if (hs->srv->draining) {
+    if (hs->srv->node.draining) {
         hs_reject(hs, 503, "node draining", NULL);
         return;
     }
     char *ep = pk_xstrdup(endpoint);
-    if (hs->srv->upstream_auth) {
+    if (hs->srv->node.upstream_auth) {
         /* The answer waits for the verification; a disconnect or the handshake timeout
          * cancels it (hs_free). */
         hs->endpoint = ep;
@@ -406,7 +407,8 @@ static void hs_read(struct bufferevent *bev, void *arg)
          * sidecar sends meanwhile waits in the socket, bounded by TCP's own window. A
          * disconnect is noticed at the handshake's deadline. */
         bufferevent_disable(hs->bev, EV_READ);
-        hs->auth = pk_port_auth_verify(hs->srv->upstream_auth, &h->hdrs, NULL, hs_verified, hs);
+        hs->auth =
+            pk_port_auth_verify(hs->srv->node.upstream_auth, &h->hdrs, NULL, hs_verified, hs);
         return;
     }
     hs_accept(hs, ep, 0);
@@ -419,7 +421,7 @@ static void hs_event(struct bufferevent *bev, short what, void *arg)
     PK_UNUSED(what);
     PK_DEBUG("upstream", "handshake aborted by peer=%s", hs->peer);
     bufferevent_free(bev);
-    hs->srv->ntunnels_open--;
+    hs->srv->loop.ntunnels_open--;
     hs_free(hs);
 }
 
@@ -443,14 +445,14 @@ static void hs_start(struct pk_server *srv, struct bufferevent *bev, const struc
     pk_sockaddr_ip(sa, ip, sizeof(ip), &port);
     snprintf(hs->peer, sizeof(hs->peer), "%s:%u", ip, port);
     hs->srv = srv;
-    pk_list_insert(&srv->handshakes, &hs->link);
+    pk_list_insert(&srv->loop.handshakes, &hs->link);
     hs->bev = bev;
-    pk_h1parser_init(&hs->parser, HTTP_REQUEST, srv->cfg->proxy_max_header_bytes, &hs_parser_cbs,
-                     hs);
-    uint64_t limit = srv->cfg->upstream_handshake_timeout_ms, spent = pk_now_ms() - accept_ms;
+    pk_h1parser_init(&hs->parser, HTTP_REQUEST, srv->node.cfg->proxy_max_header_bytes,
+                     &hs_parser_cbs, hs);
+    uint64_t limit = srv->node.cfg->upstream_handshake_timeout_ms, spent = pk_now_ms() - accept_ms;
     uint64_t left = spent < limit ? limit - spent : 0;
     struct timeval tv = pk_ms_timeval(left);
-    hs->deadline = pk_xevent_new(srv->base, -1, 0, hs_deadline, hs);
+    hs->deadline = pk_xevent_new(srv->loop.base, -1, 0, hs_deadline, hs);
     event_add(hs->deadline, &tv);
     bufferevent_setcb(hs->bev, hs_read, NULL, hs_event, hs);
     bufferevent_enable(hs->bev, EV_READ | EV_WRITE);
@@ -462,10 +464,10 @@ static void upstream_tls_accepted(struct bufferevent *bev, const struct sockaddr
     struct pk_server *srv = arg;
     PK_UNUSED(alpn);
     /* Failed, or the listener closed while the TLS handshake ran. */
-    if (!bev || srv->drain_final) {
+    if (!bev || srv->node.drain_final) {
         if (bev)
             bufferevent_free(bev);
-        srv->ntunnels_open--;
+        srv->loop.ntunnels_open--;
         pk_server_check_drained(srv);
         return;
     }
@@ -476,36 +478,38 @@ static void upstream_accept(evutil_socket_t fd, struct sockaddr *sa, int salen, 
 {
     struct pk_server *srv = arg;
     PK_UNUSED(salen);
-    if (pk_accept_refuse_over_limit(srv, fd, srv->cfg->upstream_max_connections, srv->ntunnels_open,
-                                    "upstream"))
+    if (pk_accept_refuse_over_limit(srv, fd, srv->node.cfg->upstream_max_connections,
+                                    srv->loop.ntunnels_open, "upstream"))
         return;
     /* Counted from accept: handshakes in flight hold a slot like tunnels. */
-    srv->ntunnels_open++;
+    srv->loop.ntunnels_open++;
     struct pk_tls_server *ts = pk_server_tls_port(srv, PK_PORT_UPSTREAM);
     if (ts) {
-        pk_tls_accept(ts, fd, sa, srv->cfg->upstream_handshake_timeout_ms, upstream_tls_accepted,
-                      srv);
+        pk_tls_accept(ts, fd, sa, srv->node.cfg->upstream_handshake_timeout_ms,
+                      upstream_tls_accepted, srv);
         return;
     }
     pk_tune_socket(fd);
-    hs_start(srv, bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE), sa, pk_now_ms());
+    hs_start(srv, bufferevent_socket_new(srv->loop.base, fd, BEV_OPT_CLOSE_ON_FREE), sa,
+             pk_now_ms());
 }
 
 int pk_upstream_listen(struct pk_server *srv, char *err, size_t errlen)
 {
-    srv->upstream_l = pk_listener_new(srv->base, "upstream", srv->cfg->upstream_bind_addr,
-                                      upstream_accept, srv, err, errlen);
-    return srv->upstream_l ? 0 : PK_ERR_IO;
+    srv->loop.upstream_l =
+        pk_listener_new(srv->loop.base, "upstream", srv->node.cfg->upstream_bind_addr,
+                        upstream_accept, srv, err, errlen);
+    return srv->loop.upstream_l ? 0 : PK_ERR_IO;
 }
 
 void pk_upstream_abort_all(struct pk_server *srv)
 {
-    while (!pk_list_empty(&srv->handshakes)) {
-        struct handshake *hs = PK_CONTAINER_OF(srv->handshakes.next, struct handshake, link);
+    while (!pk_list_empty(&srv->loop.handshakes)) {
+        struct handshake *hs = PK_CONTAINER_OF(srv->loop.handshakes.next, struct handshake, link);
         bufferevent_free(hs->bev);
-        srv->ntunnels_open--;
+        srv->loop.ntunnels_open--;
         hs_free(hs);
     }
-    for (struct pk_list *l = srv->tunnels.next; l != &srv->tunnels; l = l->next)
+    for (struct pk_list *l = srv->loop.tunnels.next; l != &srv->loop.tunnels; l = l->next)
         pk_h2conn_close(PK_CONTAINER_OF(l, struct tunnel, link)->h2, "shutting down");
 }
