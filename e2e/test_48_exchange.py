@@ -8,6 +8,8 @@ import socket
 import threading
 import time
 
+import tokens
+from conftest import server_has_flag
 from helpers import SANITIZED, SLOW, RawConn, nghttp
 
 EP = {"x-piko-endpoint": "my-service"}
@@ -321,3 +323,59 @@ def test_h2_header_block_too_large_gets_431(piko):
     # The connection is still good for the next request.
     rc, out, err = nghttp(srv.proxy_port, ["/echo"], EP)
     assert json.loads(out)["path"] == "/echo", (out, err)
+
+
+def test_upstream_port_stops_reading_while_a_token_is_verified(piko):
+    """The upstream port used to keep reading, unbounded, while a handshake's token waited
+    for its verification (here for a JWKS fetch from a server that accepts and never
+    answers): 64 MiB sent behind the handshake ended up in the server's memory."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(8)
+    held = []
+
+    def accept_and_hold():  # TCP accepted, never a TLS answer: the fetch waits
+        while True:
+            try:
+                c, _ = hole.accept()
+            except OSError:
+                return
+            held.append(c)
+
+    threading.Thread(target=accept_and_hold, daemon=True).start()
+    try:
+        flags = {"upstream.auth.jwks.endpoint": "https://127.0.0.1:%d/jwks" % hole.getsockname()[1]}
+        if server_has_flag("upstream.handshake-timeout"):
+            flags["upstream.handshake-timeout"] = "20s"
+        srv = piko.server(flags)
+        before = srv.rss_kib()["VmRSS"]
+        # Well formed, with a kid the (empty) key set lacks: verified only after the fetch.
+        token = (tokens._segments({"alg": "RS256", "typ": "JWT", "kid": "k1"}, tokens.claims())
+                 + "." + tokens.b64url(b"s" * 256))
+        s = socket.create_connection(("127.0.0.1", srv.upstream_port))
+        s.sendall(b"GET /piko/v1/upstream/my-service HTTP/1.1\r\nHost: x\r\n"
+                  b"Connection: Upgrade\r\nUpgrade: piko-reverse-h2\r\n"
+                  b"Authorization: Bearer " + token.encode() + b"\r\n\r\n")
+        s.settimeout(0.5)
+        sent = 0
+        chunk = b"z" * 65536
+        t0 = time.monotonic()
+        while sent < 64 << 20 and time.monotonic() - t0 < 5 * SLOW:
+            try:
+                sent += s.send(chunk)
+            except (socket.timeout, BlockingIOError):
+                break  # the server is not reading: the socket buffers are full
+            except OSError:
+                break
+        time.sleep(0.2)
+        grown = srv.rss_kib()["VmRSS"] - before
+        log = srv.log_text()
+        s.close()
+        assert "handshake rejected" not in log and "handshake refused" not in log, log[-2000:]
+        assert sent < 32 << 20, "the server took %d MiB while verifying" % (sent >> 20)
+        if not SANITIZED:
+            assert grown < 8 * 1024, "server RSS grew by %d KiB while verifying" % grown
+    finally:
+        hole.close()
+        for c in held:
+            c.close()

@@ -98,6 +98,20 @@ static ssize_t feed_str(struct pk_h1parser *p, const char *s)
 
 /* ---- requests ----------------------------------------------------------------------- */
 
+/* Error bodies are built by json-c: a message with a quote, a backslash or a control
+ * character stays one valid JSON string (they were printf'd before). */
+static void test_json_error_body_escapes(void)
+{
+    size_t n = 0;
+    char *b = pk_json_error_body("bad \"token\" \\ here\n/x", &n);
+    CU_ASSERT_STRING_EQUAL(b, "{\"error\":\"bad \\\"token\\\" \\\\ here\\n/x\"}\n");
+    CU_ASSERT_EQUAL(n, strlen(b));
+    free(b);
+    b = pk_json_error_body(NULL, NULL);
+    CU_ASSERT_STRING_EQUAL(b, "{\"error\":\"\"}\n");
+    free(b);
+}
+
 /* The evbuffer feeder reads segment by segment (no pull-up), stops after a complete
  * message like pk_h1parser_feed, and drains exactly what was consumed: the next
  * pipelined request stays in the buffer, split across segments as it was. */
@@ -1265,6 +1279,7 @@ void pk_test_register_http1(void)
     CU_pSuite s = CU_add_suite("http1", NULL, NULL);
 
     CU_add_test(s, "simple_get", test_simple_get);
+    CU_add_test(s, "json_error_body_escapes", test_json_error_body_escapes);
     CU_add_test(s, "feed_evbuffer_segments", test_feed_evbuffer_segments);
     CU_add_test(s, "smuggling", test_smuggling);
     CU_add_test(s, "other_methods_and_forms", test_other_methods_and_forms);
