@@ -21,6 +21,9 @@
 #   UPSTREAM_KEEPALIVE [64]                    idle connections kept to the next hop, by
 #                                              each nginx proxy and by the sidecar alike
 #   RESULTS_DIR [bench/results]                where http-<date>.md is written
+#   BASELINE_BIN_DIR [unset]                   also measure the piko-server/piko-sidecar
+#                                              of this directory (e.g. a build of an older
+#                                              commit) in the same run, as "Piko baseline"
 #   KEEP_WORK=1                                keep the work dir (configs, raw output)
 set -euo pipefail
 # shellcheck source=scripts/proc.sh
@@ -100,7 +103,10 @@ check_target() {
 }
 
 read -r svc_port svc_h2_port hop1_port hop1_h2_port hop2_port hop2_h2_port \
-    piko_proxy_port piko_upstream_port piko_admin_port sidecar_admin_port < <(free_ports 10)
+    piko_proxy_port piko_upstream_port piko_admin_port sidecar_admin_port \
+    base_proxy_port base_upstream_port base_admin_port base_sidecar_admin_port \
+    < <(free_ports 14)
+BASELINE_BIN_DIR="${BASELINE_BIN_DIR:-}"
 
 # ---------------------------------------------------------------- nginx ------------
 nginx_user=""
@@ -178,44 +184,60 @@ for name in service hop1 hop2; do
 done
 
 # ---------------------------------------------------------------- Piko -------------
-piko_status="ok"
-piko_failed=0 # binaries present but Piko did not work: report, then exit non-zero
-if [ ! -x "$bin_dir/piko-server" ] || [ ! -x "$bin_dir/piko-sidecar" ]; then
-    log "piko: binaries not found in $bin_dir, skipping the Piko rows"
-    piko_status="skipped: binaries not found"
-else
-    log "starting piko-server :$piko_proxy_port and piko-sidecar ($ENDPOINT -> :$svc_port)"
-    "$bin_dir/piko-server" \
-        --proxy.bind-addr "127.0.0.1:$piko_proxy_port" \
-        --upstream.bind-addr "127.0.0.1:$piko_upstream_port" \
-        --admin.bind-addr "127.0.0.1:$piko_admin_port" \
+# start_piko ROLE_SUFFIX BIN_DIR PROXY UPSTREAM ADMIN SIDECAR_ADMIN: a server and a sidecar
+# serving $ENDPOINT from the service; sets START_STATUS to "ok" or why it was skipped (not
+# in a subshell: it records the processes in pids and role_pid).
+start_piko() {
+    local sfx="$1" bin="$2" proxy="$3" upstream="$4" admin="$5" scadmin="$6"
+    if [ ! -x "$bin/piko-server" ] || [ ! -x "$bin/piko-sidecar" ]; then
+        START_STATUS="skipped: binaries not found in $bin"
+        return
+    fi
+    log "starting piko-server$sfx :$proxy and piko-sidecar$sfx ($ENDPOINT -> :$svc_port) from $bin"
+    "$bin/piko-server" \
+        --proxy.bind-addr "127.0.0.1:$proxy" \
+        --upstream.bind-addr "127.0.0.1:$upstream" \
+        --admin.bind-addr "127.0.0.1:$admin" \
         --grace-period 1s \
-        --log.level warn >"$work/piko-server.log" 2>&1 &
+        --log.level warn >"$work/piko-server$sfx.log" 2>&1 &
     pids+=($!)
-    role_pid[piko-server]=$!
-    if ! wait_ok 10 "${role_pid[piko-server]}" "http://127.0.0.1:$piko_admin_port/health"; then
-        piko_status="skipped: piko-server did not start"
+    role_pid[piko-server$sfx]=$!
+    if ! wait_ok 10 "${role_pid[piko-server$sfx]}" "http://127.0.0.1:$admin/health"; then
+        START_STATUS="skipped: piko-server did not start"
+        return
+    fi
+    "$bin/piko-sidecar" \
+        --connect.url "http://127.0.0.1:$upstream" \
+        --endpoint "$ENDPOINT=127.0.0.1:$svc_port" \
+        --admin.bind-addr "127.0.0.1:$scadmin" \
+        --grace-period 1s \
+        --local.max-idle "$UPSTREAM_KEEPALIVE" \
+        --log.level warn >"$work/piko-sidecar$sfx.log" 2>&1 &
+    pids+=($!)
+    role_pid[piko-sidecar$sfx]=$!
+    if ! wait_ok 15 "${role_pid[piko-sidecar$sfx]}" "http://127.0.0.1:$scadmin/ready"; then
+        START_STATUS="skipped: sidecar not ready"
+    elif ! check_target "piko$sfx http/1.1" "http://127.0.0.1:$proxy$PATH_1K"; then
+        START_STATUS="skipped: request through Piko failed"
     else
-        "$bin_dir/piko-sidecar" \
-            --connect.url "http://127.0.0.1:$piko_upstream_port" \
-            --endpoint "$ENDPOINT=127.0.0.1:$svc_port" \
-            --admin.bind-addr "127.0.0.1:$sidecar_admin_port" \
-            --grace-period 1s \
-            --local.max-idle "$UPSTREAM_KEEPALIVE" \
-            --log.level warn >"$work/piko-sidecar.log" 2>&1 &
-        pids+=($!)
-        role_pid[piko-sidecar]=$!
-        if ! wait_ok 15 "${role_pid[piko-sidecar]}" "http://127.0.0.1:$sidecar_admin_port/ready"; then
-            piko_status="skipped: sidecar not ready"
-        elif ! check_target "piko http/1.1" "http://127.0.0.1:$piko_proxy_port$PATH_1K"; then
-            piko_status="skipped: request through Piko failed"
-        fi
+        START_STATUS="ok"
     fi
-    if [ "$piko_status" != "ok" ]; then
-        log "piko: $piko_status (logs: $work/piko-*.log)"
-        KEEP_WORK=1
-        piko_failed=1
-    fi
+}
+
+piko_failed=0 # binaries present but Piko did not work: report, then exit non-zero
+start_piko "" "$bin_dir" "$piko_proxy_port" "$piko_upstream_port" "$piko_admin_port" \
+    "$sidecar_admin_port"
+piko_status="$START_STATUS"
+if [ "$piko_status" != "ok" ]; then
+    log "piko: $piko_status (logs: $work/piko-*.log)"
+    case "$piko_status" in "skipped: binaries not found"*) ;; *) KEEP_WORK=1; piko_failed=1 ;; esac
+fi
+base_status="skipped: no BASELINE_BIN_DIR"
+if [ -n "$BASELINE_BIN_DIR" ]; then
+    start_piko "-baseline" "$BASELINE_BIN_DIR" "$base_proxy_port" "$base_upstream_port" \
+        "$base_admin_port" "$base_sidecar_admin_port"
+    base_status="$START_STATUS"
+    [ "$base_status" = "ok" ] || log "piko baseline: $base_status"
 fi
 
 # ---------------------------------------------------------------- checks -----------
@@ -273,10 +295,18 @@ for round in $(seq "$ROUNDS"); do
     measure "$round" HTTP/1.1 "nginx, one hop" ok "http://127.0.0.1:$hop1_port$PATH_1K"
     measure "$round" HTTP/1.1 "nginx, two hops" ok "http://127.0.0.1:$hop2_port$PATH_1K"
     measure "$round" HTTP/1.1 "Piko (server + sidecar)" "$piko_status" "$piko_url"
+    if [ -n "$BASELINE_BIN_DIR" ]; then
+        measure "$round" HTTP/1.1 "Piko baseline" "$base_status" \
+            "http://127.0.0.1:$base_proxy_port$PATH_1K"
+    fi
     measure "$round" h2c "nginx, direct" ok "http://127.0.0.1:$svc_h2_port$PATH_1K"
     measure "$round" h2c "nginx, one hop" ok "http://127.0.0.1:$hop1_h2_port$PATH_1K"
     measure "$round" h2c "nginx, two hops" ok "http://127.0.0.1:$hop2_h2_port$PATH_1K"
     measure "$round" h2c "Piko (server + sidecar)" "$piko_h2_status" "$piko_url"
+    if [ -n "$BASELINE_BIN_DIR" ]; then
+        measure "$round" h2c "Piko baseline" "$base_status" \
+            "http://127.0.0.1:$base_proxy_port$PATH_1K"
+    fi
 done
 
 # ---------------------------------------------------------------- memory -----------
@@ -294,7 +324,7 @@ nginx_worker() {
 
 rss="$work/rss.tsv"
 : >"$rss"
-for role in piko-server piko-sidecar; do
+for role in piko-server piko-sidecar piko-server-baseline piko-sidecar-baseline; do
     if [ -n "${role_pid[$role]:-}" ] && kill -0 "${role_pid[$role]}" 2>/dev/null; then
         printf '%s\t%s\n' "$role" "$(vmhwm "${role_pid[$role]}")" >>"$rss"
     elif [ -n "${role_pid[$role]:-}" ]; then
@@ -335,6 +365,9 @@ fi
     printf 'load average before / after\t%s / %s (other work on the machine skews results)\n' \
         "$load_start" "$(cut -d' ' -f1-3 /proc/loadavg)"
     printf 'request\tGET %s (1024-byte body), header "%s" on every target\n' "$PATH_1K" "$HEADER"
+    if [ -n "$BASELINE_BIN_DIR" ]; then
+        printf 'Piko baseline\tthe binaries of %s\n' "$BASELINE_BIN_DIR"
+    fi
 } >"$meta"
 
 mkdir -p "$RESULTS_DIR"
