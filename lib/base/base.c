@@ -2,6 +2,8 @@
 
 #include <sys/random.h>
 
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 
 #include <stdarg.h>
@@ -177,4 +179,24 @@ uint64_t pk_random_u64(void)
         r = x;
     }
     return r;
+}
+
+struct bufferevent *pk_xbufferevent_socket_new(struct event_base *base, int fd, int options)
+{
+    struct bufferevent *bev = bufferevent_socket_new(base, fd, options);
+    if (!bev) {
+        fprintf(stderr, "fatal: bufferevent_socket_new failed\n");
+        abort();
+    }
+    return bev;
+}
+
+struct evbuffer *pk_xevbuffer_new(void)
+{
+    struct evbuffer *b = evbuffer_new();
+    if (!b) {
+        fprintf(stderr, "fatal: evbuffer_new failed\n");
+        abort();
+    }
+    return b;
 }

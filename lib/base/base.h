@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <sys/time.h>
 
+struct bufferevent;
+struct evbuffer;
 struct event;
 struct event_base;
 
@@ -45,6 +47,10 @@ uint64_t pk_now_ms(void);
 uint64_t pk_random_u64(void);
 /* A duration in milliseconds as the struct timeval libevent takes. */
 struct timeval pk_ms_timeval(uint64_t ms);
+/* bufferevent_socket_new and evbuffer_new that abort when they fail (they fail only for
+ * want of memory with a valid base: the pk_xmalloc policy). */
+struct bufferevent *pk_xbufferevent_socket_new(struct event_base *base, int fd, int options);
+struct evbuffer *pk_xevbuffer_new(void);
 /* event_new that aborts when it fails (only for want of memory: the pk_xmalloc policy). */
 struct event *pk_xevent_new(struct event_base *base, int fd, short what,
                             void (*cb)(int, short, void *), void *arg);

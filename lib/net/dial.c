@@ -74,7 +74,7 @@ static void try_next(struct pk_dial *d)
 {
     while (d->next < d->addrs.n) {
         struct pk_addr *pa = &d->addrs.v[d->next++];
-        d->bev = bufferevent_socket_new(d->base, -1, BEV_OPT_CLOSE_ON_FREE);
+        d->bev = pk_xbufferevent_socket_new(d->base, -1, BEV_OPT_CLOSE_ON_FREE);
         bufferevent_setcb(d->bev, NULL, NULL, connect_event, d);
         struct timeval tv = pk_ms_timeval(d->timeout_ms);
         bufferevent_set_timeouts(d->bev, &tv, &tv);

@@ -507,37 +507,6 @@ void pk_exchange_redispatch(struct pk_server *srv, const char *endpoint)
     }
 }
 
-/* Builds the request sent on the tunnel from the downstream one (PROTOCOL.md 1.4). */
-static void prepare_request(struct exchange *ex, struct pk_head *in, const char *ip, uint16_t port)
-{
-    struct pk_head *r = &ex->req;
-    r->method = in->method;
-    in->method = NULL;
-    r->path = in->path ? in->path : pk_xstrdup("/");
-    in->path = NULL;
-    /* As downstream (PROTOCOL.md 1.2); a TCP tunnel's CONNECT is always http. */
-    bool https = pk_server_tls_port(ex->srv, PK_PORT_PROXY) && !ex->tcp;
-    r->scheme = pk_xstrdup(https ? "https" : "http");
-    const char *host = in->authority ? in->authority : pk_hdrs_get(&in->hdrs, "host");
-    r->authority = pk_xstrdup(host ? host : ex->endpoint);
-    pk_hdrs_move(&r->hdrs, &in->hdrs);
-    ex->expect_continue = pk_hdrs_get(&r->hdrs, "expect") != NULL &&
-                          pk_strcaseeq(pk_hdrs_get(&r->hdrs, "expect"), "100-continue");
-    pk_h1_strip_hop_by_hop(&r->hdrs, true);
-    pk_hdrs_del(&r->hdrs, "expect");
-    pk_hdrs_del(&r->hdrs, "x-piko-authorization");
-    pk_hdrs_del_prefix(&r->hdrs, "piko-");
-    const char *xff = pk_hdrs_get(&r->hdrs, "x-forwarded-for");
-    char *v = xff ? pk_xasprintf("%s, %s", xff, ip) : pk_xstrdup(ip);
-    pk_hdrs_set(&r->hdrs, "x-forwarded-for", v);
-    free(v);
-    pk_hdrs_set(&r->hdrs, "x-forwarded-proto", https ? "https" : "http");
-    pk_hdrs_set(&r->hdrs, "x-forwarded-host", r->authority);
-    char addr[96];
-    snprintf(addr, sizeof(addr), strchr(ip, ':') ? "[%s]:%u" : "%s:%u", ip, port);
-    pk_hdrs_add_str(&r->hdrs, "piko-client-addr", addr);
-}
-
 /* Routes the request and opens its upstream stream. claims: what the verified token
  * allows (proxy.auth), else NULL. */
 static void ex_route(struct exchange *ex, struct pk_head *in, const struct pk_claims *claims)
@@ -566,7 +535,10 @@ static void ex_route(struct exchange *ex, struct pk_head *in, const struct pk_cl
         pk_exchange_fail(ex, 403, pk_auth_http_message(PK_AUTH_ENDPOINT_NOT_PERMITTED));
         return;
     }
-    prepare_request(ex, in, ex->ip, ex->port);
+    /* As downstream (PROTOCOL.md 1.2); a TCP tunnel's CONNECT is always http. */
+    bool https = pk_server_tls_port(ex->srv, PK_PORT_PROXY) && !ex->tcp;
+    ex->expect_continue =
+        pk_proxy_prepare_request(&ex->req, in, ex->endpoint, https, ex->ip, ex->port);
     /* PROTOCOL.md 1.4: authorization belongs to the application unless it carried the
      * token of proxy.auth (x-piko-authorization is always removed). Only the field that
      * carried it goes (the first, as verified): others are the application's own
@@ -576,23 +548,7 @@ static void ex_route(struct exchange *ex, struct pk_head *in, const struct pk_cl
     if (ex->raw) {
         /* Extended CONNECT (PROTOCOL.md 1.2): the method becomes CONNECT, the upgrade
          * token :protocol. A TCP tunnel carries only the client address. */
-        struct pk_head *r = &ex->req;
-        pk_head_set(&r->method, "CONNECT", 7);
-        pk_head_set(&r->protocol, ex->token, strlen(ex->token));
-        if (ex->tcp) {
-            char auth[160];
-            snprintf(auth, sizeof(auth), "%s:0", ex->endpoint);
-            pk_head_set(&r->authority, auth, strlen(auth));
-            pk_head_set(&r->path, "/", 1);
-            const char *ca = pk_hdrs_get(&r->hdrs, "piko-client-addr");
-            char *addr = ca ? pk_xstrdup(ca) : NULL;
-            pk_hdrs_free(&r->hdrs);
-            if (addr) {
-                pk_hdrs_add_str(&r->hdrs, "piko-client-addr", addr);
-                free(addr);
-            }
-        }
-        pk_hdrs_del(&r->hdrs, "content-length");
+        pk_proxy_make_raw(&ex->req, ex->token, ex->tcp, ex->endpoint);
     }
     if (!evtimer_pending(ex->timer, NULL)) {
         struct timeval tv = pk_ms_timeval(ex->srv->node.cfg->proxy_timeout_ms);

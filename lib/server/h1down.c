@@ -60,7 +60,7 @@ static void h1_pump_response(struct h1conn *hc)
         return;
     }
     if (!hc->resp_body_expected) {
-        struct evbuffer *sink = evbuffer_new();
+        struct evbuffer *sink = pk_xevbuffer_new();
         pk_pipe_move(p, sink, pk_pipe_len(p)); /* bodies of HEAD/204/304 are dropped */
         evbuffer_free(sink);
     }

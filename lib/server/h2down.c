@@ -30,7 +30,8 @@ struct h2s {
 static void h2s_send_head(struct pk_end *e, struct pk_head *resp, bool body)
 {
     struct h2s *hs = PK_CONTAINER_OF(e, struct h2s, end);
-    pk_h2stream_respond(hs->s, resp, body ? &hs->ex->resp_body : NULL);
+    if (pk_h2stream_respond(hs->s, resp, body ? &hs->ex->resp_body : NULL) != 0)
+        pk_h2stream_reset(hs->s, NGHTTP2_INTERNAL_ERROR); /* the head could not be sent */
 }
 
 static void h2s_establish(struct pk_end *e, struct pk_head *resp)
@@ -40,7 +41,8 @@ static void h2s_establish(struct pk_end *e, struct pk_head *resp)
      * checked it). */
     pk_hdrs_del(&resp->hdrs, "sec-websocket-accept");
     resp->status = 200;
-    pk_h2stream_respond(hs->s, resp, &hs->ex->resp_body);
+    if (pk_h2stream_respond(hs->s, resp, &hs->ex->resp_body) != 0)
+        pk_h2stream_reset(hs->s, NGHTTP2_CONNECT_ERROR);
 }
 
 static void h2s_abort(struct pk_end *e)

@@ -1,10 +1,13 @@
-/* Routing a proxy request to an endpoint (PROTOCOL.md 4), and the checks of its target
- * and authority. Pure functions: also called by tests/fuzz. */
+/* Routing a proxy request to an endpoint (PROTOCOL.md 4), the checks of its target and
+ * authority, and the request as it goes on a tunnel (PROTOCOL.md 1.2, 1.4). Pure
+ * functions: also called by tests/fuzz. */
 #include "base/base.h"
+#include "http1/http1.h"
 #include "server/server_int.h"
 
 #include <arpa/inet.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* RFC 3986 3.2.2-3.2.3: a reg-name or IPv4 address (unreserved, pct-encoded, sub-delims)
@@ -106,4 +109,53 @@ int pk_proxy_route(const struct pk_head *req, char *out, size_t outlen, const ch
     }
     snprintf(out, outlen, "%.*s", (int)len, id);
     return 0;
+}
+
+bool pk_proxy_prepare_request(struct pk_head *out, struct pk_head *in, const char *endpoint,
+                              bool https, const char *ip, uint16_t port)
+{
+    out->method = in->method;
+    in->method = NULL;
+    out->path = in->path ? in->path : pk_xstrdup("/");
+    in->path = NULL;
+    out->scheme = pk_xstrdup(https ? "https" : "http");
+    const char *host = in->authority ? in->authority : pk_hdrs_get(&in->hdrs, "host");
+    out->authority = pk_xstrdup(host ? host : endpoint);
+    pk_hdrs_move(&out->hdrs, &in->hdrs);
+    const char *expect = pk_hdrs_get(&out->hdrs, "expect");
+    bool expect_continue = expect && pk_strcaseeq(expect, "100-continue");
+    pk_h1_strip_hop_by_hop(&out->hdrs, true);
+    pk_hdrs_del(&out->hdrs, "expect");
+    pk_hdrs_del(&out->hdrs, "x-piko-authorization");
+    pk_hdrs_del_prefix(&out->hdrs, "piko-");
+    const char *xff = pk_hdrs_get(&out->hdrs, "x-forwarded-for");
+    char *v = xff ? pk_xasprintf("%s, %s", xff, ip) : pk_xstrdup(ip);
+    pk_hdrs_set(&out->hdrs, "x-forwarded-for", v);
+    free(v);
+    pk_hdrs_set(&out->hdrs, "x-forwarded-proto", https ? "https" : "http");
+    pk_hdrs_set(&out->hdrs, "x-forwarded-host", out->authority);
+    char addr[96];
+    snprintf(addr, sizeof(addr), strchr(ip, ':') ? "[%s]:%u" : "%s:%u", ip, port);
+    pk_hdrs_add_str(&out->hdrs, "piko-client-addr", addr);
+    return expect_continue;
+}
+
+void pk_proxy_make_raw(struct pk_head *r, const char *token, bool tcp, const char *endpoint)
+{
+    pk_head_set(&r->method, "CONNECT", 7);
+    pk_head_set(&r->protocol, token, strlen(token));
+    if (tcp) {
+        char auth[160];
+        snprintf(auth, sizeof(auth), "%s:0", endpoint);
+        pk_head_set(&r->authority, auth, strlen(auth));
+        pk_head_set(&r->path, "/", 1);
+        const char *ca = pk_hdrs_get(&r->hdrs, "piko-client-addr");
+        char *addr = ca ? pk_xstrdup(ca) : NULL;
+        pk_hdrs_free(&r->hdrs);
+        if (addr) {
+            pk_hdrs_add_str(&r->hdrs, "piko-client-addr", addr);
+            free(addr);
+        }
+    }
+    pk_hdrs_del(&r->hdrs, "content-length");
 }

@@ -162,6 +162,17 @@ size_t pk_upstream_count(struct pk_server *srv);
  * the first label of a Host that has a dot and is not an IP literal. Returns 0 with the id
  * in out, or an HTTP status (400) with *msg. Pure: also called by tests/fuzz. */
 int pk_proxy_route(const struct pk_head *req, char *out, size_t outlen, const char **msg);
+/* Builds the request sent on a tunnel from the downstream one (PROTOCOL.md 1.4): moves
+ * method, path, authority (Host, else endpoint) and fields out of in into out, strips the
+ * hop-by-hop and piko-* fields, adds x-forwarded-* and piko-client-addr for ip:port; https:
+ * the downstream's scheme. Returns true when the client sent Expect: 100-continue. Pure:
+ * also called by tests/fuzz. */
+bool pk_proxy_prepare_request(struct pk_head *out, struct pk_head *in, const char *endpoint,
+                              bool https, const char *ip, uint16_t port);
+/* Turns a prepared request into the extended CONNECT of a raw stream (PROTOCOL.md 1.2): the
+ * upgrade token as :protocol; a TCP tunnel (tcp) carries only piko-client-addr, to
+ * "endpoint:0". Pure: also called by tests/fuzz. */
+void pk_proxy_make_raw(struct pk_head *r, const char *token, bool tcp, const char *endpoint);
 
 /* accept.c (cluster port) */
 int pk_cluster_port_listen(struct pk_server *srv, char *err, size_t errlen);

@@ -490,7 +490,7 @@ static void upstream_accept(evutil_socket_t fd, struct sockaddr *sa, int salen, 
         return;
     }
     pk_tune_socket(fd);
-    hs_start(srv, bufferevent_socket_new(srv->loop.base, fd, BEV_OPT_CLOSE_ON_FREE), sa,
+    hs_start(srv, pk_xbufferevent_socket_new(srv->loop.base, fd, BEV_OPT_CLOSE_ON_FREE), sa,
              pk_now_ms());
 }
 

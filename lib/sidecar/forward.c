@@ -306,11 +306,11 @@ static void accept_cb(evutil_socket_t fd, struct sockaddr *sa, int salen, void *
     fc->f = f;
     pk_addr_str(sa, fc->peer, sizeof(fc->peer));
     pk_tune_socket(fd);
-    fc->local = bufferevent_socket_new(sc->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    fc->local = pk_xbufferevent_socket_new(sc->base, fd, BEV_OPT_CLOSE_ON_FREE);
     /* Not read until the tunnel is up: the bytes wait in the kernel. */
     bufferevent_setcb(fc->local, NULL, NULL, local_event, fc);
     bufferevent_disable(fc->local, EV_READ);
-    fc->body = evbuffer_new();
+    fc->body = pk_xevbuffer_new();
     fc->done_ev = pk_xevent_new(sc->base, -1, 0, done_cb, fc);
     pk_h1parser_init(&fc->parser, HTTP_RESPONSE, 64 * 1024, &parser_cbs, fc);
     pk_list_insert(&f->conns, &fc->link);

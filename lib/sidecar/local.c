@@ -279,7 +279,8 @@ static bool resp_on_head(struct pk_h1parser *p, void *ud)
     bool body = !(x->is_head || status == 204 || status == 304);
     if (x->s) {
         x->resp_started = true;
-        pk_h2stream_respond(x->s, &h, body ? &x->resp_body : NULL);
+        if (pk_h2stream_respond(x->s, &h, body ? &x->resp_body : NULL) != 0)
+            pk_h2stream_reset(x->s, NGHTTP2_INTERNAL_ERROR);
     }
     pk_head_free(&h);
     return x->is_head;

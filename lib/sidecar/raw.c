@@ -125,8 +125,8 @@ static void go_raw(struct rx *x)
 static void respond(struct rx *x, struct pk_head *h, bool body)
 {
     x->responded = true;
-    if (x->s)
-        pk_h2stream_respond(x->s, h, body ? &x->from_service : NULL);
+    if (x->s && pk_h2stream_respond(x->s, h, body ? &x->from_service : NULL) != 0)
+        pk_h2stream_reset(x->s, NGHTTP2_CONNECT_ERROR);
 }
 
 /* ---- upgrade: the service's answer ---------------------------------------------------- */

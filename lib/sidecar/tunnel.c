@@ -506,7 +506,7 @@ static void dial_slot(struct sc_slot *sl)
     h->token = token;
     h->slot = sl;
     h->server = sl->server;
-    h->body = evbuffer_new();
+    h->body = pk_xevbuffer_new();
     pk_h1parser_init(&h->parser, HTTP_RESPONSE, 64 * 1024, &hs_cbs, h);
     const struct sc_server *srv = &sc->servers[h->server];
     PK_DEBUG("tunnel", "endpoint=%s slot=%u dialling %s", ep->name, sl->index, srv->url);

@@ -1,5 +1,7 @@
 #include "stream/pipe.h"
 
+#include "base/base.h"
+
 #include <event2/buffer.h>
 #include <stdint.h>
 #include <string.h>
@@ -7,7 +9,7 @@
 void pk_pipe_init(struct pk_pipe *p, size_t hwm)
 {
     memset(p, 0, sizeof(*p));
-    p->buf = evbuffer_new();
+    p->buf = pk_xevbuffer_new();
     p->hwm = hwm;
     pk_hdrs_init(&p->trailers);
 }

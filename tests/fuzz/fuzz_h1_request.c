@@ -9,7 +9,10 @@
  * checks invariants on the parser's output and on that HTTP/2 request, then hands it with
  * its body and trailers to an in-memory nghttp2 peer (h2check.h), which must accept it.
  *
- * The replayed proxy logic is a copy: keep it in step with lib/server/h1down.c and exchange.c.
+ * Routing, the request's preparation and the raw (extended CONNECT) form are the server's
+ * own functions (pk_proxy_route, pk_proxy_prepare_request, pk_proxy_make_raw in
+ * lib/server/route.c); only the choice of what becomes a plain exchange, an upgrade or a
+ * TCP tunnel (h1down.c h1_on_head) is replayed here: keep that part in step.
  *
  * Known findings, reported and not yet fixed in lib/ (docs/fuzzing.md); the target lets
  * them pass unless PIKO_FUZZ_STRICT=1:
@@ -278,29 +281,10 @@ static int route(const struct pk_head *req, char *out, size_t outlen)
     return pk_proxy_route(req, out, outlen, &msg);
 }
 
-/* exchange.c prepare_request(); moves method, path and fields out of in. */
+/* The server's own preparation (pk_proxy_prepare_request), for a plain-TCP client. */
 static void prepare_request(struct msg *m, struct pk_head *in)
 {
-    struct pk_head *r = &m->req;
-    r->method = in->method;
-    in->method = NULL;
-    r->path = in->path ? in->path : pk_xstrdup("/");
-    in->path = NULL;
-    r->scheme = pk_xstrdup("http");
-    const char *host = in->authority ? in->authority : pk_hdrs_get(&in->hdrs, "host");
-    r->authority = pk_xstrdup(host ? host : m->endpoint);
-    pk_hdrs_move(&r->hdrs, &in->hdrs);
-    pk_h1_strip_hop_by_hop(&r->hdrs, true);
-    pk_hdrs_del(&r->hdrs, "expect");
-    pk_hdrs_del(&r->hdrs, "x-piko-authorization");
-    pk_hdrs_del_prefix(&r->hdrs, "piko-");
-    const char *xff = pk_hdrs_get(&r->hdrs, "x-forwarded-for");
-    char *v = xff ? pk_xasprintf("%s, %s", xff, CLIENT_IP) : pk_xstrdup(CLIENT_IP);
-    pk_hdrs_set(&r->hdrs, "x-forwarded-for", v);
-    free(v);
-    pk_hdrs_set(&r->hdrs, "x-forwarded-proto", "http");
-    pk_hdrs_set(&r->hdrs, "x-forwarded-host", r->authority);
-    pk_hdrs_add_str(&r->hdrs, "piko-client-addr", CLIENT_ADDR);
+    pk_proxy_prepare_request(&m->req, in, m->endpoint, false, CLIENT_IP, CLIENT_PORT);
 }
 
 /* h1down.c h1_on_head() and exchange.c pk_exchange_start(); sets m->forwarded when the request goes
@@ -347,23 +331,7 @@ static void proxy_head(struct msg *m, struct pk_h1parser *p)
     }
     prepare_request(m, in);
     if (m->raw) {
-        struct pk_head *r = &m->req;
-        pk_head_set(&r->method, "CONNECT", 7);
-        pk_head_set(&r->protocol, m->token, strlen(m->token));
-        if (tcp) {
-            char auth[160];
-            snprintf(auth, sizeof(auth), "%s:0", m->endpoint);
-            pk_head_set(&r->authority, auth, strlen(auth));
-            pk_head_set(&r->path, "/", 1);
-            const char *ca = pk_hdrs_get(&r->hdrs, "piko-client-addr");
-            char *addr = ca ? pk_xstrdup(ca) : NULL;
-            pk_hdrs_free(&r->hdrs);
-            if (addr) {
-                pk_hdrs_add_str(&r->hdrs, "piko-client-addr", addr);
-                free(addr);
-            }
-        }
-        pk_hdrs_del(&r->hdrs, "content-length");
+        pk_proxy_make_raw(&m->req, m->token, tcp, m->endpoint);
     }
     m->forwarded = true;
     check_converted(m);
