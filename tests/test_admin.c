@@ -95,7 +95,7 @@ static void fx_start(struct fx *f, const struct pk_admin_opts *o)
 
 static void fx_stop(struct fx *f)
 {
-    pk_admin_free(f->a);
+    pk_admin_del(f->a);
     event_base_free(f->base);
 }
 
@@ -509,7 +509,7 @@ static void test_teardown_with_connections(void)
     cl_open(&f, &orphan);
     cl_send(&orphan, "GET /async HTTP/1.1\r\n\r\n");
     CU_ASSERT(run_until(&f, held_cond, &f));
-    struct pk_admin_req *unanswered = f.held; /* freed by pk_admin_free, never replied */
+    struct pk_admin_req *unanswered = f.held; /* freed by pk_admin_del, never replied */
     f.held = NULL;
     cl_open(&f, &waiting);
     cl_send(&waiting, "GET /cancel HTTP/1.1\r\n\r\n");
@@ -517,7 +517,7 @@ static void test_teardown_with_connections(void)
     CU_ASSERT(unanswered != f.held);
     struct conns_wait w = {f.a, 4};
     CU_ASSERT(run_until(&f, conns_cond, &w));
-    pk_admin_free(f.a);
+    pk_admin_del(f.a);
     f.a = NULL;
     CU_ASSERT_EQUAL(f.cancels, 1);
     event_base_free(f.base);

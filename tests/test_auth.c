@@ -356,7 +356,7 @@ static void new_fails(struct loop *l, struct pk_httpc *http, const struct pk_aut
     char err[256] = "";
     struct pk_auth *a = pk_auth_new(l->base, http, o, err, sizeof(err));
     CU_ASSERT_PTR_NULL(a);
-    pk_auth_free(a);
+    pk_auth_del(a);
     if (!strstr(err, want))
         fprintf(stderr, "\nerror \"%s\" does not contain \"%s\"\n", err, want);
     CU_ASSERT_PTR_NOT_NULL(strstr(err, want));
@@ -395,7 +395,7 @@ static enum pk_auth_result verify_with(const struct pk_auth_opts *o, const char 
     loop_init(&l);
     struct pk_auth *a = new_auth(&l, NULL, o);
     enum pk_auth_result r = vnow(a, tok, claims);
-    pk_auth_free(a);
+    pk_auth_del(a);
     loop_free(&l);
     return r;
 }
@@ -428,7 +428,7 @@ static void test_hmac_valid(void)
         free(t);
     }
     CU_ASSERT_EQUAL(pk_auth_counters(a)->accepted, 3);
-    pk_auth_free(a);
+    pk_auth_del(a);
     loop_free(&l);
 }
 
@@ -457,7 +457,7 @@ static void test_rsa_valid(void)
         char *t = sign(K.rsa2.jwk, "RS256", NULL, "{}");
         EXPECT(a, t, PK_AUTH_BAD_SIGNATURE);
         free(t);
-        pk_auth_free(a);
+        pk_auth_del(a);
     }
     loop_free(&l);
 }
@@ -479,7 +479,7 @@ static void test_ecdsa_valid(void)
         char *t = sign(ok[i].kp->jwk, ok[i].alg, NULL, "{\"aud\":\"x\"}");
         EXPECT(a, t, PK_AUTH_OK);
         free(t);
-        pk_auth_free(a);
+        pk_auth_del(a);
     }
     /* A certificate works as well as a bare public key. */
     opts_init(&o);
@@ -488,7 +488,7 @@ static void test_ecdsa_valid(void)
     char *tc = sign(K.ec256.jwk, "ES256", NULL, "{}");
     EXPECT(c, tc, PK_AUTH_OK);
     free(tc);
-    pk_auth_free(c);
+    pk_auth_del(c);
     /* The curve belongs to the alg: an ES256 token never verifies against a P-384 key, even
      * when its signature has the length a P-384 one would have. */
     opts_init(&o);
@@ -507,7 +507,7 @@ static void test_ecdsa_valid(void)
     free(longer);
     free(t);
     /* Another P-384 key. */
-    pk_auth_free(a);
+    pk_auth_del(a);
     opts_init(&o);
     o.ecdsa_public_key = K.ec256.pem;
     a = new_auth(&l, NULL, &o);
@@ -517,7 +517,7 @@ static void test_ecdsa_valid(void)
     EXPECT(a, t, PK_AUTH_BAD_SIGNATURE);
     free(t);
     free_kp(&other);
-    pk_auth_free(a);
+    pk_auth_del(a);
     loop_free(&l);
 }
 
@@ -573,7 +573,7 @@ static void test_bad_signatures(void)
     free(h384);
     free(t);
     CU_ASSERT(pk_auth_counters(a)->rejected[PK_AUTH_BAD_SIGNATURE] >= 6);
-    pk_auth_free(a);
+    pk_auth_del(a);
     loop_free(&l);
 }
 
@@ -597,7 +597,7 @@ static void test_alg_none_refused(void)
         }
     }
     EXPECT(a, "eyJhbGciOiJub25lIn0.e30.", PK_AUTH_ALG_NOT_ALLOWED);
-    pk_auth_free(a);
+    pk_auth_del(a);
 
     /* Same against an RSA verifier. */
     opts_init(&o);
@@ -606,7 +606,7 @@ static void test_alg_none_refused(void)
     char *t = raw_token("{\"alg\":\"none\",\"typ\":\"JWT\"}", "{}", "");
     EXPECT(a, t, PK_AUTH_ALG_NOT_ALLOWED);
     free(t);
-    pk_auth_free(a);
+    pk_auth_del(a);
     loop_free(&l);
 }
 
@@ -650,7 +650,7 @@ static void test_duplicate_header_names(void)
     t = raw_hs256("{\"alg\":\"HS256\"}", "{\"exp\":1,\"exp\":99999999999}");
     EXPECT(a, t, PK_AUTH_OK);
     free(t);
-    pk_auth_free(a);
+    pk_auth_del(a);
     loop_free(&l);
 }
 
@@ -678,7 +678,7 @@ static void test_alg_confusion(void)
     t = sign(K.ec256.jwk, "ES256", NULL, "{}");
     EXPECT(a, t, PK_AUTH_ALG_NOT_ALLOWED);
     free(t);
-    pk_auth_free(a);
+    pk_auth_del(a);
 
     /* RS and ES tokens against an HMAC verifier; HS against ECDSA. */
     opts_init(&o);
@@ -690,7 +690,7 @@ static void test_alg_confusion(void)
     t = sign(K.ec256.jwk, "ES256", NULL, "{}");
     EXPECT(a, t, PK_AUTH_ALG_NOT_ALLOWED);
     free(t);
-    pk_auth_free(a);
+    pk_auth_del(a);
     opts_init(&o);
     o.ecdsa_public_key = K.ec256.pem;
     a = new_auth(&l, NULL, &o);
@@ -705,7 +705,7 @@ static void test_alg_confusion(void)
     CU_ASSERT_EQUAL(pk_auth_counters(a)->rejected[PK_AUTH_ALG_NOT_ALLOWED], 2);
     cjose_jwk_release(ecpem);
     cjose_jwk_release(pemkey);
-    pk_auth_free(a);
+    pk_auth_del(a);
     loop_free(&l);
 }
 
@@ -953,7 +953,7 @@ static void test_malformed_tokens(void)
     CU_ASSERT(pk_auth_counters(a)->rejected[PK_AUTH_MALFORMED] >= 25);
     CU_ASSERT_EQUAL(pk_auth_counters(a)->rejected[PK_AUTH_MISSING_TOKEN], 1);
     free(good);
-    pk_auth_free(a);
+    pk_auth_del(a);
 
     /* A lower bound of ours. */
     opts_init(&o);
@@ -963,7 +963,7 @@ static void test_malformed_tokens(void)
     t = sign(K.hmac, "HS256", NULL, "{}");
     EXPECT(a, t, PK_AUTH_MALFORMED);
     free(t);
-    pk_auth_free(a);
+    pk_auth_del(a);
     loop_free(&l);
 }
 
@@ -1063,7 +1063,7 @@ static void test_bad_config(void)
     o.hmac_secret_key = NULL;
     new_fails(&l, NULL, &o, "auth: no key source");
     CU_ASSERT_PTR_NULL(pk_auth_new(NULL, NULL, &o, NULL, 0));
-    pk_auth_free(NULL);
+    pk_auth_del(NULL);
     loop_free(&l);
 }
 
@@ -1098,7 +1098,7 @@ static void result_cb(enum pk_auth_result res, const struct pk_claims *claims, c
         CU_ASSERT_PTR_NOT_NULL(pk_auth_verify(r->verify_with, r->verify_tok, strlen(r->verify_tok),
                                               result_cb, r->next));
     if (r->free_it) {
-        pk_auth_free(*r->free_it);
+        pk_auth_del(*r->free_it);
         *r->free_it = NULL;
     }
 }
@@ -1179,7 +1179,7 @@ static void test_async_delivery(void)
     /* Freed with requests queued: no callbacks. */
     a = new_auth(&l, NULL, &o);
     verify(a, "a.b.c", &first);
-    pk_auth_free(a);
+    pk_auth_del(a);
     loop_settle(&l, 50);
     CU_ASSERT_EQUAL(first.called, 0);
     CU_ASSERT_PTR_NULL(pk_auth_verify(NULL, "a", 1, result_cb, &first));
@@ -1284,7 +1284,7 @@ static void test_jwks_file_by_kid(void)
         free(t);
     }
     CU_ASSERT_EQUAL(pk_auth_counters(a)->jwks_loads, 1); /* the file did not change */
-    pk_auth_free(a);
+    pk_auth_del(a);
     free(extra);
     free(doc);
     loop_free(&l);
@@ -1325,7 +1325,7 @@ static void test_jwks_file_rotation(void)
     CU_ASSERT_EQUAL(pk_auth_counters(a)->jwks_load_failures, 1);
     free(t1);
     free(t2);
-    pk_auth_free(a);
+    pk_auth_del(a);
     loop_free(&l);
 }
 
@@ -1363,7 +1363,7 @@ static void test_jwks_file_refresh_timer(void)
     char *t = sign(K.rsa2.jwk, "RS256", "r2", "{}");
     EXPECT(a, t, PK_AUTH_OK);
     free(t);
-    pk_auth_free(a);
+    pk_auth_del(a);
     loop_free(&l);
 }
 
@@ -1469,8 +1469,8 @@ static void test_jwks_http_unknown_kid_refetch(void)
     free(ta);
     free(tb);
     free(tc);
-    pk_auth_free(a);
-    pk_httpc_free(h);
+    pk_auth_del(a);
+    pk_httpc_del(h);
     jwks_server_stop(&srv);
     loop_free(&l);
 }
@@ -1527,8 +1527,8 @@ static void test_jwks_http_refresh_and_verify_now(void)
     EXPECT(a, tz, PK_AUTH_OK);
     free(tz);
     free(t);
-    pk_auth_free(a);
-    pk_httpc_free(h);
+    pk_auth_del(a);
+    pk_httpc_del(h);
     jwks_server_stop(&srv);
     loop_free(&l);
 }
@@ -1562,7 +1562,7 @@ static void test_jwks_http_down_and_cancel(void)
     CU_ASSERT_EQUAL(again.res, PK_AUTH_KEYS_NOT_LOADED);
     CU_ASSERT_EQUAL(srv.hits, 1);
     CU_ASSERT_EQUAL(pk_auth_counters(a)->jwks_load_failures, 1);
-    pk_auth_free(a);
+    pk_auth_del(a);
 
     /* Cancelled while waiting for the first fetch; the other waiting one is answered. */
     srv.body = jwks_doc(1, (const cjose_jwk_t *const[]){K.rsa.jwk}, (const char *[]){"a"}, NULL);
@@ -1575,17 +1575,17 @@ static void test_jwks_http_down_and_cancel(void)
     pk_claims_free(&kept.claims);
     loop_settle(&l, 50);
     CU_ASSERT_EQUAL(cancelled.called, 0);
-    pk_auth_free(a);
+    pk_auth_del(a);
 
     /* Freed while a verification waits for the fetch: no callback, the fetch is dropped. */
     a = new_auth(&l, h, &o);
     verify(a, t, &cancelled);
-    pk_auth_free(a);
+    pk_auth_del(a);
     loop_settle(&l, 100);
     CU_ASSERT_EQUAL(cancelled.called, 0);
     CU_ASSERT_EQUAL(pk_httpc_inflight(h), 0);
     free(t);
-    pk_httpc_free(h);
+    pk_httpc_del(h);
     jwks_server_stop(&srv);
     loop_free(&l);
 }

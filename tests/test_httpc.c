@@ -201,7 +201,7 @@ static void fx_init(struct fx *fx, size_t max_body)
 
 static void fx_free(struct fx *fx)
 {
-    pk_httpc_free(fx->h);
+    pk_httpc_del(fx->h);
     server_stop(&fx->srv);
     event_free(fx->watchdog);
     event_base_free(fx->base);
@@ -613,7 +613,7 @@ static void test_cancel_other_from_callback(void)
 
 static void free_client(struct result *res)
 {
-    pk_httpc_free(res->fx->h);
+    pk_httpc_del(res->fx->h);
     res->fx->h = NULL;
 }
 
@@ -654,7 +654,7 @@ static void test_free_in_flight(void)
      * connections, 2 queued inside curl. */
     loop_until(&fx, &fx.srv.handled, 4, false);
     CU_ASSERT_EQUAL(pk_httpc_inflight(fx.h), PK_ARRAY_LEN(slow));
-    pk_httpc_free(fx.h);
+    pk_httpc_del(fx.h);
     fx.h = NULL;
     loop_settle(&fx, 500);
     for (size_t i = 0; i < PK_ARRAY_LEN(slow); i++)
@@ -666,11 +666,11 @@ static void test_free_in_flight(void)
     fx.h = pk_httpc_new(fx.base, 0);
     CU_ASSERT_PTR_NOT_NULL_FATAL(fx.h);
     get(&fx, "/echo", NULL, 5000, &never);
-    pk_httpc_free(fx.h);
+    pk_httpc_del(fx.h);
     fx.h = NULL;
     loop_settle(&fx, 100);
     CU_ASSERT_EQUAL(never.called, 0);
-    pk_httpc_free(NULL);
+    pk_httpc_del(NULL);
     fx_free(&fx);
 }
 

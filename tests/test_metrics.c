@@ -50,7 +50,7 @@ static void test_counter_with_labels(void)
                               "piko_proxy_requests_total{status=\"200\",method=\"GET\"} 4\n"
                               "piko_proxy_requests_total{status=\"502\",method=\"POST\"} 1\n");
     free(s);
-    pk_metrics_free(m);
+    pk_metrics_del(m);
 }
 
 static void test_gauge_and_escaping(void)
@@ -71,7 +71,7 @@ static void test_gauge_and_escaping(void)
     ASSERT_CONTAINS(s, "# HELP g A \\\\ help\\nline.\n# TYPE g gauge\ng 0.25\n");
     ASSERT_CONTAINS(s, "e{endpoint=\"a\\\"b\\\\c\\nd\"} 1\n");
     free(s);
-    pk_metrics_free(m);
+    pk_metrics_del(m);
 }
 
 static void test_histogram(void)
@@ -98,7 +98,7 @@ static void test_histogram(void)
                               "lat_seconds_sum{k=\"x\"} 105.15\n"
                               "lat_seconds_count{k=\"x\"} 4\n");
     free(s);
-    pk_metrics_free(m);
+    pk_metrics_del(m);
 }
 
 static double read_arg(void *arg)
@@ -118,8 +118,8 @@ static void test_scrape_time_gauge(void)
     s = expose(m);
     ASSERT_CONTAINS(s, "process_open_fds NaN\n");
     free(s);
-    pk_metrics_free(m);
-    pk_metrics_free(NULL);
+    pk_metrics_del(m);
+    pk_metrics_del(NULL);
 }
 
 void pk_test_register_metrics(void)

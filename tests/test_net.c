@@ -541,7 +541,7 @@ static void sink_readable(struct pk_pipe *p, void *consumer)
         s->aborted = true;
     if (s->free_bp && s->fx->bp) {
         s->free_bp = false;
-        pk_bevpipe_free(s->fx->bp);
+        pk_bevpipe_del(s->fx->bp);
         s->fx->bp = NULL;
         return;
     }
@@ -597,7 +597,7 @@ static void on_done(struct pk_bevpipe *bp, int err, void *arg)
     f->done_calls++;
     f->done_err = err;
     if (f->free_in_done) {
-        pk_bevpipe_free(bp);
+        pk_bevpipe_del(bp);
         f->bp = NULL;
     }
 }
@@ -672,8 +672,8 @@ static void fx_bevpipe(struct fx *f, bool tcp, size_t in_hwm, size_t out_pipe_hw
 
 static void fx_free(struct fx *f)
 {
-    pk_bevpipe_free(f->bp);
-    pk_splice_free(f->sp);
+    pk_bevpipe_del(f->bp);
+    pk_splice_del(f->sp);
     if (f->peer.bev)
         bufferevent_free(f->peer.bev);
     if (f->peer2.bev)
@@ -1113,7 +1113,7 @@ static void test_bevpipe_idle_timeout_postponed(void)
     fx_free(&f);
 }
 
-/* pk_bevpipe_free from inside `in`'s notification (in the middle of delivering input),
+/* pk_bevpipe_del from inside `in`'s notification (in the middle of delivering input),
  * and right after creation: no callback afterwards, no use after free (ASan), and the
  * socket is closed. */
 static void test_bevpipe_free_anywhere(void)
@@ -1135,7 +1135,7 @@ static void test_bevpipe_free_anywhere(void)
 
     fx_init(&f);
     fx_bevpipe(&f, false, 256 * 1024, 256 * 1024, 0, 100);
-    pk_bevpipe_free(f.bp); /* its first kick is pending */
+    pk_bevpipe_del(f.bp); /* its first kick is pending */
     f.bp = NULL;
     WAIT(&f, f.peer.rx_eof || f.peer.error);
     settle(&f, 10);
@@ -1152,7 +1152,7 @@ static void on_splice_done(struct pk_splice *sp, int err, void *arg)
     CU_ASSERT_PTR_EQUAL(sp, f->sp);
     f->done_calls++;
     f->done_err = err;
-    pk_splice_free(sp);
+    pk_splice_del(sp);
     f->sp = NULL;
 }
 

@@ -481,11 +481,11 @@ struct pk_admin *pk_admin_new(struct event_base *base, const char *addr,
     return a;
 }
 
-void pk_admin_free(struct pk_admin *a)
+void pk_admin_del(struct pk_admin *a)
 {
     if (!a)
         return;
-    pk_listener_free(a->l);
+    pk_listener_del(a->l);
     while (!pk_list_empty(&a->conns))
         conn_close(PK_CONTAINER_OF(a->conns.next, struct conn, link), false);
     while (!pk_list_empty(&a->orphans))

@@ -29,15 +29,15 @@
  * pk_admin_req_on_cancel) has run, whichever comes first. If the connection goes away
  * while a request waits (the client closed or reset it; a half-close counts as gone):
  *   - with a cancel callback set, that callback runs (once, from the loop or from
- *     pk_admin_free) and the request is freed after it returns: do not reply to it then;
+ *     pk_admin_del) and the request is freed after it returns: do not reply to it then;
  *   - without one, the request stays valid and the later pk_admin_reply frees it without
  *     writing anything (a safe no-op), so an owner that always answers needs no callback.
- * pk_admin_free runs the cancel callback of every waiting request and frees all of them:
+ * pk_admin_del runs the cancel callback of every waiting request and frees all of them:
  * an owner that may still hold a request without a cancel callback must not reply after
- * pk_admin_free.
+ * pk_admin_del.
  *
  * Every function must be called from the thread running the loop. Handlers and cancel
- * callbacks may call any function of this module except pk_admin_free. */
+ * callbacks may call any function of this module except pk_admin_del. */
 #ifndef PK_ADMIN_H
 #define PK_ADMIN_H
 
@@ -62,8 +62,8 @@ struct pk_admin_opts {
     uint64_t head_timeout_ms;  /* 0: PK_ADMIN_DEFAULT_HEAD_TIMEOUT */
     uint64_t idle_timeout_ms;  /* 0: PK_ADMIN_DEFAULT_IDLE_TIMEOUT */
     /* TLS on the port (HTTP/1.1, no ALPN), or NULL for plain. Not owned: it must outlive
-     * the admin server, and when handshakes may be in flight at pk_admin_free it must be
-     * freed right after it, before the loop runs again (pk_tls_server_free drops them
+     * the admin server, and when handshakes may be in flight at pk_admin_del it must be
+     * freed right after it, before the loop runs again (pk_tls_server_del drops them
      * without calling back). */
     struct pk_tls_server *tls;
 };
@@ -87,7 +87,7 @@ struct pk_admin *pk_admin_new(struct event_base *base, const char *addr,
                               const struct pk_admin_opts *opts, char *err, size_t errlen);
 /* Closes the listener and every connection, runs the cancel callback of every waiting
  * request and frees it. NULL is a no-op. Not from a handler or a cancel callback. */
-void pk_admin_free(struct pk_admin *a);
+void pk_admin_del(struct pk_admin *a);
 /* "127.0.0.1:8002" as bound. */
 void pk_admin_addr(const struct pk_admin *a, char *buf, size_t len);
 void pk_admin_stats(const struct pk_admin *a, struct pk_admin_stats *out);

@@ -609,13 +609,13 @@ struct pk_auth *pk_auth_new(struct event_base *base, struct pk_httpc *http,
         opts->jwks_timeout_ms ? opts->jwks_timeout_ms : PK_AUTH_DEFAULT_FETCH_TIMEOUT_MS;
     a->refresh = pk_xevent_new(base, -1, 0, refresh_cb, a);
     if (load_keys(a, opts, err, errlen) != 0) {
-        pk_auth_free(a);
+        pk_auth_del(a);
         return NULL;
     }
     return a;
 }
 
-void pk_auth_free(struct pk_auth *a)
+void pk_auth_del(struct pk_auth *a)
 {
     if (!a)
         return;

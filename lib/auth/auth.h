@@ -36,8 +36,8 @@
  * Every function must be called from the thread running the event_base given to
  * pk_auth_new. Callbacks are always delivered from the loop (a deferred event), never from
  * inside pk_auth_verify; a callback may verify again, cancel other requests and
- * pk_auth_free its own verifier. Request lifetime: the pointer returned by pk_auth_verify
- * stays valid until its callback starts or until pk_auth_cancel / pk_auth_free; cancelled
+ * pk_auth_del its own verifier. Request lifetime: the pointer returned by pk_auth_verify
+ * stays valid until its callback starts or until pk_auth_cancel / pk_auth_del; cancelled
  * requests never call back.
  *
  * The module logs JWKS loads and failures (subsystem "auth"); it does not log individual
@@ -175,7 +175,7 @@ struct pk_auth *pk_auth_new(struct event_base *base, struct pk_httpc *http,
 
 /* Cancels every pending verification (no callbacks), stops the JWKS fetch and timer and
  * frees a. NULL is a no-op. Safe from inside a callback of a. */
-void pk_auth_free(struct pk_auth *a);
+void pk_auth_del(struct pk_auth *a);
 
 /* True when tokens can be verified now: always for a static key, once a JWKS has loaded. */
 bool pk_auth_ready(const struct pk_auth *a);

@@ -130,7 +130,7 @@ size_t pk_cluster_nlinks(const struct pk_cluster *c)
     return c ? c->nlinks : 0;
 }
 
-void pk_cluster_free(struct pk_cluster *c)
+void pk_cluster_del(struct pk_cluster *c)
 {
     if (!c)
         return;
@@ -141,7 +141,7 @@ void pk_cluster_free(struct pk_cluster *c)
         cluster_free_strv(c->jobs[i].new_addrs, c->jobs[i].nnew);
     }
     free(c->jobs);
-    pk_httpc_free(c->http);
+    pk_httpc_del(c->http);
     event_free(c->resolve_ev);
     event_free(c->tick_ev);
     event_free(c->change_ev);

@@ -65,7 +65,7 @@ size_t pk_cluster_nlinks(const struct pk_cluster *c);
 /* New peer links are dialled with ctx (SIGHUP reload; a reference is taken). */
 void pk_cluster_set_tls_ctx(struct pk_cluster *c, struct ssl_ctx_st *ctx);
 /* Frees (after pk_cluster_stop and the loop has run the closes). NULL is a no-op. */
-void pk_cluster_free(struct pk_cluster *c);
+void pk_cluster_del(struct pk_cluster *c);
 
 /* The peer to forward a request for endpoint to: among reachable peers holding it,
  * non-draining ones first, chosen in proportion to their tunnel counts, with a link that

@@ -343,11 +343,11 @@ struct pk_httpc *pk_httpc_new(struct event_base *base, size_t max_body)
     return h;
 
 fail:
-    pk_httpc_free(h);
+    pk_httpc_del(h);
     return NULL;
 }
 
-void pk_httpc_free(struct pk_httpc *h)
+void pk_httpc_del(struct pk_httpc *h)
 {
     if (!h)
         return;

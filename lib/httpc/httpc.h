@@ -7,11 +7,11 @@
  *
  * Callbacks are always delivered from the loop (a deferred event), never from inside
  * pk_httpc_get and never from inside libcurl. A callback may therefore start new
- * requests, cancel other requests and even pk_httpc_free its own client.
+ * requests, cancel other requests and even pk_httpc_del its own client.
  *
  * Request lifetime: the pointer returned by pk_httpc_get stays valid until its callback
  * has returned (the request is freed right after) or until pk_httpc_cancel /
- * pk_httpc_free. Cancelled requests never call back.
+ * pk_httpc_del. Cancelled requests never call back.
  *
  * Only http:// and https:// URLs are fetched; redirects are not followed (a 3xx status is
  * passed through); proxies named in the environment are ignored. */
@@ -49,7 +49,7 @@ struct pk_httpc *pk_httpc_new(struct event_base *base, size_t max_body);
 
 /* Cancels every request (no callbacks), closes the pooled connections and frees h. NULL is
  * a no-op. Safe from inside a callback of h. */
-void pk_httpc_free(struct pk_httpc *h);
+void pk_httpc_del(struct pk_httpc *h);
 
 /* TLS for https:// URLs of this client (the cluster's state calls): the server is
  * verified against the CA file root_cas by chain only (no host name check: peers are

@@ -74,7 +74,7 @@ static void series_free(struct pk_mseries *s, size_t nlabels)
     free(s);
 }
 
-void pk_metrics_free(struct pk_metrics *m)
+void pk_metrics_del(struct pk_metrics *m)
 {
     if (!m)
         return;

@@ -29,7 +29,7 @@ enum pk_metric_type { PK_METRIC_COUNTER, PK_METRIC_GAUGE, PK_METRIC_HISTOGRAM };
 
 struct pk_metrics *pk_metrics_new(void);
 /* Frees the registry, its families and series. NULL is a no-op. */
-void pk_metrics_free(struct pk_metrics *m);
+void pk_metrics_del(struct pk_metrics *m);
 
 /* Registers a family. labels: NULL-terminated label names (NULL: none). For a histogram,
  * buckets are the upper bounds, strictly increasing, without +Inf (added when written).

@@ -132,7 +132,7 @@ struct pk_listener *pk_listener_new(struct event_base *base, const char *name, c
     return l;
 }
 
-void pk_listener_free(struct pk_listener *l)
+void pk_listener_del(struct pk_listener *l)
 {
     if (!l)
         return;

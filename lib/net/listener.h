@@ -50,7 +50,7 @@ struct pk_listener *pk_listener_new(struct event_base *base, const char *name, c
                                     pk_accept_cb cb, void *arg, char *err, size_t errlen);
 /* Closes the socket and the reserve descriptor. NULL is a no-op. Safe from the accept
  * callback of another listener, not from its own. */
-void pk_listener_free(struct pk_listener *l);
+void pk_listener_del(struct pk_listener *l);
 /* "127.0.0.1:8000" for the address the listener is bound to ("?" when unknown). */
 void pk_listener_addr(const struct pk_listener *l, char *buf, size_t len);
 /* Stops (paused) or resumes accepting on behalf of the owner (a connection cap). An

@@ -303,7 +303,7 @@ struct pk_tls_server *pk_tls_server_new(struct event_base *base, const char *nam
     pk_list_init(&ts->pending);
     ts->ctx = server_ctx_new(ts, err, errlen);
     if (!ts->ctx) {
-        pk_tls_server_free(ts);
+        pk_tls_server_del(ts);
         return NULL;
     }
     return ts;
@@ -319,7 +319,7 @@ static void pending_free(struct tls_pending *p)
     free(p);
 }
 
-void pk_tls_server_free(struct pk_tls_server *ts)
+void pk_tls_server_del(struct pk_tls_server *ts)
 {
     if (!ts)
         return;

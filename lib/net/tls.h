@@ -77,7 +77,7 @@ struct pk_tls_server *pk_tls_server_new(struct event_base *base, const char *nam
                                         char *err, size_t errlen);
 /* Frees the context and every handshake still in flight (their sockets are closed, their
  * callbacks never run). NULL is a no-op. */
-void pk_tls_server_free(struct pk_tls_server *ts);
+void pk_tls_server_del(struct pk_tls_server *ts);
 /* Reads the files again into a new context and uses it for new connections. On failure
  * the old context stays and err says why. Returns 0 or a negative PK_ERR_*. */
 int pk_tls_server_reload(struct pk_tls_server *ts, char *err, size_t errlen);
@@ -102,7 +102,7 @@ typedef void (*pk_tls_accepted_cb)(struct bufferevent *bev, const struct sockadd
  * once, from the loop (or from this call when no TLS session can be made): with the
  * connection on success; with NULL after a failure or a handshake not done within
  * timeout_ms of this call (0: none; a deadline, however the bytes trickle in), which is
- * logged at info with its reason and counted. pk_tls_server_free drops handshakes in
+ * logged at info with its reason and counted. pk_tls_server_del drops handshakes in
  * flight without calling cb. */
 void pk_tls_accept(struct pk_tls_server *ts, evutil_socket_t fd, const struct sockaddr *sa,
                    uint64_t timeout_ms, pk_tls_accepted_cb cb, void *arg);

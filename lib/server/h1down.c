@@ -207,7 +207,7 @@ static void h1_destroy(struct h1conn *hc)
         if (!hc->abort && pk_bev_is_tls(hc->bev))
             tls = pk_bevpipe_take_bev(hc->bp);
         else
-            pk_bevpipe_free(hc->bp);
+            pk_bevpipe_del(hc->bp);
         hc->bp = NULL;
         hc->bev = tls;
     }

@@ -158,14 +158,14 @@ static void port_auth_free(struct pk_port_auth *pa)
     if (!pa)
         return;
     while (pa->waits) {
-        /* Teardown without pk_admin_free first: the requests are left to it. */
+        /* Teardown without pk_admin_del first: the requests are left to it. */
         struct admin_wait *w = pa->waits;
         pa->waits = w->next;
         pk_admin_req_on_cancel(w->req, NULL, NULL);
         pk_auth_cancel(w->ar);
         free(w);
     }
-    pk_auth_free(pa->a);
+    pk_auth_del(pa->a);
     free(pa);
 }
 
@@ -175,7 +175,7 @@ void pk_server_auth_free(struct pk_server *srv)
     port_auth_free(srv->node.proxy_auth);
     port_auth_free(srv->node.admin_auth);
     srv->node.upstream_auth = srv->node.proxy_auth = srv->node.admin_auth = NULL;
-    pk_httpc_free(srv->node.auth_http);
+    pk_httpc_del(srv->node.auth_http);
     srv->node.auth_http = NULL;
 }
 

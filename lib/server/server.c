@@ -283,7 +283,7 @@ static void check_cb(evutil_socket_t fd, short what, void *arg)
     if (srv->node.draining && srv->node.drain_final && srv->loop.cluster_l) {
         /* Our tunnels take no new stream: close the links peers opened to us (the
          * streams in flight on them finish) and answer their long polls. */
-        pk_listener_free(srv->loop.cluster_l);
+        pk_listener_del(srv->loop.cluster_l);
         srv->loop.cluster_l = NULL;
         srv->node.cluster_closing = true;
         pk_cluster_port_state_changed(srv); /* the long polls are answered now */
@@ -314,11 +314,11 @@ static void drain_final(struct pk_server *srv)
     PK_INFO("server", "draining connections: %zu requests in flight, %zu tunnels",
             srv->loop.nexchanges, srv->loop.ntunnels_open);
     if (srv->loop.proxy_l) {
-        pk_listener_free(srv->loop.proxy_l);
+        pk_listener_del(srv->loop.proxy_l);
         srv->loop.proxy_l = NULL;
     }
     if (srv->loop.upstream_l) {
-        pk_listener_free(srv->loop.upstream_l);
+        pk_listener_del(srv->loop.upstream_l);
         srv->loop.upstream_l = NULL;
     }
     pk_proxy_drain_all(srv, false);
@@ -546,19 +546,19 @@ void pk_server_del(struct pk_server *srv)
                                 srv->loop.nexchanges || pk_cluster_nlinks(srv->node.cluster));
          i++)
         event_base_loop(srv->loop.base, EVLOOP_NONBLOCK);
-    pk_cluster_free(srv->node.cluster);
+    pk_cluster_del(srv->node.cluster);
     /* Before the verifiers: the admin requests waiting for one are cancelled with it. */
-    pk_admin_free(srv->node.admin);
+    pk_admin_del(srv->node.admin);
     srv->node.admin = NULL;
     pk_server_auth_free(srv);
     pk_resolver_del(srv->node.resolver);
     pk_linger_list_free(&srv->loop.lingers);
     if (srv->loop.proxy_l)
-        pk_listener_free(srv->loop.proxy_l);
+        pk_listener_del(srv->loop.proxy_l);
     if (srv->loop.upstream_l)
-        pk_listener_free(srv->loop.upstream_l);
+        pk_listener_del(srv->loop.upstream_l);
     if (srv->loop.cluster_l)
-        pk_listener_free(srv->loop.cluster_l);
+        pk_listener_del(srv->loop.cluster_l);
     pk_server_tls_free(srv);
     event_free(srv->node.grace_ev);
     event_free(srv->loop.check_ev);

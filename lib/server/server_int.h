@@ -216,7 +216,7 @@ void pk_server_check_drained(struct pk_server *srv);
 int pk_server_auth_init(struct pk_server *srv, char *err, size_t errlen);
 /* Teardown: cancels every verification in flight (the admin requests still waiting for
  * one are dropped) and frees the verifiers and their HTTP client. Call it after
- * pk_admin_free, whose cancel callbacks release the admin waits. */
+ * pk_admin_del, whose cancel callbacks release the admin waits. */
 void pk_server_auth_free(struct pk_server *srv);
 /* Verifies the bearer token of a request (x-piko-authorization, else authorization; none:
  * MISSING_TOKEN) with pa; cb comes from the loop, as pk_auth_verify. *from_authorization

@@ -118,7 +118,7 @@ void pk_server_tls_free(struct pk_server *srv)
     if (!srv->node.tls)
         return;
     for (int p = 0; p < PK_PORT_COUNT; p++)
-        pk_tls_server_free(srv->node.tls->port[p]);
+        pk_tls_server_del(srv->node.tls->port[p]);
     SSL_CTX_free(srv->node.tls->cluster_client);
     free(srv->node.tls);
     srv->node.tls = NULL;

@@ -138,7 +138,7 @@ static void fc_free(struct fconn *fc)
         pk_dial_cancel(fc->dial);
     pk_tls_connect_cancel(fc->tlsc);
     if (fc->sp)
-        pk_splice_free(fc->sp);
+        pk_splice_del(fc->sp);
     if (fc->local)
         bufferevent_free(fc->local);
     if (fc->remote)
@@ -358,7 +358,7 @@ void pk_forward_stop_listening(struct pk_sidecar *sc)
 {
     for (struct sc_forward *f = sc->forwards; f; f = f->next) {
         if (f->l) {
-            pk_listener_free(f->l);
+            pk_listener_del(f->l);
             f->l = NULL;
         }
     }

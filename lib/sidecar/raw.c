@@ -55,7 +55,7 @@ static void rx_free(struct rx *x)
     if (x->dial)
         pk_dial_cancel(x->dial);
     if (x->bp)
-        pk_bevpipe_free(x->bp);
+        pk_bevpipe_del(x->bp);
     if (x->bev)
         bufferevent_free(x->bev);
     if (x->parser_used)

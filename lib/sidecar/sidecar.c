@@ -414,7 +414,7 @@ void pk_sidecar_del(struct pk_sidecar *sc)
         free(ep->host);
         free(ep);
     }
-    pk_admin_free(sc->admin);
+    pk_admin_del(sc->admin);
     pk_resolver_del(sc->resolver);
     pk_linger_list_free(&sc->lingers);
     if (sc->tls_ctx)

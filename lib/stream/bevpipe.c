@@ -1,7 +1,7 @@
 /* bevpipe: a bufferevent joined to two pipes (see bevpipe.h).
  *
  * Every entry point (bufferevent, pipe and timer callbacks, public calls) runs between
- * enter() and leave(): pk_bevpipe_free inside one of them only detaches and marks the
+ * enter() and leave(): pk_bevpipe_del inside one of them only detaches and marks the
  * object, and the outermost leave() destroys it, so no frame ever returns into freed
  * memory. Work that would re-enter a caller (resuming reads, the abortive close, on_done)
  * runs from kick_ev, a deferred event. */
@@ -53,7 +53,7 @@ struct pk_bevpipe {
     bool reset_pending; /* close the connection abortively at the next kick */
     bool failed;
     bool reported; /* on_done was called */
-    bool freed;    /* pk_bevpipe_free was called: destroy at the outermost leave() */
+    bool freed;    /* pk_bevpipe_del was called: destroy at the outermost leave() */
 };
 
 static void destroy(struct pk_bevpipe *bp)
@@ -406,7 +406,7 @@ void pk_bevpipe_reset(struct pk_bevpipe *bp, int err)
     leave(bp);
 }
 
-void pk_bevpipe_free(struct pk_bevpipe *bp)
+void pk_bevpipe_del(struct pk_bevpipe *bp)
 {
     if (!bp || bp->freed)
         return;
@@ -427,7 +427,7 @@ struct bufferevent *pk_bevpipe_take_bev(struct pk_bevpipe *bp)
         bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
         bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
     }
-    pk_bevpipe_free(bp);
+    pk_bevpipe_del(bp);
     return bev;
 }
 
@@ -519,12 +519,12 @@ struct bufferevent *pk_splice_take_b(struct pk_splice *sp)
     return b ? pk_bevpipe_take_bev(b) : NULL;
 }
 
-void pk_splice_free(struct pk_splice *sp)
+void pk_splice_del(struct pk_splice *sp)
 {
     if (!sp)
         return;
-    pk_bevpipe_free(sp->a);
-    pk_bevpipe_free(sp->b);
+    pk_bevpipe_del(sp->a);
+    pk_bevpipe_del(sp->b);
     pk_pipe_free(&sp->ab);
     pk_pipe_free(&sp->ba);
     free(sp);

@@ -17,7 +17,7 @@
  * flushed is not noticed at all).
  *
  * Re-entrancy: every function may be called from anywhere, including pipe callbacks and
- * on_done; pk_bevpipe_free from inside a callback only detaches and defers the rest. on_done
+ * on_done; pk_bevpipe_del from inside a callback only detaches and defers the rest. on_done
  * itself always runs from a deferred event of the loop, never inside a caller's call. */
 #ifndef PK_BEVPIPE_H
 #define PK_BEVPIPE_H
@@ -38,12 +38,12 @@ struct pk_splice;
  * PK_ERR_IO (the socket failed, e.g. ECONNRESET), PK_ERR_CLOSED (`out` or `in` was
  * aborted by the owner's side), PK_ERR_TIMEOUT (idle timeout), or pk_bevpipe_reset's err.
  * On every error `in` is aborted.
- * Called exactly once; the owner then calls pk_bevpipe_free (it may do so here). */
+ * Called exactly once; the owner then calls pk_bevpipe_del (it may do so here). */
 typedef void (*pk_bevpipe_done_cb)(struct pk_bevpipe *bp, int err, void *arg);
 
 /* Joins bev to two pipes: bevpipe becomes in's producer and out's consumer (it sets their
  * producer/consumer callbacks; the owner keeps the other ends). Both pipes are owned by the
- * caller and must outlive the bevpipe (until pk_bevpipe_free).
+ * caller and must outlive the bevpipe (until pk_bevpipe_del).
  *
  * Takes ownership of bev, which must be connected and own its socket
  * (BEV_OPT_CLOSE_ON_FREE); its callbacks, watermarks and timeouts are replaced. Bytes
@@ -73,9 +73,9 @@ void pk_bevpipe_reset(struct pk_bevpipe *bp, int err);
 /* Detaches from the pipes (neither is closed nor aborted) and frees bev, closing the
  * socket (unsent output is dropped). on_done will not be called after this. NULL is a
  * no-op. Safe from anywhere, including on_done and pipe callbacks. */
-void pk_bevpipe_free(struct pk_bevpipe *bp);
+void pk_bevpipe_del(struct pk_bevpipe *bp);
 
-/* Like pk_bevpipe_free, but hands bev back instead of freeing it (callbacks cleared, read
+/* Like pk_bevpipe_del, but hands bev back instead of freeing it (callbacks cleared, read
  * and write disabled, leftover input and unsent output kept): e.g. to end a TLS
  * connection with a close_notify and pk_bev_linger_close once its on_done(0) came. Returns
  * NULL when the connection was already closed abortively. */
@@ -86,14 +86,14 @@ uint64_t pk_bevpipe_bytes_in(const struct pk_bevpipe *bp);
 uint64_t pk_bevpipe_bytes_out(const struct pk_bevpipe *bp);
 
 /* Why the stream failed, for logs ("connection reset: Connection reset by peer",
- * "idle timeout"...); "" while it has not failed. Valid until pk_bevpipe_free. */
+ * "idle timeout"...); "" while it has not failed. Valid until pk_bevpipe_del. */
 const char *pk_bevpipe_error(const struct pk_bevpipe *bp);
 
 /* ---- splice ------------------------------------------------------------------------- */
 
 /* All done: err 0 when both directions ended cleanly, else the first error (as for
  * pk_bevpipe_done_cb). Called exactly once, from a deferred event; the owner then calls
- * pk_splice_free (it may do so here). */
+ * pk_splice_del (it may do so here). */
 typedef void (*pk_splice_done_cb)(struct pk_splice *sp, int err, void *arg);
 
 /* Relays raw bytes both ways between bev_a and bev_b (ownership of both is taken, as for
@@ -110,9 +110,9 @@ void pk_splice_set_idle_timeout(struct pk_splice *sp, uint64_t ms);
 uint64_t pk_splice_bytes_ab(const struct pk_splice *sp);
 uint64_t pk_splice_bytes_ba(const struct pk_splice *sp);
 /* After on_done: hands bev_b back (see pk_bevpipe_take_bev), e.g. to end a TLS side with a
- * close_notify; pk_splice_free then frees only bev_a. NULL when b was closed abortively. */
+ * close_notify; pk_splice_del then frees only bev_a. NULL when b was closed abortively. */
 struct bufferevent *pk_splice_take_b(struct pk_splice *sp);
 /* Frees both bufferevents (closing the sockets). NULL is a no-op. Safe from on_done. */
-void pk_splice_free(struct pk_splice *sp);
+void pk_splice_del(struct pk_splice *sp);
 
 #endif
