@@ -115,6 +115,8 @@ static int get_string(struct json_object *o, const char *key, bool required, cha
     return 0;
 }
 
+/* Long (over 80 lines) on purpose: one field of the document after another, each with its
+ * own type check and message, reads best in the order of PROTOCOL.md 3. */
 int pk_node_state_parse(const char *json, size_t len, struct pk_node_state *out, char *err,
                         size_t errlen)
 {

@@ -149,7 +149,8 @@ const struct pk_opt pk_server_opts[] = {
 };
 const size_t pk_server_nopts = PK_ARRAY_LEN(pk_server_opts);
 
-int pk_server_config_check(struct pk_server_config *cfg, char *err, size_t errlen)
+/* The listen addresses, the log level and the proxy and upstream ports' numbers. */
+static int check_ports(const struct pk_server_config *cfg, char *err, size_t errlen)
 {
     enum pk_log_level lvl;
     if (!cfg->log_level || pk_log_parse_level(cfg->log_level, &lvl) != 0) {
@@ -199,6 +200,20 @@ int pk_server_config_check(struct pk_server_config *cfg, char *err, size_t errle
         snprintf(err, errlen, "proxy.max-header-bytes: must be between 1KiB and 1MiB");
         return PK_ERR_INVALID;
     }
+    if (cfg->upstream_handshake_timeout_ms == 0) {
+        snprintf(err, errlen, "upstream.handshake-timeout: must be greater than 0");
+        return PK_ERR_INVALID;
+    }
+    if (cfg->upstream_heartbeat_interval_ms == 0 || cfg->upstream_heartbeat_timeout_ms == 0) {
+        snprintf(err, errlen, "upstream.heartbeat-interval and -timeout must be greater than 0");
+        return PK_ERR_INVALID;
+    }
+    return 0;
+}
+
+/* Rebalancing, the cluster (join list, node id, the proof peers must give) and TLS. */
+static int check_cluster(struct pk_server_config *cfg, char *err, size_t errlen)
+{
     char *end = NULL;
     double thr =
         strtod(cfg->upstream_rebalance_threshold ? cfg->upstream_rebalance_threshold : "", &end);
@@ -231,10 +246,6 @@ int pk_server_config_check(struct pk_server_config *cfg, char *err, size_t errle
         return PK_ERR_INVALID;
     if (pk_tls_groups_check("tls.groups", cfg->tls_groups, err, errlen) != 0)
         return PK_ERR_INVALID;
-    if (cfg->upstream_handshake_timeout_ms == 0) {
-        snprintf(err, errlen, "upstream.handshake-timeout: must be greater than 0");
-        return PK_ERR_INVALID;
-    }
     /* A node in a cluster serves its tunnels to whoever reaches the cluster port: that
      * must prove it is a peer (docs/manage/security.md). */
     bool clustered = cfg->cluster_join && *cfg->cluster_join;
@@ -246,9 +257,12 @@ int pk_server_config_check(struct pk_server_config *cfg, char *err, size_t errle
                  "cluster.insecure-no-secret to run without proof");
         return PK_ERR_INVALID;
     }
-    if (cfg->upstream_heartbeat_interval_ms == 0 || cfg->upstream_heartbeat_timeout_ms == 0) {
-        snprintf(err, errlen, "upstream.heartbeat-interval and -timeout must be greater than 0");
+    return 0;
+}
+
+int pk_server_config_check(struct pk_server_config *cfg, char *err, size_t errlen)
+{
+    if (check_ports(cfg, err, errlen) != 0 || check_cluster(cfg, err, errlen) != 0)
         return PK_ERR_INVALID;
-    }
     return 0;
 }

@@ -410,11 +410,10 @@ static void random_hex(char *buf, size_t len, size_t bytes)
         snprintf(buf + 2 * i, len - 2 * i, "%02x", r[i]);
 }
 
-struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_config *cfg,
-                                char *err, size_t errlen)
+/* Identity, timers, lists and the HTTP/2 settings of each kind of session. */
+static void node_init(struct pk_server *srv, struct event_base *base,
+                      const struct pk_server_config *cfg)
 {
-    struct pk_server *srv = pk_xcalloc(1, sizeof(*srv));
-    char addr[256];
     srv->loop.base = base;
     srv->node.cfg = cfg;
     char host[64] = "piko", suffix[16];
@@ -440,45 +439,45 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
     pk_list_init(&srv->loop.handshakes);
     pk_linger_list_init(&srv->loop.lingers, linger_done, srv);
 
-    pk_h2_settings_default(&srv->node.tunnel_settings);
-    srv->node.tunnel_settings.stream_window = (uint32_t)cfg->upstream_stream_window;
-    srv->node.tunnel_settings.conn_window = (uint32_t)cfg->upstream_connection_window;
-    srv->node.tunnel_settings.ping_interval_ms = cfg->upstream_heartbeat_interval_ms;
-    srv->node.tunnel_settings.ping_timeout_ms = cfg->upstream_heartbeat_timeout_ms;
-    srv->node.tunnel_settings.settings_timeout_ms = cfg->upstream_heartbeat_timeout_ms;
-    srv->node.tunnel_settings.max_header_bytes = cfg->proxy_max_header_bytes;
+    struct pk_h2_settings *t = &srv->node.tunnel_settings;
+    pk_h2_settings_default(t);
+    t->stream_window = (uint32_t)cfg->upstream_stream_window;
+    t->conn_window = (uint32_t)cfg->upstream_connection_window;
+    t->ping_interval_ms = cfg->upstream_heartbeat_interval_ms;
+    t->ping_timeout_ms = cfg->upstream_heartbeat_timeout_ms;
+    t->settings_timeout_ms = cfg->upstream_heartbeat_timeout_ms;
+    t->max_header_bytes = cfg->proxy_max_header_bytes;
 
-    pk_h2_settings_default(&srv->node.down_settings);
-    srv->node.down_settings.max_concurrent_streams = (uint32_t)cfg->proxy_max_h2_streams;
-    srv->node.down_settings.enable_connect_protocol = true; /* RFC 8441: WebSocket, piko-tcp */
-    srv->node.down_settings.ping_interval_ms = 0;
-    srv->node.down_settings.settings_timeout_ms = cfg->proxy_head_timeout_ms;
-    srv->node.down_settings.max_header_bytes = cfg->proxy_max_header_bytes;
+    struct pk_h2_settings *d = &srv->node.down_settings;
+    pk_h2_settings_default(d);
+    d->max_concurrent_streams = (uint32_t)cfg->proxy_max_h2_streams;
+    d->enable_connect_protocol = true; /* RFC 8441: WebSocket, piko-tcp */
+    d->ping_interval_ms = 0;
+    d->settings_timeout_ms = cfg->proxy_head_timeout_ms;
+    d->max_header_bytes = cfg->proxy_max_header_bytes;
 
     /* Peer links we dial use the tunnel's settings (same client code); the links peers open
      * to our cluster port get these: */
-    pk_h2_settings_default(&srv->node.cluster_settings);
-    srv->node.cluster_settings.max_concurrent_streams = 16384;
-    srv->node.cluster_settings.stream_window = (uint32_t)cfg->upstream_stream_window;
-    srv->node.cluster_settings.conn_window = (uint32_t)cfg->upstream_connection_window;
-    srv->node.cluster_settings.enable_connect_protocol = true;
-    srv->node.cluster_settings.ping_interval_ms = 0; /* the dialling side sends heartbeats */
-    srv->node.cluster_settings.settings_timeout_ms = cfg->upstream_heartbeat_timeout_ms;
-    srv->node.cluster_settings.max_header_bytes = cfg->proxy_max_header_bytes;
+    struct pk_h2_settings *c = &srv->node.cluster_settings;
+    pk_h2_settings_default(c);
+    c->max_concurrent_streams = 16384;
+    c->stream_window = (uint32_t)cfg->upstream_stream_window;
+    c->conn_window = (uint32_t)cfg->upstream_connection_window;
+    c->enable_connect_protocol = true;
+    c->ping_interval_ms = 0; /* the dialling side sends heartbeats */
+    c->settings_timeout_ms = cfg->upstream_heartbeat_timeout_ms;
+    c->max_header_bytes = cfg->proxy_max_header_bytes;
+}
 
-    if (pk_server_auth_init(srv, err, errlen) != 0) {
-        pk_server_del(srv);
-        return NULL;
-    }
-    /* The cluster port serves this node's tunnels to its peers: a node that is not in a
-     * cluster has no peers and does not open it (docs/manage/security.md). */
-    bool clustered = cfg->cluster_join && *cfg->cluster_join;
+/* Binds every port. The cluster port serves this node's tunnels to its peers: a node that
+ * is not in a cluster has no peers and does not open it (docs/manage/security.md). */
+static int ports_listen(struct pk_server *srv, bool clustered, char *err, size_t errlen)
+{
+    char addr[256];
     if (pk_server_tls_new(srv, err, errlen) != 0 || pk_proxy_listen(srv, err, errlen) != 0 ||
         pk_upstream_listen(srv, err, errlen) != 0 || admin_listen(srv, err, errlen) != 0 ||
-        (clustered && pk_cluster_port_listen(srv, err, errlen) != 0)) {
-        pk_server_del(srv);
-        return NULL;
-    }
+        (clustered && pk_cluster_port_listen(srv, err, errlen) != 0))
+        return PK_ERR_IO;
     pk_listener_addr(srv->loop.proxy_l, srv->node.proxy_addr, sizeof(srv->node.proxy_addr));
     PK_INFO("server", "node id=%s incarnation=%s", srv->node.node_id, srv->node.incarnation);
     PK_INFO("server", "proxy listening addr=%s", srv->node.proxy_addr);
@@ -491,14 +490,18 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
     } else {
         PK_INFO("server", "cluster port not opened: no cluster.join (a standalone node)");
     }
+    return 0;
+}
 
+/* The resolver and the cluster (discovery, peers' state, peer links). */
+static int cluster_start(struct pk_server *srv, bool clustered, char *err, size_t errlen)
+{
+    const struct pk_server_config *cfg = srv->node.cfg;
     struct pk_resolver_opts ropts = {
         .servers = cfg->dns_servers && *cfg->dns_servers ? cfg->dns_servers : NULL};
-    srv->node.resolver = pk_resolver_new_opts(base, &ropts, err, errlen);
-    if (!srv->node.resolver) {
-        pk_server_del(srv);
-        return NULL;
-    }
+    srv->node.resolver = pk_resolver_new_opts(srv->loop.base, &ropts, err, errlen);
+    if (!srv->node.resolver)
+        return PK_ERR_INVALID;
     struct pk_cluster_opts copts = {
         .node_id = srv->node.node_id,
         .join = cfg->cluster_join,
@@ -510,11 +513,9 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
         .tls_files = &cfg->cluster_tls,
     };
     srv->node.cluster =
-        pk_cluster_new(base, srv->node.resolver, &copts, &cluster_cbs, srv, err, errlen);
-    if (!srv->node.cluster) {
-        pk_server_del(srv);
-        return NULL;
-    }
+        pk_cluster_new(srv->loop.base, srv->node.resolver, &copts, &cluster_cbs, srv, err, errlen);
+    if (!srv->node.cluster)
+        return PK_ERR_INVALID;
     if (clustered) {
         PK_INFO("cluster", "joining %s", cfg->cluster_join);
         /* Only with cluster.insecure-no-secret (pk_server_config_check refuses the rest). */
@@ -525,6 +526,21 @@ struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_
                     "nor cluster mTLS: anyone who reaches the cluster port %s can use this "
                     "node's tunnels without proxy.auth",
                     srv->node.cluster_addr);
+    }
+    return 0;
+}
+
+struct pk_server *pk_server_new(struct event_base *base, const struct pk_server_config *cfg,
+                                char *err, size_t errlen)
+{
+    struct pk_server *srv = pk_xcalloc(1, sizeof(*srv));
+    node_init(srv, base, cfg);
+    bool clustered = cfg->cluster_join && *cfg->cluster_join;
+    if (pk_server_auth_init(srv, err, errlen) != 0 ||
+        ports_listen(srv, clustered, err, errlen) != 0 ||
+        cluster_start(srv, clustered, err, errlen) != 0) {
+        pk_server_del(srv);
+        return NULL;
     }
     if (cfg->rebalance_threshold > 0) {
         struct timeval tv = pk_ms_timeval(cfg->upstream_rebalance_interval_ms);
