@@ -16,6 +16,17 @@ case "${1:-test}" in
     *) echo "usage: $0 [build|test|demo|bench]" >&2; exit 2 ;;
 esac
 
+# Python packages the e2e tests import, for whichever python3 runs them (a pyenv or venv
+# python does not see Debian's python3-* packages): pip when it can, else Debian's.
+python_deps() {
+    python3 -c 'import prometheus_client' 2>/dev/null && return 0
+    echo "install-deps: installing prometheus-client for $(command -v python3)"
+    python3 -m pip install -q prometheus-client 2>/dev/null ||
+        python3 -m pip install -q --break-system-packages prometheus-client 2>/dev/null ||
+        want+=(python3-prometheus-client)
+}
+case "${1:-test}" in test | bench) python_deps ;; esac
+
 missing=()
 for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -122,6 +122,28 @@ static void test_scrape_time_gauge(void)
     pk_metrics_del(NULL);
 }
 
+static void bump(void *arg)
+{
+    struct pk_mseries *s = arg;
+    pk_mseries_set_count(s, (uint64_t)pk_mseries_value(s) + 10);
+}
+
+/* Counts kept elsewhere are copied in by the collect hook, before every exposition. */
+static void test_collect_hook(void)
+{
+    struct pk_metrics *m = pk_metrics_new();
+    struct pk_mseries *s = pk_mfamily_series(
+        pk_metrics_family(m, PK_METRIC_COUNTER, "c_total", "C.", NULL, NULL, 0), NULL);
+    pk_metrics_on_collect(m, bump, s);
+    char *t = expose(m);
+    ASSERT_CONTAINS(t, "c_total 10\n");
+    free(t);
+    t = expose(m);
+    ASSERT_CONTAINS(t, "c_total 20\n");
+    free(t);
+    pk_metrics_del(m);
+}
+
 void pk_test_register_metrics(void)
 {
     CU_pSuite s = CU_add_suite("metrics", NULL, NULL);
@@ -129,4 +151,5 @@ void pk_test_register_metrics(void)
     CU_add_test(s, "gauge_and_escaping", test_gauge_and_escaping);
     CU_add_test(s, "histogram", test_histogram);
     CU_add_test(s, "scrape_time_gauge", test_scrape_time_gauge);
+    CU_add_test(s, "collect_hook", test_collect_hook);
 }

@@ -157,8 +157,8 @@ void pk_admin_req_add_header(struct pk_admin_req *req, const char *name, const c
 }
 
 /* Writes the reply; the connection goes on with the next request once it is written. */
-static void write_reply(struct conn *c, struct pk_admin_req *req, int status, const char *body,
-                        size_t blen)
+static void write_reply(struct conn *c, struct pk_admin_req *req, int status, const char *ctype,
+                        const char *body, size_t blen)
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
     struct pk_head h;
@@ -166,7 +166,7 @@ static void write_reply(struct conn *c, struct pk_admin_req *req, int status, co
     pk_head_init(&h);
     h.status = status;
     snprintf(len, sizeof(len), "%zu", blen);
-    pk_hdrs_add_str(&h.hdrs, "content-type", "application/json");
+    pk_hdrs_add_str(&h.hdrs, "content-type", ctype);
     pk_hdrs_add_str(&h.hdrs, "content-length", len);
     pk_hdrs_move(&h.hdrs, &req->out);
     c->close_after = c->close_after || !req->keep_alive || !c->p.keep_alive;
@@ -187,10 +187,18 @@ void pk_admin_reply(struct pk_admin_req *req, int status, struct json_object *bo
                                    body, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
                              : "";
         char *text = body ? pk_xasprintf("%s\n", s) : pk_xstrdup("");
-        write_reply(req->c, req, status, text, strlen(text));
+        write_reply(req->c, req, status, "application/json", text, strlen(text));
         free(text);
     }
     json_object_put(body);
+    req_free(req);
+}
+
+void pk_admin_reply_text(struct pk_admin_req *req, int status, const char *content_type,
+                         const char *body, size_t len)
+{
+    if (req->c)
+        write_reply(req->c, req, status, content_type, body, len);
     req_free(req);
 }
 

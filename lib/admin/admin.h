@@ -122,6 +122,10 @@ void pk_admin_req_add_header(struct pk_admin_req *req, const char *name, const c
  * content-length; a NULL body is an empty one. HEAD gets the same headers and no body.
  * Frees req. On a dead connection it only frees. */
 void pk_admin_reply(struct pk_admin_req *req, int status, struct json_object *body);
+/* Replies status with len bytes of body (copied) as content_type (e.g. Prometheus' text
+ * format). HEAD gets the same headers and no body. Frees req, as pk_admin_reply. */
+void pk_admin_reply_text(struct pk_admin_req *req, int status, const char *content_type,
+                         const char *body, size_t len);
 /* pk_admin_reply of {"error": message}. */
 void pk_admin_reply_error(struct pk_admin_req *req, int status, const char *message);
 

@@ -40,8 +40,9 @@ char *pk_xstrndup(const char *s, size_t n);
 /* printf into a newly allocated string. */
 char *pk_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* Monotonic clock in milliseconds. */
+/* Monotonic clock in milliseconds, and in microseconds. */
 uint64_t pk_now_ms(void);
+uint64_t pk_now_us(void);
 /* A random number from the kernel (getrandom): for jitter and random choices, safe from
  * any thread, no seeding. */
 uint64_t pk_random_u64(void);

@@ -41,6 +41,8 @@ struct pk_mfamily {
 struct pk_metrics {
     struct pk_mfamily **families;
     size_t n, cap;
+    void (*collect)(void *arg);
+    void *collect_arg;
 };
 
 static void check_name(const char *s, bool metric)
@@ -175,6 +177,17 @@ void pk_mseries_add_signed(struct pk_mseries *s, int64_t n)
     s->value += (double)n;
 }
 
+void pk_mseries_set_count(struct pk_mseries *s, uint64_t n)
+{
+    s->count = n;
+}
+
+void pk_metrics_on_collect(struct pk_metrics *m, void (*fn)(void *arg), void *arg)
+{
+    m->collect = fn;
+    m->collect_arg = arg;
+}
+
 void pk_mseries_set(struct pk_mseries *s, double v)
 {
     s->value = v;
@@ -300,6 +313,8 @@ static void write_histogram(struct evbuffer *out, const struct pk_mfamily *f,
 
 void pk_metrics_write(const struct pk_metrics *m, struct evbuffer *out)
 {
+    if (m->collect)
+        m->collect(m->collect_arg);
     for (size_t i = 0; i < m->n; i++) {
         const struct pk_mfamily *f = m->families[i];
         write_help(out, f);

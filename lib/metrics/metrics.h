@@ -56,6 +56,12 @@ double pk_mseries_value(const struct pk_mseries *s);
 void pk_metrics_gauge_fn(struct pk_metrics *m, const char *name, const char *help,
                          double (*fn)(void *arg), void *arg);
 
+/* Counter: sets the count (for counts kept elsewhere, copied in by a collect hook). */
+void pk_mseries_set_count(struct pk_mseries *s, uint64_t n);
+/* fn(arg) runs at the start of every pk_metrics_write, to copy values kept elsewhere into
+ * series (one hook per registry; NULL removes it). */
+void pk_metrics_on_collect(struct pk_metrics *m, void (*fn)(void *arg), void *arg);
+
 /* Appends the exposition of every family to out. */
 void pk_metrics_write(const struct pk_metrics *m, struct evbuffer *out);
 

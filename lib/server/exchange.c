@@ -33,6 +33,7 @@ struct exchange *pk_exchange_new(struct pk_server *srv, const char *ip, uint16_t
     pk_head_init(&ex->held);
     ex->timer = pk_xevent_new(srv->loop.base, -1, 0, ex_timer_cb, ex);
     ex->start_ms = pk_now_ms();
+    ex->start_us = pk_now_us();
     srv->loop.nexchanges++;
     return ex;
 }
@@ -62,6 +63,9 @@ static void ex_maybe_free(struct exchange *ex)
     struct pk_server *srv = ex->srv;
     ex_unwait(ex);
     pk_auth_cancel(ex->auth);
+    if (!ex->cluster)
+        pk_server_metrics_request(srv, ex->method, ex->status, pk_now_ms() - ex->start_ms,
+                                  ex->req_body.total_in, ex->resp_body.total_out);
     pk_head_free(&ex->held);
     PK_DEBUG("proxy",
              "done endpoint=%s client=%s method=%s path=%s status=%d ms=%llu in=%llu out=%llu",
@@ -583,6 +587,7 @@ void pk_exchange_start(struct exchange *ex, struct pk_head *in)
         pk_cluster_port_start(ex, in);
         return;
     }
+    snprintf(ex->method, sizeof(ex->method), "%s", in->method ? in->method : "");
     if (!ex->srv->node.proxy_auth) {
         ex_route(ex, in, NULL);
         return;

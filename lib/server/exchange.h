@@ -39,9 +39,11 @@ struct exchange {
     struct pk_pipe resp_body;
     bool req_has_body;
     bool is_head;
-    bool raw;       /* an upgrade or a TCP tunnel: an extended CONNECT stream */
-    bool tcp;       /* /_piko/v1/tcp/{endpoint} */
-    char token[64]; /* the upgrade token (:protocol) */
+    char method[12];   /* the request's method for metrics ("" before the head) */
+    uint64_t start_us; /* for the latency histogram */
+    bool raw;          /* an upgrade or a TCP tunnel: an extended CONNECT stream */
+    bool tcp;          /* /_piko/v1/tcp/{endpoint} */
+    char token[64];    /* the upgrade token (:protocol) */
     bool expect_continue;
     bool cluster;    /* arrived on the cluster port (a peer's stream or a state call) */
     bool forwarded;  /* a peer's stream: local tunnels only (one hop) */

@@ -115,7 +115,8 @@ struct pk_loop {
     struct pk_list conns;     /* downstream connections, for drain and teardown */
     struct pk_list tunnels;   /* every tunnel, registered or not */
     struct pk_list handshakes;
-    struct pk_linger_list lingers; /* closed connections still flushing */
+    struct pk_linger_list lingers;     /* closed connections still flushing */
+    struct pk_server_metrics *metrics; /* srvmetrics.c: this loop's Prometheus registry */
 };
 
 struct pk_server {
@@ -193,6 +194,13 @@ void pk_server_tls_free(struct pk_server *srv);
 struct pk_tls_server *pk_server_tls_port(struct pk_server *srv, enum pk_port port);
 /* The context peers are dialled with (NULL: plain cluster). */
 struct ssl_ctx_st *pk_server_tls_cluster_client(struct pk_server *srv);
+/* srvmetrics.c: the loop's metrics and their /metrics route on the admin port (after
+ * admin_listen); _del at teardown. _request counts one finished proxy-port exchange. */
+struct pk_server_metrics;
+void pk_server_metrics_new(struct pk_server *srv);
+void pk_server_metrics_del(struct pk_server *srv);
+void pk_server_metrics_request(struct pk_server *srv, const char *method, int status, uint64_t ms,
+                               uint64_t in_bytes, uint64_t out_bytes);
 /* Adds "listeners": {port: {"accepted", "accept_errors", "fd_exhausted", "shed"}} and
  * "connections": {"proxy", "upstream", "refused", "stalled"} (counts from accept) to a
  * status object. */
