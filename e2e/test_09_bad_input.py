@@ -2,6 +2,7 @@
 an unreachable server. After each, a normal request is still served."""
 
 import json
+import socket
 import subprocess
 import time
 
@@ -226,3 +227,25 @@ def test_sidecar_with_unreachable_server_keeps_trying(piko):
     sc.wait_ready(timeout=20)
     piko.wait_routable(srv, "my-service")
     assert_still_serves(srv)
+
+
+@pytest.mark.parametrize("key", ["proxy.bind-addr", "upstream.bind-addr", "admin.bind-addr",
+                                 "cluster.bind-addr"])
+def test_address_in_use_names_the_option(key):
+    """A port that cannot be bound is reported with the option at fault (it used to say
+    only "cannot listen on ..."): `make demo` with :8003 taken could not tell which."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    addr = "127.0.0.1:%d" % busy.getsockname()[1]
+    try:
+        argv = [binary("piko-server")]
+        for k in ("proxy.bind-addr", "upstream.bind-addr", "admin.bind-addr",
+                  "cluster.bind-addr"):
+            argv += ["--" + k, addr if k == key else "127.0.0.1:%d" % free_port()]
+        argv += ["--cluster.join", "127.0.0.1:1", "--cluster.secret", "s" * 32]
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=10 * SLOW)
+        assert p.returncode != 0
+        assert "%s: cannot listen on '%s'" % (key, addr) in p.stderr, p.stderr
+    finally:
+        busy.close()

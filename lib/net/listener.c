@@ -121,8 +121,15 @@ struct pk_listener *pk_listener_new(struct event_base *base, const char *name, c
     l->cb = cb;
     l->arg = arg;
     snprintf(l->name, sizeof(l->name), "%s", name);
-    l->l = pk_listen(base, addr, accept_cb, l, err, errlen);
+    char why[256];
+    l->l = pk_listen(base, addr, accept_cb, l, why, sizeof(why));
     if (!l->l) {
+        /* Name the option at fault: "cluster.bind-addr: cannot listen on ':8003': Address
+         * already in use" (a --forward listener is its own option). */
+        if (strcmp(name, "forward") == 0)
+            snprintf(err, errlen, "forward: %s", why);
+        else
+            snprintf(err, errlen, "%s.bind-addr: %s", name, why);
         free(l);
         return NULL;
     }

@@ -45,7 +45,8 @@ struct pk_listener_stats {
 
 /* Binds "host:port", ":port" or "[v6]:port" (the host resolved with getaddrinfo: numeric
  * addresses or names from /etc/hosts) and starts accepting. name ("proxy") tags the log
- * lines. Returns NULL and a message in err on failure. */
+ * lines and names the option in errors ("proxy.bind-addr: cannot listen on ..."; "forward"
+ * for a --forward listener). Returns NULL and a message in err on failure. */
 struct pk_listener *pk_listener_new(struct event_base *base, const char *name, const char *addr,
                                     pk_accept_cb cb, void *arg, char *err, size_t errlen);
 /* Closes the socket and the reserve descriptor. NULL is a no-op. Safe from the accept
