@@ -16,9 +16,10 @@ prom_parser = pytest.importorskip(
 EP = {"x-piko-endpoint": "my-service"}
 
 
-def scrape(srv, headers=None):
-    """(samples, content-type): {(name, frozenset(labels.items())): value}."""
-    r = h1(srv.admin_port, "GET", "/metrics", headers or {})
+def scrape(proc, headers=None):
+    """(samples, content-type) of a server's or sidecar's /metrics:
+    {(name, frozenset(labels.items())): value}."""
+    r = h1(proc.admin_port, "GET", "/metrics", headers or {})
     assert r.status == 200, r
     text = r.body.decode()
     samples = {}
@@ -35,8 +36,9 @@ def value(samples, name, **labels):
 def test_request_metrics_follow_the_workload(piko):
     svc = piko.service()
     srv = piko.server()
-    piko.sidecar({"my-service": svc.addr}, server=srv)
+    sc = piko.sidecar({"my-service": svc.addr}, server=srv)
     before, ctype = scrape(srv)
+    sc_before, _ = scrape(sc)
     assert ctype.startswith("text/plain; version=0.0.4"), ctype
     for _ in range(3):
         assert h1(srv.proxy_port, "GET", "/echo", EP).status == 200
@@ -46,9 +48,23 @@ def test_request_metrics_follow_the_workload(piko):
     assert h1(srv.proxy_port, "DELETE", "/", {}).status == 400  # no endpoint: "other" not needed
     time.sleep(0.2)  # the exchanges are counted when they are freed
     after, _ = scrape(srv)
+    sc_after, _ = scrape(sc)
 
     def delta(name, **labels):
         return value(after, name, **labels) - value(before, name, **labels)
+
+    def sc_delta(name, **labels):
+        return value(sc_after, name, **labels) - value(sc_before, name, **labels)
+
+    # The sidecar saw the five requests that reached the service.
+    sreq = "piko_sidecar_requests_total"
+    assert sc_delta(sreq, endpoint="my-service", status="200", method="GET") == 3
+    assert sc_delta(sreq, endpoint="my-service", status="404", method="GET") == 1
+    assert sc_delta(sreq, endpoint="my-service", status="200", method="POST") == 1
+    assert sc_delta("piko_sidecar_request_latency_seconds_count", endpoint="my-service") == 5
+    assert value(sc_after, "piko_sidecar_tunnels_connected") == 1
+    assert value(sc_after, "piko_sidecar_streams_in_flight") == 0
+    assert value(sc_after, "process_open_fds") > 3
 
     total = "piko_proxy_requests_total"
     assert delta(total, status="200", method="GET") == 3

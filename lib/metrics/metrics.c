@@ -43,6 +43,8 @@ struct pk_metrics {
     size_t n, cap;
     void (*collect)(void *arg);
     void *collect_arg;
+    void **kept; /* pk_metrics_keep */
+    size_t nkept;
 };
 
 static void check_name(const char *s, bool metric)
@@ -94,6 +96,9 @@ void pk_metrics_del(struct pk_metrics *m)
         free(f);
     }
     free(m->families);
+    for (size_t i = 0; i < m->nkept; i++)
+        free(m->kept[i]);
+    free(m->kept);
     free(m);
 }
 
@@ -207,6 +212,21 @@ void pk_mseries_observe(struct pk_mseries *s, double v)
 double pk_mseries_value(const struct pk_mseries *s)
 {
     return s->f->type == PK_METRIC_GAUGE ? s->value : (double)s->count;
+}
+
+void *pk_metrics_keep(struct pk_metrics *m, size_t n)
+{
+    m->kept = pk_xrealloc(m->kept, (m->nkept + 1) * sizeof(*m->kept));
+    return m->kept[m->nkept++] = pk_xcalloc(1, n ? n : 1);
+}
+
+void pk_metrics_counter_fn(struct pk_metrics *m, const char *name, const char *help,
+                           double (*fn)(void *arg), void *arg)
+{
+    struct pk_mfamily *f = family_add(m, PK_METRIC_COUNTER, name, help);
+    f->labels = pk_xcalloc(1, sizeof(*f->labels));
+    f->fn = fn;
+    f->fn_arg = arg;
 }
 
 void pk_metrics_gauge_fn(struct pk_metrics *m, const char *name, const char *help,

@@ -52,9 +52,16 @@ void pk_mseries_observe(struct pk_mseries *s, double v);
 /* The current value (counter or gauge), or the count (histogram): for tests and status. */
 double pk_mseries_value(const struct pk_mseries *s);
 
-/* A gauge without labels whose value fn(arg) gives at scrape time. */
+/* A gauge (counter) without labels whose value fn(arg) gives at scrape time. */
 void pk_metrics_gauge_fn(struct pk_metrics *m, const char *name, const char *help,
                          double (*fn)(void *arg), void *arg);
+void pk_metrics_counter_fn(struct pk_metrics *m, const char *name, const char *help,
+                           double (*fn)(void *arg), void *arg);
+/* n zeroed bytes that live as long as the registry (state for scrape-time callbacks). */
+void *pk_metrics_keep(struct pk_metrics *m, size_t n);
+/* process_resident_memory_bytes, process_open_fds, process_max_fds,
+ * process_cpu_seconds_total, process_start_time_seconds (process.c). */
+void pk_metrics_add_process(struct pk_metrics *m);
 
 /* Counter: sets the count (for counts kept elsewhere, copied in by a collect hook). */
 void pk_mseries_set_count(struct pk_mseries *s, uint64_t n);

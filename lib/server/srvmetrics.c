@@ -10,15 +10,10 @@
 #include "net/tls.h"
 #include "server/server_int.h"
 
-#include <dirent.h>
 #include <event2/buffer.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <sys/time.h>
-#include <time.h>
-#include <unistd.h>
 
 /* Methods get a series each; any other one counts as "other" (label sets stay bounded). */
 static const char *const methods[] = {"GET",   "HEAD",    "POST",    "PUT",   "DELETE",
@@ -31,8 +26,7 @@ struct pk_server_metrics {
     struct pk_mseries *latency, *req_size, *resp_size;
     struct pk_mfamily *tls_handshakes, *tls_failures; /* {port} */
     struct pk_mfamily *accept_errors, *fd_exhausted;  /* {port} */
-    struct pk_mseries *refused, *stalled, *cpu;
-    double start_time;
+    struct pk_mseries *refused, *stalled;
 };
 
 static double in_flight(void *arg)
@@ -53,39 +47,6 @@ static double registered_endpoints(void *arg)
         for (struct endpoint *e = srv->node.eps[b]; e; e = e->next)
             n += e->ntunnels > 0;
     return (double)n;
-}
-
-/* Resident memory from /proc/self/statm (pages), open descriptors from /proc/self/fd. */
-static double resident_bytes(void *arg)
-{
-    PK_UNUSED(arg);
-    unsigned long size = 0, resident = 0;
-    FILE *f = fopen("/proc/self/statm", "r");
-    if (!f)
-        return 0;
-    if (fscanf(f, "%lu %lu", &size, &resident) != 2)
-        resident = 0;
-    fclose(f);
-    return (double)resident * (double)sysconf(_SC_PAGESIZE);
-}
-
-static double open_fds(void *arg)
-{
-    PK_UNUSED(arg);
-    DIR *d = opendir("/proc/self/fd");
-    if (!d)
-        return 0;
-    double n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL)
-        n += e->d_name[0] != '.';
-    closedir(d);
-    return n > 0 ? n - 1 : 0; /* the directory's own descriptor */
-}
-
-static double start_time(void *arg)
-{
-    return ((struct pk_server_metrics *)arg)->start_time;
 }
 
 static void collect(void *arg)
@@ -112,10 +73,6 @@ static void collect(void *arg)
     }
     pk_mseries_set_count(m->refused, srv->loop.refused_conns);
     pk_mseries_set_count(m->stalled, srv->loop.stalled);
-    struct rusage ru;
-    if (getrusage(RUSAGE_SELF, &ru) == 0)
-        pk_mseries_set(m->cpu, (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
-                                   (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6);
 }
 
 static void metrics_reply(struct pk_admin_req *req, void *arg)
@@ -141,9 +98,6 @@ void pk_server_metrics_new(struct pk_server *srv)
     struct pk_server_metrics *m = pk_xcalloc(1, sizeof(*m));
     struct pk_metrics *r = pk_metrics_new();
     m->reg = r;
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    m->start_time = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
     const char *sm[] = {"status", "method", NULL}, *port[] = {"port", NULL};
     m->requests = pk_metrics_family(r, PK_METRIC_COUNTER, "piko_proxy_requests_total",
                                     "Requests answered on the proxy port, by status and method "
@@ -189,16 +143,7 @@ void pk_server_metrics_new(struct pk_server *srv)
     m->fd_exhausted =
         pk_metrics_family(r, PK_METRIC_COUNTER, "piko_accept_fd_exhausted_total",
                           "accept() failures for want of a descriptor, by port.", port, NULL, 0);
-    pk_metrics_gauge_fn(r, "process_resident_memory_bytes", "Resident memory size in bytes.",
-                        resident_bytes, NULL);
-    pk_metrics_gauge_fn(r, "process_open_fds", "Open file descriptors.", open_fds, NULL);
-    m->cpu = pk_mfamily_series(pk_metrics_family(r, PK_METRIC_GAUGE, "process_cpu_seconds_total",
-                                                 "User and system CPU time spent, in seconds.",
-                                                 NULL, NULL, 0),
-                               NULL);
-    pk_metrics_gauge_fn(r, "process_start_time_seconds",
-                        "Start time of the process since the Unix epoch, in seconds.", start_time,
-                        m);
+    pk_metrics_add_process(r);
     pk_metrics_on_collect(r, collect, srv);
     srv->loop.metrics = m;
     pk_admin_route(srv->node.admin, "/metrics", false, metrics_route, srv);

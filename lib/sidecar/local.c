@@ -35,8 +35,11 @@ struct lx {
     bool req_sent;
     bool resp_started;
     bool resp_complete;
-    bool pooled_conn; /* the connection came from the pool: a stale one may be retried */
-    bool got_bytes;   /* the service sent something */
+    bool pooled_conn;  /* the connection came from the pool: a stale one may be retried */
+    bool got_bytes;    /* the service sent something */
+    int status;        /* the service's response status (0: none yet) */
+    char method[12];   /* for metrics */
+    uint64_t start_us; /* for the latency histogram */
     /* local.stall-timeout: checked every quarter of it while the exchange lives. */
     struct event *stall_ev;
     uint64_t progress; /* body bytes moved at the last check */
@@ -63,6 +66,8 @@ static void lx_connect(struct lx *x);
 
 static void lx_free(struct lx *x)
 {
+    pk_sidecar_metrics_request(x->ep->sc, x->ep->name, x->method, x->status,
+                               pk_now_us() - x->start_us);
     if (x->stall_ev)
         event_free(x->stall_ev);
     pk_pipe_free(&x->req_body);
@@ -277,6 +282,7 @@ static bool resp_on_head(struct pk_h1parser *p, void *ud)
     pk_h1_strip_hop_by_hop(&h.hdrs, false);
     pk_hdrs_del_prefix(&h.hdrs, "piko-");
     bool body = !(x->is_head || status == 204 || status == 304);
+    x->status = status;
     if (x->s) {
         x->resp_started = true;
         if (pk_h2stream_respond(x->s, &h, body ? &x->resp_body : NULL) != 0)
@@ -570,6 +576,8 @@ void pk_local_serve(struct sc_endpoint *ep, struct pk_h2stream *s)
     x->ep = ep;
     x->s = s;
     x->is_head = h->method && strcmp(h->method, "HEAD") == 0;
+    snprintf(x->method, sizeof(x->method), "%s", h->method ? h->method : "");
+    x->start_us = pk_now_us();
     pk_pipe_init(&x->req_body, PIPE_HWM);
     pk_pipe_init(&x->resp_body, PIPE_HWM);
     ep->sc->nstreams++;

@@ -337,6 +337,7 @@ struct pk_sidecar *pk_sidecar_new(struct event_base *base, const struct pk_sidec
         goto fail;
     pk_admin_route(sc->admin, "/health", false, admin_health, sc);
     pk_admin_route(sc->admin, "/ready", false, admin_ready, sc);
+    pk_sidecar_metrics_new(sc); /* adds /metrics */
     char addr[128];
     pk_admin_addr(sc->admin, addr, sizeof(addr));
     PK_INFO("sidecar", "admin listening addr=%s max-connections=%lld", addr,
@@ -415,6 +416,7 @@ void pk_sidecar_del(struct pk_sidecar *sc)
         free(ep);
     }
     pk_admin_del(sc->admin);
+    pk_sidecar_metrics_del(sc);
     pk_resolver_del(sc->resolver);
     pk_linger_list_free(&sc->lingers);
     if (sc->tls_ctx)

@@ -83,9 +83,10 @@ struct pk_sidecar {
     bool draining;
     struct event *grace_ev;
     struct event *check_ev;
-    size_t ntunnels;  /* tunnel connections alive (HTTP/2 started) */
-    size_t nstreams;  /* streams in flight */
-    uint64_t stalled; /* exchanges aborted by local.stall-timeout */
+    size_t ntunnels;                    /* tunnel connections alive (HTTP/2 started) */
+    size_t nstreams;                    /* streams in flight */
+    uint64_t stalled;                   /* exchanges aborted by local.stall-timeout */
+    struct pk_sidecar_metrics *metrics; /* scmetrics.c */
     struct sc_forward *forwards;
     size_t nforwards; /* forwarded connections alive */
     char *fwd_host;
@@ -138,5 +139,13 @@ int pk_token_get(const char *token, const char *file, char **out, char *err, siz
  * is PROTOCOL.md's JSON {"error": "..."}, else the status and the start of the body. Control
  * characters become spaces. Returns buf. */
 const char *pk_error_message(int status, const char *body, size_t len, char *buf, size_t size);
+
+/* scmetrics.c: the Prometheus registry and its /metrics route (after the admin port is
+ * up); _request counts one finished HTTP exchange with the local service. */
+struct pk_sidecar_metrics;
+void pk_sidecar_metrics_new(struct pk_sidecar *sc);
+void pk_sidecar_metrics_del(struct pk_sidecar *sc);
+void pk_sidecar_metrics_request(struct pk_sidecar *sc, const char *endpoint, const char *method,
+                                int status, uint64_t us);
 
 #endif
