@@ -4,6 +4,7 @@
 #include "base/list.h"
 #include "base/log.h"
 #include "http1/http1.h"
+#include "metrics/metrics.h"
 #include "net/listener.h"
 #include "net/net.h"
 #include "net/tls.h"
@@ -200,6 +201,16 @@ void pk_admin_reply_text(struct pk_admin_req *req, int status, const char *conte
     if (req->c)
         write_reply(req->c, req, status, content_type, body, len);
     req_free(req);
+}
+
+void pk_admin_reply_metrics(struct pk_admin_req *req, const struct pk_metrics *m)
+{
+    struct evbuffer *b = pk_xevbuffer_new();
+    pk_metrics_write(m, b);
+    size_t n = evbuffer_get_length(b);
+    const char *text = n ? (const char *)evbuffer_pullup(b, (ev_ssize_t)n) : "";
+    pk_admin_reply_text(req, 200, "text/plain; version=0.0.4; charset=utf-8", text, n);
+    evbuffer_free(b);
 }
 
 void pk_admin_reply_error(struct pk_admin_req *req, int status, const char *message)

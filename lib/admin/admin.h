@@ -126,6 +126,9 @@ void pk_admin_reply(struct pk_admin_req *req, int status, struct json_object *bo
  * format). HEAD gets the same headers and no body. Frees req, as pk_admin_reply. */
 void pk_admin_reply_text(struct pk_admin_req *req, int status, const char *content_type,
                          const char *body, size_t len);
+/* Replies 200 with the Prometheus text exposition of m. Frees req, as pk_admin_reply. */
+struct pk_metrics;
+void pk_admin_reply_metrics(struct pk_admin_req *req, const struct pk_metrics *m);
 /* pk_admin_reply of {"error": message}. */
 void pk_admin_reply_error(struct pk_admin_req *req, int status, const char *message);
 

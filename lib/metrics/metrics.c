@@ -361,3 +361,13 @@ void pk_metrics_write(const struct pk_metrics *m, struct evbuffer *out)
         }
     }
 }
+
+const char *pk_metrics_method_label(const char *method)
+{
+    static const char *const methods[] = {"GET",   "HEAD",    "POST",    "PUT",   "DELETE",
+                                          "PATCH", "OPTIONS", "CONNECT", "TRACE", NULL};
+    for (size_t i = 0; method && methods[i]; i++)
+        if (strcmp(method, methods[i]) == 0)
+            return methods[i];
+    return "other";
+}

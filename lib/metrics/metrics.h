@@ -72,6 +72,10 @@ void pk_metrics_on_collect(struct pk_metrics *m, void (*fn)(void *arg), void *ar
 /* Appends the exposition of every family to out. */
 void pk_metrics_write(const struct pk_metrics *m, struct evbuffer *out);
 
+/* A bounded label value for an HTTP method: the method itself for GET, HEAD, POST, PUT,
+ * DELETE, PATCH, OPTIONS, CONNECT and TRACE, "other" for anything else (NULL too). */
+const char *pk_metrics_method_label(const char *method);
+
 /* Buckets for request latencies in seconds (5 ms to 60 s, as Go Piko's dashboards expect
  * Prometheus' defaults plus the long tail of a proxy). */
 extern const double pk_metrics_latency_buckets[];

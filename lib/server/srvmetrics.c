@@ -10,14 +10,10 @@
 #include "net/tls.h"
 #include "server/server_int.h"
 
-#include <event2/buffer.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Methods get a series each; any other one counts as "other" (label sets stay bounded). */
-static const char *const methods[] = {"GET",   "HEAD",    "POST",    "PUT",   "DELETE",
-                                      "PATCH", "OPTIONS", "CONNECT", "TRACE", NULL};
 static const char *const port_names[PK_PORT_COUNT] = {"proxy", "upstream", "admin", "cluster"};
 
 struct pk_server_metrics {
@@ -78,12 +74,7 @@ static void collect(void *arg)
 static void metrics_reply(struct pk_admin_req *req, void *arg)
 {
     struct pk_server *srv = arg;
-    struct evbuffer *b = pk_xevbuffer_new();
-    pk_metrics_write(srv->loop.metrics->reg, b);
-    size_t n = evbuffer_get_length(b);
-    const char *text = n ? (const char *)evbuffer_pullup(b, (ev_ssize_t)n) : "";
-    pk_admin_reply_text(req, 200, "text/plain; version=0.0.4; charset=utf-8", text, n);
-    evbuffer_free(b);
+    pk_admin_reply_metrics(req, srv->loop.metrics->reg);
 }
 
 /* Behind the admin port's token, like every route but /health and /ready (Prometheus
@@ -165,10 +156,7 @@ void pk_server_metrics_request(struct pk_server *srv, const char *method, int st
     struct pk_server_metrics *m = srv->loop.metrics;
     if (!m)
         return;
-    const char *meth = "other";
-    for (size_t i = 0; method && methods[i]; i++)
-        if (strcmp(method, methods[i]) == 0)
-            meth = methods[i];
+    const char *meth = pk_metrics_method_label(method);
     char code[8];
     snprintf(code, sizeof(code), "%d", status >= 0 && status < 1000 ? status : 0);
     const char *v[] = {code, meth};

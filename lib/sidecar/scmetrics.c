@@ -5,13 +5,9 @@
 #include "metrics/metrics.h"
 #include "sidecar/sidecar_int.h"
 
-#include <event2/buffer.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static const char *const methods[] = {"GET",   "HEAD",    "POST",    "PUT",   "DELETE",
-                                      "PATCH", "OPTIONS", "CONNECT", "TRACE", NULL};
 
 struct pk_sidecar_metrics {
     struct pk_metrics *reg;
@@ -39,12 +35,7 @@ static void collect(void *arg)
 static void metrics_route(struct pk_admin_req *req, void *arg)
 {
     struct pk_sidecar *sc = arg;
-    struct evbuffer *b = pk_xevbuffer_new();
-    pk_metrics_write(sc->metrics->reg, b);
-    size_t n = evbuffer_get_length(b);
-    const char *text = n ? (const char *)evbuffer_pullup(b, (ev_ssize_t)n) : "";
-    pk_admin_reply_text(req, 200, "text/plain; version=0.0.4; charset=utf-8", text, n);
-    evbuffer_free(b);
+    pk_admin_reply_metrics(req, sc->metrics->reg);
 }
 
 void pk_sidecar_metrics_new(struct pk_sidecar *sc)
@@ -89,10 +80,7 @@ void pk_sidecar_metrics_request(struct pk_sidecar *sc, const char *endpoint, con
     struct pk_sidecar_metrics *m = sc->metrics;
     if (!m)
         return;
-    const char *meth = "other";
-    for (size_t i = 0; method && methods[i]; i++)
-        if (strcmp(method, methods[i]) == 0)
-            meth = methods[i];
+    const char *meth = pk_metrics_method_label(method);
     char code[8];
     snprintf(code, sizeof(code), "%d", status >= 0 && status < 1000 ? status : 0);
     const char *v[] = {endpoint, code, meth}, *e[] = {endpoint};
