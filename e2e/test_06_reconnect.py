@@ -93,3 +93,43 @@ def test_second_sidecar_keeps_endpoint_up(piko):
     for _ in range(20):
         r = try_get(srv.proxy_port)
         assert r is not None and r.status == 200, r
+
+
+def test_sidecar_pointed_at_the_proxy_port_says_so(piko):
+    """A sidecar whose connect.url is the proxy port used to log only "status 400: missing
+    endpoint id" on every retry; the line now says what is wrong."""
+    srv = piko.server()
+    sc = piko.sidecar({"my-service": "127.0.0.1:1"},
+                      connect_url="http://127.0.0.1:%d" % srv.proxy_port, wait=False)
+    sc.wait_log(lambda t: "looks like the server's proxy port" in t, timeout=10 * SLOW,
+                message="the proxy-port hint")
+    assert "status 400: missing endpoint id" in sc.log_text()
+
+
+def test_non_piko_answer_is_not_copied_into_the_log(piko):
+    """Another server's HTML page used to be flattened into every retry line."""
+    import http.server
+    import threading
+
+    class Html(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<html>" + b"x" * 5000 + b"</html>"
+            self.send_response(404)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Html)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        sc = piko.sidecar({"my-service": "127.0.0.1:1"},
+                          connect_url="http://127.0.0.1:%d" % httpd.server_address[1],
+                          wait=False)
+        sc.wait_log(lambda t: "status 404 Not Found (an answer that is not Piko's)" in t,
+                    timeout=10 * SLOW, message="the short refusal")
+        assert "xxxxxxxxxx" not in sc.log_text()
+    finally:
+        httpd.shutdown()

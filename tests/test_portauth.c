@@ -295,14 +295,15 @@ static void test_error_message(void)
                            "status 401: expired token");
     const char *text = "upstream\r\nbroke";
     CU_ASSERT_STRING_EQUAL(pk_error_message(502, text, strlen(text), buf, sizeof(buf)),
-                           "status 502 upstream  broke");
+                           "status 502 Bad Gateway (an answer that is not Piko's)");
     const char *nested = "{\"error\":{\"x\":1}}";
     CU_ASSERT_STRING_EQUAL(pk_error_message(400, nested, strlen(nested), buf, sizeof(buf)),
-                           "status 400 {\"error\":{\"x\":1}}");
+                           "status 400 Bad Request (an answer that is not Piko's)");
     const char *ctl = "{\"error\":\"a\\nb\"}";
     CU_ASSERT_STRING_EQUAL(pk_error_message(403, ctl, strlen(ctl), buf, sizeof(buf)),
                            "status 403: a b");
-    CU_ASSERT_STRING_EQUAL(pk_error_message(503, "", 0, buf, sizeof(buf)), "status 503 ");
+    CU_ASSERT_STRING_EQUAL(pk_error_message(503, "", 0, buf, sizeof(buf)),
+                           "status 503 Service Unavailable");
 }
 
 void pk_test_register_portauth(void)

@@ -136,8 +136,9 @@ int pk_token_config_check(const char *token, const char *file, const char *opt, 
  * reason in err when the file is missing, unreadable, or holds no token. */
 int pk_token_get(const char *token, const char *file, char **out, char *err, size_t errlen);
 /* An error answer of the server for a log line: "status 401: expired token" when the body
- * is PROTOCOL.md's JSON {"error": "..."}, else the status and the start of the body. Control
- * characters become spaces. Returns buf. */
+ * is PROTOCOL.md's JSON {"error": "..."}, else the status, its reason and the body's size
+ * only ("status 404 Not Found (an answer that is not Piko's)": another server's
+ * HTML page would fill every retry line). Control characters become spaces. Returns buf. */
 const char *pk_error_message(int status, const char *body, size_t len, char *buf, size_t size);
 
 /* scmetrics.c: the Prometheus registry and its /metrics route (after the admin port is

@@ -3,6 +3,7 @@
  * forwarded connections. A token file is read again at every dial, so a token refreshed
  * on disk (a Kubernetes projected token, a vault agent) is used by the next tunnel. */
 #include "base/base.h"
+#include "http1/http1.h"
 #include "sidecar/sidecar_int.h"
 
 #include <errno.h>
@@ -128,8 +129,11 @@ const char *pk_error_message(int status, const char *body, size_t len, char *buf
     if (o && json_object_is_type(o, json_type_object) &&
         json_object_object_get_ex(o, "error", &e) && json_object_is_type(e, json_type_string)) {
         snprintf(buf, size, "status %d: %.200s", status, json_object_get_string(e));
+    } else if (len) {
+        snprintf(buf, size, "status %d %s (an answer that is not Piko's)", status,
+                 pk_h1_reason(status));
     } else {
-        snprintf(buf, size, "status %d %.*s", status, (int)PK_MIN(len, (size_t)200), body);
+        snprintf(buf, size, "status %d %s", status, pk_h1_reason(status));
     }
     json_object_put(o);
     json_tokener_free(tok);

@@ -336,6 +336,13 @@ static bool hs_process(struct hs *h, struct bufferevent *bev)
         char why[768];
         pk_error_message(status, (const char *)evbuffer_pullup(h->body, -1),
                          evbuffer_get_length(h->body), why, sizeof(why));
+        /* The proxy port answers a handshake as a request without an endpoint. */
+        if (status == 400 && strstr(why, "missing endpoint id")) {
+            size_t wl = strlen(why);
+            snprintf(why + wl, sizeof(why) - wl,
+                     " (connect.url looks like the server's proxy port: sidecars dial its "
+                     "upstream port, :8001 by default)");
+        }
         hs_done(h, false, status == 401 || status == 403, why);
         return true;
     }
