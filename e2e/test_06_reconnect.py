@@ -133,3 +133,28 @@ def test_non_piko_answer_is_not_copied_into_the_log(piko):
         assert "xxxxxxxxxx" not in sc.log_text()
     finally:
         httpd.shutdown()
+
+
+def test_first_run_log_lines(piko):
+    """Small things a new user tripped over: an HTTP request to a TCP endpoint is refused
+    with a reason in the sidecar's log; a service that refuses connections is named once
+    per line, not twice; the server says "drained: exiting" once; a server without TLS has
+    no empty "tls" object in its status."""
+    srv = piko.server()
+    sc = piko.sidecar({}, server=srv, wait=False,
+                      args=["--tcp-endpoint", "db=127.0.0.1:1", "--endpoint",
+                            "web=127.0.0.1:1"])
+    srv.wait_log(lambda t: "tunnel up endpoint=db" in t and "tunnel up endpoint=web" in t,
+                 timeout=10 * SLOW, message="tunnels up")
+    assert h1(srv.proxy_port, "GET", "/", {"x-piko-endpoint": "db"}).status == 502
+    sc.wait_log(lambda t: "endpoint=db is a TCP endpoint" in t, timeout=5 * SLOW,
+                message="the TCP-endpoint reason")
+    assert h1(srv.proxy_port, "GET", "/", {"x-piko-endpoint": "web"}).status == 502
+    sc.wait_log(lambda t: "endpoint=web service 127.0.0.1:1:" in t, timeout=5 * SLOW,
+                message="the refused service")
+    line = [ln for ln in sc.log_text().splitlines() if "endpoint=web service" in ln][0]
+    assert line.count("127.0.0.1:1") == 1, line
+    st, body = srv.admin("/status/cluster/nodes/local")
+    assert st == 200 and '"tls"' not in body.decode(), body
+    srv.stop()
+    assert srv.log_text().count("drained: exiting") == 1, srv.log_text()[-1500:]

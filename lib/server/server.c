@@ -290,7 +290,8 @@ static void check_cb(evutil_socket_t fd, short what, void *arg)
         pk_cluster_port_state_changed(srv); /* the long polls are answered now */
         pk_proxy_drain_all(srv, true);
     }
-    if (drained(srv)) {
+    if (drained(srv) && !srv->node.exiting) {
+        srv->node.exiting = true; /* said once, though the check may run again */
         PK_INFO("server", "drained: exiting");
         event_base_loopexit(srv->loop.base, NULL);
     }

@@ -85,6 +85,7 @@ struct pk_node {
     bool draining;
     bool drain_final;     /* the drain delay is over: connections are being closed */
     bool cluster_closing; /* and the connections peers opened to us too */
+    bool exiting;         /* drained: the loop is told to exit */
     struct event *drain_ev;
     struct event *grace_ev;
     struct event *rebalance_ev;

@@ -165,8 +165,11 @@ void pk_server_reload(struct pk_server *srv)
 
 void pk_server_tls_status(struct pk_server *srv, struct json_object *o)
 {
-    if (!srv->node.tls)
-        return;
+    bool any = false;
+    for (int p = 0; srv->node.tls && p < PK_PORT_COUNT; p++)
+        any = any || srv->node.tls->port[p];
+    if (!any)
+        return; /* no TLS port: no "tls" object rather than an empty one */
     struct json_object *t = json_object_new_object();
     for (int p = 0; p < PK_PORT_COUNT; p++) {
         struct pk_tls_server *ts = srv->node.tls->port[p];

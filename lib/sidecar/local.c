@@ -123,6 +123,11 @@ static const struct pk_h2stream_cbs stream_cbs = {.on_close = stream_closed};
 /* The service failed this exchange: tell the server how (PROTOCOL.md 1.3). */
 static void lx_fail(struct lx *x, uint32_t code, const char *why)
 {
+    /* A dial failure already names the address ("127.0.0.1:8080: Connection refused"). */
+    char addr[300];
+    snprintf(addr, sizeof(addr), "%s:%u: ", x->ep->host, x->ep->port);
+    if (strncmp(why, addr, strlen(addr)) == 0)
+        why += strlen(addr);
     PK_INFO("local", "endpoint=%s service %s:%u: %s", x->ep->name, x->ep->host, x->ep->port, why);
     if (x->lc) {
         struct lconn *lc = x->lc;
@@ -567,7 +572,16 @@ void pk_local_serve(struct sc_endpoint *ep, struct pk_h2stream *s)
         return;
     }
     if (ep->tcp) {
-        /* An HTTP exchange sent to a TCP endpoint (PROTOCOL.md 1.3). */
+        /* An HTTP exchange sent to a TCP endpoint (PROTOCOL.md 1.3): the client gets the
+         * server's 502, so the reason is said here, at most once a second. */
+        uint64_t now = pk_now_ms();
+        if (now - ep->refused_log_ms >= 1000) {
+            ep->refused_log_ms = now;
+            PK_WARN("local",
+                    "endpoint=%s is a TCP endpoint (--tcp-endpoint): an HTTP request was "
+                    "refused; reach it with --forward or GET /_piko/v1/tcp/%s",
+                    ep->name, ep->name);
+        }
         pk_h2stream_set_handler(s, NULL, NULL);
         pk_h2stream_reset(s, NGHTTP2_REFUSED_STREAM);
         return;

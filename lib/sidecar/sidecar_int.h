@@ -53,6 +53,7 @@ struct sc_endpoint {
     struct sc_tunnel *tunnels; /* every tunnel alive, replaced ones included */
     struct lconn *idle;        /* keep-alive connections to the service */
     size_t nidle;
+    uint64_t refused_log_ms; /* a TCP endpoint's last "HTTP request refused" line */
     struct sc_endpoint *next;
 };
 
