@@ -32,7 +32,6 @@ struct exchange *pk_exchange_new(struct pk_server *srv, const char *ip, uint16_t
     ex->port = port;
     pk_head_init(&ex->held);
     ex->timer = pk_xevent_new(srv->loop.base, -1, 0, ex_timer_cb, ex);
-    ex->start_ms = pk_now_ms();
     ex->start_us = pk_now_us();
     srv->loop.nexchanges++;
     return ex;
@@ -63,15 +62,15 @@ static void ex_maybe_free(struct exchange *ex)
     struct pk_server *srv = ex->srv;
     ex_unwait(ex);
     pk_auth_cancel(ex->auth);
+    uint64_t took_us = pk_now_us() - ex->start_us;
     if (!ex->cluster)
-        pk_server_metrics_request(srv, ex->method, ex->status, pk_now_ms() - ex->start_ms,
-                                  ex->req_body.total_in, ex->resp_body.total_out);
+        pk_server_metrics_request(srv, ex->method, ex->status, took_us, ex->req_body.total_in,
+                                  ex->resp_body.total_out);
     pk_head_free(&ex->held);
     PK_DEBUG("proxy",
              "done endpoint=%s client=%s method=%s path=%s status=%d ms=%llu in=%llu out=%llu",
              ex->endpoint, ex->client, ex->req.method ? ex->req.method : "-",
-             ex->req.path ? ex->req.path : "-", ex->status,
-             (unsigned long long)(pk_now_ms() - ex->start_ms),
+             ex->req.path ? ex->req.path : "-", ex->status, (unsigned long long)(took_us / 1000),
              (unsigned long long)ex->req_body.total_in, (unsigned long long)ex->resp_body.total_in);
     event_free(ex->timer);
     pk_head_free(&ex->req);

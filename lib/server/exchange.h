@@ -40,7 +40,7 @@ struct exchange {
     bool req_has_body;
     bool is_head;
     char method[12];   /* the request's method for metrics ("" before the head) */
-    uint64_t start_us; /* for the latency histogram */
+    uint64_t start_us; /* when it started: the latency histogram and the log */
     bool raw;          /* an upgrade or a TCP tunnel: an extended CONNECT stream */
     bool tcp;          /* /_piko/v1/tcp/{endpoint} */
     char token[64];    /* the upgrade token (:protocol) */
@@ -71,7 +71,6 @@ struct exchange {
     uint64_t stalled_ms;     /* how long nothing moved */
     bool waiting;
     struct exchange *wnext;
-    uint64_t start_ms;
     /* proxy.auth: the request head waits in held while its token is verified */
     struct pk_auth_req *auth;
     struct pk_head held;

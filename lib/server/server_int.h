@@ -200,7 +200,7 @@ struct ssl_ctx_st *pk_server_tls_cluster_client(struct pk_server *srv);
 struct pk_server_metrics;
 void pk_server_metrics_new(struct pk_server *srv);
 void pk_server_metrics_del(struct pk_server *srv);
-void pk_server_metrics_request(struct pk_server *srv, const char *method, int status, uint64_t ms,
+void pk_server_metrics_request(struct pk_server *srv, const char *method, int status, uint64_t us,
                                uint64_t in_bytes, uint64_t out_bytes);
 /* Adds "listeners": {port: {"accepted", "accept_errors", "fd_exhausted", "shed"}} and
  * "connections": {"proxy", "upstream", "refused", "stalled"} (counts from accept) to a

@@ -150,7 +150,7 @@ void pk_server_metrics_del(struct pk_server *srv)
     srv->loop.metrics = NULL;
 }
 
-void pk_server_metrics_request(struct pk_server *srv, const char *method, int status, uint64_t ms,
+void pk_server_metrics_request(struct pk_server *srv, const char *method, int status, uint64_t us,
                                uint64_t in_bytes, uint64_t out_bytes)
 {
     struct pk_server_metrics *m = srv->loop.metrics;
@@ -161,7 +161,7 @@ void pk_server_metrics_request(struct pk_server *srv, const char *method, int st
     snprintf(code, sizeof(code), "%d", status >= 0 && status < 1000 ? status : 0);
     const char *v[] = {code, meth};
     pk_mseries_inc(pk_mfamily_series(m->requests, v), 1);
-    pk_mseries_observe(m->latency, (double)ms / 1000.0);
+    pk_mseries_observe(m->latency, (double)us / 1e6);
     pk_mseries_observe(m->req_size, (double)in_bytes);
     pk_mseries_observe(m->resp_size, (double)out_bytes);
 }
