@@ -220,22 +220,25 @@ void *pk_metrics_keep(struct pk_metrics *m, size_t n)
     return m->kept[m->nkept++] = pk_xcalloc(1, n ? n : 1);
 }
 
-void pk_metrics_counter_fn(struct pk_metrics *m, const char *name, const char *help,
-                           double (*fn)(void *arg), void *arg)
+static void fn_family(struct pk_metrics *m, enum pk_metric_type type, const char *name,
+                      const char *help, double (*fn)(void *arg), void *arg)
 {
-    struct pk_mfamily *f = family_add(m, PK_METRIC_COUNTER, name, help);
+    struct pk_mfamily *f = family_add(m, type, name, help);
     f->labels = pk_xcalloc(1, sizeof(*f->labels));
     f->fn = fn;
     f->fn_arg = arg;
 }
 
+void pk_metrics_counter_fn(struct pk_metrics *m, const char *name, const char *help,
+                           double (*fn)(void *arg), void *arg)
+{
+    fn_family(m, PK_METRIC_COUNTER, name, help, fn, arg);
+}
+
 void pk_metrics_gauge_fn(struct pk_metrics *m, const char *name, const char *help,
                          double (*fn)(void *arg), void *arg)
 {
-    struct pk_mfamily *f = family_add(m, PK_METRIC_GAUGE, name, help);
-    f->labels = pk_xcalloc(1, sizeof(*f->labels));
-    f->fn = fn;
-    f->fn_arg = arg;
+    fn_family(m, PK_METRIC_GAUGE, name, help, fn, arg);
 }
 
 /* ---- exposition ------------------------------------------------------------------- */

@@ -4,10 +4,13 @@
 #include "base/log.h"
 #include "net/net.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +30,78 @@ struct pk_listener {
     uint64_t log_ms;   /* when the last failure was logged */
     uint64_t unlogged; /* failures since then */
 };
+
+static int split_addr(const char *addr, char *host, size_t hostlen, char *port, size_t portlen)
+{
+    const char *colon;
+    if (addr[0] == '[') {
+        const char *end = strchr(addr, ']');
+        if (!end || end[1] != ':')
+            return -1;
+        snprintf(host, hostlen, "%.*s", (int)(end - addr - 1), addr + 1);
+        colon = end + 1;
+    } else {
+        colon = strrchr(addr, ':');
+        if (!colon)
+            return -1;
+        snprintf(host, hostlen, "%.*s", (int)(colon - addr), addr);
+    }
+    snprintf(port, portlen, "%s", colon + 1);
+    char *end;
+    long p = strtol(port, &end, 10);
+    if (*end || p < 0 || p > 65535 || port[0] == '\0')
+        return -1;
+    return 0;
+}
+
+/* A bare evconnlistener on "host:port", ":port" or "[v6]:port" (the host resolved with
+ * getaddrinfo: numeric addresses or names from /etc/hosts). */
+static struct evconnlistener *bind_listener(struct event_base *base, const char *addr,
+                                            evconnlistener_cb cb, void *arg, char *err,
+                                            size_t errlen)
+{
+    char host[256], port[16];
+    struct addrinfo hints = {0}, *res = NULL;
+    if (split_addr(addr, host, sizeof(host), port, sizeof(port)) != 0) {
+        snprintf(err, errlen, "invalid listen address '%s' (want host:port or :port)", addr);
+        return NULL;
+    }
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    int rv = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
+    if (rv != 0) {
+        snprintf(err, errlen, "cannot resolve listen address '%s': %s", addr, gai_strerror(rv));
+        return NULL;
+    }
+    struct evconnlistener *l = NULL;
+    int saved = 0;
+    for (struct addrinfo *ai = res; ai && !l; ai = ai->ai_next) {
+        l = evconnlistener_new_bind(
+            base, cb, arg, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 1024,
+            ai->ai_addr, (int)ai->ai_addrlen);
+        if (!l)
+            saved = errno;
+    }
+    freeaddrinfo(res);
+    if (!l)
+        snprintf(err, errlen, "cannot listen on '%s': %s", addr, strerror(saved));
+    return l;
+}
+
+static void evlistener_addr(struct evconnlistener *l, char *buf, size_t len)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    char ip[INET6_ADDRSTRLEN];
+    uint16_t port;
+    if (getsockname(evconnlistener_get_fd(l), (struct sockaddr *)&ss, &sl) != 0) {
+        snprintf(buf, len, "?");
+        return;
+    }
+    pk_sockaddr_ip((struct sockaddr *)&ss, ip, sizeof(ip), &port);
+    snprintf(buf, len, ss.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", ip, port);
+}
 
 static int reserve_open(void)
 {
@@ -122,7 +197,7 @@ struct pk_listener *pk_listener_new(struct event_base *base, const char *name, c
     l->arg = arg;
     snprintf(l->name, sizeof(l->name), "%s", name);
     char why[256];
-    l->l = pk_listen(base, addr, accept_cb, l, why, sizeof(why));
+    l->l = bind_listener(base, addr, accept_cb, l, why, sizeof(why));
     if (!l->l) {
         /* Name the option at fault: "cluster.bind-addr: cannot listen on ':8003': Address
          * already in use" (a --forward listener is its own option). */
@@ -152,7 +227,7 @@ void pk_listener_del(struct pk_listener *l)
 
 void pk_listener_addr(const struct pk_listener *l, char *buf, size_t len)
 {
-    pk_evlistener_addr(l->l, buf, len);
+    evlistener_addr(l->l, buf, len);
 }
 
 void pk_listener_pause(struct pk_listener *l, bool paused)

@@ -1,10 +1,9 @@
-/* net: listeners, socket options and closing connections politely. */
+/* net: socket options, addresses and closing connections politely (ports: listener.h). */
 #ifndef PK_NET_H
 #define PK_NET_H
 
 #include "base/list.h"
 
-#include <event2/listener.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -12,15 +11,6 @@
 
 struct bufferevent;
 struct event_base;
-
-/* Binds a bare evconnlistener (pk_listener_new in listener.h wraps one with the handling
- * of descriptor exhaustion; use that for ports) on "host:port", ":port" or "[v6]:port" (the host is
- * resolved with getaddrinfo at start-up: numeric addresses or names from /etc/hosts). Returns NULL
- * and a message in err on failure. */
-struct evconnlistener *pk_listen(struct event_base *base, const char *addr, evconnlistener_cb cb,
-                                 void *arg, char *err, size_t errlen);
-/* "127.0.0.1:8000" for the address a listener is actually bound to. */
-void pk_evlistener_addr(struct evconnlistener *l, char *buf, size_t len);
 
 /* TCP_NODELAY and keepalive on a connected socket. */
 void pk_tune_socket(int fd);

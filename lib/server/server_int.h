@@ -185,6 +185,8 @@ void pk_cluster_port_state_changed(struct pk_server *srv);
 
 /* tls_ports.c */
 enum pk_port { PK_PORT_PROXY, PK_PORT_UPSTREAM, PK_PORT_ADMIN, PK_PORT_CLUSTER, PK_PORT_COUNT };
+/* "proxy", "upstream", "admin", "cluster": the ports' names in options, logs and labels. */
+const char *pk_port_name(enum pk_port p);
 /* Config checks of every <port>.tls.* key (pairs, cluster all-or-nothing). */
 int pk_server_tls_check(const struct pk_server_config *cfg, char *err, size_t errlen);
 /* Loads the ports' certificates (before the listeners). Returns 0 or PK_ERR_* with a

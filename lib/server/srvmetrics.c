@@ -14,8 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const port_names[PK_PORT_COUNT] = {"proxy", "upstream", "admin", "cluster"};
-
 struct pk_server_metrics {
     struct pk_metrics *reg;
     struct pk_mfamily *requests; /* piko_proxy_requests_total{status,method} */
@@ -53,7 +51,7 @@ static void collect(void *arg)
         struct pk_tls_server *ts = pk_server_tls_port(srv, (enum pk_port)p);
         if (!ts)
             continue;
-        const char *v[] = {port_names[p]};
+        const char *v[] = {pk_port_name((enum pk_port)p)};
         pk_mseries_set_count(pk_mfamily_series(m->tls_handshakes, v), pk_tls_server_handshakes(ts));
         pk_mseries_set_count(pk_mfamily_series(m->tls_failures, v), pk_tls_server_failures(ts));
     }
@@ -63,7 +61,7 @@ static void collect(void *arg)
             continue;
         struct pk_listener_stats st;
         pk_listener_stats(ls[p], &st);
-        const char *v[] = {port_names[p]};
+        const char *v[] = {pk_port_name((enum pk_port)p)};
         pk_mseries_set_count(pk_mfamily_series(m->accept_errors, v), st.accept_errors);
         pk_mseries_set_count(pk_mfamily_series(m->fd_exhausted, v), st.fd_exhausted);
     }

@@ -26,6 +26,11 @@ struct pk_server_tls {
 };
 
 static const char *const port_names[PK_PORT_COUNT] = {"proxy", "upstream", "admin", "cluster"};
+
+const char *pk_port_name(enum pk_port p)
+{
+    return port_names[p];
+}
 static const char *const alpn_h2[] = {"h2", NULL};
 
 static const struct pk_tls_files *port_files(const struct pk_server_config *cfg, enum pk_port p)
