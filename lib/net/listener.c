@@ -23,9 +23,7 @@ struct pk_listener {
     pk_accept_cb cb;
     void *arg;
     char name[32];
-    int reserve;         /* a descriptor kept for shedding one connection, or -1 */
-    bool owner_paused;   /* pk_listener_pause */
-    bool exhaust_paused; /* waiting for resume after EMFILE/ENFILE */
+    int reserve; /* a descriptor kept for shedding one connection, or -1 */
     struct pk_listener_stats stats;
     uint64_t log_ms;   /* when the last failure was logged */
     uint64_t unlogged; /* failures since then */
@@ -108,14 +106,6 @@ static int reserve_open(void)
     return open("/dev/null", O_RDONLY | O_CLOEXEC);
 }
 
-static void apply(struct pk_listener *l)
-{
-    if (l->owner_paused || l->exhaust_paused)
-        evconnlistener_disable(l->l);
-    else
-        evconnlistener_enable(l->l);
-}
-
 static void accept_cb(struct evconnlistener *el, evutil_socket_t fd, struct sockaddr *sa, int salen,
                       void *arg)
 {
@@ -154,10 +144,9 @@ static void resume_cb(evutil_socket_t fd, short what, void *arg)
     struct pk_listener *l = arg;
     PK_UNUSED(fd);
     PK_UNUSED(what);
-    l->exhaust_paused = false;
     if (l->reserve < 0)
         l->reserve = reserve_open();
-    apply(l);
+    evconnlistener_enable(l->l);
 }
 
 static void error_cb(struct evconnlistener *el, void *arg)
@@ -173,9 +162,8 @@ static void error_cb(struct evconnlistener *el, void *arg)
     }
     /* Whatever failed, the pending connection is still there and the socket readable:
      * stop for a moment instead of failing again at once. */
-    l->exhaust_paused = true;
-    apply(l);
-    struct timeval tv = {0, PK_LISTENER_PAUSE_MS * 1000};
+    evconnlistener_disable(l->l);
+    struct timeval tv = pk_ms_timeval(PK_LISTENER_PAUSE_MS);
     event_add(l->resume, &tv);
     uint64_t now = pk_now_ms();
     if (now - l->log_ms >= 1000) {
@@ -228,14 +216,6 @@ void pk_listener_del(struct pk_listener *l)
 void pk_listener_addr(const struct pk_listener *l, char *buf, size_t len)
 {
     evlistener_addr(l->l, buf, len);
-}
-
-void pk_listener_pause(struct pk_listener *l, bool paused)
-{
-    if (l->owner_paused == paused)
-        return;
-    l->owner_paused = paused;
-    apply(l);
 }
 
 void pk_listener_stats(const struct pk_listener *l, struct pk_listener_stats *out)

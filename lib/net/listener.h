@@ -13,8 +13,7 @@
  *     the kernel's backlog meanwhile);
  *   - logs at most one line a second per listener, with the count since the last line;
  *   - counts accepted connections and accept failures.
- *
- * Connection caps that would rather wait than refuse use pk_listener_pause.
+ * (Connection caps close new connections at once: see pk_accept_refuse_over_limit.)
  *
  * Every function must be called from the thread running the loop. */
 #ifndef PK_LISTENER_H
@@ -54,10 +53,6 @@ struct pk_listener *pk_listener_new(struct event_base *base, const char *name, c
 void pk_listener_del(struct pk_listener *l);
 /* "127.0.0.1:8000" for the address the listener is bound to ("?" when unknown). */
 void pk_listener_addr(const struct pk_listener *l, char *buf, size_t len);
-/* Stops (paused) or resumes accepting on behalf of the owner (a connection cap). An
- * exhaustion pause in progress still ends by itself; accepting resumes only when neither
- * the owner nor the exhaustion pause holds it. */
-void pk_listener_pause(struct pk_listener *l, bool paused);
 void pk_listener_stats(const struct pk_listener *l, struct pk_listener_stats *out);
 
 #endif
