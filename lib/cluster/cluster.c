@@ -106,11 +106,11 @@ void pk_cluster_stop(struct pk_cluster *c)
         struct join_job *j = &c->jobs[i];
         pk_resolve_cancel(j->srv_req);
         j->srv_req = NULL;
-        for (size_t k = 0; k < j->nreqs; k++)
-            pk_resolve_cancel(j->reqs[k]);
-        free(j->reqs);
-        j->reqs = NULL;
-        j->nreqs = 0;
+        for (size_t k = 0; k < j->nlookups; k++)
+            pk_resolve_cancel(j->lookups[k].req);
+        free(j->lookups);
+        j->lookups = NULL;
+        j->nlookups = 0;
     }
     while (!pk_list_empty(&c->peers))
         cluster_peer_release(PK_CONTAINER_OF(c->peers.next, struct peer, link));

@@ -67,14 +67,21 @@ struct peer {
     uint64_t link_backoff_ms;
 };
 
+/* One address lookup of a join job: req is cleared when its answer comes (the resolver
+ * frees it then), so that a stop cancels only the lookups still in flight. */
+struct job_lookup {
+    struct join_job *j;
+    struct pk_resolve_req *req;
+};
+
 struct join_job {
     struct pk_join_item item;
     char **addrs; /* last good answer: "host\0port" pairs as strings "ip|port" */
     size_t naddrs;
     /* the round in flight */
     struct pk_resolve_req *srv_req;
-    struct pk_resolve_req **reqs;
-    size_t nreqs, pending;
+    struct job_lookup *lookups;
+    size_t nlookups, pending;
     char **new_addrs;
     size_t nnew;
     bool failed;

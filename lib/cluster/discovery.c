@@ -50,9 +50,9 @@ static void discovery_commit(struct pk_cluster *c);
 static void job_finish(struct join_job *j)
 {
     struct pk_cluster *c = j->c;
-    free(j->reqs);
-    j->reqs = NULL;
-    j->nreqs = 0;
+    free(j->lookups);
+    j->lookups = NULL;
+    j->nlookups = 0;
     if (!j->failed) {
         cluster_free_strv(j->addrs, j->naddrs);
         j->addrs = j->new_addrs;
@@ -68,7 +68,9 @@ static void job_finish(struct join_job *j)
 
 static void addr_resolved(int err, const struct pk_addrs *addrs, void *arg)
 {
-    struct join_job *j = arg;
+    struct job_lookup *lk = arg;
+    struct join_job *j = lk->j;
+    lk->req = NULL; /* answered: the resolver frees it */
     if (err) {
         PK_WARN("cluster", "cluster.join: cannot resolve '%s': %s", j->item.name,
                 pk_resolve_errstr(j->c->res));
@@ -96,14 +98,15 @@ static void srv_resolved(int err, const struct pk_srvs *srvs, void *arg)
         job_finish(j);
         return;
     }
-    j->reqs = pk_xcalloc(srvs->n, sizeof(*j->reqs));
+    j->lookups = pk_xcalloc(srvs->n ? srvs->n : 1, sizeof(*j->lookups));
     j->pending = srvs->n;
-    j->nreqs = 0;
+    j->nlookups = 0;
     for (size_t i = 0; i < srvs->n; i++) {
-        struct pk_resolve_req *r =
-            pk_resolve(j->c->res, srvs->v[i].target, srvs->v[i].port, addr_resolved, j);
-        if (r)
-            j->reqs[j->nreqs++] = r;
+        struct job_lookup *lk = &j->lookups[j->nlookups];
+        lk->j = j;
+        lk->req = pk_resolve(j->c->res, srvs->v[i].target, srvs->v[i].port, addr_resolved, lk);
+        if (lk->req)
+            j->nlookups++;
         else
             j->pending--;
     }
@@ -123,10 +126,12 @@ void cluster_discovery_start(struct pk_cluster *c)
         if (j->item.kind == PK_JOIN_SRV) {
             j->srv_req = pk_resolve_srv(c->res, j->item.name, srv_resolved, j);
         } else {
-            j->reqs = pk_xcalloc(1, sizeof(*j->reqs));
+            j->lookups = pk_xcalloc(1, sizeof(*j->lookups));
+            j->lookups[0].j = j;
             j->pending = 1;
-            j->reqs[0] = pk_resolve(c->res, j->item.name, j->item.port, addr_resolved, j);
-            j->nreqs = 1;
+            j->nlookups = 1;
+            j->lookups[0].req =
+                pk_resolve(c->res, j->item.name, j->item.port, addr_resolved, &j->lookups[0]);
         }
     }
 }
