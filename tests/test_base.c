@@ -155,6 +155,30 @@ static void test_log_parse_level(void)
     CU_ASSERT_EQUAL(lv, PK_LOG_INFO);
 }
 
+static void test_log_check_and_subsystems(void)
+{
+    char err[256];
+    CU_ASSERT_EQUAL(pk_log_check("info", "json", "proxy, cluster", err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(pk_log_check("info", "xml", "", err, sizeof(err)), PK_ERR_INVALID);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "log.format"));
+    CU_ASSERT_EQUAL(pk_log_check("loud", "text", "", err, sizeof(err)), PK_ERR_INVALID);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "log.level"));
+    CU_ASSERT_EQUAL(pk_log_check("info", "text", "proxy,Bad Name", err, sizeof(err)),
+                    PK_ERR_INVALID);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "log.subsystems"));
+
+    enum pk_log_level saved = pk_log_min_level;
+    CU_ASSERT_EQUAL(pk_log_configure("warn", "text", " proxy ,cluster", err, sizeof(err)), 0);
+    CU_ASSERT_TRUE(pk_log_enabled(PK_LOG_DEBUG, "proxy"));
+    CU_ASSERT_TRUE(pk_log_enabled(PK_LOG_DEBUG, "cluster"));
+    CU_ASSERT_FALSE(pk_log_enabled(PK_LOG_INFO, "upstream"));
+    CU_ASSERT_TRUE(pk_log_enabled(PK_LOG_WARN, "upstream"));
+    CU_ASSERT_FALSE(pk_log_enabled(PK_LOG_INFO, "prox"));
+    CU_ASSERT_EQUAL(pk_log_configure("info", "text", "", err, sizeof(err)), 0);
+    CU_ASSERT_FALSE(pk_log_enabled(PK_LOG_DEBUG, "proxy"));
+    pk_log_set_level(saved);
+}
+
 static void test_log_set_level(void)
 {
     enum pk_log_level saved = pk_log_min_level;
@@ -299,6 +323,7 @@ void pk_test_register_base(void)
     CU_add_test(s, "xasprintf", test_xasprintf);
     CU_add_test(s, "xstrndup", test_xstrndup);
     CU_add_test(s, "log_parse_level", test_log_parse_level);
+    CU_add_test(s, "log_check_and_subsystems", test_log_check_and_subsystems);
     CU_add_test(s, "log_set_level", test_log_set_level);
     CU_add_test(s, "log_write", test_log_write);
     CU_add_test(s, "strerror", test_strerror);

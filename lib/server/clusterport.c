@@ -178,6 +178,9 @@ void pk_cluster_port_start(struct exchange *ex, struct pk_head *in)
     PK_DEBUG("cluster", "forwarded stream endpoint=%s from node=%s", ex->endpoint,
              pk_hdrs_get(&in->hdrs, "piko-forwarded-by"));
     ex->forwarded = true;
+    snprintf(ex->forwarded_by, sizeof(ex->forwarded_by), "%s",
+             pk_hdrs_get(&in->hdrs, "piko-forwarded-by"));
+    snprintf(ex->method, sizeof(ex->method), "%s", in->method ? in->method : "");
     struct pk_head *r = &ex->req;
     r->method = in->method;
     r->path = in->path;

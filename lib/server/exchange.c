@@ -4,6 +4,7 @@
  * a tunnel or a peer link with its one retry, and the proxy's own answers. It drives the
  * downstream side only through its end (end.h), whatever the protocol. */
 #include "server/exchange.h"
+#include "accesslog/accesslog.h"
 #include "base/base.h"
 #include "base/log.h"
 #include "cluster/cluster.h"
@@ -31,6 +32,7 @@ struct exchange *pk_exchange_new(struct pk_server *srv, const char *ip, uint16_t
     snprintf(ex->ip, sizeof(ex->ip), "%s", ip);
     ex->port = port;
     pk_head_init(&ex->held);
+    pk_hdrs_init(&ex->resp_hdrs);
     ex->timer = pk_xevent_new(srv->loop.base, -1, 0, ex_timer_cb, ex);
     ex->start_us = pk_now_us();
     srv->loop.nexchanges++;
@@ -66,6 +68,8 @@ static void ex_maybe_free(struct exchange *ex)
     if (!ex->cluster)
         pk_server_metrics_request(srv, ex->method, ex->status, took_us, ex->req_body.total_in,
                                   ex->resp_body.total_out);
+    pk_exchange_log(ex, took_us);
+    pk_hdrs_free(&ex->resp_hdrs);
     pk_head_free(&ex->held);
     PK_DEBUG("proxy",
              "done endpoint=%s client=%s method=%s path=%s status=%d ms=%llu in=%llu out=%llu",
@@ -169,6 +173,7 @@ static void ex_stall_check(struct exchange *ex)
         response ? (pk_pipe_full(&ex->resp_body) ? "client not reading" : "service not sending")
                  : (pk_pipe_full(&ex->req_body) ? "service not reading" : "client not sending");
     ex->srv->loop.stalled++;
+    snprintf(ex->error, sizeof(ex->error), "stalled: %s", who);
     PK_INFO("proxy",
             "stalled endpoint=%s client=%s path=%.200s: %s, no body byte moved for %llums "
             "(in=%llu out=%llu): aborted",
@@ -265,6 +270,8 @@ void pk_exchange_reply(struct exchange *ex, int status, const char *body, size_t
 void pk_exchange_fail_hdr(struct exchange *ex, int status, const char *msg, const char *name,
                           const char *value)
 {
+    if (!ex->error[0])
+        snprintf(ex->error, sizeof(ex->error), "%s", msg);
     size_t n;
     char *body = pk_json_error_body(msg, &n);
     pk_exchange_reply(ex, status, body, n, name, value);
@@ -316,6 +323,10 @@ static void us_on_head(struct pk_h2stream *s, void *ud)
     resp.status = h->status;
     pk_hdrs_move(&resp.hdrs, &h->hdrs);
     pk_h1_strip_hop_by_hop(&resp.hdrs, false);
+    if (pk_accesslog_wants_response_headers(ex->srv->loop.access))
+        for (size_t i = 0; i < resp.hdrs.n; i++)
+            pk_hdrs_add(&ex->resp_hdrs, resp.hdrs.v[i].name, resp.hdrs.v[i].nlen,
+                        resp.hdrs.v[i].value, resp.hdrs.v[i].vlen);
     if (ex->raw && resp.status >= 200 && resp.status < 300) {
         ex_establish(ex, &resp);
         pk_head_free(&resp);
@@ -461,8 +472,12 @@ void pk_exchange_dispatch(struct exchange *ex)
                                    &us_cbs, ex);
         if (ex->us)
             t->served++;
+        snprintf(ex->via, sizeof(ex->via), "%s", t->peer);
+        ex->via_peer = false;
     } else {
         ex->us = ex_forward(ex, peer);
+        snprintf(ex->via, sizeof(ex->via), "%s", pk_peer_node_id(peer));
+        ex->via_peer = true;
     }
     if (!ex->us) {
         pk_exchange_fail(ex, 502, "upstream unreachable");

@@ -77,7 +77,17 @@ struct exchange {
     bool auth_from_authorization; /* the token came from authorization: not forwarded */
     char ip[64];
     uint16_t port;
+    /* for the access log (access.c) */
+    char error[96];           /* why the proxy answered, or the exchange failed */
+    char via[130];            /* the tunnel's sidecar address, or the peer's node id */
+    bool via_peer;            /* via is a peer node */
+    bool down_h1;             /* the downstream side is an HTTP/1.1 connection */
+    char forwarded_by[130];   /* a peer's stream: the node that forwarded it */
+    struct pk_hdrs resp_hdrs; /* the response's fields, when the access log wants them */
 };
+
+/* access.c: records the finished exchange (access log, /status/requests). */
+void pk_exchange_log(struct exchange *ex, uint64_t took_us);
 
 /* A new exchange of a client at ip:port; the caller sets ex->down, then fills the request
  * fields and calls pk_exchange_start (or answers it with pk_exchange_fail). */

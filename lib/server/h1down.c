@@ -259,6 +259,7 @@ static bool h1_on_head(struct pk_h1parser *p, void *ud)
     bufferevent_set_timeouts(hc->bev, NULL, NULL);
     hc->head_start_ms = 0;
     struct exchange *ex = pk_exchange_new(hc->srv, hc->ip, hc->port);
+    ex->down_h1 = true;
     hc->ex = ex;
     ex->down = &hc->end;
     hc->keep_alive = p->keep_alive;

@@ -2,6 +2,7 @@
  * make no sense together: kept apart from the code they configure (pk_server_new). */
 #include "server/server.h"
 
+#include "accesslog/accesslog.h"
 #include "base/base.h"
 #include "base/log.h"
 #include "cluster/state.h"
@@ -142,6 +143,21 @@ const struct pk_opt pk_server_opts[] = {
     OPT("dns.servers", PK_OPT_STRING, dns_servers, "",
         "DNS servers for cluster.join (comma list of ip[:port]); empty: /etc/resolv.conf"),
     OPT("log.level", PK_OPT_STRING, log_level, "info", "debug, info, warn or error"),
+    OPT("log.format", PK_OPT_STRING, log_format, "text",
+        "text (time level subsystem message) or json (one object per line)"),
+    OPT("log.subsystems", PK_OPT_STRING, log_subsystems, "",
+        "Comma list of subsystems logged at every level whatever log.level says (e.g. "
+        "proxy,cluster)"),
+    OPT("log.access", PK_OPT_BOOL, log_access, "true",
+        "Log one JSON line per request and per raw stream (subsystem access; a 5xx at warn)"),
+    OPT("log.access-request-headers", PK_OPT_STRING, log_access_request_headers, "",
+        "Request headers the access log records: comma list of names, or * for all "
+        "(credentials and cookies never)"),
+    OPT("log.access-response-headers", PK_OPT_STRING, log_access_response_headers, "",
+        "Response headers the access log records: comma list of names, or * for all "
+        "(set-cookie never)"),
+    OPT("log.access-block-headers", PK_OPT_STRING, log_access_block_headers, "",
+        "Headers the access log never records, whatever the allow lists say"),
     OPT("grace-period", PK_OPT_DURATION, grace_period_ms, "30s",
         "On SIGTERM/SIGINT, time allowed for in-flight requests"),
     OPT("drain-delay", PK_OPT_DURATION, drain_delay_ms, "0s",
@@ -152,12 +168,13 @@ const size_t pk_server_nopts = PK_ARRAY_LEN(pk_server_opts);
 /* The listen addresses, the log level and the proxy and upstream ports' numbers. */
 static int check_ports(const struct pk_server_config *cfg, char *err, size_t errlen)
 {
-    enum pk_log_level lvl;
-    if (!cfg->log_level || pk_log_parse_level(cfg->log_level, &lvl) != 0) {
-        snprintf(err, errlen, "log.level: invalid level '%s' (debug, info, warn or error)",
-                 cfg->log_level ? cfg->log_level : "");
+    if (pk_log_check(cfg->log_level, cfg->log_format, cfg->log_subsystems, err, errlen) != 0)
         return PK_ERR_INVALID;
-    }
+    struct pk_access_opts ao = {.request_headers = cfg->log_access_request_headers,
+                                .response_headers = cfg->log_access_response_headers,
+                                .block_headers = cfg->log_access_block_headers};
+    if (pk_accesslog_check(&ao, err, errlen) != 0)
+        return PK_ERR_INVALID;
     const char *addrs[][2] = {{"proxy.bind-addr", cfg->proxy_bind_addr},
                               {"upstream.bind-addr", cfg->upstream_bind_addr},
                               {"admin.bind-addr", cfg->admin_bind_addr},

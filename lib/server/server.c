@@ -252,6 +252,7 @@ static int admin_listen(struct pk_server *srv, char *err, size_t errlen)
     pk_admin_route(srv->node.admin, "/status/auth", false, admin_auth_status, srv);
     pk_admin_route(srv->node.admin, "/", true, admin_authed, srv);
     pk_server_metrics_new(srv); /* adds /metrics */
+    pk_server_access_new(srv);  /* adds /status/requests */
     pk_admin_addr(srv->node.admin, srv->node.admin_addr, sizeof(srv->node.admin_addr));
     PK_INFO("server", "admin listening addr=%s max-connections=%lld", srv->node.admin_addr,
             srv->node.cfg->admin_max_connections);
@@ -568,6 +569,7 @@ void pk_server_del(struct pk_server *srv)
     /* Before the verifiers: the admin requests waiting for one are cancelled with it. */
     pk_admin_del(srv->node.admin);
     pk_server_metrics_del(srv);
+    pk_server_access_del(srv);
     srv->node.admin = NULL;
     pk_server_auth_free(srv);
     pk_resolver_del(srv->node.resolver);

@@ -62,6 +62,12 @@ struct pk_server_config {
     bool cluster_insecure_no_secret;
     char *dns_servers;
     char *log_level;
+    char *log_format;
+    char *log_subsystems;
+    bool log_access;
+    char *log_access_request_headers;
+    char *log_access_response_headers;
+    char *log_access_block_headers;
     uint64_t grace_period_ms;
     uint64_t drain_delay_ms;
     /* TLS of each port: <port>.tls.cert/.key/.client-cas (unset: plain TCP), and

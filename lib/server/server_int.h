@@ -118,6 +118,7 @@ struct pk_loop {
     struct pk_list handshakes;
     struct pk_linger_list lingers;     /* closed connections still flushing */
     struct pk_server_metrics *metrics; /* srvmetrics.c: this loop's Prometheus registry */
+    struct pk_accesslog *access;       /* access.c: the access log and /status/requests */
 };
 
 struct pk_server {
@@ -201,6 +202,9 @@ struct ssl_ctx_st *pk_server_tls_cluster_client(struct pk_server *srv);
  * admin_listen); _del at teardown. _request counts one finished proxy-port exchange. */
 struct pk_server_metrics;
 void pk_server_metrics_new(struct pk_server *srv);
+/* access.c: the access log and its /status/requests route (after the admin port). */
+void pk_server_access_new(struct pk_server *srv);
+void pk_server_access_del(struct pk_server *srv);
 void pk_server_metrics_del(struct pk_server *srv);
 void pk_server_metrics_request(struct pk_server *srv, const char *method, int status, uint64_t us,
                                uint64_t in_bytes, uint64_t out_bytes);

@@ -5,6 +5,7 @@
  * response body connection -> resp_body pipe -> stream, each bounded by the pipe mark
  * (reading stops) and the HTTP/2 window (credit is returned as bytes leave). A connection
  * whose exchange finished cleanly goes back to the endpoint's idle pool. */
+#include "accesslog/accesslog.h"
 #include "base/base.h"
 #include "base/log.h"
 #include "dns/dns.h"
@@ -40,6 +41,11 @@ struct lx {
     int status;        /* the service's response status (0: none yet) */
     char method[12];   /* for metrics */
     uint64_t start_us; /* for the latency histogram */
+    /* for the access log (scaccess.c) */
+    char *path, *host;
+    char client[80];
+    char error[96];
+    struct pk_hdrs req_hdrs, resp_hdrs; /* when the access log wants them */
     /* local.stall-timeout: checked every quarter of it while the exchange lives. */
     struct event *stall_ev;
     uint64_t progress; /* body bytes moved at the last check */
@@ -66,8 +72,29 @@ static void lx_connect(struct lx *x);
 
 static void lx_free(struct lx *x)
 {
-    pk_sidecar_metrics_request(x->ep->sc, x->ep->name, x->method, x->status,
-                               pk_now_us() - x->start_us);
+    uint64_t took_us = pk_now_us() - x->start_us;
+    pk_sidecar_metrics_request(x->ep->sc, x->ep->name, x->method, x->status, took_us);
+    struct pk_access_rec r = {
+        .kind = "http",
+        .endpoint = x->ep->name,
+        .client = x->client,
+        .method = x->method,
+        .host = x->host,
+        .path = x->path,
+        .status = x->status,
+        .bytes_in = x->req_body.total_in,
+        .bytes_out = x->resp_body.total_out,
+        .duration_us = took_us,
+        .route = "service",
+        .error = x->error[0] ? x->error : NULL,
+        .request_headers = &x->req_hdrs,
+        .response_headers = &x->resp_hdrs,
+    };
+    pk_accesslog_add(x->ep->sc->access, &r);
+    free(x->path);
+    free(x->host);
+    pk_hdrs_free(&x->req_hdrs);
+    pk_hdrs_free(&x->resp_hdrs);
     if (x->stall_ev)
         event_free(x->stall_ev);
     pk_pipe_free(&x->req_body);
@@ -104,9 +131,12 @@ static void stream_closed(struct pk_h2stream *s, uint32_t code, void *ud)
     struct lx *x = ud;
     PK_UNUSED(s);
     x->s = NULL;
-    if (code != NGHTTP2_NO_ERROR)
-        PK_DEBUG("local", "endpoint=%s stream closed: %s", x->ep->name,
-                 code == PK_H2_CONN_LOST ? "tunnel lost" : nghttp2_http2_strerror(code));
+    if (code != NGHTTP2_NO_ERROR) {
+        const char *why = code == PK_H2_CONN_LOST ? "tunnel lost" : nghttp2_http2_strerror(code);
+        PK_DEBUG("local", "endpoint=%s stream closed: %s", x->ep->name, why);
+        if (!x->error[0])
+            snprintf(x->error, sizeof(x->error), "stream closed by the server: %s", why);
+    }
     if (x->lc) {
         struct lconn *lc = x->lc;
         x->lc = NULL;
@@ -129,6 +159,8 @@ static void lx_fail(struct lx *x, uint32_t code, const char *why)
     if (strncmp(why, addr, strlen(addr)) == 0)
         why += strlen(addr);
     PK_INFO("local", "endpoint=%s service %s:%u: %s", x->ep->name, x->ep->host, x->ep->port, why);
+    if (!x->error[0])
+        snprintf(x->error, sizeof(x->error), "%s", why);
     if (x->lc) {
         struct lconn *lc = x->lc;
         x->lc = NULL;
@@ -286,6 +318,10 @@ static bool resp_on_head(struct pk_h1parser *p, void *ud)
     pk_hdrs_move(&h.hdrs, &p->head.hdrs);
     pk_h1_strip_hop_by_hop(&h.hdrs, false);
     pk_hdrs_del_prefix(&h.hdrs, "piko-");
+    if (pk_accesslog_wants_response_headers(x->ep->sc->access))
+        for (size_t i = 0; i < h.hdrs.n; i++)
+            pk_hdrs_add(&x->resp_hdrs, h.hdrs.v[i].name, h.hdrs.v[i].nlen, h.hdrs.v[i].value,
+                        h.hdrs.v[i].vlen);
     bool body = !(x->is_head || status == 204 || status == 304);
     x->status = status;
     if (x->s) {
@@ -592,6 +628,16 @@ void pk_local_serve(struct sc_endpoint *ep, struct pk_h2stream *s)
     x->is_head = h->method && strcmp(h->method, "HEAD") == 0;
     snprintf(x->method, sizeof(x->method), "%s", h->method ? h->method : "");
     x->start_us = pk_now_us();
+    x->path = h->path ? pk_xstrdup(h->path) : NULL;
+    x->host = h->authority ? pk_xstrdup(h->authority) : NULL;
+    const char *ca = pk_hdrs_get(&h->hdrs, "piko-client-addr");
+    snprintf(x->client, sizeof(x->client), "%s", ca ? ca : "");
+    pk_hdrs_init(&x->req_hdrs);
+    pk_hdrs_init(&x->resp_hdrs);
+    if (pk_accesslog_wants_request_headers(ep->sc->access))
+        for (size_t i = 0; i < h->hdrs.n; i++)
+            pk_hdrs_add(&x->req_hdrs, h->hdrs.v[i].name, h->hdrs.v[i].nlen, h->hdrs.v[i].value,
+                        h->hdrs.v[i].vlen);
     pk_pipe_init(&x->req_body, PIPE_HWM);
     pk_pipe_init(&x->resp_body, PIPE_HWM);
     ep->sc->nstreams++;

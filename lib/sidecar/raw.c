@@ -6,6 +6,7 @@
  * Connection: Upgrade itself and answers 200 with the service's fields after its 101.
  * Then the stream's DATA are the connection's bytes both ways: END_STREAM is a FIN,
  * RST_STREAM(CONNECT_ERROR) a reset, through a bevpipe. */
+#include "accesslog/accesslog.h"
 #include "base/base.h"
 #include "base/log.h"
 #include "http1/http1.h"
@@ -48,10 +49,32 @@ struct rx {
     bool conn_done;  /* the bevpipe finished (flushed) or never existed */
     char accept[64]; /* expected Sec-WebSocket-Accept when we made the key */
     char client_addr[80];
+    /* for the access log (scaccess.c) */
+    uint64_t start_us;
+    int status; /* the service's answer: 101 for an upgrade, 200 for a TCP connection */
+    char *path, *host;
+    char error[96];
 };
 
 static void rx_free(struct rx *x)
 {
+    struct pk_access_rec r = {
+        .kind = x->upgrade ? "upgrade" : "tcp",
+        .endpoint = x->ep->name,
+        .client = x->client_addr,
+        .method = x->upgrade ? "GET" : "CONNECT",
+        .host = x->host,
+        .path = x->path,
+        .status = x->status,
+        .bytes_in = x->to_service.total_in,
+        .bytes_out = x->from_service.total_out,
+        .duration_us = pk_now_us() - x->start_us,
+        .route = "service",
+        .error = x->error[0] ? x->error : NULL,
+    };
+    pk_accesslog_add(x->ep->sc->access, &r);
+    free(x->path);
+    free(x->host);
     if (x->dial)
         pk_dial_cancel(x->dial);
     if (x->bp)
@@ -96,6 +119,8 @@ static const struct pk_h2stream_cbs stream_cbs = {.on_close = stream_closed};
 static void fail(struct rx *x, uint32_t code, const char *why)
 {
     PK_INFO("raw", "endpoint=%s service %s:%u: %s", x->ep->name, x->ep->host, x->ep->port, why);
+    if (!x->error[0])
+        snprintf(x->error, sizeof(x->error), "%s", why);
     if (x->s)
         pk_h2stream_reset(x->s, code);
 }
@@ -125,6 +150,8 @@ static void go_raw(struct rx *x)
 static void respond(struct rx *x, struct pk_head *h, bool body)
 {
     x->responded = true;
+    if (!x->status)
+        x->status = h->status;
     if (x->s && pk_h2stream_respond(x->s, h, body ? &x->from_service : NULL) != 0)
         pk_h2stream_reset(x->s, NGHTTP2_CONNECT_ERROR);
 }
@@ -137,6 +164,7 @@ static bool up_on_head(struct pk_h1parser *p, void *ud)
     int status = p->head.status;
     if (status >= 100 && status < 200 && status != 101)
         return false;
+    x->status = status;
     struct pk_head h;
     pk_head_init(&h);
     h.status = status;
@@ -327,6 +355,9 @@ void pk_raw_serve(struct sc_endpoint *ep, struct pk_h2stream *s)
     x->ep = ep;
     x->s = s;
     x->upgrade = !tcp;
+    x->start_us = pk_now_us();
+    x->path = h->path && !tcp ? pk_xstrdup(h->path) : NULL;
+    x->host = h->authority && !tcp ? pk_xstrdup(h->authority) : NULL;
     x->done_ev = pk_xevent_new(ep->sc->base, -1, 0, done_cb, x);
     const char *ca = pk_hdrs_get(&h->hdrs, "piko-client-addr");
     if (ca)

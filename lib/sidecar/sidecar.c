@@ -1,5 +1,6 @@
 #include "sidecar/sidecar.h"
 
+#include "accesslog/accesslog.h"
 #include "admin/admin.h"
 #include "base/base.h"
 #include "base/log.h"
@@ -77,6 +78,21 @@ const struct pk_opt pk_sidecar_opts[] = {
     OPT("admin.max-connections", PK_OPT_INT, admin_max_connections, "128",
         "Admin connections open at once; above, new ones are closed at once (0: no limit)"),
     OPT("log.level", PK_OPT_STRING, log_level, "info", "debug, info, warn or error"),
+    OPT("log.format", PK_OPT_STRING, log_format, "text",
+        "text (time level subsystem message) or json (one object per line)"),
+    OPT("log.subsystems", PK_OPT_STRING, log_subsystems, "",
+        "Comma list of subsystems logged at every level whatever log.level says (e.g. "
+        "proxy,cluster)"),
+    OPT("log.access", PK_OPT_BOOL, log_access, "true",
+        "Log one JSON line per request and per raw stream (subsystem access; a 5xx at warn)"),
+    OPT("log.access-request-headers", PK_OPT_STRING, log_access_request_headers, "",
+        "Request headers the access log records: comma list of names, or * for all "
+        "(credentials and cookies never)"),
+    OPT("log.access-response-headers", PK_OPT_STRING, log_access_response_headers, "",
+        "Response headers the access log records: comma list of names, or * for all "
+        "(set-cookie never)"),
+    OPT("log.access-block-headers", PK_OPT_STRING, log_access_block_headers, "",
+        "Headers the access log never records, whatever the allow lists say"),
     OPT("grace-period", PK_OPT_DURATION, grace_period_ms, "30s",
         "On SIGTERM/SIGINT, time allowed for in-flight streams"),
     OPT("dns.servers", PK_OPT_STRING, dns_servers, NULL,
@@ -145,12 +161,13 @@ static int parse_endpoint(const char *key, const char *spec, char **name, char *
 
 int pk_sidecar_config_check(const struct pk_sidecar_config *cfg, char *err, size_t errlen)
 {
-    enum pk_log_level lvl;
-    if (!cfg->log_level || pk_log_parse_level(cfg->log_level, &lvl) != 0) {
-        snprintf(err, errlen, "log.level: invalid level '%s' (debug, info, warn or error)",
-                 cfg->log_level ? cfg->log_level : "");
+    if (pk_log_check(cfg->log_level, cfg->log_format, cfg->log_subsystems, err, errlen) != 0)
         return PK_ERR_INVALID;
-    }
+    struct pk_access_opts ao = {.request_headers = cfg->log_access_request_headers,
+                                .response_headers = cfg->log_access_response_headers,
+                                .block_headers = cfg->log_access_block_headers};
+    if (pk_accesslog_check(&ao, err, errlen) != 0)
+        return PK_ERR_INVALID;
     char *host = NULL, *name = NULL;
     uint16_t port;
     struct sc_server *servers;
@@ -338,6 +355,7 @@ struct pk_sidecar *pk_sidecar_new(struct event_base *base, const struct pk_sidec
     pk_admin_route(sc->admin, "/health", false, admin_health, sc);
     pk_admin_route(sc->admin, "/ready", false, admin_ready, sc);
     pk_sidecar_metrics_new(sc); /* adds /metrics */
+    pk_sidecar_access_new(sc);  /* adds /status/requests */
     char addr[128];
     pk_admin_addr(sc->admin, addr, sizeof(addr));
     PK_INFO("sidecar", "admin listening addr=%s max-connections=%lld", addr,
@@ -417,6 +435,7 @@ void pk_sidecar_del(struct pk_sidecar *sc)
     }
     pk_admin_del(sc->admin);
     pk_sidecar_metrics_del(sc);
+    pk_sidecar_access_del(sc);
     pk_resolver_del(sc->resolver);
     pk_linger_list_free(&sc->lingers);
     if (sc->tls_ctx)

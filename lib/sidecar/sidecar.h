@@ -32,6 +32,12 @@ struct pk_sidecar_config {
     char *admin_bind_addr;
     long long admin_max_connections;
     char *log_level;
+    char *log_format;
+    char *log_subsystems;
+    bool log_access;
+    char *log_access_request_headers;
+    char *log_access_response_headers;
+    char *log_access_block_headers;
     uint64_t grace_period_ms;
     char *dns_servers;
     /* connect.tls.root-cas / .cert / .key (also used for an https forward.url) */

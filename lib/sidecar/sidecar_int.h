@@ -88,6 +88,7 @@ struct pk_sidecar {
     size_t nstreams;                    /* streams in flight */
     uint64_t stalled;                   /* exchanges aborted by local.stall-timeout */
     struct pk_sidecar_metrics *metrics; /* scmetrics.c */
+    struct pk_accesslog *access;        /* scaccess.c: the access log, /status/requests */
     struct sc_forward *forwards;
     size_t nforwards; /* forwarded connections alive */
     char *fwd_host;
@@ -108,6 +109,10 @@ void pk_tunnels_drain(struct sc_endpoint *ep);
  * the loop). pk_tunnels_free once ep->tunnels is empty or the loop is gone. */
 void pk_tunnels_abort(struct sc_endpoint *ep);
 void pk_tunnels_free(struct sc_endpoint *ep);
+
+/* scaccess.c: the access log and its /status/requests route (after the admin port). */
+void pk_sidecar_access_new(struct pk_sidecar *sc);
+void pk_sidecar_access_del(struct pk_sidecar *sc);
 
 /* local.c: serves one tunnel stream from the endpoint's service. */
 void pk_local_serve(struct sc_endpoint *ep, struct pk_h2stream *s);

@@ -1,0 +1,327 @@
+#include "accesslog/accesslog.h"
+
+#include "base/base.h"
+#include "base/log.h"
+#include "stream/head.h"
+
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+
+#define MAX_NAMES 64
+
+/* Never logged, whatever the lists say: credentials. */
+static const char *const always_blocked[] = {
+    "authorization", "proxy-authorization",  "cookie",
+    "set-cookie",    "x-piko-authorization", "piko-authorization"};
+
+struct name_list {
+    bool all; /* "*" */
+    size_t n;
+    char *names[MAX_NAMES];
+};
+
+/* One ring slot: the record copied, long values cut. */
+struct slot {
+    char time[32];
+    char kind[8];
+    char endpoint[130];
+    char client[80];
+    char method[16];
+    char host[256];
+    char path[512];
+    char route[8];
+    char tunnel[80];
+    char peer[130];
+    char forwarded_by[130];
+    char error[128];
+    int status;
+    uint64_t bytes_in, bytes_out, duration_us;
+};
+
+struct pk_accesslog {
+    bool enabled;
+    char *node;
+    struct name_list req_allow, resp_allow, block;
+    struct slot ring[PK_ACCESS_RING];
+    size_t next; /* the slot the next record goes to */
+    size_t count;
+};
+
+/* ---- header lists ---------------------------------------------------------------------- */
+
+static bool token_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+/* Parses a comma list of header names into l (l NULL: checks only). */
+static int parse_list(const char *key, const char *list, bool allow_star, struct name_list *l,
+                      char *err, size_t errlen)
+{
+    const char *p = list ? list : "";
+    size_t n = 0;
+    while (*p) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        const char *s = p;
+        while (*p && *p != ',')
+            p++;
+        const char *e = p;
+        while (e > s && e[-1] == ' ')
+            e--;
+        if (e == s)
+            continue;
+        size_t len = (size_t)(e - s);
+        if (len == 1 && *s == '*') {
+            if (!allow_star) {
+                snprintf(err, errlen, "%s: '*' is only for the allow lists", key);
+                return PK_ERR_INVALID;
+            }
+            if (l)
+                l->all = true;
+            continue;
+        }
+        for (size_t i = 0; i < len; i++) {
+            if (!token_char(s[i]) || len > 100) {
+                snprintf(err, errlen, "%s: invalid header name '%.*s'", key,
+                         (int)PK_MIN(len, (size_t)100), s);
+                return PK_ERR_INVALID;
+            }
+        }
+        if (++n > MAX_NAMES) {
+            snprintf(err, errlen, "%s: at most %d header names", key, MAX_NAMES);
+            return PK_ERR_INVALID;
+        }
+        if (l) {
+            char *name = pk_xstrndup(s, len);
+            for (char *c = name; *c; c++)
+                if (*c >= 'A' && *c <= 'Z')
+                    *c = (char)(*c - 'A' + 'a');
+            l->names[l->n++] = name;
+        }
+    }
+    return 0;
+}
+
+static bool in_list(const struct name_list *l, const char *name)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (pk_strcaseeq(l->names[i], name))
+            return true;
+    return false;
+}
+
+bool pk_accesslog_header_allowed(const struct pk_accesslog *l, const char *name, bool response)
+{
+    for (size_t i = 0; i < PK_ARRAY_LEN(always_blocked); i++)
+        if (pk_strcaseeq(always_blocked[i], name))
+            return false;
+    if (in_list(&l->block, name))
+        return false;
+    const struct name_list *allow = response ? &l->resp_allow : &l->req_allow;
+    return allow->all || in_list(allow, name);
+}
+
+int pk_accesslog_check(const struct pk_access_opts *o, char *err, size_t errlen)
+{
+    if (parse_list("log.access-request-headers", o->request_headers, true, NULL, err, errlen) ||
+        parse_list("log.access-response-headers", o->response_headers, true, NULL, err, errlen) ||
+        parse_list("log.access-block-headers", o->block_headers, false, NULL, err, errlen))
+        return PK_ERR_INVALID;
+    return 0;
+}
+
+struct pk_accesslog *pk_accesslog_new(const struct pk_access_opts *o)
+{
+    struct pk_accesslog *l = pk_xcalloc(1, sizeof(*l));
+    char err[256];
+    l->enabled = o->enabled;
+    l->node = o->node ? pk_xstrdup(o->node) : NULL;
+    /* Checked at config time: a failure here leaves the list empty (nothing logged). */
+    parse_list("log.access-request-headers", o->request_headers, true, &l->req_allow, err,
+               sizeof(err));
+    parse_list("log.access-response-headers", o->response_headers, true, &l->resp_allow, err,
+               sizeof(err));
+    parse_list("log.access-block-headers", o->block_headers, false, &l->block, err, sizeof(err));
+    return l;
+}
+
+static void list_free(struct name_list *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->names[i]);
+}
+
+void pk_accesslog_del(struct pk_accesslog *l)
+{
+    if (!l)
+        return;
+    list_free(&l->req_allow);
+    list_free(&l->resp_allow);
+    list_free(&l->block);
+    free(l->node);
+    free(l);
+}
+
+bool pk_accesslog_wants_request_headers(const struct pk_accesslog *l)
+{
+    return l && l->enabled && (l->req_allow.all || l->req_allow.n > 0);
+}
+
+bool pk_accesslog_wants_response_headers(const struct pk_accesslog *l)
+{
+    return l && l->enabled && (l->resp_allow.all || l->resp_allow.n > 0);
+}
+
+/* ---- records --------------------------------------------------------------------------- */
+
+static void copy(char *dst, size_t len, const char *src)
+{
+    snprintf(dst, len, "%s", src ? src : "");
+}
+
+/* The wall-clock time the record started: now less its duration. */
+static void start_time(char *buf, size_t len, uint64_t duration_us)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    int64_t us = (int64_t)tv.tv_sec * 1000000 + tv.tv_usec - (int64_t)duration_us;
+    time_t sec = (time_t)(us / 1000000);
+    struct tm tm;
+    gmtime_r(&sec, &tm);
+    snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(us % 1000000 / 1000));
+}
+
+static void add_str(struct json_object *o, const char *key, const char *v)
+{
+    if (v && *v)
+        json_object_object_add(o, key, json_object_new_string(v));
+}
+
+static void add_u64(struct json_object *o, const char *key, uint64_t v)
+{
+    json_object_object_add(o, key, json_object_new_int64((int64_t)v));
+}
+
+/* The record's own fields, after time (and level, subsystem, msg in the log). */
+static void add_fields(struct json_object *o, const struct pk_accesslog *l, const struct slot *s)
+{
+    add_str(o, "node", l->node);
+    add_str(o, "kind", s->kind);
+    add_str(o, "endpoint", s->endpoint);
+    add_str(o, "client", s->client);
+    add_str(o, "method", s->method);
+    add_str(o, "host", s->host);
+    add_str(o, "path", s->path);
+    json_object_object_add(o, "status", json_object_new_int(s->status));
+    add_u64(o, "bytes_in", s->bytes_in);
+    add_u64(o, "bytes_out", s->bytes_out);
+    char ms[32];
+    snprintf(ms, sizeof(ms), "%.3f", (double)s->duration_us / 1000.0);
+    json_object_object_add(o, "duration_ms",
+                           json_object_new_double_s((double)s->duration_us / 1000.0, ms));
+    add_str(o, "route", s->route);
+    add_str(o, "tunnel", s->tunnel);
+    add_str(o, "peer", s->peer);
+    add_str(o, "forwarded_by", s->forwarded_by);
+    add_str(o, "error", s->error);
+}
+
+static void add_headers(struct json_object *o, const struct pk_accesslog *l, const char *key,
+                        const struct pk_hdrs *h, bool response)
+{
+    const struct name_list *allow = response ? &l->resp_allow : &l->req_allow;
+    if (!h || !(allow->all || allow->n))
+        return;
+    struct json_object *hs = NULL;
+    for (size_t i = 0; i < h->n; i++) {
+        const struct pk_hdr *f = &h->v[i];
+        if (!pk_accesslog_header_allowed(l, f->name, response))
+            continue;
+        if (!hs)
+            hs = json_object_new_object();
+        /* A repeated field's values are joined, as HTTP allows. */
+        struct json_object *prev;
+        if (json_object_object_get_ex(hs, f->name, &prev)) {
+            char *v =
+                pk_xasprintf("%s, %.*s", json_object_get_string(prev), (int)f->vlen, f->value);
+            json_object_object_add(hs, f->name, json_object_new_string(v));
+            free(v);
+        } else {
+            json_object_object_add(hs, f->name, json_object_new_string_len(f->value, (int)f->vlen));
+        }
+    }
+    if (hs)
+        json_object_object_add(o, key, hs);
+}
+
+void pk_accesslog_add(struct pk_accesslog *l, const struct pk_access_rec *r)
+{
+    if (!l)
+        return;
+    struct slot *s = &l->ring[l->next];
+    l->next = (l->next + 1) % PK_ACCESS_RING;
+    if (l->count < PK_ACCESS_RING)
+        l->count++;
+    start_time(s->time, sizeof(s->time), r->duration_us);
+    copy(s->kind, sizeof(s->kind), r->kind);
+    copy(s->endpoint, sizeof(s->endpoint), r->endpoint);
+    copy(s->client, sizeof(s->client), r->client);
+    copy(s->method, sizeof(s->method), r->method);
+    copy(s->host, sizeof(s->host), r->host);
+    copy(s->path, sizeof(s->path), r->path);
+    copy(s->route, sizeof(s->route), r->route);
+    copy(s->tunnel, sizeof(s->tunnel), r->tunnel);
+    copy(s->peer, sizeof(s->peer), r->peer);
+    copy(s->forwarded_by, sizeof(s->forwarded_by), r->forwarded_by);
+    copy(s->error, sizeof(s->error), r->error);
+    s->status = r->status;
+    s->bytes_in = r->bytes_in;
+    s->bytes_out = r->bytes_out;
+    s->duration_us = r->duration_us;
+
+    enum pk_log_level level = r->status >= 500 ? PK_LOG_WARN : PK_LOG_INFO;
+    if (!l->enabled || !pk_log_enabled(level, "access"))
+        return;
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "time", json_object_new_string(s->time));
+    json_object_object_add(o, "level",
+                           json_object_new_string(level == PK_LOG_WARN ? "warn" : "info"));
+    json_object_object_add(o, "subsystem", json_object_new_string("access"));
+    json_object_object_add(
+        o, "msg", json_object_new_string(strcmp(s->kind, "http") == 0 ? "request" : "stream"));
+    add_fields(o, l, s);
+    /* Values are logged whole; the ring keeps them cut. */
+    if (r->path && strlen(r->path) >= sizeof(s->path))
+        json_object_object_add(o, "path", json_object_new_string(r->path));
+    if (r->host && strlen(r->host) >= sizeof(s->host))
+        json_object_object_add(o, "host", json_object_new_string(r->host));
+    add_headers(o, l, "request_headers", r->request_headers, false);
+    add_headers(o, l, "response_headers", r->response_headers, true);
+    size_t n;
+    const char *js = json_object_to_json_string_length(
+        o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &n);
+    pk_log_json_line(level, "access", js, n);
+    json_object_put(o);
+}
+
+struct json_object *pk_accesslog_recent_json(const struct pk_accesslog *l)
+{
+    struct json_object *a = json_object_new_array();
+    if (!l)
+        return a;
+    for (size_t i = 0; i < l->count; i++) {
+        const struct slot *s = &l->ring[(l->next + PK_ACCESS_RING - 1 - i) % PK_ACCESS_RING];
+        struct json_object *o = json_object_new_object();
+        json_object_object_add(o, "time", json_object_new_string(s->time));
+        add_fields(o, l, s);
+        json_object_array_add(a, o);
+    }
+    return a;
+}

@@ -1,0 +1,82 @@
+/* accesslog: one record per request or raw stream, on the server and the sidecar.
+ *
+ * A finished exchange fills a pk_access_rec (pointers into its own state: nothing is
+ * copied by the caller) and calls pk_accesslog_add, which
+ *   - copies the record into a ring of the last PK_ACCESS_RING records (fixed-size slots,
+ *     long values cut: no allocation), served as JSON by /status/requests, newest first;
+ *   - when the access log is on (log.access), writes it as one JSON object per line on the
+ *     log stream, subsystem "access", at info level, or warn for a 5xx: a log.level of warn
+ *     keeps only the failures.
+ *
+ * The record's fields (docs/manage/observability.md): time (start, RFC 3339), level,
+ * subsystem, msg ("request" or "stream"), node (the server's id), kind (http, upgrade,
+ * tcp), endpoint, client, method, host, path, status, bytes_in (request body, or client to
+ * service on a stream), bytes_out, duration_ms, route (where it went: "tunnel", "peer",
+ * "proxy" when the proxy answered itself, "service" on the sidecar), tunnel (the sidecar's
+ * address), peer (the node it was forwarded to), forwarded_by (the node that forwarded it
+ * to us), error (why the proxy answered, or why the exchange failed), and
+ * request_headers / response_headers when allowed.
+ *
+ * Headers: none are logged unless named in an allow list (log.access-request-headers,
+ * log.access-response-headers: comma lists of names, or "*" for all). Names in the block
+ * list (log.access-block-headers) never are, nor, whatever the lists say, authorization,
+ * proxy-authorization, cookie, set-cookie, x-piko-authorization and piko-authorization.
+ *
+ * One log belongs to one loop's thread; nothing here locks. */
+#ifndef PK_ACCESSLOG_H
+#define PK_ACCESSLOG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct json_object;
+struct pk_hdrs;
+struct pk_accesslog;
+
+#define PK_ACCESS_RING 100
+
+struct pk_access_opts {
+    bool enabled;                 /* log.access: write the records */
+    const char *node;             /* the server's node id (NULL on the sidecar) */
+    const char *request_headers;  /* allow list, or NULL */
+    const char *response_headers; /* allow list, or NULL */
+    const char *block_headers;    /* block list, or NULL */
+};
+
+struct pk_access_rec {
+    const char *kind; /* "http", "upgrade" or "tcp" */
+    const char *endpoint, *client, *method, *host, *path;
+    int status; /* 0: no answer reached the client */
+    uint64_t bytes_in, bytes_out;
+    uint64_t duration_us;
+    const char *route;        /* "tunnel", "peer", "proxy", "service" */
+    const char *tunnel;       /* or NULL */
+    const char *peer;         /* or NULL */
+    const char *forwarded_by; /* or NULL */
+    const char *error;        /* or NULL */
+    const struct pk_hdrs *request_headers, *response_headers; /* or NULL */
+};
+
+/* Checks the three header lists (names of token characters, or "*" for an allow list).
+ * Returns 0, or PK_ERR_INVALID with a message naming the key. */
+int pk_accesslog_check(const struct pk_access_opts *o, char *err, size_t errlen);
+/* A new log (the options checked before). Strings are copied. */
+struct pk_accesslog *pk_accesslog_new(const struct pk_access_opts *o);
+void pk_accesslog_del(struct pk_accesslog *l);
+
+/* True when request / response headers are wanted (the caller keeps them for the
+ * record). NULL: false. */
+bool pk_accesslog_wants_request_headers(const struct pk_accesslog *l);
+bool pk_accesslog_wants_response_headers(const struct pk_accesslog *l);
+
+/* Records a finished request or stream (see above). */
+void pk_accesslog_add(struct pk_accesslog *l, const struct pk_access_rec *r);
+
+/* The ring as a JSON array, newest first (new reference). */
+struct json_object *pk_accesslog_recent_json(const struct pk_accesslog *l);
+
+/* Whether a header may be logged with these lists (for tests). */
+bool pk_accesslog_header_allowed(const struct pk_accesslog *l, const char *name, bool response);
+
+#endif

@@ -1,0 +1,32 @@
+/* The sidecar's access log (accesslog/accesslog.h): one record per stream the server sent
+ * us, at its end — an HTTP request to the service (local.c) or a raw stream (raw.c) — and
+ * /status/requests on the sidecar's admin port. */
+#include "accesslog/accesslog.h"
+#include "admin/admin.h"
+#include "base/base.h"
+#include "sidecar/sidecar_int.h"
+
+static void requests_route(struct pk_admin_req *req, void *arg)
+{
+    struct pk_sidecar *sc = arg;
+    pk_admin_reply(req, 200, pk_accesslog_recent_json(sc->access));
+}
+
+void pk_sidecar_access_new(struct pk_sidecar *sc)
+{
+    const struct pk_sidecar_config *cfg = sc->cfg;
+    struct pk_access_opts o = {
+        .enabled = cfg->log_access,
+        .request_headers = cfg->log_access_request_headers,
+        .response_headers = cfg->log_access_response_headers,
+        .block_headers = cfg->log_access_block_headers,
+    };
+    sc->access = pk_accesslog_new(&o);
+    pk_admin_route(sc->admin, "/status/requests", false, requests_route, sc);
+}
+
+void pk_sidecar_access_del(struct pk_sidecar *sc)
+{
+    pk_accesslog_del(sc->access);
+    sc->access = NULL;
+}
