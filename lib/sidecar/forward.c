@@ -259,7 +259,9 @@ static void dialed(int err, struct bufferevent *bev, const char *why, void *arg)
     struct fconn *fc = arg;
     fc->dial = NULL;
     if (err) {
-        fc_fail(fc, why);
+        char msg[512];
+        snprintf(msg, sizeof(msg), "cannot connect to the proxy port: %s", why);
+        fc_fail(fc, msg);
         return;
     }
     struct pk_sidecar *sc = fc->f->sc;
@@ -348,7 +350,7 @@ int pk_forward_start(struct pk_sidecar *sc, char *err, size_t errlen)
             return PK_ERR_IO;
         char a[128];
         pk_listener_addr(f->l, a, sizeof(a));
-        PK_INFO("forward", "listening local=%s endpoint=%s via=%s", a, f->endpoint,
+        PK_INFO("forward", "listening local=%s endpoint=%s server=%s", a, f->endpoint,
                 cfg->forward_url);
     }
     return 0;
