@@ -37,10 +37,14 @@ int main(int argc, char **argv)
                             sizeof(err));
     if (rv == PK_CONFIG_HELP)
         return 0;
-    if (rv == 0 && pk_server_config_check(&cfg, err, sizeof(err)) != 0)
+    if (rv == 0 && pk_server_config_check(&cfg, err, sizeof(err)) != 0) {
+        pk_config_locate(pk_server_opts, pk_server_nopts, argc, argv, err, sizeof(err));
         rv = PK_ERR_INVALID;
+    }
+    /* The log is not configured yet: one plain line naming the key (after the file and
+     * line when the value came from the file), exit status 2. */
     if (rv != 0) {
-        fprintf(stderr, "piko-server: config error: %s\n", err);
+        fprintf(stderr, "piko-server: config: %s\n", err);
         pk_config_free(pk_server_opts, pk_server_nopts, &cfg);
         return 2;
     }
@@ -60,7 +64,8 @@ int main(int argc, char **argv)
     struct event_base *base = event_base_new();
     struct pk_server *srv = pk_server_new(base, &cfg, err, sizeof(err));
     if (!srv) {
-        fprintf(stderr, "piko-server: %s\n", err);
+        pk_config_locate(pk_server_opts, pk_server_nopts, argc, argv, err, sizeof(err));
+        PK_ERROR("server", "cannot start: %s", err);
         event_base_free(base);
         pk_httpc_global_cleanup();
         pk_dns_global_cleanup();

@@ -223,15 +223,20 @@ int pk_sidecar_config_check(const struct pk_sidecar_config *cfg, char *err, size
         snprintf(err, errlen, "connect.max-streams: must be between 1 and 100000");
         return PK_ERR_INVALID;
     }
-    if (cfg->stream_window < 65535 || cfg->stream_window > 0x7fffffff ||
-        cfg->connection_window < 65535 || cfg->connection_window > 0x7fffffff) {
-        snprintf(err, errlen, "connect.stream-window/connection-window: 64KiB to 2GiB");
+    if (cfg->stream_window < 65535 || cfg->stream_window > 0x7fffffff) {
+        snprintf(err, errlen, "connect.stream-window: must be between 64KiB and 2GiB");
+        return PK_ERR_INVALID;
+    }
+    if (cfg->connection_window < 65535 || cfg->connection_window > 0x7fffffff) {
+        snprintf(err, errlen, "connect.connection-window: must be between 64KiB and 2GiB");
         return PK_ERR_INVALID;
     }
     if (cfg->local_max_idle < 0) {
         snprintf(err, errlen, "local.max-idle: must not be negative");
         return PK_ERR_INVALID;
     }
+    if (pk_dns_servers_check("dns.servers", cfg->dns_servers, err, errlen) != 0)
+        return PK_ERR_INVALID;
     return 0;
 }
 
@@ -369,7 +374,9 @@ struct pk_sidecar *pk_sidecar_new(struct event_base *base, const struct pk_sidec
                                "NOT verified, anyone on the network path can impersonate the "
                                "server (testing only)");
     }
-    sc->resolver = pk_resolver_new(base, cfg->dns_servers, err, errlen);
+    /* dns.servers "" is the system configuration, as on the server. */
+    sc->resolver = pk_resolver_new(
+        base, cfg->dns_servers && *cfg->dns_servers ? cfg->dns_servers : NULL, err, errlen);
     if (!sc->resolver)
         goto fail;
 
