@@ -575,17 +575,17 @@ static void test_yaml_errors(void)
                       "7: proxy.bind_adr: unknown key");
     expect_yaml_error("\n\nproxy:\n  timeout: abc\n", "4: proxy.timeout: invalid duration 'abc'");
     expect_yaml_error("proxy:\n  max_body_size: 1.5MiB\n",
-                      "2: proxy.max_body_size: invalid size '1.5MiB'");
+                      "2: proxy.max-body-size: invalid size '1.5MiB'");
     expect_yaml_error("proxy:\n  workers: many\n", "2: proxy.workers: invalid integer 'many'");
     expect_yaml_error("log:\n  debug: maybe\n", "2: log.debug: invalid boolean 'maybe'");
     expect_yaml_error("proxy:\n  timeout: -5s\n", "2: proxy.timeout: invalid duration '-5s'");
     expect_yaml_error("tls: {}\n\n\n\nproxy: 5\n", "5: proxy: expected a mapping");
     expect_yaml_error("proxy:\n  timeout:\n    - 1s\n", "3: proxy.timeout: expected a duration");
-    expect_yaml_error("node_name: {a: b}\n", "1: node_name: expected a string");
+    expect_yaml_error("node_name: {a: b}\n", "1: node-name: expected a string");
     expect_yaml_error("tags: {a: b}\n", "1: tags: expected a list or a scalar");
     expect_yaml_error("tags:\n  - a\n  - [b]\n", "3: tags: expected a list of scalars");
     expect_yaml_error("bogus: 1\n", "1: bogus: unknown key");
-    expect_yaml_error("proxy:\n  bind_addr:\n    x: 1\n", "3: proxy.bind_addr: expected a string");
+    expect_yaml_error("proxy:\n  bind_addr:\n    x: 1\n", "3: proxy.bind-addr: expected a string");
     expect_yaml_error("cluster: {gossip: {bind_addr: a, port: 1}}\n",
                       "1: cluster.gossip.port: unknown key");
     expect_yaml_error("just a string\n", "1: expected a mapping at the top level");
@@ -662,9 +662,9 @@ static void test_env_expansion(void)
     expect_yaml_error("tags:\n  - ok\n  - ${PIKO_TEST_UNSET}\n",
                       "3: tags: environment variable PIKO_TEST_UNSET is not set");
     expect_yaml_error("node_name: a${PIKO_TEST_ADDR\n",
-                      "1: node_name: unterminated ${ in 'a${PIKO_TEST_ADDR'");
-    expect_yaml_error("node_name: ${}\n", "1: node_name: invalid environment variable name ''");
-    expect_yaml_error("node_name: ${1X}\n", "1: node_name: invalid environment variable name '1X'");
+                      "1: node-name: unterminated ${ in 'a${PIKO_TEST_ADDR'");
+    expect_yaml_error("node_name: ${}\n", "1: node-name: invalid environment variable name ''");
+    expect_yaml_error("node_name: ${1X}\n", "1: node-name: invalid environment variable name '1X'");
     unsetenv("PIKO_TEST_ADDR");
     unsetenv("PIKO_TEST_EMPTY");
     unsetenv("PIKO_TEST_BAD");

@@ -272,8 +272,8 @@ static int walk_mapping(struct yctx *y, const yaml_node_t *map, const char *pref
         char *key = prefix ? pk_xasprintf("%s.%s", prefix, kt) : pk_xstrdup(kt);
         size_t idx = 0;
         enum key_match m = memchr(kt, '\0', klen) ? KEY_NONE : match_key(y, key, &idx);
-        if (m == KEY_OPTION)
-            rc = set_option(y, idx, k, v, key);
+        if (m == KEY_OPTION) /* named as flags and checks name it, whatever the spelling */
+            rc = set_option(y, idx, k, v, y->opts[idx].name);
         else if (m == KEY_SECTION && v->type == YAML_MAPPING_NODE)
             rc = walk_mapping(y, v, key);
         else if (m == KEY_SECTION && !is_null(v))
