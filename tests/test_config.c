@@ -420,6 +420,7 @@ static void test_flag_errors(void)
     FLAG_ERROR("flag --proxy.timeout needs a value", "--proxy.timeout", "--log.debug");
     FLAG_ERROR("flag --config.path needs a value", "--config.path");
     FLAG_ERROR("flag --help does not take a value", "--help=1");
+    FLAG_ERROR("flag --version does not take a value", "--version=1");
     FLAG_ERROR("--proxy.timeout: invalid duration 'abc'", "--proxy.timeout", "abc");
     FLAG_ERROR("--proxy.timeout: invalid duration '-1s'", "--proxy.timeout=-1s");
     FLAG_ERROR("--proxy.max-body-size: invalid size '1.5MiB'", "--proxy.max-body-size=1.5MiB");
@@ -695,6 +696,8 @@ static void test_help_text(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "Tags (repeatable) (default default)\n"));
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "\n  --config.path FILE                  "));
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "\n  -h, --help                          "));
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(text, "\n  --version                           Show the version"));
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "--proxy.bind-addr is\n  proxy: {bind_addr: ...}\n"));
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "${VAR:default}"));
     /* Every option line ends in a newline and none is empty of help. */
@@ -754,6 +757,13 @@ static void test_help_flag(void)
     /* An error before --help is reported instead, and nothing is printed. */
     CU_ASSERT_EQUAL(load_capturing_stdout((const char *const[]){"--bogus", "--help", NULL}, &out),
                     PK_ERR_INVALID);
+    CU_ASSERT_STRING_EQUAL(out, "");
+    free(out);
+    /* --version prints nothing here (the binary prints its version) and wins like help. */
+    CU_ASSERT_EQUAL(
+        load_capturing_stdout(
+            (const char *const[]){"--proxy.timeout", "5s", "--version", "--bogus", NULL}, &out),
+        PK_CONFIG_VERSION);
     CU_ASSERT_STRING_EQUAL(out, "");
     free(out);
 }

@@ -36,6 +36,10 @@ int main(int argc, char **argv)
                             err, sizeof(err));
     if (rv == PK_CONFIG_HELP)
         return 0;
+    if (rv == PK_CONFIG_VERSION) {
+        printf("piko-sidecar %s\n", PIKO_VERSION);
+        return 0;
+    }
     if (rv == 0 && pk_sidecar_config_check(&cfg, err, sizeof(err)) != 0)
         rv = PK_ERR_INVALID;
     if (rv != 0) {
@@ -70,6 +74,7 @@ int main(int argc, char **argv)
     event_add(sigint, NULL);
     struct event *sighup = evsignal_new(base, SIGHUP, on_hup, sc);
     event_add(sighup, NULL);
+    PK_INFO("sidecar", "piko-sidecar %s started", PIKO_VERSION);
 
     event_base_dispatch(base);
 

@@ -360,9 +360,10 @@ static size_t find_flag(const struct pk_opt *opts, size_t nopts, const char *nam
 }
 
 /* Checks the whole command line in order, stopping at the first error or help flag. Fills
- * toks (room for argc entries) and *config_path. */
+ * toks (room for argc entries) and *config_path; *help is PK_CONFIG_HELP or
+ * PK_CONFIG_VERSION when that flag came first. */
 static int scan_flags(const struct pk_opt *opts, size_t nopts, int argc, char **argv,
-                      struct flag_tok *toks, size_t *ntoks, const char **config_path, bool *help,
+                      struct flag_tok *toks, size_t *ntoks, const char **config_path, int *help,
                       char *err, size_t errlen)
 {
     for (int i = 1; i < argc; i++) {
@@ -377,7 +378,11 @@ static int scan_flags(const struct pk_opt *opts, size_t nopts, int argc, char **
         if (arg[0] != '-' || arg[1] == '\0')
             return config_fail(err, errlen, PK_ERR_INVALID, "unexpected argument '%s'", arg);
         if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
-            *help = true;
+            *help = PK_CONFIG_HELP;
+            return 0;
+        }
+        if (strcmp(arg, "--version") == 0) {
+            *help = PK_CONFIG_VERSION;
             return 0;
         }
         if (arg[1] != '-')
@@ -387,8 +392,10 @@ static int scan_flags(const struct pk_opt *opts, size_t nopts, int argc, char **
         const char *eq = strchr(name, '=');
         int namelen = (int)(eq ? (size_t)(eq - name) : strlen(name));
         const char *value = eq ? eq + 1 : NULL;
-        if (namelen == 4 && memcmp(name, "help", 4) == 0)
-            return config_fail(err, errlen, PK_ERR_INVALID, "flag --help does not take a value");
+        if ((namelen == 4 && memcmp(name, "help", 4) == 0) ||
+            (namelen == 7 && memcmp(name, "version", 7) == 0))
+            return config_fail(err, errlen, PK_ERR_INVALID, "flag --%.*s does not take a value",
+                               namelen, name);
         bool is_config = (size_t)namelen == strlen(CONFIG_PATH_FLAG) &&
                          memcmp(name, CONFIG_PATH_FLAG, (size_t)namelen) == 0;
         size_t idx = find_flag(opts, nopts, name, (size_t)namelen);
@@ -427,7 +434,7 @@ int pk_config_load(const struct pk_opt *opts, size_t nopts, void *cfg, int argc,
     bool *list_replaced = pk_xcalloc(nopts, sizeof(bool));
     const char *config_path = NULL;
     size_t ntoks = 0;
-    bool help = false;
+    int help = 0;
     int rc;
 
     if (err && errlen)
@@ -435,10 +442,12 @@ int pk_config_load(const struct pk_opt *opts, size_t nopts, void *cfg, int argc,
     rc = scan_flags(opts, nopts, argc, argv, toks, &ntoks, &config_path, &help, err, errlen);
     if (rc != 0)
         goto out;
-    if (help) {
+    if (help == PK_CONFIG_HELP) {
         pk_config_print_help(opts, nopts, prog, summary, stdout);
         fflush(stdout);
-        rc = PK_CONFIG_HELP;
+    }
+    if (help) {
+        rc = help;
         goto out;
     }
     rc = apply_defaults(opts, nopts, cfg, err, errlen);
@@ -526,6 +535,7 @@ void pk_config_print_help(const struct pk_opt *opts, size_t nopts, const char *p
     static const char *const extra[][2] = {
         {"--config.path FILE", "Load options from this YAML file; flags override it"},
         {"-h, --help", "Show this help and exit"},
+        {"--version", "Show the version and exit"},
     };
     char **cols = pk_xcalloc(nopts, sizeof(*cols));
     int width = 0;

@@ -45,6 +45,9 @@ struct pk_opt {
 
 /* pk_config_load() returns this after printing help to stdout. */
 #define PK_CONFIG_HELP 1
+/* pk_config_load() returns this for --version, having printed nothing: the binary prints
+ * its own name and version. */
+#define PK_CONFIG_VERSION 2
 
 /* Fills cfg from the table's defaults, then the YAML file named by --config.path (if
  * given), then the flags in argv[1..argc-1]. The table must not list "config.path".
@@ -53,7 +56,8 @@ struct pk_opt {
  * takes the next argument. A separate value may not start with "--" (it would almost always
  * be a forgotten value); use --name=VALUE for such a value. A STRING_LIST flag may repeat:
  * its first occurrence replaces the list from the defaults and file, later ones append.
- * "--" ends the flags; positional arguments are errors. "-h" / "--help" print help.
+ * "--" ends the flags; positional arguments are errors. "-h" / "--help" print help;
+ * "--version" asks for the version.
  *
  * File: a YAML mapping, nested by the dots of option names. Every scalar value first has
  * ${VAR} and ${VAR:default} replaced from the environment (the default applies when VAR is
@@ -67,12 +71,12 @@ struct pk_opt {
  *
  * cfg must be zeroed before its first load; loading again into it frees the old strings.
  * Returns 0 with cfg filled (release it with pk_config_free()); PK_CONFIG_HELP after printing
- * help to stdout; or PK_ERR_INVALID (bad flag, value, key or default), PK_ERR_NOTFOUND
- * (config file missing), PK_ERR_IO (config file unreadable), PK_ERR_TOO_LARGE (config file
- * above 16 MiB). On any non-zero return the owned fields of cfg are already freed and
- * zeroed. err (may be NULL) receives a one-line message without trailing newline, such as
- * "piko.yaml:3: proxy.timeout: invalid duration 'abc'", and is "" on success. prog and
- * summary are only used for help. */
+ * help to stdout; PK_CONFIG_VERSION (nothing printed, cfg untouched); or PK_ERR_INVALID (bad flag,
+ * value, key or default), PK_ERR_NOTFOUND (config file missing), PK_ERR_IO (config file
+ * unreadable), PK_ERR_TOO_LARGE (config file above 16 MiB). On any non-zero return the owned fields
+ * of cfg are already freed and zeroed. err (may be NULL) receives a one-line message without
+ * trailing newline, such as "piko.yaml:3: proxy.timeout: invalid duration 'abc'", and is "" on
+ * success. prog and summary are only used for help. */
 int pk_config_load(const struct pk_opt *opts, size_t nopts, void *cfg, int argc, char **argv,
                    const char *prog, const char *summary, char *err, size_t errlen);
 
@@ -81,7 +85,7 @@ int pk_config_load(const struct pk_opt *opts, size_t nopts, void *cfg, int argc,
 void pk_config_free(const struct pk_opt *opts, size_t nopts, void *cfg);
 
 /* Writes the --help text: usage line, summary (may be NULL), one aligned line per option
- * with its default, then --config.path, --help and a note on the file format. */
+ * with its default, then --config.path, --help, --version and a note on the file format. */
 void pk_config_print_help(const struct pk_opt *opts, size_t nopts, const char *prog,
                           const char *summary, FILE *out);
 
