@@ -308,3 +308,15 @@ struct json_object *pk_cluster_node_json(const struct pk_cluster *c, const char 
     }
     return NULL;
 }
+
+const char *pk_cluster_node_addr(const struct pk_cluster *c, const char *id)
+{
+    if (!c)
+        return NULL;
+    for (struct pk_list *l = c->peers.next; l != &c->peers; l = l->next) {
+        const struct peer *p = PK_CONTAINER_OF(l, struct peer, link);
+        if (listed(c, p) && strcmp(p->st.node_id, id) == 0)
+            return p->addr;
+    }
+    return NULL;
+}
