@@ -20,6 +20,7 @@ import tokens
 from cluster import SECRET, Cluster, eventually, get_json, request
 from conftest import binary, free_port
 from helpers import SLOW, assert_json_error
+from test_40_tls import Certs, tls_flags
 
 ADMIN_SECRET = "status-cli-admin-secret-0123456789abcdef"
 
@@ -270,6 +271,35 @@ def test_forward_with_admin_auth(piko):
     assert "requires a token" in err, err
     r = request(c.nodes[1].host, c.nodes[1].admin_port, path="/status/cluster/nodes/local")
     assert r.status == 401, r
+
+
+def test_admin_over_https_with_a_client_certificate(piko, tmp_path):
+    """https: the admin port's certificate verified against --server.tls.root-cas (host
+    name included), a client certificate for admin.tls.client-cas."""
+    (tmp_path / "certs").mkdir()
+    certs = Certs(tmp_path / "certs")
+    ports = piko.new_server_ports()
+    flags = tls_flags("admin", certs, client_cas=True)
+    flags["admin.bind-addr"] = "0.0.0.0:%d" % ports["admin"]  # 127.0.0.2 too, below
+    srv = piko.server(flags, ports=ports, wait=False)
+    base = "https://localhost:%d" % srv.admin_port
+    mtls = ["--server.tls.root-cas", certs["ca.pem"], "--server.tls.cert",
+            certs["client.pem"], "--server.tls.key", certs["client.key"]]
+
+    def up():
+        doc = json.loads(ok(cli("node", "local", "--server.url", base, "--output", "json",
+                                *mtls)))
+        assert doc["local"] is True, doc
+    eventually(up, 10 * SLOW, interval=0.1)
+    # The system's CAs do not know the test CA.
+    err = failed(cli("nodes", "--server.url", base))
+    assert "cannot reach the admin port at %s" % base in err and "certificate" in err, err
+    # Without a client certificate the handshake is refused.
+    err = failed(cli("nodes", "--server.url", base, "--server.tls.root-cas", certs["ca.pem"]))
+    assert "cannot reach the admin port" in err, err
+    # The certificate names localhost and 127.0.0.1, not 127.0.0.2.
+    err = failed(cli("nodes", "--server.url", "https://127.0.0.2:%d" % srv.admin_port, *mtls))
+    assert "cannot reach the admin port" in err and "127.0.0.2" in err, err
 
 
 # ---- errors and --version -------------------------------------------------------------
