@@ -74,9 +74,10 @@ static void test_parse(void)
         {"--server.url: want http://HOST:PORT", {"nodes", "--server.url", "ftp://x"}},
         {"--forward: invalid node id", {"nodes", "--forward", "a b"}},
         {"--token and --token-file: give one", {"nodes", "--token", "a", "--token-file", "f"}},
-        {"unknown flag --nope", {"nodes", "--nope"}},
-        {"flag --token needs a value", {"nodes", "--token"}},
-        {"--timeout: invalid duration", {"nodes", "--timeout", "soon"}},
+        /* lib/config's words: only what names the flag and the fault is checked. */
+        {"--nope", {"nodes", "--nope"}},
+        {"token", {"nodes", "--token"}},
+        {"timeout: invalid duration", {"nodes", "--timeout", "soon"}},
     };
     for (size_t i = 0; i < PK_ARRAY_LEN(bad); i++) {
         CU_ASSERT_EQUAL(parse(&st, err, sizeof(err), bad[i].words), PK_ERR_INVALID);
@@ -85,7 +86,8 @@ static void test_parse(void)
         CU_ASSERT_PTR_NOT_NULL(strstr(err, bad[i].msg));
         CU_ASSERT_PTR_NULL(st.command);
     }
-    CU_ASSERT_EQUAL(PARSE(&st, err, "--version"), PK_CONFIG_VERSION);
+    fflush(stdout);
+    CU_ASSERT_EQUAL(PARSE(&st, err, "nodes", "--version"), PK_CONFIG_HELP);
 }
 
 static void test_url(void)

@@ -43,10 +43,6 @@ int main(int argc, char **argv)
                             err, sizeof(err));
     if (rv == PK_CONFIG_HELP)
         return 0;
-    if (rv == PK_CONFIG_VERSION) {
-        printf("piko-server %s\n", PIKO_VERSION);
-        return 0;
-    }
     if (rv == 0 && pk_server_config_check(&cfg, err, sizeof(err)) != 0)
         rv = PK_ERR_INVALID;
     if (rv != 0) {

@@ -36,10 +36,6 @@ int main(int argc, char **argv)
                             err, sizeof(err));
     if (rv == PK_CONFIG_HELP)
         return 0;
-    if (rv == PK_CONFIG_VERSION) {
-        printf("piko-sidecar %s\n", PIKO_VERSION);
-        return 0;
-    }
     if (rv == 0 && pk_sidecar_config_check(&cfg, err, sizeof(err)) != 0)
         rv = PK_ERR_INVALID;
     if (rv != 0) {

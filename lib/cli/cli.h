@@ -51,7 +51,7 @@ struct pk_cli_status {
 
 /* Parses argv[1..argc-1] (argv[0] is "status"): the command words and the flags, in any
  * order ("--" ends the flags). st must be zeroed. Returns 0 with st filled (release it with
- * pk_cli_status_free), PK_CONFIG_HELP after printing help to stdout, PK_CONFIG_VERSION, or
+ * pk_cli_status_free), PK_CONFIG_HELP after printing help or the version to stdout, or
  * PK_ERR_INVALID with a one-line message in err; st is left empty unless 0 is returned. */
 int pk_cli_status_parse(struct pk_cli_status *st, int argc, char **argv, char *err, size_t errlen);
 void pk_cli_status_free(struct pk_cli_status *st);

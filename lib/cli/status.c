@@ -191,6 +191,13 @@ int pk_cli_status_parse(struct pk_cli_status *st, int argc, char **argv, char *e
     flags[0] = argc > 0 ? argv[0] : "status";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        if (strcmp(a, "--version") == 0) { /* the binary's, not the usage line's */
+            printf("piko-server %s\n", PIKO_VERSION);
+            fflush(stdout);
+            free(flags);
+            free(words);
+            return PK_CONFIG_HELP;
+        }
         if (strcmp(a, "--") == 0) {
             while (++i < argc)
                 words[nwords++] = argv[i];
@@ -431,10 +438,6 @@ int pk_cli_status_main(int argc, char **argv, FILE *out, FILE *errf)
     int rc = pk_cli_status_parse(&st, argc, argv, err, sizeof(err));
     if (rc == PK_CONFIG_HELP)
         return 0;
-    if (rc == PK_CONFIG_VERSION) {
-        fprintf(out, "piko-server %s\n", PIKO_VERSION);
-        return 0;
-    }
     if (rc == 0 && pk_cli_status_token(&st, &token, err, sizeof(err)) != 0)
         rc = PK_ERR_INVALID;
     if (rc != 0) {

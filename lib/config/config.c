@@ -360,10 +360,9 @@ static size_t find_flag(const struct pk_opt *opts, size_t nopts, const char *nam
 }
 
 /* Checks the whole command line in order, stopping at the first error or help flag. Fills
- * toks (room for argc entries) and *config_path; *help is PK_CONFIG_HELP or
- * PK_CONFIG_VERSION when that flag came first. */
+ * toks (room for argc entries) and *config_path. */
 static int scan_flags(const struct pk_opt *opts, size_t nopts, int argc, char **argv,
-                      struct flag_tok *toks, size_t *ntoks, const char **config_path, int *help,
+                      struct flag_tok *toks, size_t *ntoks, const char **config_path, bool *help,
                       char *err, size_t errlen)
 {
     for (int i = 1; i < argc; i++) {
@@ -378,11 +377,7 @@ static int scan_flags(const struct pk_opt *opts, size_t nopts, int argc, char **
         if (arg[0] != '-' || arg[1] == '\0')
             return config_fail(err, errlen, PK_ERR_INVALID, "unexpected argument '%s'", arg);
         if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
-            *help = PK_CONFIG_HELP;
-            return 0;
-        }
-        if (strcmp(arg, "--version") == 0) {
-            *help = PK_CONFIG_VERSION;
+            *help = true;
             return 0;
         }
         if (arg[1] != '-')
@@ -392,10 +387,8 @@ static int scan_flags(const struct pk_opt *opts, size_t nopts, int argc, char **
         const char *eq = strchr(name, '=');
         int namelen = (int)(eq ? (size_t)(eq - name) : strlen(name));
         const char *value = eq ? eq + 1 : NULL;
-        if ((namelen == 4 && memcmp(name, "help", 4) == 0) ||
-            (namelen == 7 && memcmp(name, "version", 7) == 0))
-            return config_fail(err, errlen, PK_ERR_INVALID, "flag --%.*s does not take a value",
-                               namelen, name);
+        if (namelen == 4 && memcmp(name, "help", 4) == 0)
+            return config_fail(err, errlen, PK_ERR_INVALID, "flag --help does not take a value");
         bool is_config = (size_t)namelen == strlen(CONFIG_PATH_FLAG) &&
                          memcmp(name, CONFIG_PATH_FLAG, (size_t)namelen) == 0;
         size_t idx = find_flag(opts, nopts, name, (size_t)namelen);
@@ -427,6 +420,19 @@ static int scan_flags(const struct pk_opt *opts, size_t nopts, int argc, char **
 
 /* ---- entry point ----------------------------------------------------------------------- */
 
+#ifndef PIKO_VERSION
+#define PIKO_VERSION "dev"
+#endif
+
+/* "--version" before any "--": the version is all that is wanted, whatever else is there. */
+static bool wants_version(int argc, char **argv)
+{
+    for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++)
+        if (strcmp(argv[i], "--version") == 0)
+            return true;
+    return false;
+}
+
 int pk_config_load(const struct pk_opt *opts, size_t nopts, void *cfg, int argc, char **argv,
                    const char *prog, const char *summary, char *err, size_t errlen)
 {
@@ -434,20 +440,24 @@ int pk_config_load(const struct pk_opt *opts, size_t nopts, void *cfg, int argc,
     bool *list_replaced = pk_xcalloc(nopts, sizeof(bool));
     const char *config_path = NULL;
     size_t ntoks = 0;
-    int help = 0;
+    bool help = false;
     int rc;
 
     if (err && errlen)
         err[0] = '\0';
+    if (wants_version(argc, argv)) {
+        printf("%s %s\n", prog ? prog : "PROG", PIKO_VERSION);
+        fflush(stdout);
+        rc = PK_CONFIG_HELP;
+        goto out;
+    }
     rc = scan_flags(opts, nopts, argc, argv, toks, &ntoks, &config_path, &help, err, errlen);
     if (rc != 0)
         goto out;
-    if (help == PK_CONFIG_HELP) {
+    if (help) {
         pk_config_print_help(opts, nopts, prog, summary, stdout);
         fflush(stdout);
-    }
-    if (help) {
-        rc = help;
+        rc = PK_CONFIG_HELP;
         goto out;
     }
     rc = apply_defaults(opts, nopts, cfg, err, errlen);

@@ -43,11 +43,9 @@ struct pk_opt {
     const char *metavar; /* e.g. "NAME=ADDR" for --help; NULL derives one from the type */
 };
 
-/* pk_config_load() returns this after printing help to stdout. */
+/* pk_config_load() returns this after printing help (-h, --help) or "PROG VERSION"
+ * (--version, PIKO_VERSION from the build) to stdout. */
 #define PK_CONFIG_HELP 1
-/* pk_config_load() returns this for --version, having printed nothing: the binary prints
- * its own name and version. */
-#define PK_CONFIG_VERSION 2
 
 /* Fills cfg from the table's defaults, then the YAML file named by --config.path (if
  * given), then the flags in argv[1..argc-1]. The table must not list "config.path".
@@ -57,7 +55,7 @@ struct pk_opt {
  * be a forgotten value); use --name=VALUE for such a value. A STRING_LIST flag may repeat:
  * its first occurrence replaces the list from the defaults and file, later ones append.
  * "--" ends the flags; positional arguments are errors. "-h" / "--help" print help;
- * "--version" asks for the version.
+ * "--version" anywhere before "--" prints the version, whatever else the line holds.
  *
  * File: a YAML mapping, nested by the dots of option names. Every scalar value first has
  * ${VAR} and ${VAR:default} replaced from the environment (the default applies when VAR is
@@ -71,12 +69,12 @@ struct pk_opt {
  *
  * cfg must be zeroed before its first load; loading again into it frees the old strings.
  * Returns 0 with cfg filled (release it with pk_config_free()); PK_CONFIG_HELP after printing
- * help to stdout; PK_CONFIG_VERSION (nothing printed, cfg untouched); or PK_ERR_INVALID (bad flag,
- * value, key or default), PK_ERR_NOTFOUND (config file missing), PK_ERR_IO (config file
- * unreadable), PK_ERR_TOO_LARGE (config file above 16 MiB). On any non-zero return the owned fields
- * of cfg are already freed and zeroed. err (may be NULL) receives a one-line message without
- * trailing newline, such as "piko.yaml:3: proxy.timeout: invalid duration 'abc'", and is "" on
- * success. prog and summary are only used for help. */
+ * help to stdout; or PK_ERR_INVALID (bad flag, value, key or default), PK_ERR_NOTFOUND
+ * (config file missing), PK_ERR_IO (config file unreadable), PK_ERR_TOO_LARGE (config file
+ * above 16 MiB). On any non-zero return the owned fields of cfg are already freed and
+ * zeroed. err (may be NULL) receives a one-line message without trailing newline, such as
+ * "piko.yaml:3: proxy.timeout: invalid duration 'abc'", and is "" on success. prog and
+ * summary are only used for help. */
 int pk_config_load(const struct pk_opt *opts, size_t nopts, void *cfg, int argc, char **argv,
                    const char *prog, const char *summary, char *err, size_t errlen);
 
