@@ -259,15 +259,17 @@ static void test_tables(void)
         "n1         active        127.0.0.1:8000   2           3\n"
         "node-two   unreachable   -                0           0\n");
     /* An empty list: the titles alone. */
-    TABLE_IS("endpoints", "[]", "ENDPOINT   TUNNELS\n");
-    TABLE_IS("endpoints", "[{\"endpoint\":\"my-service\",\"tunnels\":2,\"extra\":[1]}]",
-             "ENDPOINT     TUNNELS\n"
-             "my-service   2\n");
+    TABLE_IS("endpoints", "[]", "ENDPOINT   TUNNELS   STREAMS   IN   OUT\n");
+    TABLE_IS("endpoints",
+             "[{\"endpoint\":\"my-service\",\"tunnels\":2,\"tcp\":false,\"streams\":0,"
+             "\"bytes_in\":2048,\"bytes_out\":0}]",
+             "ENDPOINT     TUNNELS   STREAMS   IN       OUT\n"
+             "my-service   2         0         2.0KiB   0B\n");
     TABLE_IS("tunnels",
-             "[{\"id\":7,\"endpoint\":\"e\",\"sidecar\":\"10.0.0.9:4411\",\"age_s\":3725,"
-             "\"streams\":1,\"bytes_in\":512,\"bytes_out\":1572864}]",
-             "ID   ENDPOINT   SIDECAR         AGE     STREAMS   IN     OUT\n"
-             "7    e          10.0.0.9:4411   1h02m   1         512B   1.5MiB\n");
+             "[{\"id\":7,\"endpoint\":\"e\",\"sidecar\":\"10.0.0.9:4411\",\"state\":\"active\","
+             "\"age_s\":3725,\"streams\":1,\"bytes_in\":512,\"bytes_out\":1572864}]",
+             "ID   ENDPOINT   SIDECAR         STATE    AGE     STREAMS   IN     OUT\n"
+             "7    e          10.0.0.9:4411   active   1h02m   1         512B   1.5MiB\n");
     TABLE_IS(
         "requests",
         "[{\"time\":\"T1\",\"method\":\"GET\",\"host\":\"h\",\"path\":\"/a\",\"status\":502,"
@@ -302,8 +304,8 @@ static void test_tables(void)
     TABLE_IS("nodes", "\"just text\"", "just text\n");
     /* Control characters never reach the terminal. */
     TABLE_IS("endpoints", "[{\"endpoint\":\"a\\u001b[2Jb\",\"tunnels\":1}]",
-             "ENDPOINT   TUNNELS\n"
-             "a?[2Jb     1\n");
+             "ENDPOINT   TUNNELS   STREAMS   IN   OUT\n"
+             "a?[2Jb     1         -         -    -\n");
 }
 
 void pk_test_register_cli(void)

@@ -75,8 +75,8 @@ char *pk_cli_status_error(const struct pk_cli_status *st, const char *url, int s
 
 /* doc as the table of command (malloc'd text, each line ending in '\n'):
  *   nodes      ID, STATUS, PROXY ADDR, ENDPOINTS, TUNNELS
- *   endpoints  ENDPOINT, TUNNELS
- *   tunnels    ID, ENDPOINT, SIDECAR, AGE, STREAMS, IN, OUT
+ *   endpoints  ENDPOINT, TUNNELS, STREAMS, IN, OUT
+ *   tunnels    ID, ENDPOINT, SIDECAR, STATE, AGE, STREAMS, IN, OUT
  *   requests   TIME, METHOD, HOST, PATH, STATUS, DURATION, ENDPOINT, ROUTE, CLIENT, ERROR
  *   node (an object): one "key  value" line per member (nested values as compact JSON),
  *              then its endpoint_table as ENDPOINT, TUNNELS.

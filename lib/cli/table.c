@@ -40,15 +40,16 @@ static const struct col nodes_cols[] = {
 };
 
 static const struct col endpoints_cols[] = {
-    {"ENDPOINT", "endpoint", COL_TEXT, 0},
-    {"TUNNELS", "tunnels", COL_TEXT, 0},
+    {"ENDPOINT", "endpoint", COL_TEXT, 0}, {"TUNNELS", "tunnels", COL_TEXT, 0},
+    {"STREAMS", "streams", COL_TEXT, 0},   {"IN", "bytes_in", COL_BYTES, 0},
+    {"OUT", "bytes_out", COL_BYTES, 0},
 };
 
 static const struct col tunnels_cols[] = {
     {"ID", "id", COL_TEXT, 0},           {"ENDPOINT", "endpoint", COL_TEXT, 0},
-    {"SIDECAR", "sidecar", COL_TEXT, 0}, {"AGE", "age_s", COL_AGE, 0},
-    {"STREAMS", "streams", COL_TEXT, 0}, {"IN", "bytes_in", COL_BYTES, 0},
-    {"OUT", "bytes_out", COL_BYTES, 0},
+    {"SIDECAR", "sidecar", COL_TEXT, 0}, {"STATE", "state", COL_TEXT, 0},
+    {"AGE", "age_s", COL_AGE, 0},        {"STREAMS", "streams", COL_TEXT, 0},
+    {"IN", "bytes_in", COL_BYTES, 0},    {"OUT", "bytes_out", COL_BYTES, 0},
 };
 
 static const struct col requests_cols[] = {
