@@ -696,6 +696,8 @@ static void test_help_text(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "Tags (repeatable) (default default)\n"));
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "\n  --config.path FILE                  "));
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "\n  -h, --help                          "));
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(text, "\n  --version                           Show the version"));
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "--proxy.bind-addr is\n  proxy: {bind_addr: ...}\n"));
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "${VAR:default}"));
     /* Every option line ends in a newline and none is empty of help. */
@@ -756,6 +758,16 @@ static void test_help_flag(void)
     CU_ASSERT_EQUAL(load_capturing_stdout((const char *const[]){"--bogus", "--help", NULL}, &out),
                     PK_ERR_INVALID);
     CU_ASSERT_STRING_EQUAL(out, "");
+    free(out);
+    /* --version prints "PROG VERSION", whatever else the command line holds. */
+    CU_ASSERT_EQUAL(
+        load_capturing_stdout(
+            (const char *const[]){"--proxy.timeout", "5s", "--bogus", "--version", NULL}, &out),
+        PK_CONFIG_HELP);
+    CU_ASSERT_STRING_EQUAL(out, "piko-test " PIKO_VERSION "\n");
+    free(out);
+    CU_ASSERT_EQUAL(load_capturing_stdout((const char *const[]){"--", "--version", NULL}, &out),
+                    PK_ERR_INVALID);
     free(out);
 }
 

@@ -1,6 +1,8 @@
-/* piko-server: parse the configuration, build the node, run the loop, tear down. */
+/* piko-server: parse the configuration, build the node, run the loop, tear down; or, as
+ * "piko-server status ...", ask a running node's admin port (lib/cli). */
 #include "base/base.h"
 #include "base/log.h"
+#include "cli/cli.h"
 #include "config/config.h"
 #include "dns/dns.h"
 #include "httpc/httpc.h"
@@ -31,10 +33,14 @@ int main(int argc, char **argv)
 {
     struct pk_server_config cfg;
     char err[1024];
+    if (argc > 1 && strcmp(argv[1], "status") == 0)
+        return pk_cli_status_main(argc - 1, argv + 1, stdout, stderr);
     memset(&cfg, 0, sizeof(cfg));
     int rv = pk_config_load(pk_server_opts, pk_server_nopts, &cfg, argc, argv, "piko-server",
-                            "Piko server: routes downstream requests to sidecars' tunnels.", err,
-                            sizeof(err));
+                            "Piko server: routes downstream requests to sidecars' tunnels.\n"
+                            "'piko-server status --help' shows the status command (a running "
+                            "node's endpoints, nodes, tunnels and requests).",
+                            err, sizeof(err));
     if (rv == PK_CONFIG_HELP)
         return 0;
     if (rv == 0 && pk_server_config_check(&cfg, err, sizeof(err)) != 0) {

@@ -75,6 +75,7 @@ int main(int argc, char **argv)
     event_add(sigint, NULL);
     struct event *sighup = evsignal_new(base, SIGHUP, on_hup, sc);
     event_add(sighup, NULL);
+    PK_INFO("sidecar", "piko-sidecar %s started", PIKO_VERSION);
 
     event_base_dispatch(base);
 

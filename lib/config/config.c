@@ -420,6 +420,19 @@ static int scan_flags(const struct pk_opt *opts, size_t nopts, int argc, char **
 
 /* ---- entry point ----------------------------------------------------------------------- */
 
+#ifndef PIKO_VERSION
+#define PIKO_VERSION "dev"
+#endif
+
+/* "--version" before any "--": the version is all that is wanted, whatever else is there. */
+static bool wants_version(int argc, char **argv)
+{
+    for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++)
+        if (strcmp(argv[i], "--version") == 0)
+            return true;
+    return false;
+}
+
 int pk_config_load(const struct pk_opt *opts, size_t nopts, void *cfg, int argc, char **argv,
                    const char *prog, const char *summary, char *err, size_t errlen)
 {
@@ -432,6 +445,12 @@ int pk_config_load(const struct pk_opt *opts, size_t nopts, void *cfg, int argc,
 
     if (err && errlen)
         err[0] = '\0';
+    if (wants_version(argc, argv)) {
+        printf("%s %s\n", prog ? prog : "PROG", PIKO_VERSION);
+        fflush(stdout);
+        rc = PK_CONFIG_HELP;
+        goto out;
+    }
     rc = scan_flags(opts, nopts, argc, argv, toks, &ntoks, &config_path, &help, err, errlen);
     if (rc != 0)
         goto out;
@@ -573,6 +592,7 @@ void pk_config_print_help(const struct pk_opt *opts, size_t nopts, const char *p
     static const char *const extra[][2] = {
         {"--config.path FILE", "Load options from this YAML file; flags override it"},
         {"-h, --help", "Show this help and exit"},
+        {"--version", "Show the version and exit"},
     };
     char **cols = pk_xcalloc(nopts, sizeof(*cols));
     int width = 0;

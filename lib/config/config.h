@@ -43,7 +43,8 @@ struct pk_opt {
     const char *metavar; /* e.g. "NAME=ADDR" for --help; NULL derives one from the type */
 };
 
-/* pk_config_load() returns this after printing help to stdout. */
+/* pk_config_load() returns this after printing help (-h, --help) or "PROG VERSION"
+ * (--version, PIKO_VERSION from the build) to stdout. */
 #define PK_CONFIG_HELP 1
 
 /* Fills cfg from the table's defaults, then the YAML file named by --config.path (if
@@ -53,7 +54,8 @@ struct pk_opt {
  * takes the next argument. A separate value may not start with "--" (it would almost always
  * be a forgotten value); use --name=VALUE for such a value. A STRING_LIST flag may repeat:
  * its first occurrence replaces the list from the defaults and file, later ones append.
- * "--" ends the flags; positional arguments are errors. "-h" / "--help" print help.
+ * "--" ends the flags; positional arguments are errors. "-h" / "--help" print help;
+ * "--version" anywhere before "--" prints the version, whatever else the line holds.
  *
  * File: a YAML mapping, nested by the dots of option names. Every scalar value first has
  * ${VAR} and ${VAR:default} replaced from the environment (the default applies when VAR is
@@ -93,7 +95,7 @@ void pk_config_locate(const struct pk_opt *opts, size_t nopts, int argc, char **
 void pk_config_free(const struct pk_opt *opts, size_t nopts, void *cfg);
 
 /* Writes the --help text: usage line, summary (may be NULL), one aligned line per option
- * with its default, then --config.path, --help and a note on the file format. */
+ * with its default, then --config.path, --help, --version and a note on the file format. */
 void pk_config_print_help(const struct pk_opt *opts, size_t nopts, const char *prog,
                           const char *summary, FILE *out);
 
