@@ -171,6 +171,7 @@ static struct json_object *local_node_json(struct pk_server *srv, bool table)
     json_object_object_add(o, "local", json_object_new_boolean(true));
     json_object_object_add(o, "incarnation", json_object_new_string(srv->node.incarnation));
     json_object_object_add(o, "version", json_object_new_int64((int64_t)srv->node.state_version));
+    json_object_object_add(o, "piko_version", json_object_new_string(PIKO_VERSION));
     json_object_object_add(o, "proxy_addr", json_object_new_string(srv->node.proxy_addr));
     json_object_object_add(o, "admin_addr", json_object_new_string(srv->node.admin_addr));
     json_object_object_add(o, "cluster_addr", json_object_new_string(srv->node.cluster_addr));
@@ -220,6 +221,8 @@ static void admin_other(struct pk_admin_req *req, void *arg)
 {
     const char *path = pk_admin_req_path(req);
     size_t base = strlen(NODES_PATH);
+    if (pk_server_status_reply(req, arg)) /* /status/upstream/endpoints, /status/tunnels */
+        return;
     if (strncmp(path, NODES_PATH, base) == 0 && (path[base] == '\0' || path[base] == '/')) {
         admin_nodes(req, arg);
         return;
