@@ -256,6 +256,7 @@ static int admin_listen(struct pk_server *srv, char *err, size_t errlen)
     pk_admin_route(srv->node.admin, "/", true, admin_authed, srv);
     pk_server_metrics_new(srv); /* adds /metrics */
     pk_server_access_new(srv);  /* adds /status/requests */
+    pk_server_status_new(srv);  /* adds the status page at / */
     pk_admin_addr(srv->node.admin, srv->node.admin_addr, sizeof(srv->node.admin_addr));
     PK_INFO("server", "admin listening addr=%s max-connections=%lld", srv->node.admin_addr,
             srv->node.cfg->admin_max_connections);

@@ -221,6 +221,9 @@ void pk_server_metrics_request(struct pk_server *srv, const char *method, int st
 void pk_server_listeners_status(struct pk_server *srv, struct json_object *o);
 /* Adds "tls": {port: {"handshake_failures": n, "mtls": b}} to a status object. */
 void pk_server_tls_status(struct pk_server *srv, struct json_object *o);
+/* status.c: the status page at "/" on the admin port (after admin_listen; served without
+ * a token: it holds no data). */
+void pk_server_status_new(struct pk_server *srv);
 /* status.c: answers /status/upstream/endpoints and /status/tunnels (called behind the
  * admin auth gate) and returns true, or returns false for any other path. */
 bool pk_server_status_reply(struct pk_admin_req *req, struct pk_server *srv);

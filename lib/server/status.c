@@ -1,8 +1,9 @@
 /* The admin port's view of this node's tunnels (docs/manage/observability.md "Status
- * API"): /status/upstream/endpoints and /status/tunnels.
+ * API"): /status/upstream/endpoints and /status/tunnels, and the status page at "/".
  *
  * The two routes are answered from admin_other in server.c, so they sit behind the admin
- * token like every /status route. */
+ * token like every /status route. The page carries no data (it fetches the routes with the
+ * operator's token), so it is served without one. */
 #include "admin/admin.h"
 #include "base/base.h"
 #include "h2/h2.h"
@@ -129,4 +130,15 @@ bool pk_server_status_reply(struct pk_admin_req *req, struct pk_server *srv)
         return false;
     pk_admin_reply(req, 200, body);
     return true;
+}
+
+static void page(struct pk_admin_req *req, void *arg)
+{
+    PK_UNUSED(arg);
+    pk_admin_reply_status_page(req);
+}
+
+void pk_server_status_new(struct pk_server *srv)
+{
+    pk_admin_route(srv->node.admin, "/", false, page, srv);
 }
