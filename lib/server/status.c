@@ -69,15 +69,13 @@ static struct json_object *endpoints_json(struct pk_server *srv)
     return a;
 }
 
-/* "starting" until the sidecar's SETTINGS (not routed yet), "active" while routed,
- * "draining" once it takes no new stream (GOAWAY either way, rebalancing, node drain). */
+/* "draining" once it takes no new stream (GOAWAY either way, rebalancing, node drain,
+ * closing), else "starting" until the sidecar's SETTINGS (not routed yet), then "active". */
 static const char *tunnel_state(const struct tunnel *t)
 {
-    if (!pk_h2conn_is_ready(t->h2))
-        return "starting";
-    if (!t->ep || t->shed || pk_h2conn_is_draining(t->h2))
+    if (t->shed || pk_h2conn_is_draining(t->h2))
         return "draining";
-    return "active";
+    return t->ep ? "active" : "starting";
 }
 
 static struct json_object *tunnel_json(const struct tunnel *t, uint64_t now_ms)
