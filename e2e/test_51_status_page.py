@@ -136,6 +136,7 @@ def test_status_routes_need_the_admin_token_but_the_page_does_not(piko):
     assert r.header("content-type") == "text/html; charset=utf-8"
     csp = r.header("content-security-policy")
     assert "default-src 'none'" in csp and "connect-src 'self'" in csp, csp
+    assert "script-src 'sha256-" in csp and "unsafe-inline" not in csp, csp
     assert r.header("x-content-type-options") == "nosniff"
     assert r.header("cache-control") == "no-store"
     page = r.body.decode()
