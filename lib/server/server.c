@@ -171,10 +171,10 @@ static struct json_object *local_node_json(struct pk_server *srv, bool table)
     json_object_object_add(o, "local", json_object_new_boolean(true));
     json_object_object_add(o, "incarnation", json_object_new_string(srv->node.incarnation));
     json_object_object_add(o, "version", json_object_new_int64((int64_t)srv->node.state_version));
-    json_object_object_add(o, "piko_version", json_object_new_string(PIKO_VERSION));
     json_object_object_add(o, "proxy_addr", json_object_new_string(srv->node.proxy_addr));
     json_object_object_add(o, "admin_addr", json_object_new_string(srv->node.admin_addr));
     json_object_object_add(o, "cluster_addr", json_object_new_string(srv->node.cluster_addr));
+    json_object_object_add(o, "build_version", json_object_new_string(PIKO_VERSION));
     size_t neps, ntunnels;
     struct json_object *t = pk_upstream_table_json(srv, &neps, &ntunnels);
     json_object_object_add(o, "endpoints", json_object_new_int64((int64_t)neps));
