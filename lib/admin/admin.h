@@ -161,4 +161,12 @@ void pk_admin_reply_metrics(struct pk_admin_req *req, const struct pk_metrics *m
 /* pk_admin_reply of {"error": message}. */
 void pk_admin_reply_error(struct pk_admin_req *req, int status, const char *message);
 
+/* Replies 200 with the server's status page (page.c: lib/admin/status_page.html, built
+ * into the binary): one HTML document with its CSS and script inline that fetches the
+ * /status routes itself, with the admin token the operator types in when they answer 401.
+ * It holds no data, so it may be served without a token. The reply forbids every
+ * resource but its own inline code and same-origin fetches (Content-Security-Policy),
+ * framing and caching. Frees req, as pk_admin_reply. */
+void pk_admin_reply_status_page(struct pk_admin_req *req);
+
 #endif

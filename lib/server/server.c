@@ -221,6 +221,8 @@ static void admin_other(struct pk_admin_req *req, void *arg)
 {
     const char *path = pk_admin_req_path(req);
     size_t base = strlen(NODES_PATH);
+    if (pk_server_status_reply(req, arg)) /* /status/upstream/endpoints, /status/tunnels */
+        return;
     if (strncmp(path, NODES_PATH, base) == 0 && (path[base] == '\0' || path[base] == '/')) {
         admin_nodes(req, arg);
         return;
@@ -254,6 +256,7 @@ static int admin_listen(struct pk_server *srv, char *err, size_t errlen)
     pk_admin_route(srv->node.admin, "/", true, admin_authed, srv);
     pk_server_metrics_new(srv); /* adds /metrics */
     pk_server_access_new(srv);  /* adds /status/requests */
+    pk_server_status_new(srv);  /* adds the status page at / */
     pk_admin_addr(srv->node.admin, srv->node.admin_addr, sizeof(srv->node.admin_addr));
     PK_INFO("server", "admin listening addr=%s max-connections=%lld", srv->node.admin_addr,
             srv->node.cfg->admin_max_connections);

@@ -33,13 +33,19 @@ struct tunnel {
     struct pk_h2conn *h2;
     char *sidecar_id;
     char peer[64];
-    uint64_t served;     /* streams opened on it, for logs */
+    uint64_t served;     /* streams opened on it, for logs and /status/tunnels */
     bool shed;           /* told to reconnect elsewhere (rebalancing) */
     struct tunnel *next; /* in ep->tunnels */
     struct pk_list link; /* in srv->loop.tunnels */
 
     int64_t token_exp;       /* the handshake token's exp (0: none, or auth off) */
     struct event *expiry_ev; /* drains the tunnel at token_exp (portauth.c) */
+
+    /* For /status/tunnels (status.c), set at the 101: */
+    uint64_t id;               /* from 1, in the order tunnels were accepted */
+    bool tcp;                  /* the sidecar declared a TCP endpoint (Piko-Endpoint-Kind) */
+    int64_t connected_unix_ms; /* wall clock */
+    uint64_t connected_ms;     /* pk_now_ms() */
 };
 
 /* An endpoint whose tunnels this node sent away (drain, rebalancing): requests for it
@@ -112,6 +118,7 @@ struct pk_loop {
     uint64_t stalled;               /* exchanges aborted by proxy.stall-timeout */
     uint64_t refused_log_ms;
     size_t ntunnels_open; /* tunnels incl. handshaking ones */
+    uint64_t tunnel_ids;  /* the last tunnel id handed out */
     size_t nexchanges;
     struct exchange *waiting; /* exchanges waiting for a tunnel slot */
     struct pk_list conns;     /* downstream connections, for drain and teardown */
@@ -215,6 +222,12 @@ void pk_server_metrics_request(struct pk_server *srv, const char *method, int st
 void pk_server_listeners_status(struct pk_server *srv, struct json_object *o);
 /* Adds "tls": {port: {"handshake_failures": n, "mtls": b}} to a status object. */
 void pk_server_tls_status(struct pk_server *srv, struct json_object *o);
+/* status.c: the status page at "/" on the admin port (after admin_listen; served without
+ * a token: it holds no data). */
+void pk_server_status_new(struct pk_server *srv);
+/* status.c: answers /status/upstream/endpoints and /status/tunnels (called behind the
+ * admin auth gate) and returns true, or returns false for any other path. */
+bool pk_server_status_reply(struct pk_admin_req *req, struct pk_server *srv);
 
 /* server.c */
 /* Marks endpoint as moving for PK_MOVE_WINDOW_MS (published to peers). */
