@@ -19,7 +19,7 @@ static void test_header_lists(void)
     struct pk_access_opts o = {.request_headers = "*",
                                .response_headers = "Content-Type, x-cache",
                                .block_headers = "x-secret"};
-    struct pk_accesslog *l = pk_accesslog_new(&o);
+    struct pk_accesslog *l = pk_accesslog_new(&o, NULL);
     CU_ASSERT_TRUE(pk_accesslog_header_allowed(l, "user-agent", false));
     CU_ASSERT_TRUE(pk_accesslog_header_allowed(l, "X-Trace", false));
     CU_ASSERT_FALSE(pk_accesslog_header_allowed(l, "X-Secret", false));
@@ -35,7 +35,7 @@ static void test_header_lists(void)
     pk_accesslog_del(l);
 
     struct pk_access_opts none = {0};
-    l = pk_accesslog_new(&none);
+    l = pk_accesslog_new(&none, NULL);
     CU_ASSERT_FALSE(pk_accesslog_header_allowed(l, "user-agent", false));
     CU_ASSERT_FALSE(pk_accesslog_wants_request_headers(l));
     pk_accesslog_del(l);
@@ -59,7 +59,7 @@ static void test_check_names_the_key(void)
 static void test_ring_newest_first(void)
 {
     struct pk_access_opts o = {.node = "n1"};
-    struct pk_accesslog *l = pk_accesslog_new(&o);
+    struct pk_accesslog *l = pk_accesslog_new(&o, NULL);
     struct json_object *a = pk_accesslog_recent_json(l);
     CU_ASSERT_EQUAL(json_object_array_length(a), 0);
     json_object_put(a);

@@ -4,6 +4,8 @@
 #include "base/log.h"
 #include "stream/head.h"
 
+#include <event2/buffer.h>
+#include <event2/event.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +51,8 @@ struct pk_accesslog {
     struct slot ring[PK_ACCESS_RING];
     size_t next; /* the slot the next record goes to */
     size_t count;
+    struct evbuffer *pending; /* lines not yet written */
+    struct event *flush_ev;   /* deferred: writes them (NULL: no loop, written at once) */
 };
 
 /* ---- header lists ---------------------------------------------------------------------- */
@@ -136,9 +140,27 @@ int pk_accesslog_check(const struct pk_access_opts *o, char *err, size_t errlen)
     return 0;
 }
 
-struct pk_accesslog *pk_accesslog_new(const struct pk_access_opts *o)
+static void flush(struct pk_accesslog *l)
+{
+    size_t n = evbuffer_get_length(l->pending);
+    if (n)
+        pk_log_lines((const char *)evbuffer_pullup(l->pending, -1), n);
+    evbuffer_drain(l->pending, n);
+}
+
+static void flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    PK_UNUSED(fd);
+    PK_UNUSED(what);
+    flush(arg);
+}
+
+struct pk_accesslog *pk_accesslog_new(const struct pk_access_opts *o, struct event_base *base)
 {
     struct pk_accesslog *l = pk_xcalloc(1, sizeof(*l));
+    l->pending = pk_xevbuffer_new();
+    if (base)
+        l->flush_ev = pk_xevent_new(base, -1, 0, flush_cb, l);
     char err[256];
     l->enabled = o->enabled;
     l->node = o->node ? pk_xstrdup(o->node) : NULL;
@@ -161,6 +183,10 @@ void pk_accesslog_del(struct pk_accesslog *l)
 {
     if (!l)
         return;
+    flush(l);
+    if (l->flush_ev)
+        event_free(l->flush_ev);
+    evbuffer_free(l->pending);
     list_free(&l->req_allow);
     list_free(&l->resp_allow);
     list_free(&l->block);
@@ -307,8 +333,13 @@ void pk_accesslog_add(struct pk_accesslog *l, const struct pk_access_rec *r)
     size_t n;
     const char *js = json_object_to_json_string_length(
         o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &n);
-    pk_log_json_line(level, "access", js, n);
+    evbuffer_add(l->pending, js, n);
+    evbuffer_add(l->pending, "\n", 1);
     json_object_put(o);
+    if (!l->flush_ev || evbuffer_get_length(l->pending) >= PK_ACCESS_FLUSH_BYTES)
+        flush(l);
+    else if (!event_pending(l->flush_ev, EV_TIMEOUT, NULL))
+        event_active(l->flush_ev, EV_TIMEOUT, 0);
 }
 
 struct json_object *pk_accesslog_recent_json(const struct pk_accesslog *l)

@@ -23,6 +23,12 @@
  * list (log.access-block-headers) never are, nor, whatever the lists say, authorization,
  * proxy-authorization, cookie, set-cookie, x-piko-authorization and piko-authorization.
  *
+ * Lines are not written one by one: they gather in a buffer written out in one write when
+ * the loop has run the callbacks that produced them (a deferred event), or at once past
+ * PK_ACCESS_FLUSH_BYTES, and when the log is freed. At high request rates this is one
+ * write for many lines instead of one each; an access line may come a moment after a
+ * text line logged later in the same loop iteration.
+ *
  * One log belongs to one loop's thread; nothing here locks. */
 #ifndef PK_ACCESSLOG_H
 #define PK_ACCESSLOG_H
@@ -31,11 +37,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct event_base;
 struct json_object;
 struct pk_hdrs;
 struct pk_accesslog;
 
-#define PK_ACCESS_RING 100
+#define PK_ACCESS_RING        100
+#define PK_ACCESS_FLUSH_BYTES (64 * 1024)
 
 struct pk_access_opts {
     bool enabled;                 /* log.access: write the records */
@@ -62,8 +70,10 @@ struct pk_access_rec {
 /* Checks the three header lists (names of token characters, or "*" for an allow list).
  * Returns 0, or PK_ERR_INVALID with a message naming the key. */
 int pk_accesslog_check(const struct pk_access_opts *o, char *err, size_t errlen);
-/* A new log (the options checked before). Strings are copied. */
-struct pk_accesslog *pk_accesslog_new(const struct pk_access_opts *o);
+/* A new log (the options checked before). Strings are copied. base: the loop that flushes
+ * the lines (NULL: each line is written at once). */
+struct pk_accesslog *pk_accesslog_new(const struct pk_access_opts *o, struct event_base *base);
+/* Writes the lines not yet written, and frees the log. NULL is a no-op. */
 void pk_accesslog_del(struct pk_accesslog *l);
 
 /* True when request / response headers are wanted (the caller keeps them for the

@@ -214,6 +214,11 @@ void pk_log_write(enum pk_log_level level, const char *subsys, const char *fmt, 
     put_line(line, len);
 }
 
+void pk_log_lines(const char *lines, size_t len)
+{
+    put_line(lines, len);
+}
+
 void pk_log_json_line(enum pk_log_level level, const char *subsys, const char *json, size_t len)
 {
     if (!pk_log_enabled(level, subsys))

@@ -50,6 +50,9 @@ void pk_log_write(enum pk_log_level level, const char *subsys, const char *fmt, 
 /* Writes one JSON object (len bytes, no newline) as a line, unless the level and
  * subsystem are filtered out. */
 void pk_log_json_line(enum pk_log_level level, const char *subsys, const char *json, size_t len);
+/* Writes len bytes of whole lines (each ending in a newline, filtered before) in one
+ * write. */
+void pk_log_lines(const char *lines, size_t len);
 
 #define PK_LOG(level, subsys, ...)                                                                 \
     do {                                                                                           \

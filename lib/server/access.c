@@ -33,7 +33,7 @@ void pk_server_access_new(struct pk_server *srv)
         .response_headers = cfg->log_access_response_headers,
         .block_headers = cfg->log_access_block_headers,
     };
-    srv->loop.access = pk_accesslog_new(&o);
+    srv->loop.access = pk_accesslog_new(&o, srv->loop.base);
     pk_admin_route(srv->node.admin, "/status/requests", false, requests_route, srv);
 }
 

@@ -21,7 +21,7 @@ void pk_sidecar_access_new(struct pk_sidecar *sc)
         .response_headers = cfg->log_access_response_headers,
         .block_headers = cfg->log_access_block_headers,
     };
-    sc->access = pk_accesslog_new(&o);
+    sc->access = pk_accesslog_new(&o, sc->base);
     pk_admin_route(sc->admin, "/status/requests", false, requests_route, sc);
 }
 
