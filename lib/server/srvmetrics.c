@@ -115,9 +115,15 @@ static struct pk_mseries *series1(struct pk_mfamily *f, const char *value)
     return pk_mfamily_series(f, v);
 }
 
+/* Exchanges in progress, peers' forwarded streams included, but not the long polls of
+ * peers waiting for this node's routing state to change. */
 static double in_flight(void *arg)
 {
-    return (double)((struct pk_server *)arg)->loop.nexchanges;
+    struct pk_server *srv = arg;
+    size_t n = srv->loop.nexchanges;
+    for (const struct exchange *ex = srv->loop.state_waiters; ex && n; ex = ex->wnext)
+        n--;
+    return (double)n;
 }
 
 static double connected_upstreams(void *arg)
