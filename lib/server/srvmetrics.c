@@ -22,6 +22,11 @@
 #include <string.h>
 #include <time.h>
 
+/* piko_proxy_requests_total's series by status (0-599, else 0) and method index: found
+ * without formatting or lookup once made. */
+#define NSTATUS  600
+#define NMETHODS 10
+
 /* metrics.endpoint-labels: the most series the two piko_endpoint_* families may hold. */
 #define EP_MAX_SERIES 10000
 #define EP_BUCKETS    4096
@@ -79,7 +84,8 @@ struct ep_series {
 
 struct pk_server_metrics {
     struct pk_metrics *reg;
-    struct pk_mfamily *requests; /* piko_proxy_requests_total{status,method} */
+    struct pk_mfamily *requests;               /* piko_proxy_requests_total{status,method} */
+    struct pk_mseries *(*by_status)[NMETHODS]; /* [NSTATUS]: requests' series, made on use */
     struct pk_mseries *latency, *req_size, *resp_size;
     struct pk_mfamily *tls_handshakes, *tls_failures; /* {port} */
     struct pk_mfamily *accept_errors, *fd_exhausted;  /* {port} */
@@ -243,6 +249,7 @@ static void proxy_families(struct pk_server_metrics *m, struct pk_server *srv)
                                     "Requests answered on the proxy port, by status and method "
                                     "(status 0: the client left before any answer).",
                                     sm, NULL, 0);
+    m->by_status = pk_xcalloc(NSTATUS, sizeof(*m->by_status));
     m->latency = pk_mfamily_series(
         pk_metrics_family(r, PK_METRIC_HISTOGRAM, "piko_proxy_request_latency_seconds",
                           "Time from a request's head to the end of its exchange.", NULL,
@@ -419,6 +426,7 @@ void pk_server_metrics_del(struct pk_server *srv)
         free(m->ep_table);
     }
     pk_metrics_del(m->reg);
+    free(m->by_status);
     free(m);
     srv->loop.metrics = NULL;
 }
@@ -475,6 +483,32 @@ static void ep_count(struct pk_server_metrics *m, const struct exchange *ex)
     pk_mseries_inc(e->bytes[DIR_OUT], ex->resp_body.total_out);
 }
 
+/* The series of piko_proxy_requests_total{status,method}. */
+static struct pk_mseries *request_series(struct pk_server_metrics *m, int status,
+                                         const char *method)
+{
+    static const char *const methods[NMETHODS] = {"GET",   "HEAD",    "POST",    "PUT",   "DELETE",
+                                                  "PATCH", "OPTIONS", "CONNECT", "TRACE", "other"};
+    const char *label = pk_metrics_method_label(method);
+    int i = 0;
+    while (i < NMETHODS - 1 && strcmp(methods[i], label) != 0)
+        i++;
+    if (status < 0 || status > 999)
+        status = 0;
+    char code[8];
+    const char *v[] = {code, label};
+    if (status >= NSTATUS) { /* an odd status from a service: looked up */
+        snprintf(code, sizeof(code), "%d", status);
+        return pk_mfamily_series(m->requests, v);
+    }
+    struct pk_mseries **s = &m->by_status[status][i];
+    if (!*s) {
+        snprintf(code, sizeof(code), "%d", status);
+        *s = pk_mfamily_series(m->requests, v);
+    }
+    return *s;
+}
+
 void pk_server_metrics_exchange(const struct exchange *ex, uint64_t took_us)
 {
     struct pk_server_metrics *m = ex->srv->loop.metrics;
@@ -492,10 +526,7 @@ void pk_server_metrics_exchange(const struct exchange *ex, uint64_t took_us)
             pk_mseries_inc(m->state[0], 1);
         return;
     }
-    char code[8];
-    snprintf(code, sizeof(code), "%d", ex->status >= 0 && ex->status < 1000 ? ex->status : 0);
-    const char *v[] = {code, pk_metrics_method_label(ex->method)};
-    pk_mseries_inc(pk_mfamily_series(m->requests, v), 1);
+    pk_mseries_inc(request_series(m, ex->status, ex->method), 1);
     pk_mseries_observe(m->latency, (double)took_us / 1e6);
     pk_mseries_observe(m->req_size, (double)ex->req_body.total_in);
     pk_mseries_observe(m->resp_size, (double)ex->resp_body.total_out);
