@@ -20,6 +20,11 @@
 #   WARMUP [2s]  ROUNDS [3]                    as in bench/http.sh; the order of the
 #                                              configurations rotates from round to round
 #   UPSTREAM_KEEPALIVE [64]                    the sidecar's --local.max-idle
+#   PERF [1 when perf is installed]            after the rounds, profile the "metrics on"
+#                                              server under one more HTTP/1.1 load and
+#                                              report the share of its CPU samples in the
+#                                              metrics code (steadier than req/s ratios on
+#                                              a busy machine)
 #   RESULTS_DIR [bench/results]                where metrics-<date>.md is written
 #   KEEP_WORK=1                                keep the work dir (logs, raw output)
 set -euo pipefail
@@ -132,8 +137,11 @@ pids+=($!)
 wait_ok 10 "$!" "http://127.0.0.1:$svc_port$PATH_1K" || die "nginx did not start"
 
 # ---------------------------------------------------------------- Piko -------------
+# (--help is read whole first: grep -q would close the pipe early, and pipefail fail it)
+server_help="$("$bin_dir/piko-server" --help 2>&1 || true)"
+sidecar_help="$("$bin_dir/piko-sidecar" --help 2>&1 || true)"
 has_access_flag=0
-if "$bin_dir/piko-server" --help 2>&1 | grep -q -- '--log.access '; then
+if grep -q -- '--log.access ' <<<"$server_help"; then
     has_access_flag=1
 fi
 
@@ -154,7 +162,7 @@ if [ "$has_access_flag" -eq 0 ]; then
     flags[metrics]=""
 fi
 sidecar_flags="--log.access=false"
-"$bin_dir/piko-sidecar" --help 2>&1 | grep -q -- '--log.access ' || sidecar_flags=""
+grep -q -- '--log.access ' <<<"$sidecar_help" || sidecar_flags=""
 
 # start_piko CONFIG: a server with that configuration's flags and a sidecar serving
 # $ENDPOINT from the service; sets status[CONFIG].
@@ -205,32 +213,42 @@ done
 manifest="$work/manifest.tsv"
 : >"$manifest"
 
-# measure ROUND PROTOCOL CONFIG
+# cpu_ticks PID: user + system CPU time of the process so far, in clock ticks.
+cpu_ticks() {
+    awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+clk_tck="$(getconf CLK_TCK)"
+
+# measure ROUND PROTOCOL CONFIG: one measured run, and the server's CPU time during it.
 measure() {
-    local round="$1" protocol="$2" c="$3" url out slug
+    local round="$1" protocol="$2" c="$3" url out slug t0 pid="${role_pid[server-$3]:-}"
     url="http://127.0.0.1:${proxy_port[$c]:-0}$PATH_1K"
     slug="r$round-$protocol-$c"
     slug="${slug//[^A-Za-z0-9-]/-}"
     out="$work/$slug.txt"
     if [ "${status[$c]}" != "ok" ]; then
-        printf '%s\t%s\t%s\t-\t-\t-\t%s\n' "$round" "$protocol" "$c" "${status[$c]}" >>"$manifest"
+        printf '%s\t%s\t%s\t-\t-\t-\t%s\t0\n' "$round" "$protocol" "$c" "${status[$c]}" \
+            >>"$manifest"
         return 0
     fi
     if [ "$protocol" = "HTTP/1.1" ]; then
         log "round $round/$ROUNDS: $protocol $c: wrk -t$THREADS -c$CONNS -d$DURATION"
         wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" -H "$HEADER" "$url" >/dev/null 2>&1 || true
+        t0="$(cpu_ticks "$pid")"
         wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -H "$HEADER" "$url" >"$out" 2>&1 ||
             log "$protocol $c: wrk exited with an error"
-        printf '%s\t%s\t%s\twrk\t%s\t-\tok\n' "$round" "$protocol" "$c" "$out" >>"$manifest"
+        printf '%s\t%s\t%s\twrk\t%s\t-\tok\t%s\n' "$round" "$protocol" "$c" "$out" \
+            "$(($(cpu_ticks "$pid") - t0))" >>"$manifest"
     else
         log "round $round/$ROUNDS: $protocol $c: h2load -c$H2_CLIENTS -m$H2_STREAMS -D $DURATION"
         h2load -c"$H2_CLIENTS" -m"$H2_STREAMS" -D "$WARMUP" -H "$HEADER" "$url" >/dev/null 2>&1 ||
             true
+        t0="$(cpu_ticks "$pid")"
         h2load -c"$H2_CLIENTS" -m"$H2_STREAMS" -D "$DURATION" -H "$HEADER" \
             --log-file="$work/$slug.log" "$url" >"$out" 2>&1 ||
             log "$protocol $c: h2load exited with an error"
-        printf '%s\t%s\t%s\th2load\t%s\t%s\tok\n' "$round" "$protocol" "$c" "$out" \
-            "$work/$slug.log" >>"$manifest"
+        printf '%s\t%s\t%s\th2load\t%s\t%s\tok\t%s\n' "$round" "$protocol" "$c" "$out" \
+            "$work/$slug.log" "$(($(cpu_ticks "$pid") - t0))" >>"$manifest"
     fi
 }
 
@@ -244,6 +262,41 @@ for round in $(seq "$ROUNDS"); do
         done
     done
 done
+
+# The share of the metrics-on server's CPU samples in the metrics code (perf, user and
+# kernel samples of the process), or why it was not measured.
+perf_share="not measured (PERF=0)"
+if [ "${PERF:-1}" = "1" ] && [ "${status[metrics]}" = "ok" ]; then
+    if ! command -v perf >/dev/null; then
+        perf_share="not measured (perf not installed)"
+    else
+        url="http://127.0.0.1:${proxy_port[metrics]}$PATH_1K"
+        log "profiling the metrics-on server under wrk -c$CONNS -d$DURATION"
+        wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" -H "$HEADER" "$url" >/dev/null 2>&1 &
+        wrk_pid=$!
+        sleep 1
+        secs="${DURATION%s}"
+        if perf record -F 999 -p "${role_pid[server-metrics]}" -o "$work/perf.data" \
+            -- sleep "$((secs > 3 ? secs - 2 : 1))" >"$work/perf.log" 2>&1; then
+            perf_share="$(perf report -i "$work/perf.data" --no-children --sort symbol -g none \
+                --stdio 2>/dev/null | awk '
+                    /^#/ || NF < 3 { next }
+                    {
+                        pct = $1; sub(/%/, "", pct)
+                        sym = ""
+                        for (i = 2; i < NF; i++) if ($i == "[.]" || $i == "[k]") sym = $(i + 1)
+                    }
+                    sym ~ /^(pk_server_metrics_|pk_mseries_|pk_mfamily_|pk_metrics_|request_series|ep_count)/ {
+                        share += pct; names = names (names ? ", " : "") sym
+                    }
+                    END { printf "%.2f%% of the server'"'"'s CPU samples (%s)", share, names }')"
+        else
+            perf_share="not measured (perf record failed: see $work/perf.log)"
+            KEEP_WORK=1
+        fi
+        wait "$wrk_pid" || true
+    fi
+fi
 
 access_lines=0
 if [ "${status[metrics+log]}" = "ok" ]; then
@@ -276,10 +329,12 @@ fi
         printf 'flags: %s\t%s\n' "${label[$c]}" "${flags[$c]:-(defaults)}"
     done
     printf 'access log lines written\t%s (metrics on, access log on)\n' "$access_lines"
+    printf 'perf, metrics on, HTTP/1.1\tmetrics code: %s\n' "$perf_share"
 } >"$meta"
 
 mkdir -p "$RESULTS_DIR"
 result_file="$RESULTS_DIR/metrics-$stamp.md"
-python3 "$here/metrics_report.py" --manifest "$manifest" --meta "$meta" >"$result_file"
+python3 "$here/metrics_report.py" --manifest "$manifest" --meta "$meta" --clk-tck "$clk_tck" \
+    >"$result_file"
 cat "$result_file"
 log "written to $result_file"
