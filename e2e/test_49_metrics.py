@@ -15,7 +15,9 @@ from helpers import h1
 from prom import scrape as prom_scrape
 
 EP = {"x-piko-endpoint": "my-service"}
-DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana" / "piko.json"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+DASHBOARD = DOCS / "grafana" / "piko.json"
+REFERENCE = DOCS / "manage" / "metrics.md"
 
 
 def scrape(proc, headers=None):
@@ -126,9 +128,10 @@ def test_endpoint_labels_are_bounded(piko):
     assert not [k for k in prom_scrape(plain).types if k.startswith("piko_endpoint_")]
 
 
-def test_grafana_dashboard_queries_existing_metrics(piko):
+def test_grafana_dashboard_and_reference_match_the_metrics(piko):
     """docs/grafana/piko.json is JSON Grafana imports (schema 38, a Prometheus data
-    source input), and every metric name in its queries is in a live scrape."""
+    source input), and every metric name in its queries is in a live scrape; the
+    reference docs/manage/metrics.md names every family of both binaries, and no other."""
     dash = json.loads(DASHBOARD.read_text())
     assert dash["schemaVersion"] >= 36 and dash["title"]
     assert [i["name"] for i in dash["__inputs"]] == ["DS_PROMETHEUS"]
@@ -148,9 +151,16 @@ def test_grafana_dashboard_queries_existing_metrics(piko):
     svc = piko.service()
     srv = piko.server(args=["--metrics.endpoint-labels"])
     sc = piko.sidecar({"my-service": svc.addr}, server=srv)
-    known = prom_scrape(srv).sample_names() | prom_scrape(sc).sample_names()
+    scrapes = [prom_scrape(srv), prom_scrape(sc)]
+    known = scrapes[0].sample_names() | scrapes[1].sample_names()
     missing = sorted(used - known)
     assert not missing, "the dashboard queries metrics that no scrape has: %r" % missing
+    doc = REFERENCE.read_text()
+    families = set(scrapes[0].types) | set(scrapes[1].types)
+    undocumented = sorted(f for f in families if "`%s`" % f not in doc)
+    assert not undocumented, "families missing from metrics.md: %r" % undocumented
+    stale = sorted(set(re.findall(r"`((?:piko|process)_[a-z0-9_]+)`", doc)) - families)
+    assert not stale, "metrics.md names metrics no scrape has: %r" % stale
     for name in ("piko_proxy_requests_total", "piko_proxy_request_latency_seconds_bucket",
                  "piko_proxy_requests_in_flight", "piko_upstreams_connected_upstreams",
                  "piko_upstreams_registered_endpoints", "piko_cluster_nodes",
