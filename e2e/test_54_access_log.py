@@ -5,13 +5,14 @@ never logged; --log.access=false; --log.format json makes every line JSON; log.s
 turns on one subsystem's debug lines; config errors name the key."""
 
 import json
+import socket
 import subprocess
 import time
 
 import pytest
 
 from cluster import Cluster
-from conftest import binary
+from conftest import binary, free_port
 from helpers import SLOW, h1, poll
 from tcp_services import TcpService, WsClient, WsService, echo_roundtrip, tcp_connect, tcp_sidecar
 
@@ -211,3 +212,33 @@ def test_forwarded_request_is_logged_on_both_nodes(piko):
     assert n0[0]["route"] == "peer" and n0[0]["peer"] == cl.node_id(1), n0
     assert n1[0]["route"] == "tunnel" and n1[0]["forwarded_by"] == cl.node_id(0), n1
     assert n0[0]["status"] == n1[0]["status"] == 200
+
+
+def test_forward_connections_are_logged_on_the_sidecar(piko):
+    echo = TcpService(name="echo-fwd")
+    piko.services.append(echo)
+    srv = piko.server()
+    tcp_sidecar(piko, srv, tcp={"db": echo.addr}, name="exposer")
+    fwd_port = free_port()
+    fwd = tcp_sidecar(piko, srv, forwards={fwd_port: "db", fwd_port + 1: "nobody"},
+                      name="forwarder")
+    with socket.create_connection(("127.0.0.1", fwd_port), timeout=5 * SLOW) as s:
+        s.sendall(b"z" * 3000)
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while len(got) < 3000:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    assert got == b"z" * 3000
+    with socket.create_connection(("127.0.0.1", fwd_port + 1), timeout=5 * SLOW) as s:
+        s.settimeout(5 * SLOW)
+        assert s.recv(1) == b""  # closed: the endpoint has no tunnel
+    recs = wait_count(fwd, 2)
+    ok = [r for r in recs if r["endpoint"] == "db"][-1]
+    assert ok["kind"] == "tcp" and ok["route"] == "server" and ok["status"] == 101, ok
+    assert ok["bytes_in"] == 3000 and ok["bytes_out"] == 3000, ok
+    bad = [r for r in recs if r["endpoint"] == "nobody"][-1]
+    assert bad["status"] == 502 and "no available upstreams" in bad["error"], bad
+    assert bad["level"] == "warn", bad

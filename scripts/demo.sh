@@ -124,7 +124,7 @@ pids+=($!)
 wait_http "http://127.0.0.1:$admin_port/health" 10 "${pids[-1]}" || fail "piko-server did not start"
 info "proxy    127.0.0.1:$proxy_port   clients send requests here"
 info "upstream 127.0.0.1:$upstream_port   sidecars dial in here"
-info "admin    127.0.0.1:$admin_port   /health, /ready"
+info "admin    127.0.0.1:$admin_port   status page /, /health, /ready, /metrics, /status/..."
 
 heading "Starting piko-sidecar: endpoint $endpoint -> 127.0.0.1:$svc_port"
 "$sidecar_bin" \
@@ -160,6 +160,15 @@ printf '%s\n' "$answer" | grep -q "Hello from the service behind Piko" \
 
 printf '\n%sIt works:%s curl -> piko-server (:%s) -> tunnel -> piko-sidecar -> service (:%s)\n' \
     "$green" "$reset" "$proxy_port" "$svc_port"
+
+heading "What the server saw (its admin port, through the status CLI)"
+for what in tunnels requests; do
+    printf '$ piko-server status %s --server.url http://127.0.0.1:%s\n' "$what" "$admin_port"
+    "$server_bin" status "$what" --server.url "http://127.0.0.1:$admin_port" \
+        || fail "piko-server status $what failed"
+    printf '\n'
+done
+info "status page: http://127.0.0.1:$admin_port/   metrics: http://127.0.0.1:$admin_port/metrics"
 
 if [ "$keep" = "1" ]; then
     heading "Still running (DEMO_KEEP=1). Try it:"

@@ -534,6 +534,123 @@ static void test_teardown_with_connections(void)
     }
 }
 
+/* ---- in-process calls (pk_admin_call) ---- */
+
+struct call_result {
+    int n; /* callbacks */
+    int status;
+    char ctype[64];
+    char body[256];
+    size_t len;
+};
+
+static void call_cb(int status, const char *ctype, const char *body, size_t len, void *arg)
+{
+    struct call_result *r = arg;
+    r->n++;
+    r->status = status;
+    snprintf(r->ctype, sizeof(r->ctype), "%s", ctype);
+    snprintf(r->body, sizeof(r->body), "%s", body);
+    r->len = len;
+}
+
+static bool call_cond(void *arg)
+{
+    return ((struct call_result *)arg)->n > 0;
+}
+
+static void internal_handler(struct pk_admin_req *req, void *arg)
+{
+    struct fx *f = arg;
+    f->calls++;
+    pk_admin_reply_error(req, pk_admin_req_internal(req) ? 200 : 403,
+                         pk_admin_req_alive(req) ? "internal" : "dead");
+}
+
+static void text_handler(struct pk_admin_req *req, void *arg)
+{
+    PK_UNUSED(arg);
+    pk_admin_reply_text(req, 200, "text/html", "<p>", 3);
+}
+
+static void test_call_routed(void)
+{
+    struct fx f;
+    struct call_result r = {0};
+    fx_start(&f, NULL);
+    pk_admin_route(f.a, "/internal", false, internal_handler, &f);
+    pk_admin_route(f.a, "/text", false, text_handler, &f);
+    /* The handler runs at once; the reply comes from the loop, never before the call returns. */
+    struct pk_admin_call *call = pk_admin_call(f.a, "/p/x", "a=1", "cluster:peer", call_cb, &r);
+    CU_ASSERT_PTR_NOT_NULL(call);
+    CU_ASSERT_EQUAL(f.calls, 1);
+    CU_ASSERT_EQUAL(r.n, 0);
+    CU_ASSERT_STRING_EQUAL(f.last_query, "a=1");
+    CU_ASSERT_STRING_EQUAL(f.last_peer, "cluster:peer");
+    CU_ASSERT(run_until(&f, call_cond, &r));
+    CU_ASSERT_EQUAL(r.n, 1);
+    CU_ASSERT_EQUAL(r.status, 200);
+    CU_ASSERT_STRING_EQUAL(r.ctype, "application/json");
+    CU_ASSERT_STRING_EQUAL(r.body, "{\"path\":\"/p/x\"}\n");
+    CU_ASSERT_EQUAL(r.len, strlen(r.body));
+
+    memset(&r, 0, sizeof(r));
+    pk_admin_call(f.a, "/internal", NULL, NULL, call_cb, &r);
+    CU_ASSERT(run_until(&f, call_cond, &r));
+    CU_ASSERT_EQUAL(r.status, 200);
+    CU_ASSERT_STRING_EQUAL(r.body, "{\"error\":\"internal\"}\n");
+
+    memset(&r, 0, sizeof(r));
+    pk_admin_call(f.a, "/text", NULL, NULL, call_cb, &r);
+    CU_ASSERT(run_until(&f, call_cond, &r));
+    CU_ASSERT_STRING_EQUAL(r.ctype, "text/html");
+    CU_ASSERT_STRING_EQUAL(r.body, "<p>");
+
+    memset(&r, 0, sizeof(r));
+    pk_admin_call(f.a, "/nowhere", NULL, NULL, call_cb, &r);
+    CU_ASSERT(run_until(&f, call_cond, &r));
+    CU_ASSERT_EQUAL(r.status, 404);
+    CU_ASSERT_STRING_EQUAL(r.body, "{\"error\":\"not found\"}\n");
+    fx_stop(&f);
+}
+
+static void test_call_cancelled(void)
+{
+    struct fx f;
+    struct call_result r = {0};
+    fx_start(&f, NULL);
+    /* Cancelled while its handler holds it: the handler's cancel callback runs. */
+    struct pk_admin_call *call = pk_admin_call(f.a, "/cancel", NULL, NULL, call_cb, &r);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f.held);
+    CU_ASSERT(pk_admin_req_alive(f.held));
+    pk_admin_call_cancel(call);
+    CU_ASSERT_EQUAL(f.cancels, 1);
+    CU_ASSERT_PTR_NULL(f.held);
+    /* Without a cancel callback the request stays valid and a later reply is dropped. */
+    call = pk_admin_call(f.a, "/async", NULL, NULL, call_cb, &r);
+    struct pk_admin_req *held = f.held;
+    CU_ASSERT_PTR_NOT_NULL_FATAL(held);
+    pk_admin_call_cancel(call);
+    CU_ASSERT(!pk_admin_req_alive(held));
+    pk_admin_reply_error(held, 200, "late");
+    /* Replied but not yet delivered: cancelling drops the reply. */
+    call = pk_admin_call(f.a, "/hello", NULL, NULL, call_cb, &r);
+    pk_admin_call_cancel(call);
+    run_for(&f, 20);
+    CU_ASSERT_EQUAL(r.n, 0);
+    /* A call still waiting at pk_admin_del never calls back; cancelling it then frees it. */
+    f.held = NULL;
+    call = pk_admin_call(f.a, "/async", NULL, NULL, call_cb, &r);
+    struct pk_admin_call *replied = pk_admin_call(f.a, "/hello", NULL, NULL, call_cb, &r);
+    pk_admin_del(f.a);
+    f.a = NULL;
+    run_for(&f, 20);
+    CU_ASSERT_EQUAL(r.n, 0);
+    pk_admin_call_cancel(call);
+    pk_admin_call_cancel(replied);
+    event_base_free(f.base);
+}
+
 void pk_test_register_admin(void)
 {
     CU_pSuite s = CU_add_suite("admin", NULL, NULL);
@@ -548,4 +665,6 @@ void pk_test_register_admin(void)
     CU_add_test(s, "async_reply", test_async_reply);
     CU_add_test(s, "reply_after_client_left", test_reply_after_client_left);
     CU_add_test(s, "teardown_with_connections", test_teardown_with_connections);
+    CU_add_test(s, "call_routed", test_call_routed);
+    CU_add_test(s, "call_cancelled", test_call_cancelled);
 }

@@ -1,5 +1,5 @@
 /* Unit tests for lib/base: endpoint ids, case-insensitive comparisons, allocation helpers,
- * log level parsing and error strings. */
+ * log level parsing, error strings and time formatting. */
 #include "base/base.h"
 #include "base/log.h"
 
@@ -312,6 +312,15 @@ static void test_now_ms_monotonic(void)
     CU_ASSERT(b >= a);
 }
 
+static void test_rfc3339(void)
+{
+    char buf[32];
+    ASSERT_STR(pk_rfc3339(buf, sizeof(buf), 0), "1970-01-01T00:00:00.000Z");
+    ASSERT_STR(pk_rfc3339(buf, sizeof(buf), 1796674703480LL), "2026-12-07T20:18:23.480Z");
+    ASSERT_STR(pk_rfc3339(buf, sizeof(buf), -1), "1969-12-31T23:59:59.999Z");
+    CU_ASSERT(pk_unix_ms() > 1700000000000LL);
+}
+
 void pk_test_register_base(void)
 {
     CU_pSuite s = CU_add_suite("base", NULL, NULL);
@@ -329,4 +338,5 @@ void pk_test_register_base(void)
     CU_add_test(s, "strerror", test_strerror);
     CU_add_test(s, "minmax", test_minmax);
     CU_add_test(s, "now_ms_monotonic", test_now_ms_monotonic);
+    CU_add_test(s, "rfc3339", test_rfc3339);
 }

@@ -403,32 +403,32 @@ static void test_bool_flags(void)
     pk_config_free(topts, NOPTS, &c);
 
     FLAG_ERROR("unexpected argument 'false'", "--log.debug", "false");
-    FLAG_ERROR("--log.debug: invalid boolean 'maybe'", "--log.debug=maybe");
-    FLAG_ERROR("--tls.enabled: invalid boolean ''", "--tls.enabled=");
+    FLAG_ERROR("log.debug: invalid boolean 'maybe'", "--log.debug=maybe");
+    FLAG_ERROR("tls.enabled: invalid boolean ''", "--tls.enabled=");
 }
 
 static void test_flag_errors(void)
 {
-    FLAG_ERROR("unknown flag --xyz (see --help)", "--xyz");
-    FLAG_ERROR("unknown flag --xyz (see --help)", "--xyz=1");
-    FLAG_ERROR("unknown flag --proxy.bind_addr (see --help)", "--proxy.bind_addr=:1");
-    FLAG_ERROR("unknown flag -x (see --help)", "-x");
+    FLAG_ERROR("--xyz: unknown flag (see --help)", "--xyz");
+    FLAG_ERROR("--xyz: unknown flag (see --help)", "--xyz=1");
+    FLAG_ERROR("--proxy.bind_addr: unknown flag (see --help)", "--proxy.bind_addr=:1");
+    FLAG_ERROR("-x: unknown flag (see --help)", "-x");
     FLAG_ERROR("unexpected argument 'x'", "x");
     FLAG_ERROR("unexpected argument '-'", "-");
     FLAG_ERROR("unexpected argument 'x'", "--log.debug", "--", "x");
-    FLAG_ERROR("flag --proxy.timeout needs a value", "--proxy.timeout");
-    FLAG_ERROR("flag --proxy.timeout needs a value", "--proxy.timeout", "--log.debug");
-    FLAG_ERROR("flag --config.path needs a value", "--config.path");
-    FLAG_ERROR("flag --help does not take a value", "--help=1");
-    FLAG_ERROR("--proxy.timeout: invalid duration 'abc'", "--proxy.timeout", "abc");
-    FLAG_ERROR("--proxy.timeout: invalid duration '-1s'", "--proxy.timeout=-1s");
-    FLAG_ERROR("--proxy.max-body-size: invalid size '1.5MiB'", "--proxy.max-body-size=1.5MiB");
-    FLAG_ERROR("--proxy.max-body-size: invalid size '-1'", "--proxy.max-body-size", "-1");
-    FLAG_ERROR("--proxy.workers: invalid integer '9223372036854775808'",
+    FLAG_ERROR("proxy.timeout: the flag needs a value", "--proxy.timeout");
+    FLAG_ERROR("proxy.timeout: the flag needs a value", "--proxy.timeout", "--log.debug");
+    FLAG_ERROR("config.path: the flag needs a value", "--config.path");
+    FLAG_ERROR("--help: takes no value", "--help=1");
+    FLAG_ERROR("proxy.timeout: invalid duration 'abc'", "--proxy.timeout", "abc");
+    FLAG_ERROR("proxy.timeout: invalid duration '-1s'", "--proxy.timeout=-1s");
+    FLAG_ERROR("proxy.max-body-size: invalid size '1.5MiB'", "--proxy.max-body-size=1.5MiB");
+    FLAG_ERROR("proxy.max-body-size: invalid size '-1'", "--proxy.max-body-size", "-1");
+    FLAG_ERROR("proxy.workers: invalid integer '9223372036854775808'",
                "--proxy.workers=9223372036854775808");
-    FLAG_ERROR("--proxy.workers: invalid integer 'four'", "--proxy.workers", "four");
+    FLAG_ERROR("proxy.workers: invalid integer 'four'", "--proxy.workers", "four");
     /* The command line is checked before the file is read. */
-    FLAG_ERROR("unknown flag --nope (see --help)", "--config.path", "/nonexistent/piko.yaml",
+    FLAG_ERROR("--nope: unknown flag (see --help)", "--config.path", "/nonexistent/piko.yaml",
                "--nope");
 }
 
@@ -572,29 +572,29 @@ static void test_yaml_errors(void)
     char path[64], want[256];
 
     expect_yaml_error("proxy:\n  timeout: 1s\n\n\n\n\n  bind_adr: x\n",
-                      "7: unknown key proxy.bind_adr");
+                      "7: proxy.bind_adr: unknown key");
     expect_yaml_error("\n\nproxy:\n  timeout: abc\n", "4: proxy.timeout: invalid duration 'abc'");
     expect_yaml_error("proxy:\n  max_body_size: 1.5MiB\n",
-                      "2: proxy.max_body_size: invalid size '1.5MiB'");
+                      "2: proxy.max-body-size: invalid size '1.5MiB'");
     expect_yaml_error("proxy:\n  workers: many\n", "2: proxy.workers: invalid integer 'many'");
     expect_yaml_error("log:\n  debug: maybe\n", "2: log.debug: invalid boolean 'maybe'");
     expect_yaml_error("proxy:\n  timeout: -5s\n", "2: proxy.timeout: invalid duration '-5s'");
     expect_yaml_error("tls: {}\n\n\n\nproxy: 5\n", "5: proxy: expected a mapping");
     expect_yaml_error("proxy:\n  timeout:\n    - 1s\n", "3: proxy.timeout: expected a duration");
-    expect_yaml_error("node_name: {a: b}\n", "1: node_name: expected a string");
+    expect_yaml_error("node_name: {a: b}\n", "1: node-name: expected a string");
     expect_yaml_error("tags: {a: b}\n", "1: tags: expected a list or a scalar");
     expect_yaml_error("tags:\n  - a\n  - [b]\n", "3: tags: expected a list of scalars");
-    expect_yaml_error("bogus: 1\n", "1: unknown key bogus");
-    expect_yaml_error("proxy:\n  bind_addr:\n    x: 1\n", "3: proxy.bind_addr: expected a string");
+    expect_yaml_error("bogus: 1\n", "1: bogus: unknown key");
+    expect_yaml_error("proxy:\n  bind_addr:\n    x: 1\n", "3: proxy.bind-addr: expected a string");
     expect_yaml_error("cluster: {gossip: {bind_addr: a, port: 1}}\n",
-                      "1: unknown key cluster.gossip.port");
+                      "1: cluster.gossip.port: unknown key");
     expect_yaml_error("just a string\n", "1: expected a mapping at the top level");
     expect_yaml_error("- a\n- b\n", "1: expected a mapping at the top level");
-    expect_yaml_error("proxy:\n  timeout: 1s\n  timeout: 2s\n", "3: duplicate key proxy.timeout");
+    expect_yaml_error("proxy:\n  timeout: 1s\n  timeout: 2s\n", "3: proxy.timeout: duplicate key");
     expect_yaml_error("proxy:\n  bind-addr: a\n  bind_addr: b\n",
-                      "3: duplicate key proxy.bind_addr");
+                      "3: proxy.bind_addr: duplicate key");
     expect_yaml_error("proxy: {timeout: 1s}\nproxy.timeout: 2s\n",
-                      "2: duplicate key proxy.timeout");
+                      "2: proxy.timeout: duplicate key");
     expect_yaml_error("? [a]\n: 1\n", "1: top level: keys must be scalars");
     expect_yaml_error("node_name: a\n---\nnode_name: b\n",
                       "2: multiple YAML documents are not supported");
@@ -607,15 +607,16 @@ static void test_yaml_errors(void)
 
     /* Missing file: exact message and error code. */
     CU_ASSERT_EQUAL(LOAD(&c, "--config.path", "/nonexistent/piko.yaml"), PK_ERR_NOTFOUND);
-    CU_ASSERT_STRING_EQUAL(err, "cannot read config file '/nonexistent/piko.yaml': No such file or "
-                                "directory");
+    CU_ASSERT_STRING_EQUAL(err,
+                           "config.path: cannot read '/nonexistent/piko.yaml': No such file or "
+                           "directory");
     CU_ASSERT_EQUAL(LOAD(&c, "--config.path=/tmp"), PK_ERR_IO);
-    CU_ASSERT_STRING_EQUAL(err, "cannot read config file '/tmp': Is a directory");
+    CU_ASSERT_STRING_EQUAL(err, "config.path: cannot read '/tmp': Is a directory");
 
     /* An error in the file after a successful load leaves cfg empty. */
     CU_ASSERT_EQUAL_FATAL(LOAD(&c, "--node-name=x"), 0);
     CU_ASSERT_NOT_EQUAL(load_yaml(&c, "nope: 1\n", path, sizeof(path), NULL), 0);
-    snprintf(want, sizeof(want), "%s:1: unknown key nope", path);
+    snprintf(want, sizeof(want), "%s:1: nope: unknown key", path);
     CU_ASSERT_STRING_EQUAL(err, want);
     CU_ASSERT_PTR_NULL(c.node);
     CU_ASSERT_PTR_NULL(c.bind);
@@ -661,9 +662,9 @@ static void test_env_expansion(void)
     expect_yaml_error("tags:\n  - ok\n  - ${PIKO_TEST_UNSET}\n",
                       "3: tags: environment variable PIKO_TEST_UNSET is not set");
     expect_yaml_error("node_name: a${PIKO_TEST_ADDR\n",
-                      "1: node_name: unterminated ${ in 'a${PIKO_TEST_ADDR'");
-    expect_yaml_error("node_name: ${}\n", "1: node_name: invalid environment variable name ''");
-    expect_yaml_error("node_name: ${1X}\n", "1: node_name: invalid environment variable name '1X'");
+                      "1: node-name: unterminated ${ in 'a${PIKO_TEST_ADDR'");
+    expect_yaml_error("node_name: ${}\n", "1: node-name: invalid environment variable name ''");
+    expect_yaml_error("node_name: ${1X}\n", "1: node-name: invalid environment variable name '1X'");
     unsetenv("PIKO_TEST_ADDR");
     unsetenv("PIKO_TEST_EMPTY");
     unsetenv("PIKO_TEST_BAD");
@@ -695,6 +696,8 @@ static void test_help_text(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "Tags (repeatable) (default default)\n"));
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "\n  --config.path FILE                  "));
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "\n  -h, --help                          "));
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(text, "\n  --version                           Show the version"));
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "--proxy.bind-addr is\n  proxy: {bind_addr: ...}\n"));
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "${VAR:default}"));
     /* Every option line ends in a newline and none is empty of help. */
@@ -756,6 +759,16 @@ static void test_help_flag(void)
                     PK_ERR_INVALID);
     CU_ASSERT_STRING_EQUAL(out, "");
     free(out);
+    /* --version prints "PROG VERSION", whatever else the command line holds. */
+    CU_ASSERT_EQUAL(
+        load_capturing_stdout(
+            (const char *const[]){"--proxy.timeout", "5s", "--bogus", "--version", NULL}, &out),
+        PK_CONFIG_HELP);
+    CU_ASSERT_STRING_EQUAL(out, "piko-test " PIKO_VERSION "\n");
+    free(out);
+    CU_ASSERT_EQUAL(load_capturing_stdout((const char *const[]){"--", "--version", NULL}, &out),
+                    PK_ERR_INVALID);
+    free(out);
 }
 
 static void test_reload_and_free(void)
@@ -809,10 +822,78 @@ static void test_bad_default(void)
 
     CU_ASSERT_EQUAL(pk_config_load(opts, 2, &b, 1, argv, "prog", NULL, err, sizeof(err)),
                     PK_ERR_INVALID);
-    CU_ASSERT_STRING_EQUAL(err, "option t: invalid duration default 'forever'");
+    CU_ASSERT_STRING_EQUAL(err, "t: invalid duration default 'forever'");
     CU_ASSERT_PTR_NULL(b.s);
     /* err may be NULL. */
     CU_ASSERT_EQUAL(pk_config_load(opts, 2, &b, 1, argv, "prog", NULL, NULL, 0), PK_ERR_INVALID);
+}
+
+/* pk_config_locate: a message about an option the file set gains the file and line; one
+ * about an option a flag or the default set is left alone. */
+static void locate(const char *path, const char *const *args, char *msg, size_t len)
+{
+    char *argv[16];
+    int argc = 0;
+
+    argv[argc++] = "piko-test";
+    if (path) {
+        argv[argc++] = "--config.path";
+        argv[argc++] = (char *)path;
+    }
+    for (; args && *args; args++)
+        argv[argc++] = (char *)*args;
+    argv[argc] = NULL;
+    pk_config_locate(topts, NOPTS, argc, argv, msg, len);
+}
+
+static void test_locate(void)
+{
+    char path[64], msg[256], want[320];
+    const char *none[] = {NULL};
+    const char *flag[] = {"--proxy.workers=9", NULL};
+    const char *list[] = {"--tags", "x", NULL};
+
+    write_tmp(path, sizeof(path),
+              "proxy:\n  bind_addr: nope\n\n  workers: 99\ntags:\n  - a\n  - b\n");
+    snprintf(msg, sizeof(msg), "proxy.workers: must be at most 64");
+    locate(path, none, msg, sizeof(msg));
+    snprintf(want, sizeof(want), "%s:4: proxy.workers: must be at most 64", path);
+    CU_ASSERT_STRING_EQUAL(msg, want);
+
+    /* The option's name followed by a space also counts; the longest name wins. */
+    snprintf(msg, sizeof(msg), "proxy.bind-addr and proxy.workers: pick one");
+    locate(path, none, msg, sizeof(msg));
+    snprintf(want, sizeof(want), "%s:2: proxy.bind-addr and proxy.workers: pick one", path);
+    CU_ASSERT_STRING_EQUAL(msg, want);
+
+    /* A list: the line where its items begin. */
+    snprintf(msg, sizeof(msg), "tags: 'b' is not a tag");
+    locate(path, none, msg, sizeof(msg));
+    snprintf(want, sizeof(want), "%s:6: tags: 'b' is not a tag", path);
+    CU_ASSERT_STRING_EQUAL(msg, want);
+
+    /* A flag overrides the file: the flag is at fault. */
+    snprintf(msg, sizeof(msg), "proxy.workers: must be at most 64");
+    locate(path, flag, msg, sizeof(msg));
+    CU_ASSERT_STRING_EQUAL(msg, "proxy.workers: must be at most 64");
+    snprintf(msg, sizeof(msg), "tags: 'x' is not a tag");
+    locate(path, list, msg, sizeof(msg));
+    CU_ASSERT_STRING_EQUAL(msg, "tags: 'x' is not a tag");
+
+    /* Not set by the file (a default), not an option, no file at all. */
+    snprintf(msg, sizeof(msg), "proxy.timeout: too short");
+    locate(path, none, msg, sizeof(msg));
+    CU_ASSERT_STRING_EQUAL(msg, "proxy.timeout: too short");
+    snprintf(msg, sizeof(msg), "proxy.workersx: no such option");
+    locate(path, none, msg, sizeof(msg));
+    CU_ASSERT_STRING_EQUAL(msg, "proxy.workersx: no such option");
+    snprintf(msg, sizeof(msg), "proxy.workers: must be at most 64");
+    locate(NULL, none, msg, sizeof(msg));
+    CU_ASSERT_STRING_EQUAL(msg, "proxy.workers: must be at most 64");
+    unlink(path);
+    /* The file is gone: nothing to point at. */
+    locate(path, none, msg, sizeof(msg));
+    CU_ASSERT_STRING_EQUAL(msg, "proxy.workers: must be at most 64");
 }
 
 void pk_test_register_config(void)
@@ -836,4 +917,5 @@ void pk_test_register_config(void)
     CU_add_test(s, "help_flag", test_help_flag);
     CU_add_test(s, "reload_and_free", test_reload_and_free);
     CU_add_test(s, "bad_default", test_bad_default);
+    CU_add_test(s, "locate", test_locate);
 }

@@ -1161,6 +1161,36 @@ static void test_addr_str(void)
     CU_ASSERT_STRING_EQUAL(pk_addr_str(NULL, buf, sizeof(buf)), "?");
 }
 
+/* The syntax pk_resolver_new accepts, checked before any resolver exists. */
+static void test_servers_check(void)
+{
+    char err[256];
+    const char *good[] = {NULL,
+                          "",
+                          "127.0.0.1",
+                          "127.0.0.1:5353",
+                          "::1",
+                          "[::1]",
+                          "[::1]:53",
+                          "10.0.0.1,10.0.0.2:53",
+                          "fe80::1,[2001:db8::1]:5353"};
+    for (size_t i = 0; i < PK_ARRAY_LEN(good); i++)
+        CU_ASSERT_EQUAL(pk_dns_servers_check("dns.servers", good[i], err, sizeof(err)), 0);
+    const char *bad[] = {"bogus",           "ns1.example.com", "127.0.0.1:", "127.0.0.1:0",
+                         "127.0.0.1:65536", "1.2.3.4:53x",     "[::1",       "[::1]x",
+                         "[127.0.0.1]",     "1.2.3.4,",        ",1.2.3.4",   "1.2.3.4,,5.6.7.8"};
+    for (size_t i = 0; i < PK_ARRAY_LEN(bad); i++) {
+        CU_ASSERT_EQUAL(pk_dns_servers_check("dns.servers", bad[i], err, sizeof(err)),
+                        PK_ERR_INVALID);
+        CU_ASSERT_NSTRING_EQUAL(err, "dns.servers: '", 14);
+    }
+    pk_dns_servers_check("dns.servers", "bogus", err, sizeof(err));
+    CU_ASSERT_STRING_EQUAL(err, "dns.servers: 'bogus' is not an IP address with an optional port");
+    pk_dns_servers_check("dns.servers", "1.2.3.4,x:53", err, sizeof(err));
+    CU_ASSERT_STRING_EQUAL(
+        err, "dns.servers: 'x:53' is not an IP address with an optional port (in '1.2.3.4,x:53')");
+}
+
 static int suite_clean(void)
 {
     dnsmasq_stop();
@@ -1191,4 +1221,5 @@ void pk_test_register_dns(void)
     CU_add_test(s, "bad_arguments", test_bad_arguments);
     CU_add_test(s, "split_hostport", test_split_hostport);
     CU_add_test(s, "addr_str", test_addr_str);
+    CU_add_test(s, "servers_check", test_servers_check);
 }

@@ -613,6 +613,14 @@ static void test_big_request_body(void)
     CU_ASSERT_EQUAL(c->body.total_out, BIG_BODY);
     CU_ASSERT_EQUAL(c->close_code, 0);
     ASSERT_STR(c->got_text, "stored");
+    /* DATA payload counted on both ends, each way. */
+    uint64_t cin, cout, sin, sout;
+    pk_h2conn_data_bytes(t->cli.c, &cin, &cout);
+    pk_h2conn_data_bytes(t->srv.c, &sin, &sout);
+    CU_ASSERT_EQUAL(cout, BIG_BODY);
+    CU_ASSERT_EQUAL(sin, BIG_BODY);
+    CU_ASSERT_EQUAL(sout, strlen("stored"));
+    CU_ASSERT_EQUAL(cin, strlen("stored"));
     h2t_free(t);
 }
 

@@ -1,5 +1,6 @@
 /* Tests for lib/httpc: real transfers on a real event loop, against an evhttp
- * server on 127.0.0.1 and a random port that runs on the same event_base.
+ * server on 127.0.0.1 and a random port that runs on the same event_base; and the
+ * blocking pk_httpc_fetch against a canned one-connection server on a thread.
  *
  * Server paths: /echo (200, body "x-echo=<X-Echo header> uri=<uri>"), /missing (404),
  * /redirect (302 to /echo), /slow?ms=N (200 after N ms, from an evtimer), /big?n=N (N
@@ -15,6 +16,7 @@
 #include <event2/http_struct.h>
 #include <event2/keyvalq_struct.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -674,6 +676,143 @@ static void test_free_in_flight(void)
     fx_free(&fx);
 }
 
+/* ---- pk_httpc_fetch: one blocking GET, against a canned server on a thread ---- */
+
+struct canned {
+    int lfd;
+    uint16_t port;
+    const char *response; /* written after the request head; NULL: never answers */
+    char request[2048];   /* the head received */
+    pthread_t thread;
+};
+
+static void *canned_serve(void *arg)
+{
+    struct canned *c = arg;
+    int fd = accept(c->lfd, NULL, NULL);
+    if (fd < 0)
+        return NULL;
+    size_t len = 0;
+    while (len < sizeof(c->request) - 1 && !strstr(c->request, "\r\n\r\n")) {
+        ssize_t n = recv(fd, c->request + len, sizeof(c->request) - 1 - len, 0);
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        c->request[len] = '\0';
+    }
+    if (c->response) {
+        CU_ASSERT(send(fd, c->response, strlen(c->response), MSG_NOSIGNAL) ==
+                  (ssize_t)strlen(c->response));
+    } else {
+        char b[64];
+        while (recv(fd, b, sizeof(b), 0) > 0) /* until the client gives up */
+            ;
+    }
+    close(fd);
+    return NULL;
+}
+
+static void canned_start(struct canned *c, const char *response)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    socklen_t sl = sizeof(sa);
+    memset(c, 0, sizeof(*c));
+    c->response = response;
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    c->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    CU_ASSERT_FATAL(c->lfd >= 0);
+    CU_ASSERT_FATAL(bind(c->lfd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+    CU_ASSERT_FATAL(listen(c->lfd, 4) == 0);
+    CU_ASSERT_FATAL(getsockname(c->lfd, (struct sockaddr *)&sa, &sl) == 0);
+    c->port = ntohs(sa.sin_port);
+    CU_ASSERT_FATAL(pthread_create(&c->thread, NULL, canned_serve, c) == 0);
+}
+
+static void canned_stop(struct canned *c)
+{
+    pthread_join(c->thread, NULL);
+    close(c->lfd);
+}
+
+static void test_fetch(void)
+{
+    struct canned c;
+    struct pk_httpc_result res;
+    char url[64];
+    const char *hdrs[] = {"Authorization: Bearer tok", NULL};
+    struct pk_httpc_fetch_opts o = {.headers = hdrs, .timeout_ms = 5000};
+
+    canned_start(&c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n"
+                     "Connection: close\r\n\r\n[1,2,3]");
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u/status/x?forward=n2", c.port);
+    CU_ASSERT_EQUAL(pk_httpc_fetch(url, &o, &res), 0);
+    canned_stop(&c);
+    CU_ASSERT_EQUAL(res.status, 200);
+    CU_ASSERT_EQUAL(res.len, 7);
+    CU_ASSERT_STRING_EQUAL(res.body, "[1,2,3]");
+    CU_ASSERT_STRING_EQUAL(res.content_type, "application/json");
+    CU_ASSERT_STRING_EQUAL(res.err, "");
+    CU_ASSERT(strncmp(c.request, "GET /status/x?forward=n2 HTTP/1.1\r\n", 35) == 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(c.request, "\r\nAuthorization: Bearer tok\r\n"));
+    pk_httpc_result_free(&res);
+    pk_httpc_result_free(&res); /* twice is harmless */
+
+    /* Any status is an answer; an empty body is "". */
+    canned_start(&c, "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u/", c.port);
+    CU_ASSERT_EQUAL(pk_httpc_fetch(url, NULL, &res), 0);
+    canned_stop(&c);
+    CU_ASSERT_EQUAL(res.status, 401);
+    CU_ASSERT_STRING_EQUAL(res.body, "");
+    CU_ASSERT_PTR_NULL(res.content_type);
+    pk_httpc_result_free(&res);
+}
+
+static void test_fetch_failures(void)
+{
+    struct canned c;
+    struct pk_httpc_result res;
+    char url[64];
+
+    /* Refused: the port of a closed listener. */
+    canned_start(&c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u/", c.port);
+    CU_ASSERT_EQUAL(pk_httpc_fetch(url, NULL, &res), 0);
+    canned_stop(&c);
+    pk_httpc_result_free(&res);
+    CU_ASSERT_EQUAL(pk_httpc_fetch(url, NULL, &res), PK_ERR_IO);
+    CU_ASSERT_EQUAL(res.status, 0);
+    CU_ASSERT_PTR_NULL(res.body);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res.err, "onnect"));
+
+    /* No answer within the timeout. */
+    struct pk_httpc_fetch_opts o = {.timeout_ms = 200};
+    canned_start(&c, NULL);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u/", c.port);
+    uint64_t t0 = pk_now_ms();
+    CU_ASSERT_EQUAL(pk_httpc_fetch(url, &o, &res), PK_ERR_IO);
+    CU_ASSERT(pk_now_ms() - t0 < 5000);
+    canned_stop(&c);
+    CU_ASSERT_PTR_NOT_NULL(strstr(res.err, "imed out"));
+
+    /* A body over the bound, announced or not. */
+    o = (struct pk_httpc_fetch_opts){.timeout_ms = 5000, .max_body = 4};
+    canned_start(&c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u/", c.port);
+    CU_ASSERT_EQUAL(pk_httpc_fetch(url, &o, &res), PK_ERR_IO);
+    canned_stop(&c);
+    CU_ASSERT_STRING_EQUAL(res.err, "response body over 4 bytes");
+    canned_start(&c, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello");
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u/", c.port);
+    CU_ASSERT_EQUAL(pk_httpc_fetch(url, &o, &res), PK_ERR_IO);
+    canned_stop(&c);
+    CU_ASSERT_STRING_EQUAL(res.err, "response body over 4 bytes");
+
+    /* Only http and https. */
+    CU_ASSERT_EQUAL(pk_httpc_fetch("ftp://127.0.0.1/", NULL, &res), PK_ERR_IO);
+    CU_ASSERT(res.err[0] != '\0');
+}
+
 void pk_test_register_httpc(void)
 {
     CU_pSuite s = CU_add_suite("httpc", NULL, NULL);
@@ -690,4 +829,6 @@ void pk_test_register_httpc(void)
     CU_add_test(s, "cancel_other_from_callback", test_cancel_other_from_callback);
     CU_add_test(s, "free_from_callback", test_free_from_callback);
     CU_add_test(s, "free_in_flight", test_free_in_flight);
+    CU_add_test(s, "fetch", test_fetch);
+    CU_add_test(s, "fetch_failures", test_fetch_failures);
 }

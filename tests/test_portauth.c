@@ -306,6 +306,33 @@ static void test_error_message(void)
                            "status 503 Service Unavailable");
 }
 
+/* The admin port's ?forward= (statusfwd.c): the node to ask and the rest of the query. */
+static void test_forward_split(void)
+{
+    char node[16], *rest;
+    CU_ASSERT_EQUAL(pk_status_forward_split(NULL, node, sizeof(node), &rest), 0);
+    CU_ASSERT_PTR_NULL(rest);
+    CU_ASSERT_EQUAL(pk_status_forward_split("a=1&b", node, sizeof(node), &rest), 0);
+    CU_ASSERT_PTR_NULL(rest);
+    CU_ASSERT_EQUAL(pk_status_forward_split("forward=n2", node, sizeof(node), &rest), 1);
+    CU_ASSERT_STRING_EQUAL(node, "n2");
+    CU_ASSERT_PTR_NULL(rest);
+    CU_ASSERT_EQUAL(
+        pk_status_forward_split("a=1&forward=n-3&&b=2&forward=x", node, sizeof(node), &rest), 1);
+    CU_ASSERT_STRING_EQUAL(node, "n-3");
+    CU_ASSERT_STRING_EQUAL(rest, "a=1&b=2&forward=x"); /* the first one counts */
+    free(rest);
+    CU_ASSERT_EQUAL(pk_status_forward_split("forwarded=1&forward", node, sizeof(node), &rest), 0);
+    CU_ASSERT_PTR_NULL(rest);
+    CU_ASSERT_EQUAL(pk_status_forward_split("forward=&a", node, sizeof(node), &rest),
+                    PK_ERR_INVALID);
+    CU_ASSERT_STRING_EQUAL(rest, "a");
+    free(rest);
+    CU_ASSERT_EQUAL(pk_status_forward_split("forward=0123456789abcdef", node, sizeof(node), &rest),
+                    PK_ERR_INVALID);
+    CU_ASSERT_PTR_NULL(rest);
+}
+
 void pk_test_register_portauth(void)
 {
     CU_pSuite s = CU_add_suite("portauth", suite_init, suite_clean);
@@ -316,4 +343,5 @@ void pk_test_register_portauth(void)
     CU_add_test(s, "token_config_check", test_token_config_check);
     CU_add_test(s, "token_get", test_token_get);
     CU_add_test(s, "error_message", test_error_message);
+    CU_add_test(s, "forward_split", test_forward_split);
 }

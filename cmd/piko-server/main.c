@@ -1,6 +1,8 @@
-/* piko-server: parse the configuration, build the node, run the loop, tear down. */
+/* piko-server: parse the configuration, build the node, run the loop, tear down; or, as
+ * "piko-server status ...", ask a running node's admin port (lib/cli). */
 #include "base/base.h"
 #include "base/log.h"
+#include "cli/cli.h"
 #include "config/config.h"
 #include "dns/dns.h"
 #include "httpc/httpc.h"
@@ -31,16 +33,24 @@ int main(int argc, char **argv)
 {
     struct pk_server_config cfg;
     char err[1024];
+    if (argc > 1 && strcmp(argv[1], "status") == 0)
+        return pk_cli_status_main(argc - 1, argv + 1, stdout, stderr);
     memset(&cfg, 0, sizeof(cfg));
     int rv = pk_config_load(pk_server_opts, pk_server_nopts, &cfg, argc, argv, "piko-server",
-                            "Piko server: routes downstream requests to sidecars' tunnels.", err,
-                            sizeof(err));
+                            "Piko server: routes downstream requests to sidecars' tunnels.\n"
+                            "'piko-server status --help' shows the status command (a running "
+                            "node's endpoints, nodes, tunnels and requests).",
+                            err, sizeof(err));
     if (rv == PK_CONFIG_HELP)
         return 0;
-    if (rv == 0 && pk_server_config_check(&cfg, err, sizeof(err)) != 0)
+    if (rv == 0 && pk_server_config_check(&cfg, err, sizeof(err)) != 0) {
+        pk_config_locate(pk_server_opts, pk_server_nopts, argc, argv, err, sizeof(err));
         rv = PK_ERR_INVALID;
+    }
+    /* The log is not configured yet: one plain line naming the key (after the file and
+     * line when the value came from the file), exit status 2. */
     if (rv != 0) {
-        fprintf(stderr, "piko-server: config error: %s\n", err);
+        fprintf(stderr, "piko-server: config: %s\n", err);
         pk_config_free(pk_server_opts, pk_server_nopts, &cfg);
         return 2;
     }
@@ -60,7 +70,8 @@ int main(int argc, char **argv)
     struct event_base *base = event_base_new();
     struct pk_server *srv = pk_server_new(base, &cfg, err, sizeof(err));
     if (!srv) {
-        fprintf(stderr, "piko-server: %s\n", err);
+        pk_config_locate(pk_server_opts, pk_server_nopts, argc, argv, err, sizeof(err));
+        PK_ERROR("server", "cannot start: %s", err);
         event_base_free(base);
         pk_httpc_global_cleanup();
         pk_dns_global_cleanup();

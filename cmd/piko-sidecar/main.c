@@ -36,10 +36,14 @@ int main(int argc, char **argv)
                             err, sizeof(err));
     if (rv == PK_CONFIG_HELP)
         return 0;
-    if (rv == 0 && pk_sidecar_config_check(&cfg, err, sizeof(err)) != 0)
+    if (rv == 0 && pk_sidecar_config_check(&cfg, err, sizeof(err)) != 0) {
+        pk_config_locate(pk_sidecar_opts, pk_sidecar_nopts, argc, argv, err, sizeof(err));
         rv = PK_ERR_INVALID;
+    }
+    /* The log is not configured yet: one plain line naming the key (after the file and
+     * line when the value came from the file), exit status 2. */
     if (rv != 0) {
-        fprintf(stderr, "piko-sidecar: config error: %s\n", err);
+        fprintf(stderr, "piko-sidecar: config: %s\n", err);
         pk_config_free(pk_sidecar_opts, pk_sidecar_nopts, &cfg);
         return 2;
     }
@@ -58,7 +62,8 @@ int main(int argc, char **argv)
     struct event_base *base = event_base_new();
     struct pk_sidecar *sc = pk_sidecar_new(base, &cfg, err, sizeof(err));
     if (!sc) {
-        fprintf(stderr, "piko-sidecar: %s\n", err);
+        pk_config_locate(pk_sidecar_opts, pk_sidecar_nopts, argc, argv, err, sizeof(err));
+        PK_ERROR("sidecar", "cannot start: %s", err);
         event_base_free(base);
         pk_dns_global_cleanup();
         pk_config_free(pk_sidecar_opts, pk_sidecar_nopts, &cfg);
@@ -70,6 +75,7 @@ int main(int argc, char **argv)
     event_add(sigint, NULL);
     struct event *sighup = evsignal_new(base, SIGHUP, on_hup, sc);
     event_add(sighup, NULL);
+    PK_INFO("sidecar", "piko-sidecar %s started", PIKO_VERSION);
 
     event_base_dispatch(base);
 

@@ -12,7 +12,8 @@
  * subsystem, msg ("request" or "stream"), node (the server's id), kind (http, upgrade,
  * tcp), endpoint, client, method, host, path, status, bytes_in (request body, or client to
  * service on a stream), bytes_out, duration_ms, route (where it went: "tunnel", "peer",
- * "proxy" when the proxy answered itself, "service" on the sidecar), tunnel (the sidecar's
+ * "proxy" when the proxy answered itself; on the sidecar "service" for the streams the
+ * server sent, "server" for --forward connections), tunnel (the sidecar's
  * address), peer (the node it was forwarded to), forwarded_by (the node that forwarded it
  * to us), error (why the proxy answered, or why the exchange failed), and
  * request_headers / response_headers when allowed.
@@ -50,7 +51,7 @@ struct pk_access_rec {
     int status; /* 0: no answer reached the client */
     uint64_t bytes_in, bytes_out;
     uint64_t duration_us;
-    const char *route;        /* "tunnel", "peer", "proxy", "service" */
+    const char *route;        /* "tunnel", "peer", "proxy", "service", "server" */
     const char *tunnel;       /* or NULL */
     const char *peer;         /* or NULL */
     const char *forwarded_by; /* or NULL */

@@ -35,6 +35,7 @@ struct pk_admin {
     struct route *routes;
     struct pk_list conns;   /* struct conn */
     struct pk_list orphans; /* requests whose connection went away, without cancel cb */
+    struct pk_list calls;   /* struct pk_admin_call not yet delivered nor cancelled */
     size_t nconns;          /* connections and TLS handshakes in flight */
     struct pk_linger_list lingers;
     struct pk_admin_stats stats;
@@ -65,17 +66,33 @@ struct conn {
 struct pk_admin_req {
     struct pk_list link; /* in a->orphans once the connection went away */
     struct pk_admin *a;
-    struct conn *c; /* NULL once the connection went away */
+    struct conn *c;             /* NULL once the connection went away */
+    struct pk_admin_call *call; /* an in-process request's caller, until it cancels */
     char *method, *path, *query;
     struct pk_hdrs hdrs, out;
     char peer[72];
     bool keep_alive;
+    bool internal; /* made by pk_admin_call */
     pk_admin_cancel_cb cancel;
     void *cancel_arg;
 };
 
+/* An in-process request (pk_admin_call): the reply is kept and delivered from the loop. */
+struct pk_admin_call {
+    struct pk_list link;      /* in a->calls until delivered, cancelled or pk_admin_del */
+    struct pk_admin_req *req; /* waiting for its reply; NULL once replied */
+    struct event *deliver;    /* made active by the reply */
+    pk_admin_call_cb cb;
+    void *arg;
+    int status;
+    char *ctype, *body;
+    size_t len;
+};
+
 static void conn_close(struct conn *c, bool linger);
 static void conn_process(struct conn *c);
+static void call_replied(struct pk_admin_call *call, int status, const char *ctype,
+                         const char *body, size_t len);
 
 static void arm(struct conn *c, enum conn_wait w, uint64_t ms)
 {
@@ -143,7 +160,12 @@ const char *pk_admin_req_peer(const struct pk_admin_req *req)
 
 bool pk_admin_req_alive(const struct pk_admin_req *req)
 {
-    return req->c != NULL;
+    return req->c != NULL || req->call != NULL;
+}
+
+bool pk_admin_req_internal(const struct pk_admin_req *req)
+{
+    return req->internal;
 }
 
 void pk_admin_req_on_cancel(struct pk_admin_req *req, pk_admin_cancel_cb cb, void *arg)
@@ -183,12 +205,15 @@ static void write_reply(struct conn *c, struct pk_admin_req *req, int status, co
 
 void pk_admin_reply(struct pk_admin_req *req, int status, struct json_object *body)
 {
-    if (req->c) {
+    if (req->c || req->call) {
         const char *s = body ? json_object_to_json_string_ext(
                                    body, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
                              : "";
         char *text = body ? pk_xasprintf("%s\n", s) : pk_xstrdup("");
-        write_reply(req->c, req, status, "application/json", text, strlen(text));
+        if (req->c)
+            write_reply(req->c, req, status, "application/json", text, strlen(text));
+        else
+            call_replied(req->call, status, "application/json", text, strlen(text));
         free(text);
     }
     json_object_put(body);
@@ -200,6 +225,8 @@ void pk_admin_reply_text(struct pk_admin_req *req, int status, const char *conte
 {
     if (req->c)
         write_reply(req->c, req, status, content_type, body, len);
+    else if (req->call)
+        call_replied(req->call, status, content_type, body, len);
     req_free(req);
 }
 
@@ -234,16 +261,22 @@ static const struct route *route_find(const struct pk_admin *a, const char *path
     return best;
 }
 
-static struct pk_admin_req *req_new(struct conn *c, const char *method)
+static struct pk_admin_req *req_alloc(struct pk_admin *a, const char *method, const char *peer)
 {
     struct pk_admin_req *req = pk_xcalloc(1, sizeof(*req));
     pk_list_init(&req->link);
     pk_hdrs_init(&req->hdrs);
     pk_hdrs_init(&req->out);
-    req->a = c->a;
-    req->c = c;
+    req->a = a;
     req->method = pk_xstrdup(method);
-    snprintf(req->peer, sizeof(req->peer), "%s", c->peer);
+    snprintf(req->peer, sizeof(req->peer), "%s", peer);
+    return req;
+}
+
+static struct pk_admin_req *req_new(struct conn *c, const char *method)
+{
+    struct pk_admin_req *req = req_alloc(c->a, method, c->peer);
+    req->c = c;
     c->req = req;
     return req;
 }
@@ -291,6 +324,76 @@ static void dispatch(struct conn *c)
         return;
     }
     r->handler(req, r->arg);
+}
+
+/* ---- in-process requests ------------------------------------------------------------ */
+
+/* The request of call replied: its reply is kept for the deliver event. */
+static void call_replied(struct pk_admin_call *call, int status, const char *ctype,
+                         const char *body, size_t len)
+{
+    call->req = NULL;
+    call->status = status;
+    call->ctype = pk_xstrdup(ctype);
+    call->body = pk_xmalloc(len + 1);
+    memcpy(call->body, body, len);
+    call->body[len] = '\0';
+    call->len = len;
+    event_active(call->deliver, EV_TIMEOUT, 0);
+}
+
+static void call_free(struct pk_admin_call *call)
+{
+    pk_list_remove(&call->link);
+    if (call->deliver)
+        event_free(call->deliver);
+    free(call->ctype);
+    free(call->body);
+    free(call);
+}
+
+static void call_deliver(evutil_socket_t fd, short what, void *arg)
+{
+    struct pk_admin_call *call = arg;
+    PK_UNUSED(fd);
+    PK_UNUSED(what);
+    pk_list_remove(&call->link); /* the callback may cancel other calls, or free a */
+    call->cb(call->status, call->ctype, call->body, call->len, call->arg);
+    call_free(call);
+}
+
+struct pk_admin_call *pk_admin_call(struct pk_admin *a, const char *path, const char *query,
+                                    const char *peer, pk_admin_call_cb cb, void *arg)
+{
+    struct pk_admin_call *call = pk_xcalloc(1, sizeof(*call));
+    pk_list_init(&call->link);
+    call->cb = cb;
+    call->arg = arg;
+    call->deliver = pk_xevent_new(a->base, -1, 0, call_deliver, call);
+    pk_list_insert(&a->calls, &call->link);
+    struct pk_admin_req *req = req_alloc(a, "GET", peer ? peer : "internal");
+    req->path = pk_xstrdup(path);
+    req->query = query ? pk_xstrdup(query) : NULL;
+    req->internal = true;
+    req->call = call;
+    call->req = req;
+    const struct route *r = route_find(a, req->path);
+    if (!r)
+        pk_admin_reply_error(req, 404, "not found");
+    else
+        r->handler(req, r->arg);
+    return call;
+}
+
+void pk_admin_call_cancel(struct pk_admin_call *call)
+{
+    if (!call)
+        return;
+    if (call->req) {
+        call->req->call = NULL;
+        req_detach(call->req); /* as if its connection went away */
+    }
+    call_free(call);
 }
 
 static bool on_head(struct pk_h1parser *p, void *ud)
@@ -491,6 +594,7 @@ struct pk_admin *pk_admin_new(struct event_base *base, const char *addr,
         a->o.idle_timeout_ms = PK_ADMIN_DEFAULT_IDLE_TIMEOUT;
     pk_list_init(&a->conns);
     pk_list_init(&a->orphans);
+    pk_list_init(&a->calls);
     pk_linger_list_init(&a->lingers, NULL, NULL);
     a->l = pk_listener_new(base, "admin", addr, accept_cb, a, err, errlen);
     if (!a->l) {
@@ -507,6 +611,18 @@ void pk_admin_del(struct pk_admin *a)
     pk_listener_del(a->l);
     while (!pk_list_empty(&a->conns))
         conn_close(PK_CONTAINER_OF(a->conns.next, struct conn, link), false);
+    /* Calls still held by their callers never call back; pk_admin_call_cancel frees them. */
+    while (!pk_list_empty(&a->calls)) {
+        struct pk_admin_call *call = PK_CONTAINER_OF(a->calls.next, struct pk_admin_call, link);
+        pk_list_remove(&call->link);
+        if (call->req) {
+            call->req->call = NULL;
+            req_detach(call->req);
+            call->req = NULL;
+        }
+        event_free(call->deliver);
+        call->deliver = NULL;
+    }
     while (!pk_list_empty(&a->orphans))
         req_free(PK_CONTAINER_OF(a->orphans.next, struct pk_admin_req, link));
     pk_linger_list_free(&a->lingers);

@@ -97,6 +97,34 @@ void pk_admin_stats(const struct pk_admin *a, struct pk_admin_stats *out);
 void pk_admin_route(struct pk_admin *a, const char *path, bool prefix, pk_admin_handler handler,
                     void *arg);
 
+/* ---- in-process requests --------------------------------------------------------------- */
+
+/* A GET made by the owner itself rather than by a client of the port: a peer node asking
+ * through the cluster port for what this node's admin port would answer. */
+struct pk_admin_call;
+
+/* The reply of a call: the status, the content type ("application/json" for
+ * pk_admin_reply) and len bytes of body (NUL-terminated), valid only during the callback. */
+typedef void (*pk_admin_call_cb)(int status, const char *content_type, const char *body, size_t len,
+                                 void *arg);
+
+/* Routes "GET path?query" (query without '?', or NULL) through a's routes as a request that
+ * came on no connection: the route's handler runs before this returns, and its reply,
+ * given at once or later, is passed to cb from the loop (never from inside this function
+ * or the handler). pk_admin_req_peer says peer (copied; NULL: "internal"). The request is
+ * internal (pk_admin_req_internal): whoever calls this has authenticated its own caller,
+ * so an auth gate may let it through. Returns the call, valid until cb has returned or
+ * pk_admin_call_cancel. */
+struct pk_admin_call *pk_admin_call(struct pk_admin *a, const char *path, const char *query,
+                                    const char *peer, pk_admin_call_cb cb, void *arg);
+/* cb will not be called; a request still waiting for its reply is dropped as if its
+ * connection went away (its cancel callback runs, if set). Frees call; NULL is a no-op.
+ * Not from inside call's own callback. After pk_admin_del, calls not yet delivered never
+ * call back, and this only frees them. */
+void pk_admin_call_cancel(struct pk_admin_call *call);
+/* True for a request made by pk_admin_call. */
+bool pk_admin_req_internal(const struct pk_admin_req *req);
+
 /* ---- a request ----------------------------------------------------------------------- */
 
 /* "GET" or "HEAD". */
@@ -109,7 +137,8 @@ const char *pk_admin_req_query(const struct pk_admin_req *req);
 const char *pk_admin_req_header(const struct pk_admin_req *req, const char *name);
 /* The client's "ip:port" ("[v6]:port" for IPv6). */
 const char *pk_admin_req_peer(const struct pk_admin_req *req);
-/* False once the connection went away (a reply would be dropped). */
+/* False once the connection went away, or an in-process call was cancelled (a reply
+ * would be dropped). */
 bool pk_admin_req_alive(const struct pk_admin_req *req);
 
 /* Sets the callback run if the request is dropped before its reply; NULL removes it. */
@@ -131,5 +160,13 @@ struct pk_metrics;
 void pk_admin_reply_metrics(struct pk_admin_req *req, const struct pk_metrics *m);
 /* pk_admin_reply of {"error": message}. */
 void pk_admin_reply_error(struct pk_admin_req *req, int status, const char *message);
+
+/* Replies 200 with the server's status page (page.c: lib/admin/status_page.html, built
+ * into the binary): one HTML document with its CSS and script inline that fetches the
+ * /status routes itself, with the admin token the operator types in when they answer 401.
+ * It holds no data, so it may be served without a token. The reply forbids every
+ * resource but its own inline code and same-origin fetches (Content-Security-Policy),
+ * framing and caching. Frees req, as pk_admin_reply. */
+void pk_admin_reply_status_page(struct pk_admin_req *req);
 
 #endif

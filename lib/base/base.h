@@ -43,6 +43,12 @@ char *pk_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Monotonic clock in milliseconds, and in microseconds. */
 uint64_t pk_now_ms(void);
 uint64_t pk_now_us(void);
+/* The wall clock in milliseconds since the Unix epoch (for timestamps shown to people;
+ * durations use the monotonic clock above). */
+int64_t pk_unix_ms(void);
+/* Writes unix_ms as RFC 3339 UTC with milliseconds ("2026-12-07T20:18:23.480Z"); len of
+ * 32 is always enough. Returns buf. */
+char *pk_rfc3339(char *buf, size_t len, int64_t unix_ms);
 /* A random number from the kernel (getrandom): for jitter and random choices, safe from
  * any thread, no seeding. */
 uint64_t pk_random_u64(void);

@@ -315,6 +315,18 @@ void pk_cluster_nodes_json(const struct pk_cluster *c, struct json_object *array
     }
 }
 
+const char *pk_cluster_node_addr(const struct pk_cluster *c, const char *id)
+{
+    if (!c)
+        return NULL;
+    for (struct pk_list *l = c->peers.next; l != &c->peers; l = l->next) {
+        const struct peer *p = PK_CONTAINER_OF(l, struct peer, link);
+        if (listed(c, p) && p->st.node_id && strcmp(p->st.node_id, id) == 0)
+            return p->addr;
+    }
+    return NULL;
+}
+
 struct json_object *pk_cluster_node_json(const struct pk_cluster *c, const char *id)
 {
     if (!c)

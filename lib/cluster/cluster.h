@@ -107,5 +107,8 @@ void pk_cluster_census(const struct pk_cluster *c, struct pk_cluster_census *out
  * one with node id id as a new object (with its endpoint table), or NULL. */
 void pk_cluster_nodes_json(const struct pk_cluster *c, struct json_object *array);
 struct json_object *pk_cluster_node_json(const struct pk_cluster *c, const char *id);
+/* The cluster address ("ip:port") of the listed peer with node id id, or NULL: where to
+ * ask that node for its status (the admin port's ?forward=). Valid until the loop runs. */
+const char *pk_cluster_node_addr(const struct pk_cluster *c, const char *id);
 
 #endif

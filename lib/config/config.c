@@ -334,7 +334,7 @@ static int apply_defaults(const struct pk_opt *opts, size_t nopts, void *cfg, ch
     for (size_t i = 0; i < nopts; i++) {
         config_clear_field(&opts[i], cfg);
         if (opts[i].def && config_assign(&opts[i], cfg, opts[i].def) != 0)
-            return config_fail(err, errlen, PK_ERR_INVALID, "option %s: invalid %s default '%s'",
+            return config_fail(err, errlen, PK_ERR_INVALID, "%s: invalid %s default '%s'",
                                opts[i].name, config_type_word(opts[i].type), opts[i].def);
     }
     return 0;
@@ -381,26 +381,26 @@ static int scan_flags(const struct pk_opt *opts, size_t nopts, int argc, char **
             return 0;
         }
         if (arg[1] != '-')
-            return config_fail(err, errlen, PK_ERR_INVALID, "unknown flag %s (see --help)", arg);
+            return config_fail(err, errlen, PK_ERR_INVALID, "%s: unknown flag (see --help)", arg);
 
         const char *name = arg + 2;
         const char *eq = strchr(name, '=');
         int namelen = (int)(eq ? (size_t)(eq - name) : strlen(name));
         const char *value = eq ? eq + 1 : NULL;
         if (namelen == 4 && memcmp(name, "help", 4) == 0)
-            return config_fail(err, errlen, PK_ERR_INVALID, "flag --help does not take a value");
+            return config_fail(err, errlen, PK_ERR_INVALID, "--help: takes no value");
         bool is_config = (size_t)namelen == strlen(CONFIG_PATH_FLAG) &&
                          memcmp(name, CONFIG_PATH_FLAG, (size_t)namelen) == 0;
         size_t idx = find_flag(opts, nopts, name, (size_t)namelen);
 
         if (!is_config && idx == nopts)
-            return config_fail(err, errlen, PK_ERR_INVALID, "unknown flag --%.*s (see --help)",
+            return config_fail(err, errlen, PK_ERR_INVALID, "--%.*s: unknown flag (see --help)",
                                namelen, name);
         if (!value && !is_config && opts[idx].type == PK_OPT_BOOL) {
             value = "true";
         } else if (!value) {
             if (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0)
-                return config_fail(err, errlen, PK_ERR_INVALID, "flag --%.*s needs a value",
+                return config_fail(err, errlen, PK_ERR_INVALID, "%.*s: the flag needs a value",
                                    namelen, name);
             value = argv[++i];
         }
@@ -409,8 +409,8 @@ static int scan_flags(const struct pk_opt *opts, size_t nopts, int argc, char **
             continue;
         }
         if (check_text(opts[idx].type, value) != 0)
-            return config_fail(err, errlen, PK_ERR_INVALID, "--%.*s: invalid %s '%s'", namelen,
-                               name, config_type_word(opts[idx].type), value);
+            return config_fail(err, errlen, PK_ERR_INVALID, "%.*s: invalid %s '%s'", namelen, name,
+                               config_type_word(opts[idx].type), value);
         toks[*ntoks].opt = idx;
         toks[*ntoks].value = value;
         (*ntoks)++;
@@ -419,6 +419,19 @@ static int scan_flags(const struct pk_opt *opts, size_t nopts, int argc, char **
 }
 
 /* ---- entry point ----------------------------------------------------------------------- */
+
+#ifndef PIKO_VERSION
+#define PIKO_VERSION "dev"
+#endif
+
+/* "--version" before any "--": the version is all that is wanted, whatever else is there. */
+static bool wants_version(int argc, char **argv)
+{
+    for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++)
+        if (strcmp(argv[i], "--version") == 0)
+            return true;
+    return false;
+}
 
 int pk_config_load(const struct pk_opt *opts, size_t nopts, void *cfg, int argc, char **argv,
                    const char *prog, const char *summary, char *err, size_t errlen)
@@ -432,6 +445,12 @@ int pk_config_load(const struct pk_opt *opts, size_t nopts, void *cfg, int argc,
 
     if (err && errlen)
         err[0] = '\0';
+    if (wants_version(argc, argv)) {
+        printf("%s %s\n", prog ? prog : "PROG", PIKO_VERSION);
+        fflush(stdout);
+        rc = PK_CONFIG_HELP;
+        goto out;
+    }
     rc = scan_flags(opts, nopts, argc, argv, toks, &ntoks, &config_path, &help, err, errlen);
     if (rc != 0)
         goto out;
@@ -467,6 +486,53 @@ out:
     if (rc != 0)
         pk_config_free(opts, nopts, cfg);
     return rc;
+}
+
+/* The option whose name begins msg, followed by ':' or ' ' ("proxy.timeout: ..."), or
+ * nopts. */
+static size_t option_named(const struct pk_opt *opts, size_t nopts, const char *msg)
+{
+    size_t idx = nopts, best = 0;
+    for (size_t i = 0; i < nopts; i++) {
+        size_t len = strlen(opts[i].name);
+        if (len > best && strncmp(msg, opts[i].name, len) == 0 &&
+            (msg[len] == ':' || msg[len] == ' ')) {
+            idx = i;
+            best = len;
+        }
+    }
+    return idx;
+}
+
+void pk_config_locate(const struct pk_opt *opts, size_t nopts, int argc, char **argv, char *err,
+                      size_t errlen)
+{
+    if (!err || !errlen)
+        return;
+    size_t idx = option_named(opts, nopts, err);
+    if (idx == nopts)
+        return;
+    struct flag_tok *toks = pk_xcalloc(argc > 0 ? (size_t)argc : 1, sizeof(*toks));
+    const char *config_path = NULL;
+    size_t ntoks = 0, line = 0;
+    bool help = false;
+    char scratch[256];
+    if (scan_flags(opts, nopts, argc, argv, toks, &ntoks, &config_path, &help, scratch,
+                   sizeof(scratch)) != 0 ||
+        help || !config_path)
+        goto out;
+    for (size_t i = 0; i < ntoks; i++) {
+        if (toks[i].opt == idx)
+            goto out; /* a flag set it, over the file */
+    }
+    line = config_file_line(opts, nopts, config_path, idx);
+    if (line) {
+        char *msg = pk_xasprintf("%s:%zu: %s", config_path, line, err);
+        snprintf(err, errlen, "%s", msg);
+        free(msg);
+    }
+out:
+    free(toks);
 }
 
 /* ---- help ------------------------------------------------------------------------------ */
@@ -526,6 +592,7 @@ void pk_config_print_help(const struct pk_opt *opts, size_t nopts, const char *p
     static const char *const extra[][2] = {
         {"--config.path FILE", "Load options from this YAML file; flags override it"},
         {"-h, --help", "Show this help and exit"},
+        {"--version", "Show the version and exit"},
     };
     char **cols = pk_xcalloc(nopts, sizeof(*cols));
     int width = 0;

@@ -43,7 +43,8 @@ struct pk_opt {
     const char *metavar; /* e.g. "NAME=ADDR" for --help; NULL derives one from the type */
 };
 
-/* pk_config_load() returns this after printing help to stdout. */
+/* pk_config_load() returns this after printing help (-h, --help) or "PROG VERSION"
+ * (--version, PIKO_VERSION from the build) to stdout. */
 #define PK_CONFIG_HELP 1
 
 /* Fills cfg from the table's defaults, then the YAML file named by --config.path (if
@@ -53,7 +54,8 @@ struct pk_opt {
  * takes the next argument. A separate value may not start with "--" (it would almost always
  * be a forgotten value); use --name=VALUE for such a value. A STRING_LIST flag may repeat:
  * its first occurrence replaces the list from the defaults and file, later ones append.
- * "--" ends the flags; positional arguments are errors. "-h" / "--help" print help.
+ * "--" ends the flags; positional arguments are errors. "-h" / "--help" print help;
+ * "--version" anywhere before "--" prints the version, whatever else the line holds.
  *
  * File: a YAML mapping, nested by the dots of option names. Every scalar value first has
  * ${VAR} and ${VAR:default} replaced from the environment (the default applies when VAR is
@@ -70,18 +72,30 @@ struct pk_opt {
  * help to stdout; or PK_ERR_INVALID (bad flag, value, key or default), PK_ERR_NOTFOUND
  * (config file missing), PK_ERR_IO (config file unreadable), PK_ERR_TOO_LARGE (config file
  * above 16 MiB). On any non-zero return the owned fields of cfg are already freed and
- * zeroed. err (may be NULL) receives a one-line message without trailing newline, such as
- * "piko.yaml:3: proxy.timeout: invalid duration 'abc'", and is "" on success. prog and
- * summary are only used for help. */
+ * zeroed. err (may be NULL) receives a one-line message without trailing newline, and is ""
+ * on success. A message begins with what it is about: the option's name ("proxy.timeout:
+ * invalid duration 'abc'"), after the file and line when the file is at fault
+ * ("piko.yaml:3: proxy.timeout: invalid duration 'abc'"), an unknown flag as given
+ * ("--proxy.bogus: unknown flag (see --help)") or config.path for an unreadable file.
+ * prog and summary are only used for help. */
 int pk_config_load(const struct pk_opt *opts, size_t nopts, void *cfg, int argc, char **argv,
                    const char *prog, const char *summary, char *err, size_t errlen);
+
+/* For a message about an option that pk_config_load() accepted but a later check refused:
+ * err begins with the option's name ("proxy.bind-addr: invalid address ..."). When the YAML
+ * file given in argv set that option and no flag overrode it, err is rewritten to begin with
+ * the file and line, like the file's own errors ("piko.yaml:3: proxy.bind-addr: ...").
+ * Otherwise (no such option, a flag or the default gave the value) err is left alone. The
+ * file is read again: call it only on the way out. */
+void pk_config_locate(const struct pk_opt *opts, size_t nopts, int argc, char **argv, char *err,
+                      size_t errlen);
 
 /* Frees every STRING and STRING_LIST field of cfg and zeroes them. Other fields are left
  * alone. Safe to call twice. */
 void pk_config_free(const struct pk_opt *opts, size_t nopts, void *cfg);
 
 /* Writes the --help text: usage line, summary (may be NULL), one aligned line per option
- * with its default, then --config.path, --help and a note on the file format. */
+ * with its default, then --config.path, --help, --version and a note on the file format. */
 void pk_config_print_help(const struct pk_opt *opts, size_t nopts, const char *prog,
                           const char *summary, FILE *out);
 

@@ -32,4 +32,8 @@ __attribute__((format(printf, 4, 5))) int config_fail(char *err, size_t errlen, 
 int config_load_file(const struct pk_opt *opts, size_t nopts, void *cfg, const char *path,
                      char *err, size_t errlen);
 
+/* The 1-based line at which the YAML file at path sets option idx, or 0 when it does not
+ * (or the file cannot be read or parsed). Nothing is assigned. */
+size_t config_file_line(const struct pk_opt *opts, size_t nopts, const char *path, size_t idx);
+
 #endif

@@ -27,6 +27,10 @@ struct yctx {
     bool *seen; /* per option: already set by the file */
     char *err;
     size_t errlen;
+    /* Locating (config_file_line): cfg is NULL, nothing is assigned, and the line of the
+     * value of option want is kept in line. */
+    size_t want;
+    size_t line;
 };
 
 __attribute__((format(printf, 3, 4))) static int yfail(struct yctx *y, yaml_mark_t mark,
@@ -206,8 +210,13 @@ static int set_option(struct yctx *y, size_t idx, const yaml_node_t *k, const ya
     const struct pk_opt *o = &y->opts[idx];
 
     if (y->seen[idx])
-        return yfail(y, k->start_mark, "duplicate key %s", key);
+        return yfail(y, k->start_mark, "%s: duplicate key", key);
     y->seen[idx] = true;
+    if (!y->cfg) {
+        if (idx == y->want)
+            y->line = (size_t)v->start_mark.line + 1;
+        return 0;
+    }
 
     if (o->type == PK_OPT_STRING_LIST) {
         /* The file's list replaces the default one. */
@@ -255,7 +264,7 @@ static int walk_mapping(struct yctx *y, const yaml_node_t *map, const char *pref
         for (yaml_node_pair_t *q = start; q < p; q++) {
             const yaml_node_t *k2 = yaml_document_get_node(y->doc, q->key);
             if (key_eq(kt, klen, scalar_text(k2), k2->data.scalar.length)) {
-                return yfail(y, k->start_mark, "duplicate key %s%s%s", prefix ? prefix : "",
+                return yfail(y, k->start_mark, "%s%s%s: duplicate key", prefix ? prefix : "",
                              prefix ? "." : "", kt);
             }
         }
@@ -263,14 +272,14 @@ static int walk_mapping(struct yctx *y, const yaml_node_t *map, const char *pref
         char *key = prefix ? pk_xasprintf("%s.%s", prefix, kt) : pk_xstrdup(kt);
         size_t idx = 0;
         enum key_match m = memchr(kt, '\0', klen) ? KEY_NONE : match_key(y, key, &idx);
-        if (m == KEY_OPTION)
-            rc = set_option(y, idx, k, v, key);
+        if (m == KEY_OPTION) /* named as flags and checks name it, whatever the spelling */
+            rc = set_option(y, idx, k, v, y->opts[idx].name);
         else if (m == KEY_SECTION && v->type == YAML_MAPPING_NODE)
             rc = walk_mapping(y, v, key);
         else if (m == KEY_SECTION && !is_null(v))
             rc = yfail(y, v->start_mark, "%s: expected a mapping", key);
         else if (m == KEY_NONE)
-            rc = yfail(y, k->start_mark, "unknown key %s", key);
+            rc = yfail(y, k->start_mark, "%s: unknown key", key);
         free(key);
         if (rc != 0)
             return rc;
@@ -358,7 +367,7 @@ static int read_file(const char *path, char **out, size_t *outlen, char *err, si
         len += (size_t)n;
         if (len > MAX_FILE_SIZE) {
             rc = config_fail(err, errlen, PK_ERR_TOO_LARGE,
-                             "config file '%s' is larger than %u bytes", path, MAX_FILE_SIZE);
+                             "config.path: '%s' is larger than %u bytes", path, MAX_FILE_SIZE);
             goto out;
         }
     }
@@ -369,7 +378,7 @@ static int read_file(const char *path, char **out, size_t *outlen, char *err, si
 
 os_error:
     rc = config_fail(err, errlen, errno == ENOENT ? PK_ERR_NOTFOUND : PK_ERR_IO,
-                     "cannot read config file '%s': %s", path,
+                     "config.path: cannot read '%s': %s", path,
                      strerror_r(errno, ebuf, sizeof(ebuf)));
 out:
     if (fd >= 0)
@@ -400,4 +409,26 @@ int config_load_file(const struct pk_opt *opts, size_t nopts, void *cfg, const c
     free(y.seen);
     free(buf);
     return rc;
+}
+
+size_t config_file_line(const struct pk_opt *opts, size_t nopts, const char *path, size_t idx)
+{
+    char *buf = NULL, err[256];
+    size_t len = 0;
+
+    if (read_file(path, &buf, &len, err, sizeof(err)) != 0)
+        return 0;
+    struct yctx y = {
+        .opts = opts,
+        .nopts = nopts,
+        .file = path,
+        .seen = pk_xcalloc(nopts, sizeof(bool)),
+        .err = err,
+        .errlen = sizeof(err),
+        .want = idx,
+    };
+    int rc = parse_yaml(&y, buf, len);
+    free(y.seen);
+    free(buf);
+    return rc == 0 ? y.line : 0;
 }

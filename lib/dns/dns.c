@@ -447,6 +447,63 @@ struct pk_resolver *pk_resolver_new(struct event_base *base, const char *servers
     return pk_resolver_new_opts(base, &opts, err, errlen);
 }
 
+/* "ip", "ip:port", "[ipv6]" or "[ipv6]:port", or a bare IPv6 address. */
+static bool server_item_ok(const char *s, size_t n)
+{
+    char buf[INET6_ADDRSTRLEN + 16];
+    struct in6_addr a6;
+    struct in_addr a4;
+    char *port = NULL;
+
+    if (n == 0 || n >= sizeof(buf))
+        return false;
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    if (buf[0] == '[') {
+        char *close = strchr(buf, ']');
+        if (!close || (close[1] && close[1] != ':'))
+            return false;
+        *close = '\0';
+        if (close[1] == ':')
+            port = close + 2;
+        if (inet_pton(AF_INET6, buf + 1, &a6) != 1)
+            return false;
+    } else if (inet_pton(AF_INET6, buf, &a6) == 1) {
+        return true;
+    } else {
+        port = strchr(buf, ':');
+        if (port)
+            *port++ = '\0';
+        if (inet_pton(AF_INET, buf, &a4) != 1)
+            return false;
+    }
+    if (!port)
+        return true;
+    size_t digits = strspn(port, "0123456789");
+    if (digits == 0 || digits > 5 || port[digits])
+        return false;
+    long v = strtol(port, NULL, 10);
+    return v >= 1 && v <= 65535;
+}
+
+int pk_dns_servers_check(const char *key, const char *servers, char *err, size_t errlen)
+{
+    if (!servers || !*servers)
+        return 0;
+    for (const char *p = servers;; p++) {
+        size_t n = strcspn(p, ",");
+        if (!server_item_ok(p, n)) {
+            bool one = strchr(servers, ',') == NULL;
+            snprintf(err, errlen, "%s: '%.*s' is not an IP address with an optional port%s%s%s",
+                     key, (int)n, p, one ? "" : " (in '", one ? "" : servers, one ? "" : "')");
+            return PK_ERR_INVALID;
+        }
+        p += n;
+        if (!*p)
+            return 0;
+    }
+}
+
 struct pk_resolver *pk_resolver_new_opts(struct event_base *base,
                                          const struct pk_resolver_opts *opts, char *err,
                                          size_t errlen)

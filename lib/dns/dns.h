@@ -71,6 +71,12 @@ struct pk_resolver_opts {
 int pk_dns_global_init(char *err, size_t errlen);
 void pk_dns_global_cleanup(void);
 
+/* Checks a server list as pk_resolver_opts.servers takes it, for the option named key:
+ * NULL and "" (the system configuration) pass; otherwise every comma-separated item must
+ * be an IP address with an optional port. Returns 0, or PK_ERR_INVALID with a message
+ * naming key in err. */
+int pk_dns_servers_check(const char *key, const char *servers, char *err, size_t errlen);
+
 /* Creates a resolver on base with the system configuration (servers NULL) or with the
  * given servers (see pk_resolver_opts.servers). /etc/hosts is consulted in both cases.
  * Returns NULL on failure with a message in err (errlen bytes, may be 0). */

@@ -350,6 +350,12 @@ size_t pk_h2conn_nstreams(const struct pk_h2conn *c)
     return c->nstreams;
 }
 
+void pk_h2conn_data_bytes(const struct pk_h2conn *c, uint64_t *in, uint64_t *out)
+{
+    *in = c->data_in;
+    *out = c->data_out;
+}
+
 bool pk_h2conn_can_open(const struct pk_h2conn *c)
 {
     if (!pk_h2conn_is_ready(c) || pk_h2conn_is_draining(c))

@@ -98,6 +98,10 @@ bool pk_h2conn_is_ready(const struct pk_h2conn *c);
 bool pk_h2conn_is_draining(const struct pk_h2conn *c);
 /* Streams currently open on this connection. */
 size_t pk_h2conn_nstreams(const struct pk_h2conn *c);
+/* DATA payload bytes received from and sent to the peer since the connection opened:
+ * bodies and raw streams' bytes (HEADERS, frame headers and padding not counted). Sent
+ * counts bytes handed to nghttp2 for the socket. */
+void pk_h2conn_data_bytes(const struct pk_h2conn *c, uint64_t *in, uint64_t *out);
 /* True when a new stream can be opened now (ready, not draining, under the peer's
  * MAX_CONCURRENT_STREAMS). */
 bool pk_h2conn_can_open(const struct pk_h2conn *c);

@@ -66,6 +66,7 @@ struct pk_h2conn {
     const char *why;
     struct pk_h2stream *streams;
     size_t nstreams;
+    uint64_t data_in, data_out; /* DATA payload bytes received / handed to nghttp2 */
 };
 
 /* h2.c */

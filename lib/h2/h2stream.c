@@ -119,6 +119,7 @@ static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
         return NGHTTP2_ERR_DEFERRED;
     }
     size_t n = pk_pipe_read(p, buf, length);
+    s->c->data_out += n;
     if (pk_pipe_done(p)) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
         if (p->has_trailers && p->trailers.n) {
@@ -448,7 +449,7 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
                          size_t len, void *user_data)
 {
     PK_UNUSED(flags);
-    PK_UNUSED(user_data);
+    ((struct pk_h2conn *)user_data)->data_in += len;
     struct pk_h2stream *s = nghttp2_session_get_stream_user_data(ng, id);
     if (!s || !s->sink || s->sink->eof || s->sink->aborted) {
         nghttp2_session_consume(ng, id, len);

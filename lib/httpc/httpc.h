@@ -1,5 +1,6 @@
 /* httpc: asynchronous HTTP/1.1 GET client on libcurl's multi interface, driven by a
- * libevent loop (the cluster's control plane: state, long-poll watch, JWKS).
+ * libevent loop (the cluster's control plane: state, long-poll watch, JWKS); and one
+ * blocking GET for a command without a loop (the status CLI, pk_httpc_fetch).
  *
  * A pk_httpc is one CURLM whose sockets and timer are events on one event_base. It keeps
  * a bounded pool of connections (4 per host, 64 in all) that later requests reuse. Every
@@ -73,5 +74,37 @@ void pk_httpc_cancel(struct pk_httpc_req *r);
 /* Requests started and neither called back (a callback that is running no longer counts)
  * nor cancelled. */
 size_t pk_httpc_inflight(const struct pk_httpc *h);
+
+/* ---- one blocking GET (fetch.c) ------------------------------------------------------ */
+
+struct pk_httpc_fetch_opts {
+    const char *const *headers; /* "Name: value" lines, NULL-terminated; may be NULL */
+    uint64_t timeout_ms;        /* the whole transfer; 0: none */
+    size_t max_body;            /* 0: PK_HTTPC_DEFAULT_MAX_BODY */
+    /* https: the server's certificate is verified, host name included, against root_cas
+     * (a PEM file) or, when NULL, the system's CAs; cert and key (PEM files, key NULL:
+     * in cert) are the client certificate, or NULL. */
+    const char *root_cas, *cert, *key;
+};
+
+struct pk_httpc_result {
+    int status;         /* the HTTP status (any, 4xx and 5xx included) */
+    char *body;         /* NUL-terminated (len excludes the NUL); owned */
+    size_t len;         /* of body */
+    char *content_type; /* the response's, or NULL; owned */
+    char err[256];      /* why the transfer failed ("" when it did not) */
+};
+
+/* GETs url (http:// or https://; redirects are not followed, proxies named in the
+ * environment are ignored) and blocks until the response or a failure. o may be NULL.
+ * Returns 0 with res filled (release it with pk_httpc_result_free), or PK_ERR_IO with
+ * res->err saying why (curl's message: "Failed to connect to localhost port 8002 after 0
+ * ms: Couldn't connect to server", "Operation timed out after ...", "response body over N
+ * bytes") and nothing to free. pk_httpc_global_init must have run. Thread-safe: it uses
+ * nothing but its own easy handle. */
+int pk_httpc_fetch(const char *url, const struct pk_httpc_fetch_opts *o,
+                   struct pk_httpc_result *res);
+/* Frees the body and content type; NULL is a no-op. */
+void pk_httpc_result_free(struct pk_httpc_result *res);
 
 #endif

@@ -1,6 +1,8 @@
 /* The cluster port's requests (PROTOCOL.md 3): the cluster secret check, the routing
- * state calls and their long polls, and the streams peers forward to our tunnels. The
- * listener and the connections are accept.c's; each request is an exchange. */
+ * state calls and their long polls, a peer's status requests (the admin port's ?forward=,
+ * statusfwd.c) and the streams peers forward to our tunnels. The listener and the
+ * connections are accept.c's; each request is an exchange. */
+#include "admin/admin.h"
 #include "base/base.h"
 #include "base/log.h"
 #include "net/tls.h"
@@ -15,6 +17,7 @@
 
 #define CLUSTER_PREFIX "/_piko/v1/cluster/"
 #define STATE_PATH     "/_piko/v1/cluster/state"
+#define STATUS_PREFIX  "/_piko/v1/cluster/status/"
 #define MAX_STATE_WAIT 60000
 
 /* PROTOCOL.md 3: "Bearer <cluster secret>", compared in constant time. Peer streams carry
@@ -120,8 +123,43 @@ void pk_cluster_port_state_changed(struct pk_server *srv)
     }
 }
 
+/* The admin port's answer to a peer's status request: relayed when it is JSON (an HTML
+ * page is not a status a peer asks for). */
+static void status_done(int status, const char *ctype, const char *body, size_t len, void *arg)
+{
+    struct exchange *ex = arg;
+    ex->status_call = NULL;
+    if (strncasecmp(ctype, "application/json", 16) != 0) {
+        pk_exchange_fail(ex, 406, "only JSON status routes are forwarded");
+        return;
+    }
+    pk_exchange_reply(ex, status, body, len, NULL, NULL);
+}
+
+/* GET /_piko/v1/cluster/status/{rest}[?query]: what our admin port answers for
+ * GET /status/{rest}[?query], without the admin token (the cluster secret or certificate
+ * was checked) and never forwarded further. */
+static void status_request(struct exchange *ex, const char *path)
+{
+    struct pk_server *srv = ex->srv;
+    size_t plen = strcspn(path, "?"), skip = strlen(STATUS_PREFIX);
+    char *apath = pk_xasprintf("/status/%.*s", (int)(plen - skip), path + skip);
+    char peer[96];
+    snprintf(peer, sizeof(peer), "cluster:%s", ex->client);
+    PK_DEBUG("cluster", "status request from %s path=%.200s", ex->client, apath);
+    if (srv->node.admin)
+        ex->status_call =
+            pk_admin_call(srv->node.admin, apath, path[plen] == '?' ? path + plen + 1 : NULL, peer,
+                          status_done, ex);
+    else
+        pk_exchange_fail(ex, 503, "admin port not open");
+    free(apath);
+}
+
 void pk_cluster_port_unwait(struct exchange *ex)
 {
+    pk_admin_call_cancel(ex->status_call);
+    ex->status_call = NULL;
     for (struct exchange **pp = &ex->srv->loop.state_waiters; *pp; pp = &(*pp)->wnext) {
         if (*pp == ex) {
             *pp = ex->wnext;
@@ -154,12 +192,16 @@ void pk_cluster_port_start(struct exchange *ex, struct pk_head *in)
     }
     if (control) {
         size_t plen = strcspn(path, "?");
-        if (plen != strlen(STATE_PATH) || strncmp(path, STATE_PATH, plen) != 0) {
+        bool state = plen == strlen(STATE_PATH) && strncmp(path, STATE_PATH, plen) == 0;
+        bool status = strncmp(path, STATUS_PREFIX, strlen(STATUS_PREFIX)) == 0;
+        if (!state && !status) {
             pk_exchange_fail(ex, 404, "not found");
         } else if (strcmp(in->method, "GET") != 0 && !ex->is_head) {
             pk_exchange_fail_hdr(ex, 405, "method not allowed", "allow", "GET");
-        } else {
+        } else if (state) {
             state_request(ex, path);
+        } else {
+            status_request(ex, path);
         }
         return;
     }

@@ -41,7 +41,7 @@ struct exchange *pk_exchange_new(struct pk_server *srv, const char *ip, uint16_t
 
 static void ex_unwait(struct exchange *ex)
 {
-    if (ex->state_wait) {
+    if (ex->state_wait || ex->status_call) {
         pk_cluster_port_unwait(ex);
         return;
     }

@@ -28,6 +28,7 @@
 #define TCP_PREFIX "/_piko/v1/tcp/"
 #define PIPE_HWM   (256 * 1024)
 
+struct pk_admin_call;
 struct pk_peer;
 
 struct exchange {
@@ -48,6 +49,7 @@ struct exchange {
     bool cluster;    /* arrived on the cluster port (a peer's stream or a state call) */
     bool forwarded;  /* a peer's stream: local tunnels only (one hop) */
     bool state_wait; /* a state long poll waiting in srv->loop.state_waiters */
+    struct pk_admin_call *status_call; /* a peer's status request waiting for the admin port */
     bool body_too_large;
     bool answered; /* the proxy answered itself (an error or a state): nothing more goes down */
     uint64_t state_after;
@@ -119,7 +121,7 @@ void pk_exchange_cancel(struct exchange *ex);
 /* A request on the cluster port: a state call, or a stream a peer forwards to one of our
  * tunnels. */
 void pk_cluster_port_start(struct exchange *ex, struct pk_head *in);
-/* Takes a state long poll off srv->loop.state_waiters. */
+/* Takes a state long poll off srv->loop.state_waiters, or cancels a status request. */
 void pk_cluster_port_unwait(struct exchange *ex);
 /* The long poll's wait is over: answers with the state as it is. */
 void pk_cluster_port_state_timeout(struct exchange *ex);

@@ -228,7 +228,9 @@ static int check_ports(const struct pk_server_config *cfg, char *err, size_t err
         return PK_ERR_INVALID;
     }
     if (cfg->upstream_heartbeat_interval_ms == 0 || cfg->upstream_heartbeat_timeout_ms == 0) {
-        snprintf(err, errlen, "upstream.heartbeat-interval and -timeout must be greater than 0");
+        snprintf(err, errlen, "%s: must be greater than 0",
+                 cfg->upstream_heartbeat_interval_ms == 0 ? "upstream.heartbeat-interval"
+                                                          : "upstream.heartbeat-timeout");
         return PK_ERR_INVALID;
     }
     return 0;
@@ -252,7 +254,9 @@ static int check_cluster(struct pk_server_config *cfg, char *err, size_t errlen)
         return PK_ERR_INVALID;
     }
     if (cfg->cluster_peer_timeout_ms < 100 || cfg->cluster_resolve_interval_ms < 100) {
-        snprintf(err, errlen, "cluster.peer-timeout and cluster.resolve-interval: at least 100ms");
+        snprintf(err, errlen, "%s: must be at least 100ms",
+                 cfg->cluster_peer_timeout_ms < 100 ? "cluster.peer-timeout"
+                                                    : "cluster.resolve-interval");
         return PK_ERR_INVALID;
     }
     if (cfg->cluster_node_id && *cfg->cluster_node_id &&
@@ -265,6 +269,8 @@ static int check_cluster(struct pk_server_config *cfg, char *err, size_t errlen)
     if (pk_join_parse(cfg->cluster_join, &items, &nitems, err, errlen) != 0)
         return PK_ERR_INVALID;
     pk_join_free(items, nitems);
+    if (pk_dns_servers_check("dns.servers", cfg->dns_servers, err, errlen) != 0)
+        return PK_ERR_INVALID;
     if (pk_server_tls_check(cfg, err, errlen) != 0)
         return PK_ERR_INVALID;
     if (pk_tls_groups_check("tls.groups", cfg->tls_groups, err, errlen) != 0)

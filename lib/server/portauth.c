@@ -1,6 +1,7 @@
 /* Port authentication (docs/manage/security.md): the verifiers of
  * --{upstream,proxy,admin}.auth.*, the bearer token of a request, the timer that drains a
- * tunnel when its token expires (PROTOCOL.md 1.5) and the admin port's gate. The upstream
+ * tunnel when its token expires (PROTOCOL.md 1.5) and the admin port's gate (behind which
+ * statusfwd.c takes the ?forward= requests). The upstream
  * handshake (upstream.c) and the proxy exchange (exchange.c) verify through
  * pk_port_auth_verify and log their rejections with their own tags. */
 #include "admin/admin.h"
@@ -177,6 +178,7 @@ void pk_server_auth_free(struct pk_server *srv)
     srv->node.upstream_auth = srv->node.proxy_auth = srv->node.admin_auth = NULL;
     pk_httpc_del(srv->node.auth_http);
     srv->node.auth_http = NULL;
+    pk_status_forward_free(srv);
 }
 
 /* ---- verification -------------------------------------------------------------------- */
@@ -286,6 +288,14 @@ static void wait_unlink(struct admin_wait *w)
         w->next->prev = w->prev;
 }
 
+/* An authenticated admin request: asked of another node (?forward=) or served here. */
+static void admin_run(struct pk_server *srv, struct pk_admin_req *req,
+                      void (*handler)(struct pk_admin_req *req, void *arg))
+{
+    if (!pk_status_forward(srv, req))
+        handler(req, srv);
+}
+
 static void admin_verified(enum pk_auth_result res, const struct pk_claims *claims,
                            const char *detail, void *arg)
 {
@@ -295,7 +305,7 @@ static void admin_verified(enum pk_auth_result res, const struct pk_claims *clai
     wait_unlink(w);
     pk_admin_req_on_cancel(req, NULL, NULL);
     if (res == PK_AUTH_OK) {
-        w->handler(req, w->srv);
+        admin_run(w->srv, req, w->handler);
     } else {
         PK_INFO("admin", "request refused peer=%s path=%.200s status=401 reason=%s: %s",
                 pk_admin_req_peer(req), pk_admin_req_path(req), pk_auth_result_str(res), detail);
@@ -319,8 +329,10 @@ void pk_admin_auth(struct pk_server *srv, struct pk_admin_req *req,
                    void (*handler)(struct pk_admin_req *req, void *arg))
 {
     struct pk_port_auth *pa = srv->node.admin_auth;
-    if (!pa) {
-        handler(req, srv);
+    /* An internal request is a peer's, over the cluster port, which checked the cluster
+     * secret or certificate (clusterport.c): no admin token. */
+    if (!pa || pk_admin_req_internal(req)) {
+        admin_run(srv, req, handler);
         return;
     }
     struct admin_wait *w = pk_xcalloc(1, sizeof(*w));

@@ -174,6 +174,7 @@ static struct json_object *local_node_json(struct pk_server *srv, bool table)
     json_object_object_add(o, "proxy_addr", json_object_new_string(srv->node.proxy_addr));
     json_object_object_add(o, "admin_addr", json_object_new_string(srv->node.admin_addr));
     json_object_object_add(o, "cluster_addr", json_object_new_string(srv->node.cluster_addr));
+    json_object_object_add(o, "build_version", json_object_new_string(PIKO_VERSION));
     size_t neps, ntunnels;
     struct json_object *t = pk_upstream_table_json(srv, &neps, &ntunnels);
     json_object_object_add(o, "endpoints", json_object_new_int64((int64_t)neps));
@@ -220,6 +221,8 @@ static void admin_other(struct pk_admin_req *req, void *arg)
 {
     const char *path = pk_admin_req_path(req);
     size_t base = strlen(NODES_PATH);
+    if (pk_server_status_reply(req, arg)) /* /status/upstream/endpoints, /status/tunnels */
+        return;
     if (strncmp(path, NODES_PATH, base) == 0 && (path[base] == '\0' || path[base] == '/')) {
         admin_nodes(req, arg);
         return;
@@ -253,6 +256,7 @@ static int admin_listen(struct pk_server *srv, char *err, size_t errlen)
     pk_admin_route(srv->node.admin, "/", true, admin_authed, srv);
     pk_server_metrics_new(srv); /* adds /metrics */
     pk_server_access_new(srv);  /* adds /status/requests */
+    pk_server_status_new(srv);  /* adds the status page at / */
     pk_admin_addr(srv->node.admin, srv->node.admin_addr, sizeof(srv->node.admin_addr));
     PK_INFO("server", "admin listening addr=%s max-connections=%lld", srv->node.admin_addr,
             srv->node.cfg->admin_max_connections);

@@ -33,7 +33,7 @@ struct tunnel {
     struct pk_h2conn *h2;
     char *sidecar_id;
     char peer[64];
-    uint64_t served;     /* streams opened on it, for logs */
+    uint64_t served;     /* streams opened on it, for logs and /status/tunnels */
     bool shed;           /* told to reconnect elsewhere (rebalancing) */
     struct tunnel *next; /* in ep->tunnels */
     struct pk_list link; /* in srv->loop.tunnels */
@@ -43,6 +43,12 @@ struct tunnel {
 
     int64_t token_exp;       /* the handshake token's exp (0: none, or auth off) */
     struct event *expiry_ev; /* drains the tunnel at token_exp (portauth.c) */
+
+    /* For /status/tunnels (status.c), set at the 101: */
+    uint64_t id;               /* from 1, in the order tunnels were accepted */
+    bool tcp;                  /* the sidecar declared a TCP endpoint (Piko-Endpoint-Kind) */
+    int64_t connected_unix_ms; /* wall clock */
+    uint64_t connected_ms;     /* pk_now_ms() */
 };
 
 /* An endpoint whose tunnels this node sent away (drain, rebalancing): requests for it
@@ -97,7 +103,8 @@ struct pk_node {
     struct endpoint *eps[PK_EP_BUCKETS];
     /* --<port>.auth.*: NULL when the port takes no token (portauth.c) */
     struct pk_port_auth *upstream_auth, *proxy_auth, *admin_auth;
-    struct pk_httpc *auth_http; /* for https JWKS; NULL when none */
+    struct pk_httpc *auth_http;   /* for https JWKS; NULL when none */
+    struct pk_httpc *status_http; /* statusfwd.c: asks peers (?forward=); NULL until then */
 };
 
 /* One loop's own state: its listeners, connections, tunnels, exchanges, waiting queue and
@@ -114,6 +121,7 @@ struct pk_loop {
     uint64_t stalled;               /* exchanges aborted by proxy.stall-timeout */
     uint64_t refused_log_ms;
     size_t ntunnels_open; /* tunnels incl. handshaking ones */
+    uint64_t tunnel_ids;  /* the last tunnel id handed out */
     size_t nexchanges;
     struct exchange *waiting; /* exchanges waiting for a tunnel slot */
     struct pk_list conns;     /* downstream connections, for drain and teardown */
@@ -241,6 +249,12 @@ void pk_server_metrics_tunnel_down(const struct tunnel *t, const char *why);
 void pk_server_listeners_status(struct pk_server *srv, struct json_object *o);
 /* Adds "tls": {port: {"handshake_failures": n, "mtls": b}} to a status object. */
 void pk_server_tls_status(struct pk_server *srv, struct json_object *o);
+/* status.c: the status page at "/" on the admin port (after admin_listen; served without
+ * a token: it holds no data). */
+void pk_server_status_new(struct pk_server *srv);
+/* status.c: answers /status/upstream/endpoints and /status/tunnels (called behind the
+ * admin auth gate) and returns true, or returns false for any other path. */
+bool pk_server_status_reply(struct pk_admin_req *req, struct pk_server *srv);
 
 /* server.c */
 /* Marks endpoint as moving for PK_MOVE_WINDOW_MS (published to peers). */
@@ -257,8 +271,9 @@ void pk_server_check_drained(struct pk_server *srv);
  * PK_ERR_INVALID with a message naming the option at fault. */
 int pk_server_auth_init(struct pk_server *srv, char *err, size_t errlen);
 /* Teardown: cancels every verification in flight (the admin requests still waiting for
- * one are dropped) and frees the verifiers and their HTTP client. Call it after
- * pk_admin_del, whose cancel callbacks release the admin waits. */
+ * one are dropped) and frees the verifiers and their HTTP client, and the forwards' client
+ * (pk_status_forward_free). Call it after pk_admin_del, whose cancel callbacks release the
+ * admin waits and the forwards. */
 void pk_server_auth_free(struct pk_server *srv);
 /* Verifies the bearer token of a request (x-piko-authorization, else authorization; none:
  * MISSING_TOKEN) with pa; cb comes from the loop, as pk_auth_verify. *from_authorization
@@ -280,5 +295,21 @@ void pk_admin_auth(struct pk_server *srv, struct pk_admin_req *req,
                    void (*handler)(struct pk_admin_req *req, void *arg));
 /* GET /status/auth: the verifiers' counters (arg is the server). */
 void pk_admin_auth_status(struct pk_admin_req *req, void *arg);
+
+/* statusfwd.c: the admin port's ?forward=NODE. */
+/* Takes an authenticated admin request whose path is under /status/ and whose query has
+ * forward=NODE, NODE neither "local" nor this node: asks NODE through its cluster port and
+ * replies with its answer (404 {"error":"node not found"} for a node not listed, 502 when
+ * it cannot be reached, 504 when it does not answer within cluster.peer-timeout). Returns
+ * false, and leaves req alone, for every other request, and for internal ones (a peer's
+ * forwarded request: one hop). */
+bool pk_status_forward(struct pk_server *srv, struct pk_admin_req *req);
+/* Teardown, after pk_admin_del (whose cancel callbacks cancel the forwards in flight). */
+void pk_status_forward_free(struct pk_server *srv);
+/* Splits an admin query (without '?', may be NULL): 1 with the value of its first
+ * forward= in node and the other parameters, in order, in *rest (malloc'd; NULL when
+ * none); 0 without forward= (*rest NULL); PK_ERR_INVALID when the value is empty or does
+ * not fit nodelen (*rest set as for 1). Pure. */
+int pk_status_forward_split(const char *query, char *node, size_t nodelen, char **rest);
 
 #endif

@@ -292,6 +292,11 @@ static void hs_accept(struct handshake *hs, const char *endpoint, int64_t token_
     const char *sid = pk_hdrs_get(&h->hdrs, "piko-sidecar-id");
     t->sidecar_id = pk_xstrdup(sid ? sid : "-");
     snprintf(t->peer, sizeof(t->peer), "%s", hs->peer);
+    const char *kind = pk_hdrs_get(&h->hdrs, "piko-endpoint-kind");
+    t->tcp = kind && pk_strcaseeq(kind, "tcp");
+    t->id = ++srv->loop.tunnel_ids;
+    t->connected_unix_ms = pk_unix_ms();
+    t->connected_ms = pk_now_ms();
 
     evbuffer_add_printf(bufferevent_get_output(hs->bev),
                         "HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\n"

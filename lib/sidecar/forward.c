@@ -2,6 +2,7 @@
  * TCP endpoint through a server's proxy port (PROTOCOL.md 2): GET /_piko/v1/tcp/{endpoint}
  * with Upgrade: piko-tcp, then after the 101 the two sockets are spliced. A connection
  * that cannot be tunnelled is closed, and the reason logged; the others go on. */
+#include "accesslog/accesslog.h"
 #include "base/base.h"
 #include "base/log.h"
 #include "dns/dns.h"
@@ -44,6 +45,10 @@ struct fconn {
     struct event *done_ev;
     char peer[64];
     char *token; /* forward.token(-file) as read for this connection, or NULL */
+    /* for the access log (scaccess.c) */
+    uint64_t start_us;
+    int status; /* the proxy port's answer to the upgrade (101: tunnelled) */
+    char error[96];
 };
 
 static int split_forward(const char *spec, char **local, char **endpoint, char *err, size_t errlen)
@@ -134,6 +139,18 @@ int pk_forward_config_check(const struct pk_sidecar_config *cfg, char *err, size
 static void fc_free(struct fconn *fc)
 {
     struct pk_sidecar *sc = fc->f->sc;
+    struct pk_access_rec r = {
+        .kind = "tcp",
+        .endpoint = fc->f->endpoint,
+        .client = fc->peer,
+        .status = fc->status,
+        .bytes_in = fc->sp ? pk_splice_bytes_ab(fc->sp) : 0,
+        .bytes_out = fc->sp ? pk_splice_bytes_ba(fc->sp) : 0,
+        .duration_us = pk_now_us() - fc->start_us,
+        .route = "server",
+        .error = fc->error[0] ? fc->error : NULL,
+    };
+    pk_accesslog_add(sc->access, &r);
     pk_list_remove(&fc->link);
     if (fc->dial)
         pk_dial_cancel(fc->dial);
@@ -169,6 +186,8 @@ static void fc_fail(struct fconn *fc, const char *why)
 {
     PK_WARN("forward", "local=%s client=%s endpoint=%s: closing the connection: %s",
             fc->f->local_addr, fc->peer, fc->f->endpoint, why);
+    if (!fc->error[0])
+        snprintf(fc->error, sizeof(fc->error), "%s", why);
     fc_done(fc);
 }
 
@@ -208,6 +227,7 @@ static void remote_read(struct bufferevent *bev, void *arg)
     if (!fc->parser.message_done)
         return;
     int status = fc->parser.head.status;
+    fc->status = status;
     if (status != 101) {
         char msg[512], why[600];
         pk_error_message(status, (const char *)evbuffer_pullup(fc->body, -1),
@@ -260,7 +280,9 @@ static void dialed(int err, struct bufferevent *bev, const char *why, void *arg)
     struct fconn *fc = arg;
     fc->dial = NULL;
     if (err) {
-        fc_fail(fc, why);
+        char msg[512];
+        snprintf(msg, sizeof(msg), "cannot connect to the proxy port: %s", why);
+        fc_fail(fc, msg);
         return;
     }
     struct pk_sidecar *sc = fc->f->sc;
@@ -305,6 +327,7 @@ static void accept_cb(evutil_socket_t fd, struct sockaddr *sa, int salen, void *
     PK_UNUSED(salen);
     struct fconn *fc = pk_xcalloc(1, sizeof(*fc));
     fc->f = f;
+    fc->start_us = pk_now_us();
     pk_addr_str(sa, fc->peer, sizeof(fc->peer));
     pk_tune_socket(fd);
     fc->local = pk_xbufferevent_socket_new(sc->base, fd, BEV_OPT_CLOSE_ON_FREE);
@@ -352,7 +375,7 @@ int pk_forward_start(struct pk_sidecar *sc, char *err, size_t errlen)
         pk_listener_addr(f->l, a, sizeof(a));
         const char *colon = strrchr(a, ':');
         snprintf(f->port, sizeof(f->port), "%s", colon ? colon + 1 : a);
-        PK_INFO("forward", "listening local=%s endpoint=%s via=%s", a, f->endpoint,
+        PK_INFO("forward", "listening local=%s endpoint=%s server=%s", a, f->endpoint,
                 cfg->forward_url);
     }
     return 0;

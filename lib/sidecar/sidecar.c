@@ -223,15 +223,20 @@ int pk_sidecar_config_check(const struct pk_sidecar_config *cfg, char *err, size
         snprintf(err, errlen, "connect.max-streams: must be between 1 and 100000");
         return PK_ERR_INVALID;
     }
-    if (cfg->stream_window < 65535 || cfg->stream_window > 0x7fffffff ||
-        cfg->connection_window < 65535 || cfg->connection_window > 0x7fffffff) {
-        snprintf(err, errlen, "connect.stream-window/connection-window: 64KiB to 2GiB");
+    if (cfg->stream_window < 65535 || cfg->stream_window > 0x7fffffff) {
+        snprintf(err, errlen, "connect.stream-window: must be between 64KiB and 2GiB");
+        return PK_ERR_INVALID;
+    }
+    if (cfg->connection_window < 65535 || cfg->connection_window > 0x7fffffff) {
+        snprintf(err, errlen, "connect.connection-window: must be between 64KiB and 2GiB");
         return PK_ERR_INVALID;
     }
     if (cfg->local_max_idle < 0) {
         snprintf(err, errlen, "local.max-idle: must not be negative");
         return PK_ERR_INVALID;
     }
+    if (pk_dns_servers_check("dns.servers", cfg->dns_servers, err, errlen) != 0)
+        return PK_ERR_INVALID;
     return 0;
 }
 
@@ -269,13 +274,34 @@ void pk_sidecar_check_done(struct pk_sidecar *sc)
         event_active(sc->check_ev, EV_TIMEOUT, 0);
 }
 
+/* The shutdown lines speak only of what this sidecar runs: tunnels for endpoints,
+ * connections for forwards, or both. */
+static const char *closed_what(const struct pk_sidecar *sc)
+{
+    if (sc->eps && sc->forwards)
+        return "every tunnel and forwarded connection closed";
+    return sc->eps ? "every tunnel closed" : "every forwarded connection closed";
+}
+
+/* "3 streams in flight", "1 forwarded connections open", or both joined by ", ". */
+static void in_flight(const struct pk_sidecar *sc, char *buf, size_t len)
+{
+    int n = 0;
+    buf[0] = '\0';
+    if (sc->eps)
+        n = snprintf(buf, len, "%zu streams in flight", sc->nstreams);
+    if (sc->forwards && n >= 0 && (size_t)n < len)
+        snprintf(buf + n, len - (size_t)n, "%s%zu forwarded connections open", n ? ", " : "",
+                 sc->nforwards);
+}
+
 static void check_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct pk_sidecar *sc = arg;
     PK_UNUSED(fd);
     PK_UNUSED(what);
     if (sc->draining && sc->ntunnels == 0 && sc->nforwards == 0) {
-        PK_INFO("sidecar", "every tunnel closed: exiting");
+        PK_INFO("sidecar", "%s: exiting", closed_what(sc));
         event_base_loopexit(sc->base, NULL);
     }
 }
@@ -285,7 +311,9 @@ static void grace_cb(evutil_socket_t fd, short what, void *arg)
     struct pk_sidecar *sc = arg;
     PK_UNUSED(fd);
     PK_UNUSED(what);
-    PK_WARN("sidecar", "grace period over with %zu streams in flight: exiting", sc->nstreams);
+    char open[96];
+    in_flight(sc, open, sizeof(open));
+    PK_WARN("sidecar", "grace period over with %s: exiting", open);
     event_base_loopexit(sc->base, NULL);
 }
 
@@ -294,7 +322,9 @@ void pk_sidecar_shutdown(struct pk_sidecar *sc)
     if (sc->draining)
         return;
     sc->draining = true;
-    PK_INFO("sidecar", "shutting down: %zu streams in flight", sc->nstreams);
+    char open[96];
+    in_flight(sc, open, sizeof(open));
+    PK_INFO("sidecar", "shutting down: %s", open);
     pk_forward_stop_listening(sc);
     for (struct sc_endpoint *ep = sc->eps; ep; ep = ep->next) {
         pk_tunnels_drain(ep);
@@ -344,7 +374,9 @@ struct pk_sidecar *pk_sidecar_new(struct event_base *base, const struct pk_sidec
                                "NOT verified, anyone on the network path can impersonate the "
                                "server (testing only)");
     }
-    sc->resolver = pk_resolver_new(base, cfg->dns_servers, err, errlen);
+    /* dns.servers "" is the system configuration, as on the server. */
+    sc->resolver = pk_resolver_new(
+        base, cfg->dns_servers && *cfg->dns_servers ? cfg->dns_servers : NULL, err, errlen);
     if (!sc->resolver)
         goto fail;
 
@@ -360,7 +392,10 @@ struct pk_sidecar *pk_sidecar_new(struct event_base *base, const struct pk_sidec
     pk_admin_addr(sc->admin, addr, sizeof(addr));
     PK_INFO("sidecar", "admin listening addr=%s max-connections=%lld", addr,
             cfg->admin_max_connections);
-    PK_INFO("sidecar", "connect urls=%s connections=%lld", cfg->connect_url, cfg->connections);
+    /* connect.url is dialled for endpoints only: a forward-only sidecar opens no tunnel
+     * (its forwards log the server they go through). */
+    if (cfg->endpoints.n + cfg->tcp_endpoints.n)
+        PK_INFO("sidecar", "connect urls=%s connections=%lld", cfg->connect_url, cfg->connections);
 
     struct sc_endpoint **tail = &sc->eps;
     size_t nall = cfg->endpoints.n + cfg->tcp_endpoints.n;

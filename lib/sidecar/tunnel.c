@@ -409,6 +409,9 @@ static void send_handshake(struct hs *h)
                         "Connection: Upgrade\r\nUpgrade: piko-reverse-h2\r\n"
                         "Piko-Sidecar-Id: %s\r\n",
                         ep->name, sc->servers[h->server].authority, sc->sidecar_id);
+    /* For the server's status (docs/architecture/protocol.md 1.1): it routes the same. */
+    if (ep->tcp)
+        evbuffer_add_printf(out, "Piko-Endpoint-Kind: tcp\r\n");
     if (h->token)
         evbuffer_add_printf(out, "x-piko-authorization: Bearer %s\r\n", h->token);
     evbuffer_add(out, "\r\n", 2);

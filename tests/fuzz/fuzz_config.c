@@ -179,6 +179,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     bool known = !strict && sidecar && !c.sidecar.connect_url;
     FUZZ_CHECK(rc == 0 || (rc == PK_ERR_INVALID && (err[0] || known)),
                "config check returned %d with message '%s'", rc, err);
+    if (rc != 0 && err[0]) {
+        /* The binaries point a check's message at the file's line: it stays one line and
+         * keeps the message whole after the location. */
+        char *argv[] = {"piko-fuzz", "--config.path", path, (char *)flag, NULL};
+        char located[600];
+        snprintf(located, sizeof(located), "%s", err);
+        pk_config_locate(opts, nopts, flag ? 4 : 3, argv, located, sizeof(located));
+        size_t ll = strlen(located), el = strlen(err);
+        FUZZ_CHECK(strcmp(located, err) == 0 || (ll > el && strcmp(located + ll - el, err) == 0 &&
+                                                 strncmp(located, path, strlen(path)) == 0),
+                   "located '%s' from '%s'", located, err);
+        FUZZ_CHECK(!strict || strchr(located, '\n') == NULL, "located message of several lines");
+    }
     pk_config_free(opts, nopts, &c);
     check_owned_empty(opts, nopts, &c, "after pk_config_free");
     return 0;
