@@ -272,8 +272,9 @@ class Cluster:
         f.update(self.extra_flags)
         return f
 
-    def start(self, i, wait=True, flags=None):
-        """Start node i (again) on its ports; returns the ServerProc."""
+    def start(self, i, wait=True, flags=None, args=()):
+        """Start node i (again) on its ports; returns the ServerProc. args: more argv
+        (boolean flags: ["--metrics.endpoint-labels"])."""
         self.generations[i] += 1
         name = "%s%d" % (self.name, i + 1)
         if self.generations[i] > 1:
@@ -281,7 +282,7 @@ class Cluster:
         f = self.flags(i)
         f.update(flags or {})
         proc = self.piko.server(f, ports=self.ports[i], wait=wait, name=name,
-                                host=self.hosts[i], prefix=self.prefixes[i])
+                                host=self.hosts[i], prefix=self.prefixes[i], args=args)
         self.nodes[i] = proc
         return proc
 

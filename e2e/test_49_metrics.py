@@ -1,32 +1,30 @@
-"""Prometheus metrics on the server's admin port (issue "Observability", first part): the
-exposition parses with prometheus_client's parser, and the request counters, histograms
-and gauges move exactly as a scripted workload implies."""
+"""Prometheus metrics on the admin ports (issue "Observability"): the exposition parses
+with prometheus_client's parser, and the request counters, histograms and gauges move
+exactly as a scripted workload implies (a larger workload: test_52); --metrics.enabled
+false; --metrics.endpoint-labels and its bound; the Grafana dashboard only queries
+metrics that exist."""
 
+import http.client
+import json
+import re
 import time
-
-import pytest
+from pathlib import Path
 
 import tokens
 from helpers import h1
-
-prom_parser = pytest.importorskip(
-    "prometheus_client.parser",
-    reason="prometheus_client is installed by scripts/install-deps.sh test")
+from prom import scrape as prom_scrape
 
 EP = {"x-piko-endpoint": "my-service"}
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+DASHBOARD = DOCS / "grafana" / "piko.json"
+REFERENCE = DOCS / "manage" / "metrics.md"
 
 
 def scrape(proc, headers=None):
     """(samples, content-type) of a server's or sidecar's /metrics:
     {(name, frozenset(labels.items())): value}."""
-    r = h1(proc.admin_port, "GET", "/metrics", headers or {})
-    assert r.status == 200, r
-    text = r.body.decode()
-    samples = {}
-    for fam in prom_parser.text_string_to_metric_families(text):
-        for s in fam.samples:
-            samples[(s.name, frozenset(s.labels.items()))] = s.value
-    return samples, r.header("content-type")
+    s = prom_scrape(proc, headers)
+    return s, s.content_type
 
 
 def value(samples, name, **labels):
@@ -95,3 +93,77 @@ def test_metrics_need_the_admin_token_when_admin_auth_is_on(piko):
     token = tokens.hs256(secret, tokens.claims())
     samples, _ = scrape(srv, {"Authorization": "Bearer " + token})
     assert value(samples, "piko_upstreams_connected_upstreams") == 0
+
+
+def test_metrics_disabled(piko):
+    srv = piko.server(args=["--metrics.enabled=false"])
+    r = h1(srv.admin_port, "GET", "/metrics")
+    assert r.status == 404, r
+    assert json.loads(r.body) == {"error": "metrics disabled"}
+    assert h1(srv.proxy_port, "GET", "/", EP).status == 502  # nothing to count it in
+
+
+def test_endpoint_labels_are_bounded(piko):
+    """Every endpoint a client names gets its series: at most 10000 of them, then the
+    requests are counted as dropped (3 series for a new endpoint: its status class and
+    its bytes in and out)."""
+    srv = piko.server(args=["--metrics.endpoint-labels"])
+    plain = piko.server(name="server-plain")
+    conn = http.client.HTTPConnection("127.0.0.1", srv.proxy_port, timeout=10)
+    n = 10000 // 3 + 5
+    try:
+        for i in range(n):
+            r = h1(srv.proxy_port, "GET", "/", {"x-piko-endpoint": "ep-%d" % i}, conn=conn)
+            assert r.status == 502, r
+    finally:
+        conn.close()
+    m = prom_scrape(srv)
+    classes = [k for k in m if k[0] == "piko_endpoint_requests_total"]
+    assert len(classes) == 10000 // 3, len(classes)
+    assert m.value("piko_endpoint_requests_total", endpoint="ep-7", status_class="5xx") == 1
+    assert m.value("piko_endpoint_bytes_total", endpoint="ep-7", direction="out") > 0
+    assert m.value("piko_endpoint_requests_dropped_total") == n - 10000 // 3
+    assert m.value("piko_proxy_requests_total", status="502", method="GET") == n
+    # Off by default: no such family at all.
+    assert not [k for k in prom_scrape(plain).types if k.startswith("piko_endpoint_")]
+
+
+def test_grafana_dashboard_and_reference_match_the_metrics(piko):
+    """docs/grafana/piko.json is JSON Grafana imports (schema 38, a Prometheus data
+    source input), and every metric name in its queries is in a live scrape; the
+    reference docs/manage/metrics.md names every family of both binaries, and no other."""
+    dash = json.loads(DASHBOARD.read_text())
+    assert dash["schemaVersion"] >= 36 and dash["title"]
+    assert [i["name"] for i in dash["__inputs"]] == ["DS_PROMETHEUS"]
+    exprs = []
+    for panel in dash["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
+        assert panel["targets"], panel["title"]
+        exprs += [t["expr"] for t in panel["targets"]]
+    for var in dash["templating"]["list"]:
+        if var["type"] == "query":
+            exprs.append(var["query"]["query"])
+    used = set()
+    for e in exprs:
+        used |= set(re.findall(r"\b((?:piko|process)_[a-z0-9_]+)\b", e))
+    svc = piko.service()
+    srv = piko.server(args=["--metrics.endpoint-labels"])
+    sc = piko.sidecar({"my-service": svc.addr}, server=srv)
+    scrapes = [prom_scrape(srv), prom_scrape(sc)]
+    known = scrapes[0].sample_names() | scrapes[1].sample_names()
+    missing = sorted(used - known)
+    assert not missing, "the dashboard queries metrics that no scrape has: %r" % missing
+    doc = REFERENCE.read_text()
+    families = set(scrapes[0].types) | set(scrapes[1].types)
+    undocumented = sorted(f for f in families if "`%s`" % f not in doc)
+    assert not undocumented, "families missing from metrics.md: %r" % undocumented
+    stale = sorted(set(re.findall(r"`((?:piko|process)_[a-z0-9_]+)`", doc)) - families)
+    assert not stale, "metrics.md names metrics no scrape has: %r" % stale
+    for name in ("piko_proxy_requests_total", "piko_proxy_request_latency_seconds_bucket",
+                 "piko_proxy_requests_in_flight", "piko_upstreams_connected_upstreams",
+                 "piko_upstreams_registered_endpoints", "piko_cluster_nodes",
+                 "piko_proxy_stream_bytes_total", "piko_proxy_aborts_total",
+                 "piko_proxy_auth_rejections_total"):
+        assert name in used, "the dashboard has no panel on %s" % name

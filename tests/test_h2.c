@@ -1441,6 +1441,7 @@ static void test_settings_timeout(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(r.t.cli.c);
     WAIT(&r.t, r.t.cli.closes == 1);
     ASSERT_STR(r.t.cli.why, "no SETTINGS from peer");
+    ASSERT_STR(pk_h2_close_class(r.t.cli.why), "ping_timeout");
     CU_ASSERT_EQUAL(r.t.cli.ready, 0);
     if (r.t.cli.c)
         pk_h2conn_close(r.t.cli.c, "test over");
@@ -1467,6 +1468,7 @@ static void test_garbage_input_closes(void)
     bufferevent_write(r.peer, junk, sizeof(junk) - 1);
     WAIT(&r.t, r.t.srv.closes == 1);
     ASSERT_STR(r.t.srv.why, "http2 protocol error");
+    ASSERT_STR(pk_h2_close_class(r.t.srv.why), "error");
     CU_ASSERT_EQUAL(r.t.srv.ready, 0);
     bufferevent_free(r.peer);
     event_base_free(r.t.base);
@@ -1512,6 +1514,10 @@ static void test_heartbeat_timeout_short_interval(void)
     /* Interval longer than the timeout: the deadline fires between two PINGs. */
     heartbeat_case(40, 10, why, sizeof(why));
     ASSERT_STR(why, "heartbeat timeout");
+    ASSERT_STR(pk_h2_close_class(why), "ping_timeout");
+    /* Reasons the owner gives pk_h2conn_close are its own to classify. */
+    CU_ASSERT_PTR_NULL(pk_h2_close_class("shutting down"));
+    CU_ASSERT_PTR_NULL(pk_h2_close_class(NULL));
 }
 
 /* Regression: with ping_interval_ms < ping_timeout_ms every PING re-arms the pending

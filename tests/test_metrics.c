@@ -144,6 +144,24 @@ static void test_collect_hook(void)
     pk_metrics_del(m);
 }
 
+/* A family indexed by its owner: series_new adds without looking, series finds them. */
+static void test_series_new(void)
+{
+    struct pk_metrics *m = pk_metrics_new();
+    const char *labels[] = {"endpoint", NULL};
+    struct pk_mfamily *f =
+        pk_metrics_family(m, PK_METRIC_COUNTER, "e_total", "E.", labels, NULL, 0);
+    const char *a[] = {"a"}, *b[] = {"b"};
+    struct pk_mseries *sa = pk_mfamily_series_new(f, a), *sb = pk_mfamily_series_new(f, b);
+    CU_ASSERT_PTR_EQUAL(pk_mfamily_series(f, a), sa);
+    CU_ASSERT_PTR_EQUAL(pk_mfamily_series(f, b), sb);
+    pk_mseries_inc(sb, 2);
+    char *t = expose(m);
+    ASSERT_CONTAINS(t, "e_total{endpoint=\"a\"} 0\ne_total{endpoint=\"b\"} 2\n");
+    free(t);
+    pk_metrics_del(m);
+}
+
 void pk_test_register_metrics(void)
 {
     CU_pSuite s = CU_add_suite("metrics", NULL, NULL);
@@ -152,4 +170,5 @@ void pk_test_register_metrics(void)
     CU_add_test(s, "histogram", test_histogram);
     CU_add_test(s, "scrape_time_gauge", test_scrape_time_gauge);
     CU_add_test(s, "collect_hook", test_collect_hook);
+    CU_add_test(s, "series_new", test_series_new);
 }

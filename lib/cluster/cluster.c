@@ -249,21 +249,37 @@ bool pk_cluster_synced(const struct pk_cluster *c)
 
 /* ---- status ------------------------------------------------------------------------------- */
 
+const struct pk_cluster_counters *pk_cluster_counters(const struct pk_cluster *c)
+{
+    static const struct pk_cluster_counters none;
+    return c ? &c->counters : &none;
+}
+
+/* Known peers, and for a while after they turned unreachable; addresses that never
+ * answered, while discovery returns them. */
 static bool listed(const struct pk_cluster *c, const struct peer *p)
 {
+    if (p->role == ROLE_UNKNOWN && p->unreachable)
+        return true;
     if (p->role != ROLE_PEER || !p->st.node_id)
         return false;
     return !p->unreachable || pk_now_ms() - p->unreachable_ms <= c->peer_timeout_ms;
+}
+
+static struct json_object *string_or_null(const char *s)
+{
+    return s ? json_object_new_string(s) : NULL;
 }
 
 static struct json_object *peer_json(const struct peer *p, bool table)
 {
     struct json_object *o = json_object_new_object();
     const char *status = p->unreachable ? "unreachable" : p->st.draining ? "draining" : "active";
-    json_object_object_add(o, "id", json_object_new_string(p->st.node_id));
+    /* An address that never answered is known by its address only. */
+    json_object_object_add(o, "id", json_object_new_string(cluster_peer_name(p)));
     json_object_object_add(o, "status", json_object_new_string(status));
     json_object_object_add(o, "local", json_object_new_boolean(false));
-    json_object_object_add(o, "incarnation", json_object_new_string(p->st.incarnation));
+    json_object_object_add(o, "incarnation", string_or_null(p->st.incarnation));
     json_object_object_add(o, "version", json_object_new_int64((int64_t)p->st.version));
     json_object_object_add(o, "address", json_object_new_string(p->addr));
     json_object_object_add(o, "proxy_addr",
@@ -277,6 +293,8 @@ static struct json_object *peer_json(const struct peer *p, bool table)
                            json_object_new_int64((int64_t)pk_node_state_tunnels(&p->st)));
     json_object_object_add(
         o, "link", json_object_new_string(p->h2 && pk_h2conn_is_ready(p->h2) ? "up" : "down"));
+    if (p->unreachable && p->last_error[0])
+        json_object_object_add(o, "error", json_object_new_string(p->last_error));
     if (table) {
         struct json_object *t = json_object_new_object();
         for (size_t i = 0; i < p->st.neps; i++)
@@ -315,8 +333,26 @@ struct json_object *pk_cluster_node_json(const struct pk_cluster *c, const char 
         return NULL;
     for (struct pk_list *l = c->peers.next; l != &c->peers; l = l->next) {
         const struct peer *p = PK_CONTAINER_OF(l, struct peer, link);
-        if (listed(c, p) && strcmp(p->st.node_id, id) == 0)
+        if (listed(c, p) && p->st.node_id && strcmp(p->st.node_id, id) == 0)
             return peer_json(p, true);
     }
     return NULL;
+}
+
+void pk_cluster_census(const struct pk_cluster *c, struct pk_cluster_census *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!c)
+        return;
+    for (struct pk_list *l = c->peers.next; l != &c->peers; l = l->next) {
+        const struct peer *p = PK_CONTAINER_OF(l, struct peer, link);
+        if (!listed(c, p))
+            continue;
+        if (p->unreachable)
+            out->unreachable++;
+        else if (p->st.draining)
+            out->draining++;
+        else
+            out->active++;
+    }
 }

@@ -9,8 +9,10 @@
  *
  * A peer whose state could not be fetched for peer_timeout leaves routing (its table is
  * dropped, it is listed as unreachable), is no longer listed after another peer_timeout,
- * and is forgotten as soon as discovery stops returning its address. A restarted peer
- * (new incarnation) replaces its old state at once.
+ * and is forgotten as soon as discovery stops returning its address. An address that never
+ * answered its first state call within peer_timeout is warned about once and listed as
+ * unreachable (by address: its node id is unknown) for as long as discovery returns it. A restarted
+ * peer (new incarnation) replaces its old state at once.
  *
  * Each reachable peer has one peer link: an HTTP/2 connection to its cluster port on
  * which this node is the client (the same h2 code as the tunnel's server side). The proxy
@@ -86,6 +88,20 @@ bool pk_cluster_has_active_peer(const struct pk_cluster *c);
  * first state call (or failed it), or peer_timeout after the start: until then this node
  * may not know where endpoints are, so it reports not ready. */
 bool pk_cluster_synced(const struct pk_cluster *c);
+
+/* Counts since pk_cluster_new, for metrics. */
+struct pk_cluster_counters {
+    uint64_t state_received;   /* state answers received from peers (fetches and long polls) */
+    uint64_t state_failed;     /* state calls that failed (transfer errors, non-200 answers) */
+    uint64_t peer_unreachable; /* peers that turned unreachable, or never answered in time */
+};
+const struct pk_cluster_counters *pk_cluster_counters(const struct pk_cluster *c);
+
+/* The peers /status/cluster/nodes lists, by status (this node not included). */
+struct pk_cluster_census {
+    size_t active, draining, unreachable;
+};
+void pk_cluster_census(const struct pk_cluster *c, struct pk_cluster_census *out);
 
 /* Status objects (admin /status/cluster/nodes): every listed peer appended to array; the
  * one with node id id as a new object (with its endpoint table), or NULL. */

@@ -46,8 +46,10 @@ struct peer {
     bool have_state;          /* st is this peer's current table */
     struct pk_node_state st;  /* node id and incarnation stay after it turns unreachable */
     uint64_t last_ok_ms;      /* last successful state answer */
-    bool unreachable;         /* out of routing */
+    bool unreachable;         /* out of routing; or never answered within peer_timeout */
     uint64_t unreachable_ms;  /* since when */
+    uint64_t found_ms;        /* when discovery first listed it */
+    char last_error[160];     /* why the last state call failed, for the unreachable warning */
     struct pk_httpc_req *req; /* fetch or long poll in flight */
     /* Its "moving" endpoints with absolute deadlines; kept when it turns unreachable (it
      * may have exited right after publishing them). */
@@ -107,6 +109,7 @@ struct pk_cluster {
     uint64_t start_ms; /* for pk_cluster_synced's bound */
     struct pk_list peers;
     size_t nlinks;
+    struct pk_cluster_counters counters;
     bool stopped;
     struct event *resolve_ev;
     struct event *tick_ev;

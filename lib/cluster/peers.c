@@ -54,6 +54,7 @@ struct peer *cluster_peer_new(struct pk_cluster *c, const char *host, uint16_t p
     p->host = pk_xstrdup(host);
     p->port = port;
     snprintf(p->addr, sizeof(p->addr), strchr(host, ':') ? "[%s]:%u" : "%s:%u", host, port);
+    p->found_ms = pk_now_ms();
     pk_node_state_init(&p->st);
     p->watch_ev = pk_xevent_new(c->base, -1, 0, watch_cb, p);
     p->link_ev = pk_xevent_new(c->base, -1, 0, link_cb, p);
@@ -251,6 +252,8 @@ static void watch_done(int status, const char *body, size_t len, const char *err
             PK_WARN("cluster", "peer state fetch failed address=%s: %s", p->addr, err);
         else
             PK_DEBUG("cluster", "peer state fetch failed address=%s: %s", p->addr, err);
+        snprintf(p->last_error, sizeof(p->last_error), "%s", err);
+        c->counters.state_failed++;
         p->failing = true;
         p->failing_status = status;
         watch_retry(p);
@@ -260,6 +263,13 @@ static void watch_done(int status, const char *body, size_t len, const char *err
     p->failing_status = 0;
     p->watch_backoff_ms = 0;
     p->last_ok_ms = pk_now_ms();
+    c->counters.state_received++;
+    if (p->unreachable && !p->st.node_id) {
+        /* Its silence was said at warn: its first answer is said too. */
+        PK_INFO("cluster", "peer %s answered after %.1fs unreachable node=%s", p->addr,
+                (double)(p->last_ok_ms - p->found_ms) / 1000.0, st.node_id);
+        p->unreachable = false;
+    }
     if (strcmp(st.node_id, c->node_id) == 0) {
         PK_DEBUG("cluster", "address=%s is this node", p->addr);
         p->role = ROLE_SELF;
@@ -360,12 +370,24 @@ void cluster_tick_cb(evutil_socket_t fd, short what, void *arg)
             p->nmoving = k;
             cluster_notify_change(c);
         }
+        if (p->role == ROLE_UNKNOWN && !p->unreachable && now - p->found_ms > c->peer_timeout_ms) {
+            /* An address of cluster.join that never answered: without this the node would
+             * report ready alone and say nothing above debug. Said once, until it answers. */
+            PK_WARN("cluster", "peer %s unreachable after %.1fs: %s", p->addr,
+                    (double)(now - p->found_ms) / 1000.0,
+                    p->last_error[0] ? p->last_error : "no answer to the state call yet");
+            p->unreachable = true;
+            p->unreachable_ms = now;
+            c->counters.peer_unreachable++;
+            continue;
+        }
         if (p->role != ROLE_PEER || p->unreachable || now - p->last_ok_ms <= c->peer_timeout_ms)
             continue;
         PK_WARN("cluster", "peer unreachable node=%s address=%s: no state for %llums",
                 cluster_peer_name(p), p->addr, (unsigned long long)(now - p->last_ok_ms));
         p->unreachable = true;
         p->unreachable_ms = now;
+        c->counters.peer_unreachable++;
         /* Its table never comes back: a later answer is fetched in full. */
         char *id = p->st.node_id, *inc = p->st.incarnation;
         p->st.node_id = p->st.incarnation = NULL;

@@ -286,6 +286,25 @@ void pk_h2conn_close(struct pk_h2conn *c, const char *why)
     event_active(c->flush_ev, EV_WRITE, 0);
 }
 
+const char *pk_h2_close_class(const char *why)
+{
+    static const char *const classes[][2] = {
+        {"no SETTINGS from peer", "ping_timeout"},
+        {"heartbeat timeout", "ping_timeout"},
+        {"peer closed the connection", "closed"},
+        {"session ended", "closed"},
+        {"drained", "closed"},
+        {"closed", "closed"},
+        {"connection error", "error"},
+        {"http2 protocol error", "error"},
+        {"http2 send error", "error"},
+    };
+    for (size_t i = 0; why && i < PK_ARRAY_LEN(classes); i++)
+        if (strcmp(why, classes[i][0]) == 0)
+            return classes[i][1];
+    return NULL;
+}
+
 void pk_h2conn_drain(struct pk_h2conn *c, int32_t last_stream_id)
 {
     if (c->closing || c->drain_state == 2)

@@ -81,6 +81,11 @@ struct pk_h2conn *pk_h2conn_new(struct event_base *base, struct bufferevent *bev
 /* Aborts the connection (deferred): streams get on_close(PK_H2_CONN_LOST), then the conn's
  * on_close. Idempotent. */
 void pk_h2conn_close(struct pk_h2conn *c, const char *why);
+/* The class of a reason that on_close gives, for metric labels: "ping_timeout" (no
+ * SETTINGS, or no frame after a PING, in time), "closed" (the peer closed, or the session
+ * ended or drained), "error" (an I/O or HTTP/2 error), or NULL for a reason the owner gave
+ * pk_h2conn_close itself. */
+const char *pk_h2_close_class(const char *why);
 /* Graceful drain: GOAWAY(NO_ERROR, last_stream_id). Open streams complete; the connection
  * closes once none is left. Client role (tunnel) uses last_stream_id 0 (PROTOCOL.md 1.5);
  * server role uses the highest stream id it accepted (pk_h2conn_last_stream_id). */

@@ -154,6 +154,11 @@ struct pk_mseries *pk_mfamily_series(struct pk_mfamily *f, const char *const *va
         if (j == f->nlabels)
             return s;
     }
+    return pk_mfamily_series_new(f, values);
+}
+
+struct pk_mseries *pk_mfamily_series_new(struct pk_mfamily *f, const char *const *values)
+{
     struct pk_mseries *s = pk_xcalloc(1, sizeof(*s));
     s->f = f;
     s->values = pk_xcalloc(f->nlabels ? f->nlabels : 1, sizeof(*s->values));

@@ -42,6 +42,10 @@ struct pk_mfamily *pk_metrics_family(struct pk_metrics *m, enum pk_metric_type t
  * family without labels). The same values give the same series. Owned by the family. */
 struct pk_mseries *pk_mfamily_series(struct pk_mfamily *f, const char *const *values);
 
+/* A new series of a label set the caller knows the family does not have yet (no lookup:
+ * for families of many series indexed by the caller). */
+struct pk_mseries *pk_mfamily_series_new(struct pk_mfamily *f, const char *const *values);
+
 /* Counter: adds n. Gauge: adds n (may be negative with pk_mseries_add_signed). */
 void pk_mseries_inc(struct pk_mseries *s, uint64_t n);
 void pk_mseries_add_signed(struct pk_mseries *s, int64_t n);

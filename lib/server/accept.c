@@ -162,8 +162,10 @@ static void accept_conn(struct pk_server *srv, evutil_socket_t fd, struct sockad
                         bool cluster)
 {
     if (!cluster && pk_accept_refuse_over_limit(srv, fd, srv->node.cfg->proxy_max_connections,
-                                                srv->loop.nconns, "proxy"))
+                                                srv->loop.nconns, "proxy")) {
+        pk_server_metrics_abort(srv, PK_ABORT_CONNECTION_LIMIT);
         return;
+    }
     /* Counted from accept: a TLS handshake in flight holds a slot like a connection. */
     srv->loop.nconns++;
     struct pk_tls_server *ts = pk_server_tls_port(srv, cluster ? PK_PORT_CLUSTER : PK_PORT_PROXY);

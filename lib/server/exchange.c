@@ -65,9 +65,7 @@ static void ex_maybe_free(struct exchange *ex)
     ex_unwait(ex);
     pk_auth_cancel(ex->auth);
     uint64_t took_us = pk_now_us() - ex->start_us;
-    if (!ex->cluster)
-        pk_server_metrics_request(srv, ex->method, ex->status, took_us, ex->req_body.total_in,
-                                  ex->resp_body.total_out);
+    pk_server_metrics_exchange(ex, took_us);
     pk_exchange_log(ex, took_us);
     pk_hdrs_free(&ex->resp_hdrs);
     pk_head_free(&ex->held);
@@ -214,6 +212,7 @@ static void ex_timer_cb(evutil_socket_t fd, short what, void *arg)
                 (unsigned long long)ex->srv->node.cfg->proxy_timeout_ms, ex->client);
         pk_auth_cancel(ex->auth);
         ex->auth = NULL;
+        ex->timed_out = true;
         pk_exchange_fail(ex, 504, "upstream timeout");
         return;
     }
@@ -353,6 +352,7 @@ static void us_on_close(struct pk_h2stream *s, uint32_t code, void *ud)
             PK_DEBUG("proxy", "stream refused endpoint=%s: retrying on another tunnel",
                      ex->endpoint);
             ex->retried = true;
+            pk_server_metrics_retry(ex);
             pk_pipe_free(&ex->resp_body);
             pk_pipe_init(&ex->resp_body, PIPE_HWM);
             pk_exchange_dispatch(ex);
@@ -483,6 +483,7 @@ void pk_exchange_dispatch(struct exchange *ex)
         pk_exchange_fail(ex, 502, "upstream unreachable");
         return;
     }
+    pk_server_metrics_dispatch(ex);
     pk_h2stream_set_sink(ex->us, &ex->resp_body);
     /* An upload is watched by the stall check; proxy.timeout starts when it is all on the
      * stream (us_on_sent), not before: a slow upload is not a slow service. */

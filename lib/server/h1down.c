@@ -120,6 +120,8 @@ static void h1_raw_done(struct pk_bevpipe *bp, int err, void *arg)
         PK_DEBUG("proxy", "raw stream done endpoint=%s client=%s err=%d in=%llu out=%llu",
                  ex->endpoint, ex->client, err, (unsigned long long)pk_bevpipe_bytes_in(hc->bp),
                  (unsigned long long)pk_bevpipe_bytes_out(hc->bp));
+    if (err == PK_ERR_TIMEOUT)
+        pk_server_metrics_abort(hc->srv, PK_ABORT_RAW_IDLE);
     h1_close(hc, err != 0);
 }
 
@@ -246,6 +248,9 @@ static void h1_reject(struct h1conn *hc, int status, const char *msg)
         "connection: close\r\n\r\n%s",
         status, pk_h1_reason(status), n, body);
     free(body);
+    if (status == 408 || status == 431)
+        pk_server_metrics_abort(hc->srv,
+                                status == 408 ? PK_ABORT_HEAD_TIMEOUT : PK_ABORT_HEADER_TOO_LARGE);
     PK_INFO("proxy", "rejected client=%s:%u status=%d: %s%s%s%s", hc->ip, hc->port, status, msg,
             hc->parser.error_detail ? " (" : "",
             hc->parser.error_detail ? hc->parser.error_detail : "",

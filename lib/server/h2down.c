@@ -164,6 +164,7 @@ static void h2d_on_stream(struct pk_h2conn *c, struct pk_h2stream *s, void *ud)
     ex->cluster = d->dc.cluster;
     if (pk_h2stream_head_too_large(s)) {
         snprintf(ex->endpoint, sizeof(ex->endpoint), "-");
+        pk_server_metrics_abort(d->srv, PK_ABORT_HEADER_TOO_LARGE);
         pk_exchange_fail(ex, 431, "request header fields too large");
         pk_h2stream_end_early(s);
         return;
@@ -171,6 +172,7 @@ static void h2d_on_stream(struct pk_h2conn *c, struct pk_h2stream *s, void *ud)
     const char *cl = pk_hdrs_get(&in->hdrs, "content-length");
     uint64_t max_body = d->srv->node.cfg->proxy_max_body_bytes;
     if (!ex->cluster && max_body && cl && strtoull(cl, NULL, 10) > max_body) {
+        ex->body_too_large = true;
         pk_exchange_fail(ex, 413, "request body too large");
         pk_h2stream_end_early(s);
         return;

@@ -158,6 +158,12 @@ const struct pk_opt pk_server_opts[] = {
         "(set-cookie never)"),
     OPT("log.access-block-headers", PK_OPT_STRING, log_access_block_headers, "",
         "Headers the access log never records, whatever the allow lists say"),
+    OPT("metrics.enabled", PK_OPT_BOOL, metrics_enabled, "true",
+        "Count requests, streams, tunnels and limits and serve them at the admin port's "
+        "/metrics (false: nothing is counted and /metrics answers 404)"),
+    OPT("metrics.endpoint-labels", PK_OPT_BOOL, metrics_endpoint_labels, "false",
+        "Also count requests and bytes by endpoint (piko_endpoint_*): one series per endpoint "
+        "and status class, created on first use, at most 10000 (docs/manage/metrics.md)"),
     OPT("grace-period", PK_OPT_DURATION, grace_period_ms, "30s",
         "On SIGTERM/SIGINT, time allowed for in-flight requests"),
     OPT("drain-delay", PK_OPT_DURATION, drain_delay_ms, "0s",

@@ -209,6 +209,16 @@ void pk_port_auth_not_permitted(struct pk_port_auth *pa)
     pa->not_permitted++;
 }
 
+void pk_port_auth_rejections(const struct pk_port_auth *pa, uint64_t out[PK_AUTH_NRESULTS])
+{
+    memset(out, 0, PK_AUTH_NRESULTS * sizeof(*out));
+    if (!pa)
+        return;
+    const struct pk_auth_counters *c = pk_auth_counters(pa->a);
+    for (int r = PK_AUTH_MISSING_TOKEN; r < PK_AUTH_NRESULTS; r++)
+        out[r] = r == PK_AUTH_ENDPOINT_NOT_PERMITTED ? pa->not_permitted : c->rejected[r];
+}
+
 /* ---- token expiry on tunnels ----------------------------------------------------------- */
 
 static int64_t wall_ms(void)

@@ -68,6 +68,8 @@ struct pk_server_config {
     char *log_access_request_headers;
     char *log_access_response_headers;
     char *log_access_block_headers;
+    bool metrics_enabled;
+    bool metrics_endpoint_labels;
     uint64_t grace_period_ms;
     uint64_t drain_delay_ms;
     /* TLS of each port: <port>.tls.cert/.key/.client-cas (unset: plain TCP), and

@@ -38,6 +38,9 @@ struct tunnel {
     struct tunnel *next; /* in ep->tunnels */
     struct pk_list link; /* in srv->loop.tunnels */
 
+    bool up;     /* registered (counted in the tunnel connects) */
+    bool goaway; /* the sidecar sent GOAWAY */
+
     int64_t token_exp;       /* the handshake token's exp (0: none, or auth off) */
     struct event *expiry_ev; /* drains the tunnel at token_exp (portauth.c) */
 
@@ -206,16 +209,40 @@ void pk_server_tls_free(struct pk_server *srv);
 struct pk_tls_server *pk_server_tls_port(struct pk_server *srv, enum pk_port port);
 /* The context peers are dialled with (NULL: plain cluster). */
 struct ssl_ctx_st *pk_server_tls_cluster_client(struct pk_server *srv);
-/* srvmetrics.c: the loop's metrics and their /metrics route on the admin port (after
- * admin_listen); _del at teardown. _request counts one finished proxy-port exchange. */
-struct pk_server_metrics;
-void pk_server_metrics_new(struct pk_server *srv);
 /* access.c: the access log and its /status/requests route (after the admin port). */
 void pk_server_access_new(struct pk_server *srv);
 void pk_server_access_del(struct pk_server *srv);
+
+/* srvmetrics.c: the loop's Prometheus registry and its /metrics route on the admin port
+ * (after admin_listen; with metrics.enabled false there is no registry and the route
+ * answers 404); _del at teardown. The counting functions below are cheap no-ops without a
+ * registry, and may be called from anywhere on the loop. */
+struct pk_server_metrics;
+void pk_server_metrics_new(struct pk_server *srv);
 void pk_server_metrics_del(struct pk_server *srv);
-void pk_server_metrics_request(struct pk_server *srv, const char *method, int status, uint64_t us,
-                               uint64_t in_bytes, uint64_t out_bytes);
+/* A finished exchange of the proxy or the cluster port (from ex_maybe_free). */
+void pk_server_metrics_exchange(const struct exchange *ex, uint64_t took_us);
+/* The exchange opened its upstream stream: on a local tunnel, or a peer link (ex->via_peer). */
+void pk_server_metrics_dispatch(const struct exchange *ex);
+/* A refused stream is retried (its failed attempt is ex->last_tunnel or ex->last_peer). */
+void pk_server_metrics_retry(const struct exchange *ex);
+/* Limits and timers that cut a connection or request short before any exchange exists, or
+ * that the exchange does not see (the others come from the exchange: proxy.timeout,
+ * proxy.max-body-bytes, and the stall count). */
+enum pk_abort_kind {
+    PK_ABORT_HEAD_TIMEOUT,     /* 408: proxy.head-timeout */
+    PK_ABORT_HEADER_TOO_LARGE, /* 431: proxy.max-header-bytes */
+    PK_ABORT_RAW_IDLE,         /* proxy.raw-idle-timeout closed a raw stream */
+    PK_ABORT_CONNECTION_LIMIT, /* proxy.max-connections: closed at accept */
+};
+void pk_server_metrics_abort(struct pk_server *srv, enum pk_abort_kind kind);
+/* A tunnel handshake refused by the upstream port before its token was looked at: status
+ * is the refusal's HTTP status (400, 404, 405, 408, 426, 431, 503), 0 a connection closed
+ * at accept above upstream.max-connections. Token rejections are the verifier's counts. */
+void pk_server_metrics_handshake_rejected(struct pk_server *srv, int status);
+/* A tunnel became routable (t->up set) / closed (why: pk_h2conn's on_close reason). */
+void pk_server_metrics_tunnel_up(const struct tunnel *t);
+void pk_server_metrics_tunnel_down(const struct tunnel *t, const char *why);
 /* Adds "listeners": {port: {"accepted", "accept_errors", "fd_exhausted", "shed"}} and
  * "connections": {"proxy", "upstream", "refused", "stalled"} (counts from accept) to a
  * status object. */
@@ -255,6 +282,9 @@ struct pk_auth_req *pk_port_auth_verify(struct pk_port_auth *pa, const struct pk
                                         bool *from_authorization, pk_auth_cb cb, void *arg);
 /* Counts a 403 (the verifier counts the 401s). */
 void pk_port_auth_not_permitted(struct pk_port_auth *pa);
+/* The rejections of a port's verifications so far, by enum pk_auth_result (the 403s in
+ * PK_AUTH_ENDPOINT_NOT_PERMITTED); all 0 when pa is NULL. */
+void pk_port_auth_rejections(const struct pk_port_auth *pa, uint64_t out[PK_AUTH_NRESULTS]);
 /* Arms t->expiry_ev to drain the tunnel when its token expires, unless
  * upstream.auth.disable-disconnect-on-expiry or the token has no exp. */
 void pk_tunnel_expiry_start(struct pk_server *srv, struct tunnel *t, int64_t exp);

@@ -187,6 +187,8 @@ static void tunnel_ready(struct pk_h2conn *c, void *ud)
         return;
     }
     ep_add(t->srv, t);
+    t->up = true;
+    pk_server_metrics_tunnel_up(t);
     pk_exchange_redispatch(t->srv, t->endpoint_id);
 }
 
@@ -196,6 +198,7 @@ static void tunnel_goaway(struct pk_h2conn *c, uint32_t error_code, void *ud)
     PK_UNUSED(c);
     PK_INFO("upstream", "tunnel draining (GOAWAY from sidecar) endpoint=%s sidecar=%s error=%u",
             t->endpoint_id, t->sidecar_id, error_code);
+    t->goaway = true;
     ep_remove(t->srv, t);
 }
 
@@ -214,6 +217,7 @@ static void tunnel_closed(struct pk_h2conn *c, const char *why, void *ud)
     PK_UNUSED(c);
     PK_INFO("upstream", "tunnel closed endpoint=%s sidecar=%s peer=%s streams_served=%llu: %s",
             t->endpoint_id, t->sidecar_id, t->peer, (unsigned long long)t->served, why);
+    pk_server_metrics_tunnel_down(t, why);
     ep_remove(srv, t);
     pk_list_remove(&t->link);
     if (t->expiry_ev)
@@ -273,6 +277,7 @@ static void hs_reply_error(struct handshake *hs, int status, const char *msg, co
 static void hs_reject(struct handshake *hs, int status, const char *msg, const char *extra)
 {
     PK_INFO("upstream", "handshake rejected peer=%s status=%d: %s", hs->peer, status, msg);
+    pk_server_metrics_handshake_rejected(hs->srv, status);
     hs_reply_error(hs, status, msg, extra);
 }
 
@@ -484,8 +489,10 @@ static void upstream_accept(evutil_socket_t fd, struct sockaddr *sa, int salen, 
     struct pk_server *srv = arg;
     PK_UNUSED(salen);
     if (pk_accept_refuse_over_limit(srv, fd, srv->node.cfg->upstream_max_connections,
-                                    srv->loop.ntunnels_open, "upstream"))
+                                    srv->loop.ntunnels_open, "upstream")) {
+        pk_server_metrics_handshake_rejected(srv, 0);
         return;
+    }
     /* Counted from accept: handshakes in flight hold a slot like tunnels. */
     srv->loop.ntunnels_open++;
     struct pk_tls_server *ts = pk_server_tls_port(srv, PK_PORT_UPSTREAM);

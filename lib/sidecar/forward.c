@@ -26,6 +26,7 @@ struct sc_forward {
     struct pk_sidecar *sc;
     char *local_addr;
     char *endpoint;
+    char port[8]; /* the listener's port, the metric label */
     struct pk_listener *l;
     struct sc_forward *next;
     struct pk_list conns;
@@ -338,6 +339,7 @@ static void accept_cb(evutil_socket_t fd, struct sockaddr *sa, int salen, void *
     pk_h1parser_init(&fc->parser, HTTP_RESPONSE, 64 * 1024, &parser_cbs, fc);
     pk_list_insert(&f->conns, &fc->link);
     sc->nforwards++;
+    pk_sidecar_metrics_forward(sc, f->port);
     char why[512];
     if (pk_token_get(sc->cfg->forward_token, sc->cfg->forward_token_file, &fc->token, why,
                      sizeof(why)) != 0) {
@@ -371,6 +373,8 @@ int pk_forward_start(struct pk_sidecar *sc, char *err, size_t errlen)
             return PK_ERR_IO;
         char a[128];
         pk_listener_addr(f->l, a, sizeof(a));
+        const char *colon = strrchr(a, ':');
+        snprintf(f->port, sizeof(f->port), "%s", colon ? colon + 1 : a);
         PK_INFO("forward", "listening local=%s endpoint=%s server=%s", a, f->endpoint,
                 cfg->forward_url);
     }

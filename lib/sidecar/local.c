@@ -150,9 +150,11 @@ static void stream_closed(struct pk_h2stream *s, uint32_t code, void *ud)
 
 static const struct pk_h2stream_cbs stream_cbs = {.on_close = stream_closed};
 
-/* The service failed this exchange: tell the server how (PROTOCOL.md 1.3). */
-static void lx_fail(struct lx *x, uint32_t code, const char *why)
+/* The exchange failed: tell the server how (PROTOCOL.md 1.3). reason: the metric label
+ * of the service's failure, NULL when the client went away. */
+static void lx_fail(struct lx *x, uint32_t code, const char *reason, const char *why)
 {
+    pk_sidecar_metrics_local_error(x->ep->sc, x->ep->name, reason);
     /* A dial failure already names the address ("127.0.0.1:8080: Connection refused"). */
     char addr[300];
     snprintf(addr, sizeof(addr), "%s:%u: ", x->ep->host, x->ep->port);
@@ -217,7 +219,7 @@ static void stall_cb(evutil_socket_t fd, short what, void *arg)
     char why[160];
     snprintf(why, sizeof(why), "stalled: no body byte moved for %llums (%s)",
              (unsigned long long)x->stalled_ms, response ? "response" : "request body");
-    lx_fail(x, NGHTTP2_CANCEL, why);
+    lx_fail(x, NGHTTP2_CANCEL, "stall", why);
 }
 
 /* ---- request: stream -> service ---------------------------------------------------- */
@@ -238,7 +240,7 @@ static void pump_request(struct lconn *lc)
             lc_release(lc, false);
             return;
         }
-        lx_fail(x, NGHTTP2_CANCEL, "request aborted by the client");
+        lx_fail(x, NGHTTP2_CANCEL, NULL, "request aborted by the client");
         return;
     }
     if (pk_h1_pump_body(out, p, x->req_chunked, OUT_HWM)) {
@@ -394,7 +396,7 @@ static void lc_process(struct lconn *lc)
         x->got_bytes = true;
         ssize_t n = pk_h1parser_feed_evbuffer(&lc->parser, in, 65536);
         if (n < 0) {
-            lx_fail(x, NGHTTP2_INTERNAL_ERROR, "malformed response");
+            lx_fail(x, NGHTTP2_INTERNAL_ERROR, "malformed_response", "malformed response");
             return;
         }
         if (lc->parser.message_done && !x->resp_complete) {
@@ -449,9 +451,9 @@ static void lc_event(struct bufferevent *bev, short what, void *arg)
         lx_connect(x);
         return;
     }
-    lx_fail(x, NGHTTP2_INTERNAL_ERROR,
-            (what & BEV_EVENT_EOF) ? "closed the connection before the response was complete"
-                                   : "connection error");
+    bool eof = what & BEV_EVENT_EOF;
+    lx_fail(x, NGHTTP2_INTERNAL_ERROR, eof ? "closed" : "error",
+            eof ? "closed the connection before the response was complete" : "connection error");
 }
 
 static void kick_cb(evutil_socket_t fd, short what, void *arg)
@@ -558,7 +560,7 @@ static void dialed(int err, struct bufferevent *bev, const char *why, void *arg)
         if (x) {
             x->lc = NULL;
             /* Nothing reached the service: the server may retry elsewhere (1.3). */
-            lx_fail(x, NGHTTP2_REFUSED_STREAM, why);
+            lx_fail(x, NGHTTP2_REFUSED_STREAM, pk_sidecar_dial_error(err, why), why);
         }
         return;
     }
@@ -590,7 +592,7 @@ static void lx_connect(struct lx *x)
         x->lc = NULL;
         lc->lx = NULL;
         lc_close(lc);
-        lx_fail(x, NGHTTP2_REFUSED_STREAM, "cannot resolve the service address");
+        lx_fail(x, NGHTTP2_REFUSED_STREAM, "resolve", "cannot resolve the service address");
     }
 }
 

@@ -58,6 +58,9 @@ struct rx {
 
 static void rx_free(struct rx *x)
 {
+    if (x->bp) /* joined to the service: a stream, whatever its end */
+        pk_sidecar_metrics_stream(x->ep->sc, x->ep->name, !x->upgrade, x->to_service.total_in,
+                                  x->from_service.total_out);
     struct pk_access_rec r = {
         .kind = x->upgrade ? "upgrade" : "tcp",
         .endpoint = x->ep->name,
@@ -116,8 +119,10 @@ static void stream_closed(struct pk_h2stream *s, uint32_t code, void *ud)
 
 static const struct pk_h2stream_cbs stream_cbs = {.on_close = stream_closed};
 
-static void fail(struct rx *x, uint32_t code, const char *why)
+/* The service failed the stream; reason is its metric label. */
+static void fail(struct rx *x, uint32_t code, const char *reason, const char *why)
 {
+    pk_sidecar_metrics_local_error(x->ep->sc, x->ep->name, reason);
     PK_INFO("raw", "endpoint=%s service %s:%u: %s", x->ep->name, x->ep->host, x->ep->port, why);
     if (!x->error[0])
         snprintf(x->error, sizeof(x->error), "%s", why);
@@ -174,13 +179,14 @@ static bool up_on_head(struct pk_h1parser *p, void *ud)
     if (status == 101) {
         const char *acc = pk_hdrs_get(&h.hdrs, "sec-websocket-accept");
         if (x->accept[0] && (!acc || strcmp(acc, x->accept) != 0)) {
-            fail(x, NGHTTP2_INTERNAL_ERROR, "bad Sec-WebSocket-Accept in the 101");
+            fail(x, NGHTTP2_INTERNAL_ERROR, "bad_upgrade", "bad Sec-WebSocket-Accept in the 101");
         } else {
             h.status = 200;
             respond(x, &h, true);
         }
     } else if (status >= 200 && status < 300) {
-        fail(x, NGHTTP2_INTERNAL_ERROR, "answered an upgrade with a 2xx other than 101");
+        fail(x, NGHTTP2_INTERNAL_ERROR, "bad_upgrade",
+             "answered an upgrade with a 2xx other than 101");
     } else {
         /* Refused: relay the response as it is, then end (PROTOCOL.md 1.2). */
         x->relaying = true;
@@ -219,7 +225,7 @@ static void up_read(struct bufferevent *bev, void *arg)
     while (evbuffer_get_length(in) > 0 && x->bev) {
         ssize_t n = pk_h1parser_feed_evbuffer(&x->parser, in, 0);
         if (n < 0) {
-            fail(x, NGHTTP2_INTERNAL_ERROR, "malformed upgrade response");
+            fail(x, NGHTTP2_INTERNAL_ERROR, "malformed_response", "malformed upgrade response");
             return;
         }
         if (x->parser.upgrade && x->parser.head.status == 101 && x->responded) {
@@ -247,10 +253,10 @@ static void up_event(struct bufferevent *bev, short what, void *arg)
         return;
     if (x->relaying)
         pk_pipe_abort(&x->from_service);
+    else if (what & BEV_EVENT_EOF)
+        fail(x, NGHTTP2_INTERNAL_ERROR, "closed", "closed the connection during the upgrade");
     else
-        fail(x, NGHTTP2_INTERNAL_ERROR,
-             (what & BEV_EVENT_EOF) ? "closed the connection during the upgrade"
-                                    : "connection error during the upgrade");
+        fail(x, NGHTTP2_INTERNAL_ERROR, "error", "connection error during the upgrade");
     bufferevent_disable(bev, EV_READ | EV_WRITE);
 }
 
@@ -300,7 +306,7 @@ static void dialed(int err, struct bufferevent *bev, const char *why, void *arg)
     x->dial = NULL;
     if (err) {
         /* Nothing reached the service: the server may retry elsewhere (1.3). */
-        fail(x, NGHTTP2_REFUSED_STREAM, why);
+        fail(x, NGHTTP2_REFUSED_STREAM, pk_sidecar_dial_error(err, why), why);
         return;
     }
     if (!x->s) {
@@ -370,5 +376,5 @@ void pk_raw_serve(struct sc_endpoint *ep, struct pk_h2stream *s)
     x->dial = pk_dial_start(ep->sc->base, ep->sc->resolver, ep->host, ep->port,
                             ep->sc->cfg->local_connect_timeout_ms, dialed, x);
     if (!x->dial)
-        fail(x, NGHTTP2_REFUSED_STREAM, "cannot resolve the service address");
+        fail(x, NGHTTP2_REFUSED_STREAM, "resolve", "cannot resolve the service address");
 }

@@ -148,11 +148,27 @@ int pk_token_get(const char *token, const char *file, char **out, char *err, siz
 const char *pk_error_message(int status, const char *body, size_t len, char *buf, size_t size);
 
 /* scmetrics.c: the Prometheus registry and its /metrics route (after the admin port is
- * up); _request counts one finished HTTP exchange with the local service. */
+ * up). The counting functions may be called from anywhere on the loop. */
 struct pk_sidecar_metrics;
 void pk_sidecar_metrics_new(struct pk_sidecar *sc);
 void pk_sidecar_metrics_del(struct pk_sidecar *sc);
+/* One finished HTTP exchange with the local service. */
 void pk_sidecar_metrics_request(struct pk_sidecar *sc, const char *endpoint, const char *method,
                                 int status, uint64_t us);
+/* One raw stream that was joined to the service (tcp, else upgrade), when it ends: in
+ * bytes went to the service, out bytes came from it. */
+void pk_sidecar_metrics_stream(struct pk_sidecar *sc, const char *endpoint, bool tcp, uint64_t in,
+                               uint64_t out);
+/* The local service failed an exchange or a stream; reason is a static label (NULL: not
+ * the service's failure, nothing counted). */
+void pk_sidecar_metrics_local_error(struct pk_sidecar *sc, const char *endpoint,
+                                    const char *reason);
+/* The label of a failed dial to a service: "resolve", "connect_timeout" or "connect". */
+const char *pk_sidecar_dial_error(int err, const char *why);
+/* A --forward listener (port: its bound port, as a string) accepted a connection. */
+void pk_sidecar_metrics_forward(struct pk_sidecar *sc, const char *port);
+/* A tunnel came up (t->up set) / closed (why: pk_h2conn's on_close reason). */
+void pk_sidecar_metrics_tunnel_up(struct pk_sidecar *sc);
+void pk_sidecar_metrics_tunnel_down(const struct sc_tunnel *t, const char *why);
 
 #endif

@@ -200,6 +200,7 @@ static void t_on_ready(struct pk_h2conn *c, void *ud)
     PK_UNUSED(c);
     t->up = true;
     t->up_since_ms = pk_now_ms();
+    pk_sidecar_metrics_tunnel_up(ep->sc);
     PK_INFO("tunnel", "tunnel up endpoint=%s slot=%u server=%s", ep->name, t->slot->index,
             server_url(ep, t->server));
     if (t->replaced || ep->sc->draining)
@@ -249,6 +250,7 @@ static void t_on_close(struct pk_h2conn *c, const char *why, void *ud)
     struct pk_sidecar *sc = ep->sc;
     PK_UNUSED(c);
     uint64_t lived = t->up ? pk_now_ms() - t->up_since_ms : 0;
+    pk_sidecar_metrics_tunnel_down(t, why);
     tunnel_unlink(t);
     sc->ntunnels--;
     PK_INFO("tunnel", "tunnel closed endpoint=%s slot=%u server=%s lived_ms=%llu%s: %s", ep->name,
