@@ -7,6 +7,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <json-c/json.h>
+#include <json-c/printbuf.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +52,7 @@ struct pk_accesslog {
     struct slot ring[PK_ACCESS_RING];
     size_t next; /* the slot the next record goes to */
     size_t count;
+    struct json_object *line; /* the log line, reused (line_object) */
     struct evbuffer *pending; /* lines not yet written */
     struct event *flush_ev;   /* deferred: writes them (NULL: no loop, written at once) */
 };
@@ -184,6 +186,7 @@ void pk_accesslog_del(struct pk_accesslog *l)
     if (!l)
         return;
     flush(l);
+    json_object_put(l->line);
     if (l->flush_ev)
         event_free(l->flush_ev);
     evbuffer_free(l->pending);
@@ -287,6 +290,70 @@ static void add_headers(struct json_object *o, const struct pk_accesslog *l, con
         json_object_object_add(o, key, hs);
 }
 
+/* ---- the log line ------------------------------------------------------------------------ */
+
+/* duration_ms with three decimals (json-c's default writes 17 significant digits). */
+static int ms_to_json(struct json_object *jso, struct printbuf *pb, int level, int flags)
+{
+    PK_UNUSED(level);
+    PK_UNUSED(flags);
+    char buf[48];
+    int n = snprintf(buf, sizeof(buf), "%.3f", json_object_get_double(jso));
+    return printbuf_memappend(pb, buf, n) < 0 ? -1 : 0;
+}
+
+/* The line's object is kept from line to line and its values are set in place, so that
+ * once its keys exist a line costs no allocation: only an optional key that comes or
+ * goes (tunnel, peer, error, headers) is added or removed. Keys are written in the order
+ * they were added. */
+static struct json_object *line_object(struct pk_accesslog *l)
+{
+    if (l->line)
+        return l->line;
+    struct json_object *o = json_object_new_object();
+    const char *fixed[] = {"time", "level", "subsystem", "msg"};
+    for (size_t i = 0; i < PK_ARRAY_LEN(fixed); i++)
+        json_object_object_add(o, fixed[i], json_object_new_string("access"));
+    if (l->node)
+        json_object_object_add(o, "node", json_object_new_string(l->node));
+    const char *strs[] = {"kind", "endpoint", "client", "method", "host", "path"};
+    for (size_t i = 0; i < PK_ARRAY_LEN(strs); i++)
+        json_object_object_add(o, strs[i], json_object_new_string(""));
+    const char *ints[] = {"status", "bytes_in", "bytes_out"};
+    for (size_t i = 0; i < PK_ARRAY_LEN(ints); i++)
+        json_object_object_add(o, ints[i], json_object_new_int64(0));
+    struct json_object *ms = json_object_new_double(0);
+    json_object_set_serializer(ms, ms_to_json, NULL, NULL);
+    json_object_object_add(o, "duration_ms", ms);
+    l->line = o;
+    return o;
+}
+
+/* Sets a string value of the line; an empty or NULL one removes the key. */
+static void line_str(struct json_object *o, const char *key, const char *v)
+{
+    struct json_object *cur;
+    bool has = json_object_object_get_ex(o, key, &cur);
+    if (!v || !*v) {
+        if (has)
+            json_object_object_del(o, key);
+        return;
+    }
+    if (has && json_object_is_type(cur, json_type_string))
+        json_object_set_string(cur, v);
+    else
+        json_object_object_add(o, key, json_object_new_string(v));
+}
+
+static void line_int(struct json_object *o, const char *key, int64_t v)
+{
+    struct json_object *cur;
+    if (json_object_object_get_ex(o, key, &cur))
+        json_object_set_int64(cur, v);
+    else
+        json_object_object_add(o, key, json_object_new_int64(v));
+}
+
 void pk_accesslog_add(struct pk_accesslog *l, const struct pk_access_rec *r)
 {
     if (!l)
@@ -315,19 +382,30 @@ void pk_accesslog_add(struct pk_accesslog *l, const struct pk_access_rec *r)
     enum pk_log_level level = r->status >= 500 ? PK_LOG_WARN : PK_LOG_INFO;
     if (!l->enabled || !pk_log_enabled(level, "access"))
         return;
-    struct json_object *o = json_object_new_object();
-    json_object_object_add(o, "time", json_object_new_string(s->time));
-    json_object_object_add(o, "level",
-                           json_object_new_string(level == PK_LOG_WARN ? "warn" : "info"));
-    json_object_object_add(o, "subsystem", json_object_new_string("access"));
-    json_object_object_add(
-        o, "msg", json_object_new_string(strcmp(s->kind, "http") == 0 ? "request" : "stream"));
-    add_fields(o, l, s);
-    /* Values are logged whole; the ring keeps them cut. */
-    if (r->path && strlen(r->path) >= sizeof(s->path))
-        json_object_object_add(o, "path", json_object_new_string(r->path));
-    if (r->host && strlen(r->host) >= sizeof(s->host))
-        json_object_object_add(o, "host", json_object_new_string(r->host));
+    /* The line's values are whole (the ring keeps them cut). */
+    struct json_object *o = line_object(l);
+    line_str(o, "time", s->time);
+    line_str(o, "level", level == PK_LOG_WARN ? "warn" : "info");
+    line_str(o, "msg", strcmp(s->kind, "http") == 0 ? "request" : "stream");
+    line_str(o, "kind", r->kind);
+    line_str(o, "endpoint", r->endpoint);
+    line_str(o, "client", r->client);
+    line_str(o, "method", r->method);
+    line_str(o, "host", r->host);
+    line_str(o, "path", r->path);
+    line_int(o, "status", r->status);
+    line_int(o, "bytes_in", (int64_t)r->bytes_in);
+    line_int(o, "bytes_out", (int64_t)r->bytes_out);
+    struct json_object *ms;
+    json_object_object_get_ex(o, "duration_ms", &ms);
+    json_object_set_double(ms, (double)r->duration_us / 1000.0);
+    line_str(o, "route", r->route);
+    line_str(o, "tunnel", r->tunnel);
+    line_str(o, "peer", r->peer);
+    line_str(o, "forwarded_by", r->forwarded_by);
+    line_str(o, "error", r->error);
+    json_object_object_del(o, "request_headers");
+    json_object_object_del(o, "response_headers");
     add_headers(o, l, "request_headers", r->request_headers, false);
     add_headers(o, l, "response_headers", r->response_headers, true);
     size_t n;
@@ -335,7 +413,6 @@ void pk_accesslog_add(struct pk_accesslog *l, const struct pk_access_rec *r)
         o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &n);
     evbuffer_add(l->pending, js, n);
     evbuffer_add(l->pending, "\n", 1);
-    json_object_put(o);
     if (!l->flush_ev || evbuffer_get_length(l->pending) >= PK_ACCESS_FLUSH_BYTES)
         flush(l);
     else if (!event_pending(l->flush_ev, EV_TIMEOUT, NULL))
