@@ -11,8 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
-#include <time.h>
 
 #define MAX_NAMES 64
 
@@ -217,14 +215,7 @@ static void copy(char *dst, size_t len, const char *src)
 /* The wall-clock time the record started: now less its duration. */
 static void start_time(char *buf, size_t len, uint64_t duration_us)
 {
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    int64_t us = (int64_t)tv.tv_sec * 1000000 + tv.tv_usec - (int64_t)duration_us;
-    time_t sec = (time_t)(us / 1000000);
-    struct tm tm;
-    gmtime_r(&sec, &tm);
-    snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(us % 1000000 / 1000));
+    pk_rfc3339(buf, len, pk_unix_ms() - (int64_t)(duration_us / 1000));
 }
 
 static void add_str(struct json_object *o, const char *key, const char *v)

@@ -7,8 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
-#include <time.h>
 
 enum pk_log_level pk_log_min_level = PK_LOG_INFO;
 size_t pk_log_nsubsystems;
@@ -157,18 +155,6 @@ bool pk_log_enabled(enum pk_log_level level, const char *subsys)
     return level >= pk_log_min_level || (pk_log_nsubsystems && pk_log_subsystem_on(subsys));
 }
 
-/* "2026-12-07T20:15:03.123Z" */
-static int format_time(char *buf, size_t len)
-{
-    struct timeval tv;
-    struct tm tm;
-    gettimeofday(&tv, NULL);
-    gmtime_r(&tv.tv_sec, &tm);
-    return snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                    tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                    (int)(tv.tv_usec / 1000));
-}
-
 /* One write per line keeps lines whole when several processes share a terminal. */
 static void put_line(const char *line, size_t len)
 {
@@ -181,7 +167,7 @@ void pk_log_write(enum pk_log_level level, const char *subsys, const char *fmt, 
     char line[2048], ts[32];
     va_list ap;
 
-    format_time(ts, sizeof(ts));
+    pk_rfc3339(ts, sizeof(ts), pk_unix_ms());
     if (log_format == PK_LOG_JSON) {
         char msg[2048];
         va_start(ap, fmt);
