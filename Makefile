@@ -1,7 +1,7 @@
 # The two commands a user needs: `make demo` and `make test`. Both install missing
 # Debian packages first (scripts/install-deps.sh), so they work on a fresh machine.
 .PHONY: all deps build build-asan build-fuzz test test-unit test-e2e fmt fmt-check demo bench \
-        fuzz fuzz-smoke clean
+        fuzz fuzz-smoke image clean
 
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
@@ -12,6 +12,9 @@ FUZZ_TIME  ?= 60
 FUZZ_SMOKE_TIME ?= 12
 JOBS       ?= $(shell nproc)
 PYTEST     ?= python3 -m pytest
+# `make image`: the container image piko:$(VERSION) from the root Dockerfile.
+VERSION    ?= $(shell sed -n 's/^project.piko VERSION \([0-9.]*\).*/\1/p' CMakeLists.txt)
+DOCKER     ?= docker
 
 all: build
 
@@ -72,6 +75,14 @@ bench:
 	@$(MAKE) --no-print-directory build
 	@bench/http.sh $(BUILD)/bin
 	@bench/tcp.sh $(BUILD)/bin
+
+# Builds inside the container engine (nothing from build/ is used). Needs a running daemon.
+image:
+	@command -v $(DOCKER) >/dev/null 2>&1 || \
+	    { echo "image: '$(DOCKER)' not found; install Docker (or set DOCKER=podman)" >&2; exit 1; }
+	@$(DOCKER) info >/dev/null 2>&1 || \
+	    { echo "image: no container engine daemon answers ('$(DOCKER) info' failed); start one (e.g. systemctl start docker) or build elsewhere: $(DOCKER) build -t piko:$(VERSION) ." >&2; exit 1; }
+	$(DOCKER) build -t piko:$(VERSION) .
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
