@@ -7,7 +7,7 @@ BUILD_PKGS=(build-essential cmake ninja-build pkg-config
     libnghttp2-dev libevent-dev libssl-dev libc-ares-dev libcurl4-openssl-dev
     libjson-c-dev libcunit1-dev libhttp-parser-dev libyaml-dev libcjose-dev libjansson-dev)
 TEST_PKGS=(clang clang-format libclang-rt-14-dev curl nghttp2-client python3 python3-pytest procps dnsmasq-base openssl iproute2 iptables
-    chromium fonts-dejavu-core)
+    chromium fonts-dejavu-core debootstrap)
 BENCH_PKGS=(wrk nginx-light iperf3 socat)
 
 case "${1:-test}" in
