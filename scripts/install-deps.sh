@@ -28,6 +28,27 @@ python_deps() {
 }
 case "${1:-test}" in test | bench) python_deps ;; esac
 
+# helm and kubeconform for the chart checks (e2e/test_61_charts.py), built with Go from the
+# Go module proxy into ~/go/bin once and then reused. Without Go those tests are skipped.
+HELM_VERSION=v3.21.4
+KUBECONFORM_VERSION=v0.8.0
+go_tools() {
+    command -v go >/dev/null 2>&1 || {
+        echo "install-deps: no go: helm and kubeconform not installed (chart checks skipped)"
+        return 0
+    }
+    local bin="$HOME/go/bin"
+    if [ ! -x "$bin/helm" ]; then
+        echo "install-deps: building helm $HELM_VERSION into $bin (go install, a few minutes)"
+        GOBIN="$bin" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+    fi
+    if [ ! -x "$bin/kubeconform" ]; then
+        echo "install-deps: building kubeconform $KUBECONFORM_VERSION into $bin (go install)"
+        GOBIN="$bin" go install "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
+    fi
+}
+case "${1:-test}" in test) go_tools ;; esac
+
 missing=()
 for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
