@@ -264,6 +264,36 @@ def test_bad_values_are_refused_with_a_message(charts, args, message):
     assert message in p.stderr, p.stderr
 
 
+def notes(charts, *args):
+    """NOTES.txt as helm install would print it. helm template skips NOTES.txt and helm
+    install needs a cluster: a copy of the chart renders it inside a ConfigMap."""
+    copy_dir = charts.parent / "piko-notes"
+    if not copy_dir.exists():
+        shutil.copytree(charts / "piko", copy_dir)
+        text = (copy_dir / "templates" / "NOTES.txt").read_text()
+        (copy_dir / "templates" / "NOTES.txt").unlink()
+        (copy_dir / "templates" / "_notes.tpl").write_text(
+            '{{- define "notes" }}' + text + "{{- end }}")
+        (copy_dir / "templates" / "notes.yaml").write_text(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata:\n  notes: |\n"
+            '    {{- include "notes" . | nindent 4 }}\n')
+    out = template(copy_dir, "--show-only", "templates/notes.yaml", *args).stdout
+    return docs(out)[0]["data"]["notes"]
+
+
+def test_notes_name_the_right_commands(charts):
+    text = notes(charts)
+    assert "piko-server status nodes --server.url http://localhost:8002\n" in text, text
+    assert "http://piko.piko.svc:8001" not in text and "http://t-piko.piko.svc:8001" in text
+    text = notes(charts, "--set", "tls.admin.secretName=t", "--set", "serviceMonitor.enabled=true",
+                 "--set", "auth.admin.jwksEndpoint=https://a.example/jwks",
+                 "--set", "serviceMonitor.tokenSecret.name=tok")
+    assert ("piko-server status nodes --server.url https://localhost:8002 "
+            "--server.tls.root-cas ca.crt --token-file TOKEN") in text, text
+    assert "open https://localhost:8002/ for the status page" in text, text
+    assert "the ServiceMonitor t-piko scrapes /metrics" in text, text
+
+
 def test_termination_grace_period_set_longer_is_kept(charts):
     m = docs(template(charts / "piko", "--set", "terminationGracePeriodSeconds=36").stdout)
     pod = by_kind(m, "StatefulSet")[0]["spec"]["template"]["spec"]

@@ -221,7 +221,7 @@ Checks on values that would otherwise produce a broken deployment.
 {{- if .Values.tls.admin.clientCAKey }}
 {{- fail "tls.admin.clientCAKey: the kubelet's probes cannot present a client certificate; use auth.admin to protect the admin port." }}
 {{- end }}
-{{- if and .Values.serviceMonitor.enabled (or .Values.auth.admin.hmacSecret.name .Values.auth.admin.rsaPublicKey .Values.auth.admin.ecdsaPublicKey .Values.auth.admin.jwksEndpoint) (not .Values.serviceMonitor.tokenSecret.name) }}
+{{- if and .Values.serviceMonitor.enabled (include "piko.adminAuth" .) (not .Values.serviceMonitor.tokenSecret.name) }}
 {{- fail "serviceMonitor.tokenSecret.name is empty: auth.admin is on, so /metrics needs a token; name a Secret holding one." }}
 {{- end }}
 {{- $_ := include "piko.terminationGracePeriodSeconds" . }}
@@ -290,4 +290,12 @@ A probe from values; an httpGet probe gets scheme HTTPS when the admin port serv
 {{- $_ := set $p.httpGet "scheme" "HTTPS" }}
 {{- end }}
 {{- toYaml $p }}
+{{- end }}
+
+{{/*
+Whether the admin port requires a token (auth.admin has a key source): "true" or empty.
+*/}}
+{{- define "piko.adminAuth" -}}
+{{- $a := .Values.auth.admin }}
+{{- if or $a.hmacSecret.name $a.rsaPublicKey $a.ecdsaPublicKey $a.jwksEndpoint }}true{{ end }}
 {{- end }}
