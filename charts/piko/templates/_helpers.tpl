@@ -243,7 +243,7 @@ Seconds in a Go duration string ("500ms", "30s", "1m30s", "1h"), as a float.
 */}}
 {{- define "piko.durationSeconds" -}}
 {{- $d := toString . }}
-{{- if not (regexMatch "^([0-9]+(\\.[0-9]+)?(h|ms|m|s|us|ns))+$" $d) }}
+{{- if not (regexMatch "^(0|([0-9]+(\\.[0-9]+)?(h|ms|m|s|us|ns))+)$" $d) }}
 {{- fail (printf "%q is not a duration (want Go syntax: 500ms, 30s, 1m30s)" $d) }}
 {{- end }}
 {{- $total := 0.0 }}
