@@ -352,6 +352,7 @@ static void us_on_close(struct pk_h2stream *s, uint32_t code, void *ud)
             PK_DEBUG("proxy", "stream refused endpoint=%s: retrying on another tunnel",
                      ex->endpoint);
             ex->retried = true;
+            ex->peer_refused = ex->last_peer != NULL;
             pk_server_metrics_retry(ex);
             pk_pipe_free(&ex->resp_body);
             pk_pipe_init(&ex->resp_body, PIPE_HWM);
@@ -394,6 +395,15 @@ static void ex_no_route(struct exchange *ex, bool exists, bool pexists)
      * replacements (bounded by the move window and proxy.timeout). */
     if (!exists && !pexists && !ex->forwarded && pk_server_is_moving(srv, ex->endpoint))
         pexists = true;
+    /* A peer refused the stream: it no longer has a tunnel for the endpoint, though our
+     * view of it said so (its tunnel is moving, and the news has not reached us yet).
+     * Nothing else has one now: treat the endpoint as moving, so that this request and the
+     * next wait for the new tunnel within the move window instead of failing. */
+    if (!exists && !pexists && ex->peer_refused && !ex->forwarded) {
+        ex->peer_refused = false; /* once: when the window ends, the answer is 502 */
+        pk_server_mark_moving(srv, ex->endpoint);
+        pexists = true;
+    }
     if (!exists && !pexists) {
         if (ex->forwarded && pk_end_takes_forwarded(ex->down) && !ex->head_sent) {
             /* The peer's view was stale: refused, so it can try another node. */

@@ -58,6 +58,7 @@ struct exchange {
     const struct tunnel *last_tunnel;
     const struct pk_peer *last_peer; /* compared only: the peer of the failed attempt */
     bool retried;
+    bool peer_refused; /* the retry follows a peer's REFUSED_STREAM (no tunnel there) */
     bool timed_out;
     /* downstream side (end.h): NULL once it is done or gone (pk_exchange_down_gone) */
     struct pk_end *down;
