@@ -47,7 +47,7 @@ int main(int argc, char **argv)
         pk_config_free(pk_sidecar_opts, pk_sidecar_nopts, &cfg);
         return 2;
     }
-    pk_log_configure(cfg.log_level, cfg.log_format, cfg.log_subsystems, err, sizeof(err));
+    pk_log_configure(cfg.log.level, cfg.log.format, cfg.log.subsystems, err, sizeof(err));
     signal(SIGPIPE, SIG_IGN);
     unsigned long nofile = pk_raise_nofile();
     PK_DEBUG("sidecar", "open files limit %lu", nofile);

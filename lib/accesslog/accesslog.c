@@ -63,53 +63,49 @@ static bool token_char(char c)
            strchr("!#$%&'*+-.^_`|~", c) != NULL;
 }
 
+struct parse_ctx {
+    const char *key;
+    bool allow_star;
+    struct name_list *l; /* NULL: checks only */
+    size_t n;
+    char *err;
+    size_t errlen;
+};
+
+static int parse_name(const char *s, size_t len, void *arg)
+{
+    struct parse_ctx *c = arg;
+    if (len == 1 && *s == '*') {
+        if (!c->allow_star) {
+            snprintf(c->err, c->errlen, "%s: '*' is only for the allow lists", c->key);
+            return PK_ERR_INVALID;
+        }
+        if (c->l)
+            c->l->all = true;
+        return 0;
+    }
+    for (size_t i = 0; i < len; i++) {
+        if (!token_char(s[i]) || len > 100) {
+            snprintf(c->err, c->errlen, "%s: invalid header name '%.*s'", c->key,
+                     (int)PK_MIN(len, (size_t)100), s);
+            return PK_ERR_INVALID;
+        }
+    }
+    if (++c->n > MAX_NAMES) {
+        snprintf(c->err, c->errlen, "%s: at most %d header names", c->key, MAX_NAMES);
+        return PK_ERR_INVALID;
+    }
+    if (c->l) /* compared without case (in_list) */
+        c->l->names[c->l->n++] = pk_xstrndup(s, len);
+    return 0;
+}
+
 /* Parses a comma list of header names into l (l NULL: checks only). */
 static int parse_list(const char *key, const char *list, bool allow_star, struct name_list *l,
                       char *err, size_t errlen)
 {
-    const char *p = list ? list : "";
-    size_t n = 0;
-    while (*p) {
-        while (*p == ' ' || *p == ',')
-            p++;
-        const char *s = p;
-        while (*p && *p != ',')
-            p++;
-        const char *e = p;
-        while (e > s && e[-1] == ' ')
-            e--;
-        if (e == s)
-            continue;
-        size_t len = (size_t)(e - s);
-        if (len == 1 && *s == '*') {
-            if (!allow_star) {
-                snprintf(err, errlen, "%s: '*' is only for the allow lists", key);
-                return PK_ERR_INVALID;
-            }
-            if (l)
-                l->all = true;
-            continue;
-        }
-        for (size_t i = 0; i < len; i++) {
-            if (!token_char(s[i]) || len > 100) {
-                snprintf(err, errlen, "%s: invalid header name '%.*s'", key,
-                         (int)PK_MIN(len, (size_t)100), s);
-                return PK_ERR_INVALID;
-            }
-        }
-        if (++n > MAX_NAMES) {
-            snprintf(err, errlen, "%s: at most %d header names", key, MAX_NAMES);
-            return PK_ERR_INVALID;
-        }
-        if (l) {
-            char *name = pk_xstrndup(s, len);
-            for (char *c = name; *c; c++)
-                if (*c >= 'A' && *c <= 'Z')
-                    *c = (char)(*c - 'A' + 'a');
-            l->names[l->n++] = name;
-        }
-    }
-    return 0;
+    struct parse_ctx c = {key, allow_star, l, 0, err, errlen};
+    return pk_each_item(list, parse_name, &c);
 }
 
 static bool in_list(const struct name_list *l, const char *name)
@@ -153,6 +149,30 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
     PK_UNUSED(fd);
     PK_UNUSED(what);
     flush(arg);
+}
+
+static struct pk_access_opts access_opts(const struct pk_log_options *o, const char *node)
+{
+    return (struct pk_access_opts){.enabled = o->access,
+                                   .node = node,
+                                   .request_headers = o->access_request_headers,
+                                   .response_headers = o->access_response_headers,
+                                   .block_headers = o->access_block_headers};
+}
+
+int pk_log_options_check(const struct pk_log_options *o, char *err, size_t errlen)
+{
+    if (pk_log_check(o->level, o->format, o->subsystems, err, errlen) != 0)
+        return PK_ERR_INVALID;
+    struct pk_access_opts ao = access_opts(o, NULL);
+    return pk_accesslog_check(&ao, err, errlen);
+}
+
+struct pk_accesslog *pk_accesslog_from_options(const struct pk_log_options *o, const char *node,
+                                               struct event_base *base)
+{
+    struct pk_access_opts ao = access_opts(o, node);
+    return pk_accesslog_new(&ao, base);
 }
 
 struct pk_accesslog *pk_accesslog_new(const struct pk_access_opts *o, struct event_base *base)
@@ -218,41 +238,6 @@ static void start_time(char *buf, size_t len, uint64_t duration_us)
     pk_rfc3339(buf, len, pk_unix_ms() - (int64_t)(duration_us / 1000));
 }
 
-static void add_str(struct json_object *o, const char *key, const char *v)
-{
-    if (v && *v)
-        json_object_object_add(o, key, json_object_new_string(v));
-}
-
-static void add_u64(struct json_object *o, const char *key, uint64_t v)
-{
-    json_object_object_add(o, key, json_object_new_int64((int64_t)v));
-}
-
-/* The record's own fields, after time (and level, subsystem, msg in the log). */
-static void add_fields(struct json_object *o, const struct pk_accesslog *l, const struct slot *s)
-{
-    add_str(o, "node", l->node);
-    add_str(o, "kind", s->kind);
-    add_str(o, "endpoint", s->endpoint);
-    add_str(o, "client", s->client);
-    add_str(o, "method", s->method);
-    add_str(o, "host", s->host);
-    add_str(o, "path", s->path);
-    json_object_object_add(o, "status", json_object_new_int(s->status));
-    add_u64(o, "bytes_in", s->bytes_in);
-    add_u64(o, "bytes_out", s->bytes_out);
-    char ms[32];
-    snprintf(ms, sizeof(ms), "%.3f", (double)s->duration_us / 1000.0);
-    json_object_object_add(o, "duration_ms",
-                           json_object_new_double_s((double)s->duration_us / 1000.0, ms));
-    add_str(o, "route", s->route);
-    add_str(o, "tunnel", s->tunnel);
-    add_str(o, "peer", s->peer);
-    add_str(o, "forwarded_by", s->forwarded_by);
-    add_str(o, "error", s->error);
-}
-
 static void add_headers(struct json_object *o, const struct pk_accesslog *l, const char *key,
                         const struct pk_hdrs *h, bool response)
 {
@@ -293,34 +278,22 @@ static int ms_to_json(struct json_object *jso, struct printbuf *pb, int level, i
     return printbuf_memappend(pb, buf, n) < 0 ? -1 : 0;
 }
 
-/* The line's object is kept from line to line and its values are set in place, so that
- * once its keys exist a line costs no allocation: only an optional key that comes or
- * goes (tunnel, peer, error, headers) is added or removed. Keys are written in the order
- * they were added. */
+/* The line's object is kept from line to line and its values are set in place (set_fields),
+ * so that once its keys exist a line costs no allocation: only an optional key that comes
+ * or goes (tunnel, peer, error, headers) is added or removed. Keys are written in the
+ * order they were added. */
 static struct json_object *line_object(struct pk_accesslog *l)
 {
-    if (l->line)
-        return l->line;
-    struct json_object *o = json_object_new_object();
-    const char *fixed[] = {"time", "level", "subsystem", "msg"};
-    for (size_t i = 0; i < PK_ARRAY_LEN(fixed); i++)
-        json_object_object_add(o, fixed[i], json_object_new_string("access"));
-    if (l->node)
-        json_object_object_add(o, "node", json_object_new_string(l->node));
-    const char *strs[] = {"kind", "endpoint", "client", "method", "host", "path"};
-    for (size_t i = 0; i < PK_ARRAY_LEN(strs); i++)
-        json_object_object_add(o, strs[i], json_object_new_string(""));
-    const char *ints[] = {"status", "bytes_in", "bytes_out"};
-    for (size_t i = 0; i < PK_ARRAY_LEN(ints); i++)
-        json_object_object_add(o, ints[i], json_object_new_int64(0));
-    struct json_object *ms = json_object_new_double(0);
-    json_object_set_serializer(ms, ms_to_json, NULL, NULL);
-    json_object_object_add(o, "duration_ms", ms);
-    l->line = o;
-    return o;
+    if (!l->line) {
+        l->line = json_object_new_object();
+        const char *fixed[] = {"time", "level", "subsystem", "msg"};
+        for (size_t i = 0; i < PK_ARRAY_LEN(fixed); i++)
+            json_object_object_add(l->line, fixed[i], json_object_new_string("access"));
+    }
+    return l->line;
 }
 
-/* Sets a string value of the line; an empty or NULL one removes the key. */
+/* Sets a string value; an empty or NULL one removes the key. */
 static void line_str(struct json_object *o, const char *key, const char *v)
 {
     struct json_object *cur;
@@ -343,6 +316,39 @@ static void line_int(struct json_object *o, const char *key, int64_t v)
         json_object_set_int64(cur, v);
     else
         json_object_object_add(o, key, json_object_new_int64(v));
+}
+
+static void line_ms(struct json_object *o, const char *key, uint64_t us)
+{
+    struct json_object *cur;
+    if (!json_object_object_get_ex(o, key, &cur)) {
+        cur = json_object_new_double(0);
+        json_object_set_serializer(cur, ms_to_json, NULL, NULL);
+        json_object_object_add(o, key, cur);
+    }
+    json_object_set_double(cur, (double)us / 1000.0);
+}
+
+/* The record's fields after time (and level, subsystem, msg in the log), on a new object
+ * or on the kept line. */
+static void set_fields(struct json_object *o, const char *node, const struct pk_access_rec *r)
+{
+    line_str(o, "node", node);
+    line_str(o, "kind", r->kind);
+    line_str(o, "endpoint", r->endpoint);
+    line_str(o, "client", r->client);
+    line_str(o, "method", r->method);
+    line_str(o, "host", r->host);
+    line_str(o, "path", r->path);
+    line_int(o, "status", r->status);
+    line_int(o, "bytes_in", (int64_t)r->bytes_in);
+    line_int(o, "bytes_out", (int64_t)r->bytes_out);
+    line_ms(o, "duration_ms", r->duration_us);
+    line_str(o, "route", r->route);
+    line_str(o, "tunnel", r->tunnel);
+    line_str(o, "peer", r->peer);
+    line_str(o, "forwarded_by", r->forwarded_by);
+    line_str(o, "error", r->error);
 }
 
 void pk_accesslog_add(struct pk_accesslog *l, const struct pk_access_rec *r)
@@ -378,23 +384,7 @@ void pk_accesslog_add(struct pk_accesslog *l, const struct pk_access_rec *r)
     line_str(o, "time", s->time);
     line_str(o, "level", level == PK_LOG_WARN ? "warn" : "info");
     line_str(o, "msg", strcmp(s->kind, "http") == 0 ? "request" : "stream");
-    line_str(o, "kind", r->kind);
-    line_str(o, "endpoint", r->endpoint);
-    line_str(o, "client", r->client);
-    line_str(o, "method", r->method);
-    line_str(o, "host", r->host);
-    line_str(o, "path", r->path);
-    line_int(o, "status", r->status);
-    line_int(o, "bytes_in", (int64_t)r->bytes_in);
-    line_int(o, "bytes_out", (int64_t)r->bytes_out);
-    struct json_object *ms;
-    json_object_object_get_ex(o, "duration_ms", &ms);
-    json_object_set_double(ms, (double)r->duration_us / 1000.0);
-    line_str(o, "route", r->route);
-    line_str(o, "tunnel", r->tunnel);
-    line_str(o, "peer", r->peer);
-    line_str(o, "forwarded_by", r->forwarded_by);
-    line_str(o, "error", r->error);
+    set_fields(o, l->node, r);
     json_object_object_del(o, "request_headers");
     json_object_object_del(o, "response_headers");
     add_headers(o, l, "request_headers", r->request_headers, false);
@@ -417,9 +407,26 @@ struct json_object *pk_accesslog_recent_json(const struct pk_accesslog *l)
         return a;
     for (size_t i = 0; i < l->count; i++) {
         const struct slot *s = &l->ring[(l->next + PK_ACCESS_RING - 1 - i) % PK_ACCESS_RING];
+        struct pk_access_rec r = {
+            .kind = s->kind,
+            .endpoint = s->endpoint,
+            .client = s->client,
+            .method = s->method,
+            .host = s->host,
+            .path = s->path,
+            .status = s->status,
+            .bytes_in = s->bytes_in,
+            .bytes_out = s->bytes_out,
+            .duration_us = s->duration_us,
+            .route = s->route,
+            .tunnel = s->tunnel,
+            .peer = s->peer,
+            .forwarded_by = s->forwarded_by,
+            .error = s->error,
+        };
         struct json_object *o = json_object_new_object();
         json_object_object_add(o, "time", json_object_new_string(s->time));
-        add_fields(o, l, s);
+        set_fields(o, l->node, &r);
         json_object_array_add(a, o);
     }
     return a;

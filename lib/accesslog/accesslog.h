@@ -33,6 +33,8 @@
 #ifndef PK_ACCESSLOG_H
 #define PK_ACCESSLOG_H
 
+#include "config/config.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -52,6 +54,47 @@ struct pk_access_opts {
     const char *response_headers; /* allow list, or NULL */
     const char *block_headers;    /* block list, or NULL */
 };
+
+/* The log.* keys of both binaries, as their configuration structs hold them (a member of
+ * this type, whose options come from PK_LOG_OPTS). */
+struct pk_log_options {
+    char *level, *format, *subsystems;
+    bool access;
+    char *access_request_headers, *access_response_headers, *access_block_headers;
+};
+
+#define PK_LOG_OPT(name, type, cfgtype, field, def, help)                                          \
+    {                                                                                              \
+        name, type, offsetof(cfgtype, field), def, help, NULL                                      \
+    }
+/* The entries of an options table (config/config.h) for the member m of cfgtype. */
+#define PK_LOG_OPTS(cfgtype, m)                                                                    \
+    PK_LOG_OPT("log.level", PK_OPT_STRING, cfgtype, m.level, "info",                               \
+               "debug, info, warn or error"),                                                      \
+        PK_LOG_OPT("log.format", PK_OPT_STRING, cfgtype, m.format, "text",                         \
+                   "text (time level subsystem message) or json (one object per line)"),           \
+        PK_LOG_OPT("log.subsystems", PK_OPT_STRING, cfgtype, m.subsystems, "",                     \
+                   "Comma list of subsystems logged at every level whatever log.level says "       \
+                   "(e.g. proxy,cluster)"),                                                        \
+        PK_LOG_OPT("log.access", PK_OPT_BOOL, cfgtype, m.access, "true",                           \
+                   "Log one JSON line per request and per raw stream (subsystem access; a 5xx "    \
+                   "at warn)"),                                                                    \
+        PK_LOG_OPT("log.access-request-headers", PK_OPT_STRING, cfgtype, m.access_request_headers, \
+                   "",                                                                             \
+                   "Request headers the access log records: comma list of names, or * for all "    \
+                   "(credentials and cookies never)"),                                             \
+        PK_LOG_OPT("log.access-response-headers", PK_OPT_STRING, cfgtype,                          \
+                   m.access_response_headers, "",                                                  \
+                   "Response headers the access log records: comma list of names, or * for all "   \
+                   "(set-cookie never)"),                                                          \
+        PK_LOG_OPT("log.access-block-headers", PK_OPT_STRING, cfgtype, m.access_block_headers, "", \
+                   "Headers the access log never records, whatever the allow lists say")
+
+/* Checks every log.* key. Returns 0, or PK_ERR_INVALID with a message naming the key. */
+int pk_log_options_check(const struct pk_log_options *o, char *err, size_t errlen);
+/* The access log these options ask for (node: the server's id, NULL on the sidecar). */
+struct pk_accesslog *pk_accesslog_from_options(const struct pk_log_options *o, const char *node,
+                                               struct event_base *base);
 
 struct pk_access_rec {
     const char *kind; /* "http", "upgrade" or "tcp" */

@@ -210,6 +210,27 @@ uint64_t pk_random_u64(void)
     return r;
 }
 
+int pk_each_item(const char *list, int (*fn)(const char *name, size_t len, void *arg), void *arg)
+{
+    const char *p = list ? list : "";
+    while (*p) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        const char *s = p;
+        while (*p && *p != ',')
+            p++;
+        const char *e = p;
+        while (e > s && e[-1] == ' ')
+            e--;
+        if (e > s) {
+            int rv = fn(s, (size_t)(e - s), arg);
+            if (rv)
+                return rv;
+        }
+    }
+    return 0;
+}
+
 struct bufferevent *pk_xbufferevent_socket_new(struct event_base *base, int fd, int options)
 {
     struct bufferevent *bev = bufferevent_socket_new(base, fd, options);

@@ -67,6 +67,10 @@ unsigned long pk_raise_nofile(void);
 
 /* ASCII case-insensitive comparisons for protocol tokens. */
 bool pk_strcaseeq(const char *a, const char *b);
+/* Calls fn on each item of a comma list (blanks around items trimmed, empty items
+ * skipped; NULL is an empty list) and stops at the first non-zero return, which it
+ * returns; 0 when every call returned 0. */
+int pk_each_item(const char *list, int (*fn)(const char *item, size_t len, void *arg), void *arg);
 bool pk_memcaseeq(const char *a, size_t alen, const char *b);
 
 /* True when s is 1-128 characters of [A-Za-z0-9._-] (PROTOCOL.md 1.1). */

@@ -47,30 +47,6 @@ int pk_log_parse_format(const char *s, enum pk_log_format *out)
     return PK_ERR_INVALID;
 }
 
-/* Calls fn on each name of a comma list (trimmed, empty ones skipped); stops at the
- * first non-zero return. */
-static int each_name(const char *list, int (*fn)(const char *name, size_t len, void *arg),
-                     void *arg)
-{
-    const char *p = list ? list : "";
-    while (*p) {
-        while (*p == ' ' || *p == ',')
-            p++;
-        const char *s = p;
-        while (*p && *p != ',')
-            p++;
-        const char *e = p;
-        while (e > s && e[-1] == ' ')
-            e--;
-        if (e > s) {
-            int rv = fn(s, (size_t)(e - s), arg);
-            if (rv)
-                return rv;
-        }
-    }
-    return 0;
-}
-
 struct check_ctx {
     char *err;
     size_t errlen;
@@ -101,7 +77,7 @@ static int check_name(const char *name, size_t len, void *arg)
 int pk_log_check_subsystems(const char *list, char *err, size_t errlen)
 {
     struct check_ctx c = {err, errlen, 0};
-    return each_name(list, check_name, &c);
+    return pk_each_item(list, check_name, &c);
 }
 
 static int add_name(const char *name, size_t len, void *arg)
@@ -138,7 +114,7 @@ int pk_log_configure(const char *level, const char *format, const char *subsys, 
     pk_log_parse_level(level, &pk_log_min_level);
     pk_log_parse_format(format ? format : "text", &log_format);
     pk_log_nsubsystems = 0;
-    each_name(subsys, add_name, NULL);
+    pk_each_item(subsys, add_name, NULL);
     return 0;
 }
 
@@ -203,24 +179,4 @@ void pk_log_write(enum pk_log_level level, const char *subsys, const char *fmt, 
 void pk_log_lines(const char *lines, size_t len)
 {
     put_line(lines, len);
-}
-
-void pk_log_json_line(enum pk_log_level level, const char *subsys, const char *json, size_t len)
-{
-    if (!pk_log_enabled(level, subsys))
-        return;
-    char buf[4096];
-    if (len + 1 <= sizeof(buf)) {
-        memcpy(buf, json, len);
-        buf[len] = '\n';
-        put_line(buf, len + 1);
-        return;
-    }
-    char *out = malloc(len + 1);
-    if (!out)
-        return;
-    memcpy(out, json, len);
-    out[len] = '\n';
-    put_line(out, len + 1);
-    free(out);
 }

@@ -2,8 +2,8 @@
  *
  * Two formats (log.format): text, "time level subsystem message key=value ...", and json,
  * one object per line {"time", "level", "subsystem", "msg"} for log collectors. Access log
- * records (accesslog/accesslog.h) are JSON objects in both formats, written through
- * pk_log_json_line so that they obey the same level and subsystem rules.
+ * records (accesslog/accesslog.h) are JSON objects in both formats; they obey the same
+ * level and subsystem rules (pk_log_enabled) and are written with pk_log_lines.
  *
  * The level is checked before the arguments are formatted, so a disabled debug line costs
  * one comparison (two while log.subsystems names any subsystem: those log at every level,
@@ -47,9 +47,6 @@ bool pk_log_subsystem_on(const char *subsys);
 
 void pk_log_write(enum pk_log_level level, const char *subsys, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* Writes one JSON object (len bytes, no newline) as a line, unless the level and
- * subsystem are filtered out. */
-void pk_log_json_line(enum pk_log_level level, const char *subsys, const char *json, size_t len);
 /* Writes len bytes of whole lines (each ending in a newline, filtered before) in one
  * write. */
 void pk_log_lines(const char *lines, size_t len);

@@ -25,15 +25,8 @@ static void requests_route(struct pk_admin_req *req, void *arg)
 
 void pk_server_access_new(struct pk_server *srv)
 {
-    const struct pk_server_config *cfg = srv->node.cfg;
-    struct pk_access_opts o = {
-        .enabled = cfg->log_access,
-        .node = srv->node.node_id,
-        .request_headers = cfg->log_access_request_headers,
-        .response_headers = cfg->log_access_response_headers,
-        .block_headers = cfg->log_access_block_headers,
-    };
-    srv->loop.access = pk_accesslog_new(&o, srv->loop.base);
+    srv->loop.access =
+        pk_accesslog_from_options(&srv->node.cfg->log, srv->node.node_id, srv->loop.base);
     pk_admin_route(srv->node.admin, "/status/requests", false, requests_route, srv);
 }
 

@@ -142,22 +142,7 @@ const struct pk_opt pk_server_opts[] = {
         "Key exchange groups the TLS ports accept, in OpenSSL's form (a:b:c)"),
     OPT("dns.servers", PK_OPT_STRING, dns_servers, "",
         "DNS servers for cluster.join (comma list of ip[:port]); empty: /etc/resolv.conf"),
-    OPT("log.level", PK_OPT_STRING, log_level, "info", "debug, info, warn or error"),
-    OPT("log.format", PK_OPT_STRING, log_format, "text",
-        "text (time level subsystem message) or json (one object per line)"),
-    OPT("log.subsystems", PK_OPT_STRING, log_subsystems, "",
-        "Comma list of subsystems logged at every level whatever log.level says (e.g. "
-        "proxy,cluster)"),
-    OPT("log.access", PK_OPT_BOOL, log_access, "true",
-        "Log one JSON line per request and per raw stream (subsystem access; a 5xx at warn)"),
-    OPT("log.access-request-headers", PK_OPT_STRING, log_access_request_headers, "",
-        "Request headers the access log records: comma list of names, or * for all "
-        "(credentials and cookies never)"),
-    OPT("log.access-response-headers", PK_OPT_STRING, log_access_response_headers, "",
-        "Response headers the access log records: comma list of names, or * for all "
-        "(set-cookie never)"),
-    OPT("log.access-block-headers", PK_OPT_STRING, log_access_block_headers, "",
-        "Headers the access log never records, whatever the allow lists say"),
+    PK_LOG_OPTS(struct pk_server_config, log),
     OPT("metrics.enabled", PK_OPT_BOOL, metrics_enabled, "true",
         "Count requests, streams, tunnels and limits and serve them at the admin port's "
         "/metrics (false: nothing is counted and /metrics answers 404)"),
@@ -174,12 +159,7 @@ const size_t pk_server_nopts = PK_ARRAY_LEN(pk_server_opts);
 /* The listen addresses, the log level and the proxy and upstream ports' numbers. */
 static int check_ports(const struct pk_server_config *cfg, char *err, size_t errlen)
 {
-    if (pk_log_check(cfg->log_level, cfg->log_format, cfg->log_subsystems, err, errlen) != 0)
-        return PK_ERR_INVALID;
-    struct pk_access_opts ao = {.request_headers = cfg->log_access_request_headers,
-                                .response_headers = cfg->log_access_response_headers,
-                                .block_headers = cfg->log_access_block_headers};
-    if (pk_accesslog_check(&ao, err, errlen) != 0)
+    if (pk_log_options_check(&cfg->log, err, errlen) != 0)
         return PK_ERR_INVALID;
     const char *addrs[][2] = {{"proxy.bind-addr", cfg->proxy_bind_addr},
                               {"upstream.bind-addr", cfg->upstream_bind_addr},

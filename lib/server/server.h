@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 struct event_base;
+#include "accesslog/accesslog.h"
 #include "config/config.h"
 #include "net/tls.h"
 struct pk_server;
@@ -61,13 +62,7 @@ struct pk_server_config {
     char *cluster_secret;
     bool cluster_insecure_no_secret;
     char *dns_servers;
-    char *log_level;
-    char *log_format;
-    char *log_subsystems;
-    bool log_access;
-    char *log_access_request_headers;
-    char *log_access_response_headers;
-    char *log_access_block_headers;
+    struct pk_log_options log; /* log.* (accesslog/accesslog.h) */
     bool metrics_enabled;
     bool metrics_endpoint_labels;
     uint64_t grace_period_ms;

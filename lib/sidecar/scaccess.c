@@ -14,14 +14,7 @@ static void requests_route(struct pk_admin_req *req, void *arg)
 
 void pk_sidecar_access_new(struct pk_sidecar *sc)
 {
-    const struct pk_sidecar_config *cfg = sc->cfg;
-    struct pk_access_opts o = {
-        .enabled = cfg->log_access,
-        .request_headers = cfg->log_access_request_headers,
-        .response_headers = cfg->log_access_response_headers,
-        .block_headers = cfg->log_access_block_headers,
-    };
-    sc->access = pk_accesslog_new(&o, sc->base);
+    sc->access = pk_accesslog_from_options(&sc->cfg->log, NULL, sc->base);
     pk_admin_route(sc->admin, "/status/requests", false, requests_route, sc);
 }
 

@@ -77,22 +77,7 @@ const struct pk_opt pk_sidecar_opts[] = {
         "Address for /health and /ready"),
     OPT("admin.max-connections", PK_OPT_INT, admin_max_connections, "128",
         "Admin connections open at once; above, new ones are closed at once (0: no limit)"),
-    OPT("log.level", PK_OPT_STRING, log_level, "info", "debug, info, warn or error"),
-    OPT("log.format", PK_OPT_STRING, log_format, "text",
-        "text (time level subsystem message) or json (one object per line)"),
-    OPT("log.subsystems", PK_OPT_STRING, log_subsystems, "",
-        "Comma list of subsystems logged at every level whatever log.level says (e.g. "
-        "proxy,cluster)"),
-    OPT("log.access", PK_OPT_BOOL, log_access, "true",
-        "Log one JSON line per request and per raw stream (subsystem access; a 5xx at warn)"),
-    OPT("log.access-request-headers", PK_OPT_STRING, log_access_request_headers, "",
-        "Request headers the access log records: comma list of names, or * for all "
-        "(credentials and cookies never)"),
-    OPT("log.access-response-headers", PK_OPT_STRING, log_access_response_headers, "",
-        "Response headers the access log records: comma list of names, or * for all "
-        "(set-cookie never)"),
-    OPT("log.access-block-headers", PK_OPT_STRING, log_access_block_headers, "",
-        "Headers the access log never records, whatever the allow lists say"),
+    PK_LOG_OPTS(struct pk_sidecar_config, log),
     OPT("grace-period", PK_OPT_DURATION, grace_period_ms, "30s",
         "On SIGTERM/SIGINT, time allowed for in-flight streams"),
     OPT("dns.servers", PK_OPT_STRING, dns_servers, NULL,
@@ -161,12 +146,7 @@ static int parse_endpoint(const char *key, const char *spec, char **name, char *
 
 int pk_sidecar_config_check(const struct pk_sidecar_config *cfg, char *err, size_t errlen)
 {
-    if (pk_log_check(cfg->log_level, cfg->log_format, cfg->log_subsystems, err, errlen) != 0)
-        return PK_ERR_INVALID;
-    struct pk_access_opts ao = {.request_headers = cfg->log_access_request_headers,
-                                .response_headers = cfg->log_access_response_headers,
-                                .block_headers = cfg->log_access_block_headers};
-    if (pk_accesslog_check(&ao, err, errlen) != 0)
+    if (pk_log_options_check(&cfg->log, err, errlen) != 0)
         return PK_ERR_INVALID;
     char *host = NULL, *name = NULL;
     uint16_t port;

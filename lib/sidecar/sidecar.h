@@ -3,6 +3,7 @@
 #ifndef PK_SIDECAR_H
 #define PK_SIDECAR_H
 
+#include "accesslog/accesslog.h"
 #include "config/config.h"
 #include "net/tls.h"
 
@@ -31,13 +32,7 @@ struct pk_sidecar_config {
     uint64_t local_stall_timeout_ms;
     char *admin_bind_addr;
     long long admin_max_connections;
-    char *log_level;
-    char *log_format;
-    char *log_subsystems;
-    bool log_access;
-    char *log_access_request_headers;
-    char *log_access_response_headers;
-    char *log_access_block_headers;
+    struct pk_log_options log; /* log.* (accesslog/accesslog.h) */
     uint64_t grace_period_ms;
     char *dns_servers;
     /* connect.tls.root-cas / .cert / .key (also used for an https forward.url) */
