@@ -9,6 +9,7 @@
  * The far end of each socket is a plain bufferevent ("peer") that sends and checks a
  * position-dependent byte pattern, so loss, duplication and reordering are all caught. */
 #include "base/base.h"
+#include "net/net.h"
 #include "net/proxyproto.h"
 #include "net/tls.h"
 #include "stream/bevpipe.h"
@@ -1257,6 +1258,70 @@ static void test_splice_reset_from_finished_sender(void)
 
 /* TLS settings: pairs are checked at config time and failures name the key (and the
  * file: unreadable files are reported before OpenSSL sees them). */
+/* pk_bev_read_more: large reads into a socket bufferevent's input, up to max, stopping at
+ * an empty socket; EOF and a reset are reported; the input's end stays frozen after. */
+static void test_bev_read_more(void)
+{
+    struct event_base *base = event_base_new();
+    int fds[2];
+    socket_pair(false, fds);
+    struct bufferevent *bev = bufferevent_socket_new(base, fds[0], BEV_OPT_CLOSE_ON_FREE);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(bev);
+    struct evbuffer *in = bufferevent_get_input(bev);
+    enum pk_read_end end;
+
+    /* Nothing to read. */
+    CU_ASSERT_EQUAL(pk_bev_read_more(bev, 1 << 20, &end), 0);
+    CU_ASSERT_EQUAL(end, PK_READ_AGAIN);
+
+    /* Fill the socket with a pattern as far as it takes. */
+    size_t sent = 0;
+    uint8_t chunk[8192];
+    for (;;) {
+        for (size_t i = 0; i < sizeof(chunk); i++)
+            chunk[i] = (uint8_t)((sent + i) * 7);
+        ssize_t n = write(fds[1], chunk, sizeof(chunk));
+        if (n <= 0)
+            break;
+        sent += (size_t)n;
+    }
+    CU_ASSERT_FATAL(sent > 64 * 1024);
+    CU_ASSERT_EQUAL(pk_bev_read_more(bev, 1000, &end), 1000);
+    CU_ASSERT_EQUAL(end, PK_READ_AGAIN);
+    CU_ASSERT_EQUAL(pk_bev_read_more(bev, 1 << 24, &end), sent - 1000);
+    CU_ASSERT_EQUAL(end, PK_READ_AGAIN);
+    CU_ASSERT_EQUAL(evbuffer_get_length(in), sent);
+    const uint8_t *all = evbuffer_pullup(in, -1);
+    size_t bad = 0;
+    for (size_t i = 0; i < sent; i++)
+        bad += all[i] != (uint8_t)(i * 7);
+    CU_ASSERT_EQUAL(bad, 0);
+    /* libevent's freeze of the input's end is back in place. */
+    CU_ASSERT_EQUAL(evbuffer_add(in, "x", 1), -1);
+
+    /* The peer closes: EOF. */
+    close(fds[1]);
+    CU_ASSERT_EQUAL(pk_bev_read_more(bev, 1 << 20, &end), 0);
+    CU_ASSERT_EQUAL(end, PK_READ_EOF);
+    bufferevent_free(bev);
+
+    /* A reset: an error with errno set. */
+    socket_pair(true, fds);
+    bev = bufferevent_socket_new(base, fds[0], BEV_OPT_CLOSE_ON_FREE);
+    CU_ASSERT_FATAL(write(fds[1], "abc", 3) == 3);
+    usleep(20000);
+    CU_ASSERT_EQUAL(pk_bev_read_more(bev, 1 << 20, &end), 3);
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    setsockopt(fds[1], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    close(fds[1]);
+    usleep(20000);
+    CU_ASSERT_EQUAL(pk_bev_read_more(bev, 1 << 20, &end), 0);
+    CU_ASSERT_EQUAL(end, PK_READ_ERROR);
+    CU_ASSERT_EQUAL(errno, ECONNRESET);
+    bufferevent_free(bev);
+    event_base_free(base);
+}
+
 static void test_tls_config_messages(void)
 {
     char err[512];
@@ -1298,6 +1363,7 @@ void pk_test_register_net(void)
     CU_pSuite s = CU_add_suite("net", NULL, NULL);
 
     CU_add_test(s, "proxy_v1_ipv4", test_proxy_v1_ipv4);
+    CU_add_test(s, "bev_read_more", test_bev_read_more);
     CU_add_test(s, "proxy_v1_ipv6", test_proxy_v1_ipv6);
     CU_add_test(s, "proxy_v1_unknown", test_proxy_v1_unknown);
     CU_add_test(s, "proxy_v2_ipv4", test_proxy_v2_ipv4);

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 void pk_sockaddr_ip(const struct sockaddr *sa, char *ip, size_t iplen, uint16_t *port)
@@ -41,6 +42,69 @@ void pk_tune_socket(int fd)
     setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
     setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
     setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+}
+
+void pk_bev_tune_bulk(struct bufferevent *bev)
+{
+    bufferevent_set_max_single_write(bev, PK_BEV_BULK_WRITE);
+}
+
+/* One read: a 64 KiB chain with its header (libevent rounds chain allocations up to a
+ * power of two, so a round 64 KiB read would allocate 128 KiB). */
+#define READ_CHUNK (64 * 1024 - 128)
+
+size_t pk_bev_read_more(struct bufferevent *bev, size_t max, enum pk_read_end *end)
+{
+    struct evbuffer *in = bufferevent_get_input(bev);
+    evutil_socket_t fd = bufferevent_getfd(bev);
+    size_t total = 0;
+    int err = 0;
+    *end = PK_READ_AGAIN;
+    if (fd < 0)
+        return 0;
+    /* A socket bufferevent keeps the end of its input frozen outside its own reads. */
+    evbuffer_unfreeze(in, 0);
+    while (total < max) {
+        size_t want = PK_MIN(max - total, (size_t)READ_CHUNK);
+        struct evbuffer_iovec v[2];
+        int nv = evbuffer_reserve_space(in, (ev_ssize_t)want, v, 2);
+        if (nv <= 0)
+            break;
+        struct iovec iov[2];
+        size_t room = 0;
+        for (int i = 0; i < nv; i++) {
+            iov[i].iov_base = v[i].iov_base;
+            iov[i].iov_len = PK_MIN(v[i].iov_len, want - room);
+            room += iov[i].iov_len;
+        }
+        ssize_t n = readv(fd, iov, nv);
+        if (n <= 0) {
+            err = errno;
+            evbuffer_commit_space(in, v, 0);
+            if (n == 0)
+                *end = PK_READ_EOF;
+            else if (err == EINTR)
+                continue;
+            else if (err != EAGAIN && err != EWOULDBLOCK)
+                *end = PK_READ_ERROR;
+            break;
+        }
+        size_t left = (size_t)n;
+        int used = 0;
+        while (left > 0 && used < nv) {
+            v[used].iov_len = PK_MIN(iov[used].iov_len, left);
+            left -= v[used].iov_len;
+            used++;
+        }
+        evbuffer_commit_space(in, v, used);
+        total += (size_t)n;
+        /* A short read: the socket is empty (saves the read that would say EAGAIN). */
+        if ((size_t)n < room)
+            break;
+    }
+    evbuffer_freeze(in, 0);
+    errno = err;
+    return total;
 }
 
 struct pk_linger {

@@ -15,6 +15,28 @@ struct event_base;
 /* TCP_NODELAY and keepalive on a connected socket. */
 void pk_tune_socket(int fd);
 
+/* Large writes on a bufferevent that carries bulk bytes: libevent 2.1 writes at most
+ * 16 KiB per call by default; this raises it to PK_BEV_BULK_WRITE. */
+#define PK_BEV_BULK_WRITE (256 * 1024)
+void pk_bev_tune_bulk(struct bufferevent *bev);
+
+/* How pk_bev_read_more stopped. */
+enum pk_read_end {
+    PK_READ_AGAIN, /* the socket has nothing more for now, or max was reached */
+    PK_READ_EOF,   /* the peer closed its side */
+    PK_READ_ERROR, /* the read failed: errno says why */
+};
+
+/* Reads what the socket of a plain socket bufferevent holds into the bufferevent's input,
+ * up to max bytes, in reads of up to 64 KiB. libevent 2.1's own read takes at most 4096
+ * bytes per call whatever bufferevent_set_max_single_read says (evbuffer_read caps it), so
+ * a bulk stream costs a readv, a FIONREAD ioctl and a loop round per 4 KiB; the owner of a
+ * bulk bufferevent calls this from its read callback, after libevent's read, to drain the
+ * socket in a few large reads. Never for a TLS or filter bufferevent (the bytes on the
+ * socket are not the stream's). Returns the bytes added; *end says how it stopped (the
+ * owner handles EOF and errors as its event callback would: libevent does not see them). */
+size_t pk_bev_read_more(struct bufferevent *bev, size_t max, enum pk_read_end *end);
+
 /* Splits a sockaddr into a printable IP (no brackets) and a port. */
 void pk_sockaddr_ip(const struct sockaddr *sa, char *ip, size_t iplen, uint16_t *port);
 

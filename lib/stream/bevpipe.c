@@ -8,6 +8,7 @@
 #include "stream/bevpipe.h"
 
 #include "base/base.h"
+#include "net/net.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
@@ -29,6 +30,7 @@ struct pk_bevpipe {
     struct pk_pipe *out;     /* NULL once detached */
     size_t out_hwm;
     bool shutdown_write;
+    bool plain; /* a plain socket: read in large reads (read_socket) */
     pk_bevpipe_done_cb on_done;
     void *arg;
 
@@ -255,12 +257,60 @@ static void out_readable(struct pk_pipe *p, void *consumer)
 
 /* ---- bufferevent and timer callbacks -------------------------------------------------- */
 
+/* The socket failed with errno e: what arrived before is still delivered, if there is
+ * room, then the stream fails. */
+static void socket_failed(struct pk_bevpipe *bp, int e, bool writing)
+{
+    char why[96];
+    snprintf(why, sizeof(why), "connection %s: %s", writing ? "write failed" : "reset",
+             e ? evutil_socket_error_to_string(e) : "error");
+    pump_in(bp);
+    fail(bp, PK_ERR_IO, false, why);
+}
+
+/* Plain sockets: after libevent's read (4 KiB at most), drains the socket in large reads
+ * while `in` has room (pk_bev_read_more). EOF and errors seen here are handled as the
+ * event callback handles them. */
+static void read_socket(struct pk_bevpipe *bp)
+{
+    if (!bp->plain)
+        return;
+    while (bp->in && bp->bev && !bp->failed && !bp->freed && !bp->read_paused && !bp->read_eof &&
+           evbuffer_get_length(bufferevent_get_input(bp->bev)) == 0) {
+        size_t len = pk_pipe_len(bp->in);
+        size_t room = bp->in->hwm > len ? bp->in->hwm - len : 0;
+        if (room == 0)
+            return;
+        enum pk_read_end end;
+        size_t n = pk_bev_read_more(bp->bev, room, &end);
+        int e = errno;
+        if (n)
+            pump_in(bp);
+        if (end == PK_READ_EOF) {
+            if (bp->freed || bp->failed)
+                return;
+            bp->read_eof = true;
+            bufferevent_disable(bp->bev, EV_READ);
+            pump_in(bp);
+            return;
+        }
+        if (end == PK_READ_ERROR) {
+            if (!bp->freed)
+                socket_failed(bp, e, false);
+            return;
+        }
+        if (n < room)
+            return; /* the socket is empty */
+    }
+}
+
 static void read_cb(struct bufferevent *bev, void *arg)
 {
     struct pk_bevpipe *bp = arg;
     PK_UNUSED(bev);
     enter(bp);
     pump_in(bp);
+    read_socket(bp);
     leave(bp);
 }
 
@@ -281,14 +331,7 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
     if (bp->failed || bp->freed)
         goto out;
     if (what & BEV_EVENT_ERROR) {
-        int e = EVUTIL_SOCKET_ERROR();
-        char why[96];
-        snprintf(why, sizeof(why), "connection %s: %s",
-                 (what & BEV_EVENT_WRITING) ? "write failed" : "reset",
-                 e ? evutil_socket_error_to_string(e) : "error");
-        /* What arrived before the error is still delivered, if there is room. */
-        pump_in(bp);
-        fail(bp, PK_ERR_IO, false, why);
+        socket_failed(bp, EVUTIL_SOCKET_ERROR(), what & BEV_EVENT_WRITING);
     } else if (what & BEV_EVENT_EOF) {
         if (what & BEV_EVENT_WRITING) {
             fail(bp, PK_ERR_IO, false, "connection closed while writing");
@@ -366,6 +409,7 @@ struct pk_bevpipe *pk_bevpipe_new(struct event_base *base, struct bufferevent *b
     bp->in = in;
     bp->out = out;
     bp->shutdown_write = shutdown_write;
+    bp->plain = shutdown_write;
     bp->out_hwm = out_hwm ? out_hwm : DEFAULT_OUT_HWM;
     bp->on_done = on_done;
     bp->arg = arg;
@@ -379,6 +423,7 @@ struct pk_bevpipe *pk_bevpipe_new(struct event_base *base, struct bufferevent *b
     bufferevent_setwatermark(bev, EV_READ, 0, 0);
     bufferevent_setwatermark(bev, EV_WRITE, bp->out_hwm / 2, 0);
     bufferevent_set_timeouts(bev, NULL, NULL);
+    pk_bev_tune_bulk(bev);
     /* Leftover input and whatever `out` holds already move from the kick, which also
      * starts reading (as if resumed from a pause). */
     bufferevent_disable(bev, EV_READ);
