@@ -3,6 +3,8 @@
 
 #include "base/base.h"
 #include "base/log.h"
+#include "net/net.h"
+#include "net/tls.h"
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -133,14 +135,31 @@ static void consume_input(struct pk_h2conn *c)
     }
 }
 
+/* Most bytes read from a plain socket per read callback, beyond libevent's own read. */
+#define READ_BURST (256 * 1024)
+
 static void read_cb(struct bufferevent *bev, void *arg)
 {
     struct pk_h2conn *c = arg;
-    PK_UNUSED(bev);
     if (c->closing)
         return;
     consume_input(c);
-    produce(c);
+    /* A plain socket is drained in large reads (pk_bev_read_more): libevent reads 4 KiB. */
+    size_t got = 0;
+    while (c->plain && !c->closing && got < READ_BURST) {
+        enum pk_read_end end;
+        size_t n = pk_bev_read_more(bev, READ_BURST - got, &end);
+        got += n;
+        if (n)
+            consume_input(c);
+        if (end != PK_READ_AGAIN && !c->closing)
+            pk_h2conn_close(c,
+                            end == PK_READ_EOF ? "peer closed the connection" : "connection error");
+        if (end != PK_READ_AGAIN || n == 0 || c->closing)
+            break;
+    }
+    if (!c->closing)
+        produce(c);
 }
 
 static void write_cb(struct bufferevent *bev, void *arg)
@@ -266,6 +285,8 @@ struct pk_h2conn *pk_h2conn_new(struct event_base *base, struct bufferevent *bev
     }
     bufferevent_setcb(bev, read_cb, write_cb, event_cb, c);
     bufferevent_setwatermark(bev, EV_WRITE, settings->out_hwm / 2, 0);
+    pk_bev_tune_bulk(bev);
+    c->plain = !pk_bev_is_tls(bev) && !bufferevent_get_underlying(bev);
     bufferevent_enable(bev, EV_READ | EV_WRITE);
     /* Bytes that arrived together with the handshake are HTTP/2 already. */
     if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)

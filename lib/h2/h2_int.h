@@ -28,6 +28,7 @@ struct pk_h2stream {
     bool head_done;
     bool remote_ended;
     bool deferred; /* the data provider is waiting for the source pipe */
+    bool src_last; /* the frame being sent takes the source's last bytes */
     bool has_handler;
     bool end_sent;        /* our END_STREAM went out */
     bool raw;             /* a CONNECT stream: DATA are the bytes of a connection */
@@ -47,6 +48,7 @@ struct pk_h2conn {
     struct bufferevent *bev;
     nghttp2_session *ng;
     bool server;
+    bool plain; /* a plain socket bufferevent: read in large reads */
     struct pk_h2_settings set;
     const struct pk_h2conn_cbs *cbs;
     void *ud;

@@ -4,6 +4,8 @@
 #include "base/base.h"
 #include "base/log.h"
 
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <nghttp2/nghttp2.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,10 +105,24 @@ static void stream_rst(struct pk_h2stream *s, uint32_t error_code)
     nghttp2_submit_rst_stream(s->c->ng, NGHTTP2_FLAG_NONE, s->id, error_code);
 }
 
+/* The source pipe gave its last byte to nghttp2: the body is sent (its END_STREAM or
+ * trailers are queued). */
+static void src_finished(struct pk_h2stream *s)
+{
+    pk_pipe_set_consumer(s->src, NULL, NULL);
+    s->src = NULL;
+    s->src_last = false;
+    if (s->cbs && s->cbs->on_sent)
+        s->cbs->on_sent(s, s->ud);
+}
+
+/* DATA leave without a copy (NGHTTP2_DATA_FLAG_NO_COPY): this only decides a frame's
+ * length and flags; send_data moves the bytes from the pipe to the connection's output. */
 static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length,
                          uint32_t *flags, nghttp2_data_source *source, void *user_data)
 {
     struct pk_h2stream *s = source->ptr;
+    PK_UNUSED(buf);
     PK_UNUSED(user_data);
     struct pk_pipe *p = s ? s->src : NULL;
     if (!p)
@@ -118,32 +134,60 @@ static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
         s->deferred = true;
         return NGHTTP2_ERR_DEFERRED;
     }
-    size_t n = pk_pipe_read(p, buf, length);
-    s->c->data_out += n;
-    if (pk_pipe_done(p)) {
-        *flags |= NGHTTP2_DATA_FLAG_EOF;
-        if (p->has_trailers && p->trailers.n) {
-            nghttp2_nv *nv = pk_xcalloc(p->trailers.n, sizeof(*nv));
-            for (size_t i = 0; i < p->trailers.n; i++) {
-                nv[i] = (nghttp2_nv){(uint8_t *)p->trailers.v[i].name,
-                                     (uint8_t *)p->trailers.v[i].value, p->trailers.v[i].nlen,
-                                     p->trailers.v[i].vlen, NGHTTP2_NV_FLAG_NONE};
-            }
-            if (nghttp2_submit_trailer(ng, id, nv, p->trailers.n) == 0)
-                *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-            free(nv);
+    size_t avail = pk_pipe_len(p);
+    size_t n = PK_MIN(avail, length);
+    bool last = p->eof && n == avail;
+    if (!last) {
+        if (n == 0) {
+            s->deferred = true;
+            return NGHTTP2_ERR_DEFERRED;
         }
-        pk_pipe_set_consumer(p, NULL, NULL);
-        s->src = NULL;
-        if (s->cbs && s->cbs->on_sent)
-            s->cbs->on_sent(s, s->ud);
+        *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+        s->c->data_out += n;
         return (ssize_t)n;
     }
-    if (n == 0) {
-        s->deferred = true;
-        return NGHTTP2_ERR_DEFERRED;
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (p->has_trailers && p->trailers.n) {
+        nghttp2_nv *nv = pk_xcalloc(p->trailers.n, sizeof(*nv));
+        for (size_t i = 0; i < p->trailers.n; i++) {
+            nv[i] =
+                (nghttp2_nv){(uint8_t *)p->trailers.v[i].name, (uint8_t *)p->trailers.v[i].value,
+                             p->trailers.v[i].nlen, p->trailers.v[i].vlen, NGHTTP2_NV_FLAG_NONE};
+        }
+        if (nghttp2_submit_trailer(ng, id, nv, p->trailers.n) == 0)
+            *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        free(nv);
     }
+    if (n == 0) {
+        /* An empty final frame: nghttp2 writes it itself, send_data is not called. */
+        src_finished(s);
+        return 0;
+    }
+    *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    s->c->data_out += n;
+    s->src_last = true;
     return (ssize_t)n;
+}
+
+/* nghttp2's send_data_callback: one DATA frame whose length read_body chose, written as
+ * its 9-byte header then the pipe's bytes moved (whole evbuffer chains, no copy) to the
+ * output. Called right after read_body, from inside nghttp2_session_mem_send, so it lands
+ * in order between the frames produce() writes. We never pad frames. */
+static int send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t *framehd,
+                     size_t length, nghttp2_data_source *source, void *user_data)
+{
+    struct pk_h2conn *c = user_data;
+    struct pk_h2stream *s = source->ptr;
+    PK_UNUSED(ng);
+    PK_UNUSED(frame);
+    if (!s || !s->src || pk_pipe_len(s->src) < length)
+        return NGHTTP2_ERR_CALLBACK_FAILURE; /* cannot happen: read_body saw the bytes */
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    evbuffer_add(out, framehd, 9);
+    pk_pipe_move(s->src, out, length);
+    if (s->src_last && s->src)
+        src_finished(s);
+    return 0;
 }
 
 /* Builds the nghttp2 field array of a head: pseudo-fields first. */
@@ -537,6 +581,7 @@ nghttp2_session_callbacks *h2_callbacks_new(void)
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
     nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
     nghttp2_session_callbacks_set_data_source_read_length_callback(cb, read_length);
+    nghttp2_session_callbacks_set_send_data_callback(cb, send_data);
     nghttp2_session_callbacks_set_error_callback2(cb, on_error);
     nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, on_invalid_frame);
     return cb;
