@@ -67,7 +67,7 @@ int main(int argc, char **argv)
                 err[0] ? ": " : "", err);
         return 1;
     }
-    struct event_base *base = pk_event_base_new();
+    struct event_base *base = event_base_new();
     struct pk_server *srv = pk_server_new(base, &cfg, err, sizeof(err));
     if (!srv) {
         pk_config_locate(pk_server_opts, pk_server_nopts, argc, argv, err, sizeof(err));

@@ -59,7 +59,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "piko-sidecar: cannot initialise c-ares: %s\n", err);
         return 1;
     }
-    struct event_base *base = pk_event_base_new();
+    struct event_base *base = event_base_new();
     struct pk_sidecar *sc = pk_sidecar_new(base, &cfg, err, sizeof(err));
     if (!sc) {
         pk_config_locate(pk_sidecar_opts, pk_sidecar_nopts, argc, argv, err, sizeof(err));

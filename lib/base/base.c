@@ -231,23 +231,6 @@ int pk_each_item(const char *list, int (*fn)(const char *name, size_t len, void 
     return 0;
 }
 
-struct event_base *pk_event_base_new(void)
-{
-    struct event_config *cfg = event_config_new();
-    if (cfg) {
-        /* Safe here: no descriptor is ever dup()ed (libevent's caveat for the list). */
-        event_config_set_flag(cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
-    }
-    struct event_base *base = cfg ? event_base_new_with_config(cfg) : NULL;
-    if (cfg)
-        event_config_free(cfg);
-    if (!base) {
-        fprintf(stderr, "fatal: event_base_new failed\n");
-        abort();
-    }
-    return base;
-}
-
 struct bufferevent *pk_xbufferevent_socket_new(struct event_base *base, int fd, int options)
 {
     struct bufferevent *bev = bufferevent_socket_new(base, fd, options);

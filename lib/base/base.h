@@ -54,10 +54,6 @@ char *pk_rfc3339(char *buf, size_t len, int64_t unix_ms);
 uint64_t pk_random_u64(void);
 /* A duration in milliseconds as the struct timeval libevent takes. */
 struct timeval pk_ms_timeval(uint64_t ms);
-/* The event loop of a thread: epoll with its change list, so that an event removed and
- * added again in one loop round (a bufferevent's write event as its output empties and
- * fills, a read paused and resumed) costs no epoll_ctl. Aborts when it fails. */
-struct event_base *pk_event_base_new(void);
 /* bufferevent_socket_new and evbuffer_new that abort when they fail (they fail only for
  * want of memory with a valid base: the pk_xmalloc policy). */
 struct bufferevent *pk_xbufferevent_socket_new(struct event_base *base, int fd, int options);
