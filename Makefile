@@ -1,10 +1,11 @@
 # The two commands a user needs: `make demo` and `make test`. Both install missing
 # Debian packages first (scripts/install-deps.sh), so they work on a fresh machine.
-.PHONY: all deps build build-asan build-fuzz test test-unit test-e2e fmt fmt-check demo bench \
+.PHONY: all deps build build-asan build-tsan build-fuzz test test-unit test-e2e test-tsan fmt fmt-check demo bench \
         fuzz fuzz-smoke image clean
 
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
+TSAN_BUILD ?= build-tsan
 FUZZ_BUILD ?= build-fuzz
 # Seconds per fuzz target for `make fuzz` (docs/fuzzing.md); fuzz-smoke runs each for
 # FUZZ_SMOKE_TIME from the committed seeds alone.
@@ -30,6 +31,17 @@ build-asan:
 	@scripts/install-deps.sh test
 	@CC=clang cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DPIKO_SANITIZE=ON >/dev/null
 	@cmake --build $(ASAN_BUILD) -j $(JOBS)
+
+# ThreadSanitizer (clang): the unit tests, whose worker suite runs real threads against the
+# mailbox and the snapshot reclamation (docs/architecture/workers.md).
+build-tsan:
+	@scripts/install-deps.sh test
+	@CC=clang cmake -S . -B $(TSAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DPIKO_TSAN=ON >/dev/null
+	@cmake --build $(TSAN_BUILD) -j $(JOBS) --target piko-unit
+
+test-tsan: build-tsan
+	@cd $(TSAN_BUILD) && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+	    ctest --output-on-failure -j $(JOBS)
 
 # libFuzzer targets (tests/fuzz/), clang with ASan + UBSan; see docs/fuzzing.md.
 build-fuzz:
@@ -65,6 +77,7 @@ test: deps fmt-check build
 	@# The e2e suite fails on any sanitizer report (leaks included) in a binary's log.
 	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	    $(MAKE) --no-print-directory test-unit test-e2e BUILD=$(ASAN_BUILD)
+	@$(MAKE) --no-print-directory test-tsan
 	@$(MAKE) --no-print-directory fuzz-smoke
 
 demo: deps build
