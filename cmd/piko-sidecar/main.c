@@ -49,6 +49,7 @@ int main(int argc, char **argv)
     }
     pk_log_configure(cfg.log.level, cfg.log.format, cfg.log.subsystems, err, sizeof(err));
     signal(SIGPIPE, SIG_IGN);
+    pk_malloc_tune();
     unsigned long nofile = pk_raise_nofile();
     PK_DEBUG("sidecar", "open files limit %lu", nofile);
 
