@@ -49,7 +49,8 @@ KEEP_WORK="${KEEP_WORK:-0}"
 command -v python3 >/dev/null || die "python3 not found"
 [ -x "$bin_dir/piko-server" ] && [ -x "$bin_dir/piko-sidecar" ] ||
     die "piko-server / piko-sidecar not found in $bin_dir (build first)"
-"$bin_dir/piko-sidecar" --help 2>&1 | grep -q -- '--forward' ||
+# (--help is read whole first: grep -q would close the pipe early, and pipefail fail it)
+grep -q -- '--forward' <<<"$("$bin_dir/piko-sidecar" --help 2>&1 || true)" ||
     die "$bin_dir/piko-sidecar has no --forward (raw TCP not built)"
 workers_flag="$(piko_workers_flag "$bin_dir")"
 use_iperf=0
