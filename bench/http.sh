@@ -270,12 +270,13 @@ measure() {
     fi
 }
 
-w() { printf '%s\n' "${role_pid[$1]:-}"; }
-piko_pids=("$(w piko-server)" "$(w piko-sidecar)")
-cross_pids=("$(w piko-node-a)" "$(w piko-node-b)" "$(w piko-sidecar-cross)")
-base_pids=("$(w piko-server-baseline)" "$(w piko-sidecar-baseline)")
-hop1_worker="$(w nginx-hop1-worker)"
-hop2_worker="$(w nginx-hop2-worker)"
+# The processes whose CPU time each target's rows report.
+pid_of() { printf '%s\n' "${role_pid[$1]:-}"; }
+piko_pids=("$(pid_of piko-server)" "$(pid_of piko-sidecar)")
+cross_pids=("$(pid_of piko-node-a)" "$(pid_of piko-node-b)" "$(pid_of piko-sidecar-cross)")
+base_pids=("$(pid_of piko-server-baseline)" "$(pid_of piko-sidecar-baseline)")
+hop1_worker="$(pid_of nginx-hop1-worker)"
+hop2_worker="$(pid_of nginx-hop2-worker)"
 
 load_start="$(cut -d' ' -f1-3 /proc/loadavg)"
 for round in $(seq "$ROUNDS"); do

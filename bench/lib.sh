@@ -77,7 +77,7 @@ write_1k() {
 # start_nginx NAME SERVER_BLOCK: one nginx (master + one worker) with its own prefix
 # $work/nginx-NAME, in the background; its master's pid goes to `pids` and NGINX_PID.
 start_nginx() {
-    local name="$1" server_block="$2" dir="$work/nginx-$1" user=""
+    local server_block="$2" dir="$work/nginx-$1" user=""
     if [ "$(id -u)" -eq 0 ]; then user="user root;"; fi
     mkdir -p "$dir/tmp"
     cat >"$dir/nginx.conf" <<EOF
@@ -123,6 +123,7 @@ cpu_ticks() {
     done
     echo "$total"
 }
+# shellcheck disable=SC2034 # for the scripts that source this file
 clk_tck="$(getconf CLK_TCK)"
 
 # vmhwm PID: peak resident set size in kB, or "-".
@@ -209,7 +210,7 @@ start_server() {
         --grace-period 1s \
         --log.level warn ${workers_flag:-} "$@" >"$work/$role.log" 2>&1 &
     pids+=($!)
-    role_pid[$role]=$!
+    role_pid["$role"]=$!
     wait_ok 10 "$!" "http://127.0.0.1:$admin/health"
 }
 start_sidecar() {
@@ -224,6 +225,7 @@ start_sidecar() {
         --local.max-idle "$UPSTREAM_KEEPALIVE" \
         --log.level warn ${workers_flag:-} "$@" >"$work/$role.log" 2>&1 &
     pids+=($!)
-    role_pid[$role]=$!
+    # shellcheck disable=SC2034 # role_pid is the sourcing script's
+    role_pid["$role"]=$!
     wait_ok 15 "$!" "http://127.0.0.1:$admin/ready"
 }

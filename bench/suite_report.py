@@ -23,6 +23,9 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from report import read_tsv  # noqa: E402  (bench/report.py, standard library only)
+
 TWO_HOPS = "nginx, two hops"
 PIKO = "Piko (server + sidecar)"
 CROSS = "Piko, cross-node"
@@ -47,11 +50,6 @@ def load(path):
             return json.load(f)
     except (OSError, ValueError):
         return None
-
-
-def read_tsv(path):
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n").split("\t") for line in f if line.strip()]
 
 
 def num(v, fmt=".2f", none="n/a"):

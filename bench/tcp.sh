@@ -53,6 +53,7 @@ command -v python3 >/dev/null || die "python3 not found"
 grep -q -- '--forward' <<<"$("$bin_dir/piko-sidecar" --help 2>&1 || true)" ||
     die "$bin_dir/piko-sidecar has no --forward (raw TCP not built)"
 workers_flag="$(piko_workers_flag "$bin_dir")"
+read -ra workers_args <<<"$workers_flag"
 use_iperf=0
 if [ "$NO_IPERF" != "1" ] && command -v iperf3 >/dev/null; then
     use_iperf=1
@@ -311,17 +312,17 @@ log "piko-server proxy :$proxy_port; exposer (iperf, echo, bulk); forwarder" \
     ":$fwd_iperf_port :$fwd_echo_port :$fwd_bulk_port"
 start piko-server "$bin_dir/piko-server" --proxy.bind-addr "127.0.0.1:$proxy_port" \
     --upstream.bind-addr "127.0.0.1:$upstream_port" --admin.bind-addr "127.0.0.1:$admin_port" \
-    --grace-period 1s --log.level warn $workers_flag
+    --grace-period 1s --log.level warn "${workers_args[@]}"
 wait_ready 10 "${role_pid[piko-server]}" "$admin_port" || die "piko-server did not start"
 start piko-sidecar-exposer "$bin_dir/piko-sidecar" \
     --connect.url "http://127.0.0.1:$upstream_port" --admin.bind-addr "127.0.0.1:$exp_admin_port" \
     --tcp-endpoint "iperf=127.0.0.1:$iperf_port" --tcp-endpoint "echo=127.0.0.1:$echo_port" \
-    --tcp-endpoint "bulk=127.0.0.1:$bulk_port" --grace-period 1s --log.level warn $workers_flag
+    --tcp-endpoint "bulk=127.0.0.1:$bulk_port" --grace-period 1s --log.level warn "${workers_args[@]}"
 start piko-sidecar-forwarder "$bin_dir/piko-sidecar" \
     --connect.url "http://127.0.0.1:$upstream_port" --admin.bind-addr "127.0.0.1:$fwd_admin_port" \
     --forward "127.0.0.1:$fwd_iperf_port=iperf" --forward "127.0.0.1:$fwd_echo_port=echo" \
     --forward "127.0.0.1:$fwd_bulk_port=bulk" --forward.url "http://127.0.0.1:$proxy_port" \
-    --grace-period 1s --log.level warn $workers_flag
+    --grace-period 1s --log.level warn "${workers_args[@]}"
 wait_ready 15 "${role_pid[piko-sidecar-exposer]}" "$exp_admin_port" || die "exposer not ready"
 for p in "$fwd_iperf_port" "$fwd_echo_port" "$fwd_bulk_port"; do
     wait_port 10 "${role_pid[piko-sidecar-forwarder]}" "$p" || die "forwarder not listening on :$p"
@@ -426,8 +427,8 @@ meta="$work/meta.tsv"
         printf 'relay\t%s, fork per connection, nodelay\n' "$(socat -V | sed -n 2p | cut -d' ' -f1-3)"
     fi
     printf 'rounds\t%s (median round shown)\n' "$ROUNDS"
-    if [ -n "$workers_flag" ]; then
-        printf 'Piko workers\t%s\n' "$workers_flag"
+    if [ "${#workers_args[@]}" -gt 0 ]; then
+        printf 'Piko workers\t%s\n' "${workers_args[*]}"
     fi
     printf 'load average before / after\t%s / %s\n' "$load_start" "$(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$meta"
