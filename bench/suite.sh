@@ -22,6 +22,8 @@
 #   SCALING_BULK_BYTES [BULK_BYTES]          bulk per direction in the scaling runs
 #   MEMORY_SCRIPT [bench/memory.sh]          the memory scenario's script
 #   RESULTS_DIR [bench/results]              where suite-<stamp>.md and .png go
+#   REPORT_NOTE [unset]                      a sentence for the report's head (e.g. what
+#                                            else ran on the machine)
 #   KEEP_WORK=1                              keep the scenarios' own reports and JSON
 set -euo pipefail
 LOG_PREFIX=bench-suite
@@ -118,6 +120,9 @@ fi
         "${QUICK:-0}" "${DURATION:-10s}" "${WARMUP:-2s}" "${ROUNDS:-3}" "${BULK_BYTES:-1G}" \
         "$TCP_ROUNDS"
     printf 'duration\t%s s for all scenarios\n' "$(($(date +%s) - started))"
+    if [ -n "${REPORT_NOTE:-}" ]; then
+        printf 'note\t%s\n' "$REPORT_NOTE"
+    fi
 } >"$work/meta.tsv"
 
 mkdir -p "$RESULTS_DIR"

@@ -285,7 +285,7 @@ class Report:
         w("## Machine and tools")
         w()
         for k, v in self.meta:
-            if k != "date":
+            if k not in ("date", "note"):
                 w(f"- {k}: {v}")
         w()
         w("| scenario | status | seconds |")
@@ -324,6 +324,10 @@ class Report:
                "be shared with other work: compare the ratios of one run, not absolute figures "
                "across runs or machines.")
         self.w()
+        note = next((v for k, v in self.meta if k == "note"), None)
+        if note:
+            self.w(f"**Note:** {note}")
+            self.w()
         self.w(chart_note)
         self.w()
         self.ratios_table()
