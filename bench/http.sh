@@ -47,14 +47,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin_dir="${1:-build/bin}"
-DURATION="${DURATION:-10s}"
-CONNS="${CONNS:-50}"
-THREADS="${THREADS:-1}"
-H2_CLIENTS="${H2_CLIENTS:-10}"
-H2_STREAMS="${H2_STREAMS:-10}"
-WARMUP="${WARMUP:-2s}"
-ROUNDS="${ROUNDS:-3}"
-UPSTREAM_KEEPALIVE="${UPSTREAM_KEEPALIVE:-64}"
+http_load_defaults
 CROSS_NODE="${CROSS_NODE:-1}"
 RATE_LATENCY="${RATE_LATENCY:-1}"
 PROTOCOLS="${PROTOCOLS:-HTTP/1.1 h2c}"
@@ -65,11 +58,6 @@ if [ "$PIKO_ONLY" = "1" ]; then
     CROSS_NODE=0
     RATE_LATENCY=0
 fi
-
-ENDPOINT="bench"
-PATH_1K="/1k.bin"
-# Every target gets the same request, header included, so request sizes are equal.
-HEADER="x-piko-endpoint: $ENDPOINT"
 
 require_tools wrk h2load nginx curl python3
 workers_flag="$(piko_workers_flag "$bin_dir")"

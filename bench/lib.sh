@@ -229,3 +229,21 @@ start_sidecar() {
     role_pid["$role"]=$!
     wait_ok 15 "$!" "http://127.0.0.1:$admin/ready"
 }
+
+# http_load_defaults: the load parameters of bench/http.sh and bench/metrics.sh (each
+# from the environment, else its default) and the request every target gets, header
+# included, so that request sizes are equal.
+http_load_defaults() {
+    DURATION="${DURATION:-10s}"
+    CONNS="${CONNS:-50}"
+    THREADS="${THREADS:-1}"
+    H2_CLIENTS="${H2_CLIENTS:-10}"
+    H2_STREAMS="${H2_STREAMS:-10}"
+    WARMUP="${WARMUP:-2s}"
+    ROUNDS="${ROUNDS:-3}"
+    UPSTREAM_KEEPALIVE="${UPSTREAM_KEEPALIVE:-64}"
+    ENDPOINT="bench"
+    # shellcheck disable=SC2034 # for the sourcing script
+    PATH_1K="/1k.bin"
+    HEADER="x-piko-endpoint: $ENDPOINT"
+}

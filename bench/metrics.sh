@@ -34,20 +34,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin_dir="${1:-build/bin}"
-DURATION="${DURATION:-10s}"
-CONNS="${CONNS:-50}"
-THREADS="${THREADS:-1}"
-H2_CLIENTS="${H2_CLIENTS:-10}"
-H2_STREAMS="${H2_STREAMS:-10}"
-WARMUP="${WARMUP:-2s}"
-ROUNDS="${ROUNDS:-3}"
-UPSTREAM_KEEPALIVE="${UPSTREAM_KEEPALIVE:-64}"
+http_load_defaults
 RESULTS_DIR="${RESULTS_DIR:-$here/results}"
 KEEP_WORK="${KEEP_WORK:-0}"
-
-ENDPOINT="bench"
-PATH_1K="/1k.bin"
-HEADER="x-piko-endpoint: $ENDPOINT"
 
 require_tools wrk h2load nginx curl python3
 [ -x "$bin_dir/piko-server" ] && [ -x "$bin_dir/piko-sidecar" ] ||

@@ -53,17 +53,21 @@ status="$work/status.tsv" # scenario, status ("ok", "failed", "not available: ..
 : >"$status"
 started="$(date +%s)"
 
-# scenario NAME LOGFILE CMD...: runs one scenario script, its output to LOGFILE; a
-# failure is recorded, not fatal: the report says which scenario failed.
+# scenario NAME LOGFILE CMD...: runs one scenario script, its output to LOGFILE and its
+# progress lines ("bench...: ...") to stderr; a failure is recorded, not fatal: the
+# report says which scenario failed.
 scenario() {
-    local name="$1" logf="$2" t0
+    local name="$1" logf="$2" t0 rc=0
     shift 2
     t0="$(date +%s)"
     log "scenario $name: $*"
-    if RESULTS_DIR="$out" "$@" >"$work/$logf" 2>&1; then
+    # (pipefail: the pipeline fails with the script, the grep never fails it)
+    RESULTS_DIR="$out" "$@" 2>&1 | tee "$work/$logf" |
+        { grep --line-buffered -E '^bench[a-z-]*: ' || true; } >&2 || rc=$?
+    if [ "$rc" -eq 0 ]; then
         printf '%s\tok\t%s\n' "$name" "$(($(date +%s) - t0))" >>"$status"
     else
-        printf '%s\tfailed (exit %s; output kept in the work dir)\t%s\n' "$name" "$?" \
+        printf '%s\tfailed (exit %s; output kept in the work dir)\t%s\n' "$name" "$rc" \
             "$(($(date +%s) - t0))" >>"$status"
         log "scenario $name failed: $(tail -n 3 "$work/$logf" | tr '\n' ' ')"
         KEEP_WORK=1

@@ -97,6 +97,9 @@ class Report:
             st = self.status.get(n)
             if st and st != "ok":
                 return st
+        ran = [n for n in names if n in self.status]
+        if ran:
+            return f"not measured ({ran[0]} wrote no JSON summary)"
         return "not measured"
 
     # ---------------------------------------------------------------- figures ----------
