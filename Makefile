@@ -83,11 +83,12 @@ test: deps fmt-check build
 demo: deps build
 	@scripts/demo.sh $(BUILD)/bin
 
+# Every scenario (bench/suite.sh), one report and one chart in bench/results/; about 12
+# minutes with the defaults, QUICK=1 for a run of a few minutes (docs/benchmarks.md).
 bench:
 	@scripts/install-deps.sh bench
 	@$(MAKE) --no-print-directory build
-	@bench/http.sh $(BUILD)/bin
-	@bench/tcp.sh $(BUILD)/bin
+	@bench/suite.sh $(BUILD)/bin
 
 # Builds inside the container engine (nothing from build/ is used). Needs a running daemon.
 image:

@@ -28,113 +28,31 @@
 #   RESULTS_DIR [bench/results]                where metrics-<date>.md is written
 #   KEEP_WORK=1                                keep the work dir (logs, raw output)
 set -euo pipefail
-# shellcheck source=scripts/proc.sh
-source "$(dirname "${BASH_SOURCE[0]}")/../scripts/proc.sh"
+LOG_PREFIX=bench
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin_dir="${1:-build/bin}"
-DURATION="${DURATION:-10s}"
-CONNS="${CONNS:-50}"
-THREADS="${THREADS:-1}"
-H2_CLIENTS="${H2_CLIENTS:-10}"
-H2_STREAMS="${H2_STREAMS:-10}"
-WARMUP="${WARMUP:-2s}"
-ROUNDS="${ROUNDS:-3}"
-UPSTREAM_KEEPALIVE="${UPSTREAM_KEEPALIVE:-64}"
+http_load_defaults
 RESULTS_DIR="${RESULTS_DIR:-$here/results}"
 KEEP_WORK="${KEEP_WORK:-0}"
 
-ENDPOINT="bench"
-PATH_1K="/1k.bin"
-HEADER="x-piko-endpoint: $ENDPOINT"
-
-log() { printf 'bench: %s\n' "$*" >&2; }
-die() {
-    log "$*"
-    exit 1
-}
-
-for tool in wrk h2load nginx curl python3; do
-    command -v "$tool" >/dev/null || die "$tool not found (run: scripts/install-deps.sh bench)"
-done
+require_tools wrk h2load nginx curl python3
 [ -x "$bin_dir/piko-server" ] && [ -x "$bin_dir/piko-sidecar" ] ||
     die "piko-server and piko-sidecar not found in $bin_dir (build first)"
 
-work="$(mktemp -d "${TMPDIR:-/tmp}/piko-bench-metrics.XXXXXX")"
-pids=()
+bench_work piko-bench-metrics
 declare -A role_pid=()
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    [ "${#pids[@]}" -eq 0 ] || stop_pids "${pids[@]}"
-    if [ "$rc" -eq 0 ] && [ "$KEEP_WORK" != "1" ]; then
-        rm -rf "$work"
-    else
-        log "work dir kept: $work"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-wait_ok() {
-    local seconds="$1" pid="$2" tries
-    shift 2
-    tries=$((seconds * 10))
-    while [ "$tries" -gt 0 ]; do
-        curl -fsS -o /dev/null --max-time 1 "$@" 2>/dev/null && return 0
-        kill -0 "$pid" 2>/dev/null || return 1
-        sleep 0.1
-        tries=$((tries - 1))
-    done
-    return 1
-}
-
-check_target() {
-    local label="$1" got
-    shift
-    got="$(curl -sS -o /dev/null -w '%{http_code} %{size_download}' --max-time 5 \
-        -H "$HEADER" "$@" 2>&1)" || true
-    [ "$got" = "200 1024" ] || {
-        log "$label: sanity request failed (got: $got)"
-        return 1
-    }
-}
 
 # ---------------------------------------------------------------- the service ------
 read -r svc_port < <(free_ports 1)
-nginx_user=""
-if [ "$(id -u)" -eq 0 ]; then nginx_user="user root;"; fi
-mkdir -p "$work/www" "$work/nginx/tmp"
-head -c 1024 /dev/zero | tr '\0' 'x' >"$work/www/1k.bin"
-cat >"$work/nginx/nginx.conf" <<EOF
-$nginx_user
-worker_processes 1;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    default_type application/octet-stream;
-    keepalive_requests 1000000;
-    client_body_temp_path $work/nginx/tmp/body;
-    proxy_temp_path $work/nginx/tmp/proxy;
-    fastcgi_temp_path $work/nginx/tmp/fastcgi;
-    uwsgi_temp_path $work/nginx/tmp/uwsgi;
-    scgi_temp_path $work/nginx/tmp/scgi;
-    server {
+write_1k "$work/www"
+start_nginx service "    server {
         listen 127.0.0.1:$svc_port;
         root $work/www;
-    }
-}
-EOF
-nginx -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" \
-    >"$work/nginx/stdout.log" 2>&1 &
-pids+=($!)
-wait_ok 10 "$!" "http://127.0.0.1:$svc_port$PATH_1K" || die "nginx did not start"
+    }"
+wait_ok 10 "$NGINX_PID" "http://127.0.0.1:$svc_port$PATH_1K" || die "nginx did not start"
 
 # ---------------------------------------------------------------- Piko -------------
 # (--help is read whole first: grep -q would close the pipe early, and pipefail fail it)
@@ -172,23 +90,12 @@ start_piko() {
     proxy_port[$c]="$p"
     log "starting piko-server ($c: ${flags[$c]:-defaults}) :$p and its sidecar"
     # shellcheck disable=SC2086 # the flags are words
-    "$bin_dir/piko-server" --proxy.bind-addr "127.0.0.1:$p" --upstream.bind-addr "127.0.0.1:$u" \
-        --admin.bind-addr "127.0.0.1:$a" --grace-period 1s --log.level warn ${flags[$c]} \
-        >"$work/server-$c.log" 2>&1 &
-    pids+=($!)
-    role_pid[server-$c]=$!
-    if ! wait_ok 10 "$!" "http://127.0.0.1:$a/health"; then
+    if ! start_server "server-$c" "$bin_dir" "$p" "$u" "$a" ${flags[$c]}; then
         status[$c]="skipped: piko-server did not start (see its log)"
         return
     fi
     # shellcheck disable=SC2086
-    "$bin_dir/piko-sidecar" --connect.url "http://127.0.0.1:$u" \
-        --endpoint "$ENDPOINT=127.0.0.1:$svc_port" --admin.bind-addr "127.0.0.1:$s" \
-        --grace-period 1s --local.max-idle "$UPSTREAM_KEEPALIVE" --log.level warn \
-        $sidecar_flags >"$work/sidecar-$c.log" 2>&1 &
-    pids+=($!)
-    role_pid[sidecar-$c]=$!
-    if ! wait_ok 15 "$!" "http://127.0.0.1:$s/ready"; then
+    if ! start_sidecar "sidecar-$c" "$bin_dir" "$u" "$s" "$svc_port" $sidecar_flags; then
         status[$c]="skipped: sidecar not ready"
     elif ! check_target "$c" "http://127.0.0.1:$p$PATH_1K"; then
         status[$c]="skipped: request through Piko failed"
@@ -213,43 +120,23 @@ done
 manifest="$work/manifest.tsv"
 : >"$manifest"
 
-# cpu_ticks PID: user + system CPU time of the process so far, in clock ticks.
-cpu_ticks() {
-    awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
-}
-clk_tck="$(getconf CLK_TCK)"
-
 # measure ROUND PROTOCOL CONFIG: one measured run, and the server's CPU time during it.
 measure() {
-    local round="$1" protocol="$2" c="$3" url out slug t0 pid="${role_pid[server-$3]:-}"
+    local round="$1" protocol="$2" c="$3" url slug tool ticks pid="${role_pid[server-$3]:-}"
     url="http://127.0.0.1:${proxy_port[$c]:-0}$PATH_1K"
     slug="r$round-$protocol-$c"
     slug="${slug//[^A-Za-z0-9-]/-}"
-    out="$work/$slug.txt"
     if [ "${status[$c]}" != "ok" ]; then
         printf '%s\t%s\t%s\t-\t-\t-\t%s\t0\n' "$round" "$protocol" "$c" "${status[$c]}" \
             >>"$manifest"
         return 0
     fi
-    if [ "$protocol" = "HTTP/1.1" ]; then
-        log "round $round/$ROUNDS: $protocol $c: wrk -t$THREADS -c$CONNS -d$DURATION"
-        wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" -H "$HEADER" "$url" >/dev/null 2>&1 || true
-        t0="$(cpu_ticks "$pid")"
-        wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -H "$HEADER" "$url" >"$out" 2>&1 ||
-            log "$protocol $c: wrk exited with an error"
-        printf '%s\t%s\t%s\twrk\t%s\t-\tok\t%s\n' "$round" "$protocol" "$c" "$out" \
-            "$(($(cpu_ticks "$pid") - t0))" >>"$manifest"
-    else
-        log "round $round/$ROUNDS: $protocol $c: h2load -c$H2_CLIENTS -m$H2_STREAMS -D $DURATION"
-        h2load -c"$H2_CLIENTS" -m"$H2_STREAMS" -D "$WARMUP" -H "$HEADER" "$url" >/dev/null 2>&1 ||
-            true
-        t0="$(cpu_ticks "$pid")"
-        h2load -c"$H2_CLIENTS" -m"$H2_STREAMS" -D "$DURATION" -H "$HEADER" \
-            --log-file="$work/$slug.log" "$url" >"$out" 2>&1 ||
-            log "$protocol $c: h2load exited with an error"
-        printf '%s\t%s\t%s\th2load\t%s\t%s\tok\t%s\n' "$round" "$protocol" "$c" "$out" \
-            "$work/$slug.log" "$(($(cpu_ticks "$pid") - t0))" >>"$manifest"
-    fi
+    tool=wrk
+    [ "$protocol" = "HTTP/1.1" ] || tool=h2load
+    log "round $round/$ROUNDS: $protocol $c: $(load_cmd "$protocol")"
+    ticks="$(run_load "$protocol" "$url" "$work/$slug.txt" "$work/$slug.log" "$pid")"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\tok\t%s\n' "$round" "$protocol" "$c" "$tool" \
+        "$work/$slug.txt" "$work/$slug.log" "$ticks" >>"$manifest"
 }
 
 load_start="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -306,15 +193,8 @@ fi
 # ---------------------------------------------------------------- report -----------
 meta="$work/meta.tsv"
 stamp="$(date -u +%Y%m%d-%H%M%S)"
-commit="$(git -C "$here/.." rev-parse --short HEAD 2>/dev/null || echo "uncommitted")"
-if [ -n "$(git -C "$here/.." status --porcelain 2>/dev/null | head -c 1)" ]; then
-    commit="$commit (with local changes)"
-fi
 {
-    printf 'date\t%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
-    printf 'commit\t%s\n' "$commit"
-    printf 'machine\t%s cores, %s, Linux %s\n' "$(nproc)" \
-        "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)" "$(uname -r)"
+    meta_common
     printf 'HTTP/1.1 load\twrk -t%s -c%s -d%s --latency (after a %s warm-up)\n' \
         "$THREADS" "$CONNS" "$DURATION" "$WARMUP"
     printf 'h2c load\th2load -c%s -m%s -D %s (after a %s warm-up)\n' \

@@ -3,9 +3,16 @@
 
 Inputs (all written by bench/http.sh into its work directory):
   --manifest  TSV: protocol, target, tool (wrk|h2load), output file, h2load log file
-              (or "-"), status ("ok" or "skipped: <why>"); one line per measured target.
+              (or "-"), status ("ok" or "skipped: <why>"), CPU clock ticks of the proxy
+              processes during the run (or "-"), how many processes; one line per
+              measured target and round.
+  --rate      TSV: protocol, target, offered req/s, h2load output, h2load log file,
+              status; the fixed-rate latency runs (optional).
+  --clk-tck   clock ticks per second of the CPU figures (getconf CLK_TCK).
   --meta      TSV: key, value; printed as the run's header (machine, tools, parameters).
   --rss       TSV: process, VmHWM in kB (or "-"); peak resident memory after the run.
+  --json      where to write the summary as JSON (optional): the rows, the ratios to
+              nginx two hops, the fixed-rate percentiles and the meta lines.
 
 The reference for every ratio is "nginx, two hops" of the same protocol: Piko is two
 proxy processes (server and sidecar) in front of the service, like two nginx hops.
@@ -19,6 +26,8 @@ import sys
 
 REFERENCE = "nginx, two hops"
 PIKO = "Piko (server + sidecar)"
+CROSS = "Piko, cross-node"
+PIKO_TARGETS = (PIKO, CROSS, "Piko baseline")
 
 UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 
@@ -61,7 +70,7 @@ def parse_h2load(path, log_path):
     if m:
         out["rps"] = float(m.group(1))
     m = re.search(
-        r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, "
+        r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
         r"(\d+) errored, (\d+) timeout",
         text,
     )
@@ -84,6 +93,7 @@ def parse_h2load(path, log_path):
     latencies.sort()
     out["p50"] = percentile(latencies, 50)
     out["p99"] = percentile(latencies, 99)
+    out["p999"] = percentile(latencies, 99.9)
     return out
 
 
@@ -96,6 +106,7 @@ def fold_rounds(rounds):
     rps = [m["rps"] for m in rounds if m["rps"] is not None]
     median["range"] = (min(rps), max(rps)) if len(rps) > 1 else None
     median["errors"] = sum(m["errors"] for m in rounds)
+    median["cpu_us"] = median_of([m.get("cpu_us") for m in rounds])
     median["rounds"] = rounds
     return median
 
@@ -128,24 +139,77 @@ def read_tsv(path):
     return rows
 
 
+def cpu_us(ticks, nprocs, clk_tck, requests):
+    """CPU microseconds per request from a tick count, or None."""
+    if ticks in ("-", "") or nprocs in ("-", "", "0") or not requests:
+        return None
+    return int(ticks) * 1e6 / clk_tck / requests
+
+
+def read_rate(path):
+    """The fixed-rate runs: [(protocol, target, offered req/s, status, metrics or None)]."""
+    out = []
+    if not path:
+        return out
+    for row in read_tsv(path):
+        protocol, target, rate, output, log, status = (row + ["-"] * 6)[:6]
+        m = parse_h2load(output, log) if status == "ok" else None
+        out.append((protocol, target, int(rate) if rate.isdigit() else None, status, m))
+    return out
+
+
+def write_json(path, meta, results, ratios, rate, rss):
+    import json
+
+    def row(protocol, target, tool, status, m):
+        d = {"protocol": protocol, "target": target, "tool": tool, "status": status}
+        if m:
+            d.update({k: m.get(k) for k in ("rps", "p50", "p99", "errors", "cpu_us")})
+            d["rps_range"] = list(m["range"]) if m.get("range") else None
+        return d
+
+    doc = {
+        "scenario": "http",
+        "meta": {r[0]: r[1] for r in meta if len(r) > 1},
+        "rows": [row(*r) for r in results],
+        # target -> protocol -> Piko / nginx two hops (median of the per-round ratios)
+        "ratios": ratios,
+        "rate": [
+            dict({"protocol": p, "target": t, "offered_rps": rate_rps, "status": st},
+                 **({k: m.get(k) for k in ("rps", "p50", "p99", "p999", "errors")} if m else {}))
+            for p, t, rate_rps, st, m in rate
+        ],
+        "rss_kb": {r[0]: (int(r[1]) if len(r) > 1 and r[1].isdigit() else None) for r in rss},
+    }
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--manifest", required=True)
     ap.add_argument("--meta", required=True)
     ap.add_argument("--rss", required=True)
+    ap.add_argument("--rate", default="")
+    ap.add_argument("--clk-tck", type=int, default=100)
+    ap.add_argument("--json", default="")
     args = ap.parse_args()
 
     # One manifest line per target and round; rounds of a target are folded into one row.
     groups = {}  # (protocol, target) -> [tool, status, [metrics of each round]]
     for row in read_tsv(args.manifest):
-        protocol, target, tool, output, log, status = (row + ["-"] * 6)[:6]
+        protocol, target, tool, output, log, status, ticks, nprocs = (row + ["-"] * 8)[:8]
         g = groups.setdefault((protocol, target), [tool, status, []])
         if status == "ok":
             g[0], g[1] = tool, "ok"
-            g[2].append(parse_wrk(output) if tool == "wrk" else parse_h2load(output, log))
+            m = parse_wrk(output) if tool == "wrk" else parse_h2load(output, log)
+            m["cpu_us"] = cpu_us(ticks, nprocs, args.clk_tck, m["requests"])
+            g[2].append(m)
     results = []  # (protocol, target, tool, status, metrics or None)
     for (protocol, target), (tool, status, rounds) in groups.items():
         results.append((protocol, target, tool, status, fold_rounds(rounds)))
+    rate = read_rate(args.rate)
 
     meta = read_tsv(args.meta)
     w = sys.stdout.write
@@ -159,26 +223,40 @@ def main():
 
     multi = any(m and m.get("range") for _, _, _, _, m in results)
     w("| protocol | target | tool | req/s | p50 (ms) | p99 (ms) | errors | req/s vs nginx two hops |"
-      + (" req/s range over rounds |" if multi else "") + "\n")
-    w("|---|---|---|---:|---:|---:|---:|---:|" + ("---:|" if multi else "") + "\n")
+      " proxy CPU us/req |" + (" req/s range over rounds |" if multi else "") + "\n")
+    w("|---|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if multi else "") + "\n")
     ref = {}
     for protocol, target, tool, status, m in results:
         if target == REFERENCE and m:
             ref[protocol] = m
     for protocol, target, tool, status, m in results:
         if m is None:
-            w(f"| {protocol} | {target} | {tool} | {status} | | | | |\n")
+            w(f"| {protocol} | {target} | {tool} | {status} | | | | | |" + (" |" if multi else "")
+              + "\n")
             continue
         r = ref.get(protocol)
         w(
             f"| {protocol} | {target} | {tool} | {fmt_num(m['rps'], ',.0f')} | "
             f"{fmt_num(m['p50'], '.2f')} | {fmt_num(m['p99'], '.2f')} | {m['errors']} | "
-            f"{fmt_ratio(m['rps'], r['rps'] if r else None)} |"
+            f"{fmt_ratio(m['rps'], r['rps'] if r else None)} | "
+            f"{'-' if m['cpu_us'] is None else format(m['cpu_us'], '.1f')} |"
         )
         if multi:
             lo_hi = m.get("range")
             w(f" {lo_hi[0]:,.0f} - {lo_hi[1]:,.0f} |" if lo_hi else " |")
         w("\n")
+
+    if rate:
+        w("\nLatency at a fixed rate (h2load --rps, half of nginx two hops' highest req/s):\n\n"
+          "| protocol | target | offered req/s | achieved req/s | p50 (ms) | p99 (ms) |"
+          " p99.9 (ms) | errors |\n|---|---|---:|---:|---:|---:|---:|---:|\n")
+        for protocol, target, rate_rps, status, m in rate:
+            if m is None:
+                w(f"| {protocol} | {target} | {fmt_num(rate_rps, ',')} | {status} | | | | |\n")
+                continue
+            w(f"| {protocol} | {target} | {fmt_num(rate_rps, ',')} | {fmt_num(m['rps'], ',.0f')} | "
+              f"{fmt_num(m['p50'], '.2f')} | {fmt_num(m['p99'], '.2f')} | "
+              f"{fmt_num(m['p999'], '.2f')} | {m['errors']} |\n")
 
     rss = read_tsv(args.rss)
     if rss:
@@ -189,45 +267,55 @@ def main():
             w(f"| {name} | {shown} |\n")
 
     w("\n## Closing note\n\n")
+    ratios = {}  # target -> protocol -> {rps, p50, p99, cpu_us}: target / nginx two hops
     any_piko = False
     for protocol, target, tool, status, m in results:
-        if target != PIKO:
+        if target not in PIKO_TARGETS:
             continue
         if m is None:
-            w(f"- {protocol}: Piko {status}\n")
+            w(f"- {protocol}: {target} {status}\n")
             continue
         any_piko = True
         r = ref.get(protocol)
         if not r:
             w(f"- {protocol}: no nginx two-hop reference measured\n")
             continue
-        # With several rounds, each round's Piko figure is compared with the nginx two-hop
-        # figure of the same round (measured a minute apart, under the same background
-        # load), and the median of those ratios is reported.
+        # Each round's Piko figure is compared with the nginx two-hop figure of the same
+        # round (measured a minute apart, under the same background load), and the median
+        # of those ratios is reported.
         per_round = list(zip(m["rounds"], r["rounds"]))
+        got = {}
+        for key in ("rps", "p50", "p99", "cpu_us"):
+            got[key] = median_of([a[key] / b[key] for a, b in per_round
+                                  if a.get(key) and b.get(key)])
+        ratios.setdefault(target, {})[protocol] = got
+        cpu = ""
+        if got["cpu_us"] is not None:
+            cpu = (f", {got['cpu_us']:.2f} x proxy CPU per request "
+                   f"({m['cpu_us']:.1f} us against {r['cpu_us']:.1f} us)")
         if len(per_round) > 1:
-            ratios = {}
-            for key in ("rps", "p50", "p99"):
-                vals = [a[key] / b[key] for a, b in per_round if a[key] and b[key]]
-                ratios[key] = median_of(vals)
             rps_list = ", ".join(
                 f"{a['rps'] / b['rps']:.2f}" for a, b in per_round if a["rps"] and b["rps"])
             w(
-                f"- {protocol}: Piko / nginx two hops, median over {len(per_round)} rounds = "
-                f"{fmt_num(ratios['rps'], '.2f')} x req/s (rounds: {rps_list}), "
-                f"{fmt_num(ratios['p50'], '.2f')} x p50, {fmt_num(ratios['p99'], '.2f')} x p99\n"
+                f"- {protocol}: {target} / nginx two hops, median over {len(per_round)} rounds"
+                f" = {fmt_num(got['rps'], '.2f')} x req/s (rounds: {rps_list}), "
+                f"{fmt_num(got['p50'], '.2f')} x p50, {fmt_num(got['p99'], '.2f')} x p99{cpu}\n"
             )
-            if m["errors"]:
-                w(f"  ({m['errors']} errors: these numbers are not valid)\n")
-            continue
-        warning = ""
+        else:
+            w(
+                f"- {protocol}: {target} / nginx two hops = {fmt_num(got['rps'], '.2f')} x req/s, "
+                f"{fmt_num(got['p50'], '.2f')} x p50, {fmt_num(got['p99'], '.2f')} x p99{cpu}\n"
+            )
         if m["errors"]:
-            warning = f" ({m['errors']} errors: these numbers are not valid)"
-        w(
-            f"- {protocol}: Piko / nginx two hops = {fmt_ratio(m['rps'], r['rps'])} x req/s, "
-            f"{fmt_ratio(m['p50'], r['p50'])} x p50, {fmt_ratio(m['p99'], r['p99'])} x p99"
-            f"{warning}\n"
-        )
+            w(f"  ({m['errors']} errors: these numbers are not valid)\n")
+    for protocol, target, rate_rps, status, m in rate:
+        if target == REFERENCE or m is None:
+            continue
+        base = next((x[4] for x in rate if x[0] == protocol and x[1] == REFERENCE), None)
+        if base:
+            w(f"- {protocol}, fixed rate {rate_rps:,} req/s: {target} / nginx two hops = "
+              f"{fmt_ratio(m['p50'], base['p50'])} x p50, {fmt_ratio(m['p99'], base['p99'])}"
+              f" x p99, {fmt_ratio(m['p999'], base['p999'])} x p99.9\n")
     if any_piko and rss:
         piko_rss = [f"{r[0]} {int(r[1]) / 1024:.1f} MiB" for r in rss
                     if r[0].startswith("piko") and len(r) > 1 and r[1] not in ("-", "")]
@@ -235,6 +323,8 @@ def main():
             w(f"- peak RSS after the run: {', '.join(piko_rss)}\n")
     if not any(t == PIKO for _, t, _, _, _ in results):
         w("- Piko was not measured in this run\n")
+    if args.json:
+        write_json(args.json, meta, results, ratios, rate, rss)
     return 0
 
 

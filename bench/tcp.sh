@@ -23,12 +23,16 @@
 #   N [10000]            ping-pong round trips     MSG [64]   ping-pong message size
 #   CONN_N [500]         connection set-ups
 #   ROUNDS [1]           repeat every measurement; the median round is reported
+#   LATENCY [1]          0: bulk only (no ping-pong, no connection set-ups)
+#   WORKERS [unset]      pass --workers N to piko-server and the sidecars (fails if
+#                        they lack the flag)
 #   NO_IPERF=1           use the Python bulk client even if iperf3 is installed
-#   RESULTS_DIR [bench/results]   where tcp-<date>.md is written
+#   RESULTS_DIR [bench/results]   where tcp-<date>.md and tcp-<date>.json are written
 #   KEEP_WORK=1          keep the work dir (logs, raw output)
 set -euo pipefail
-# shellcheck source=scripts/proc.sh
-source "$(dirname "${BASH_SOURCE[0]}")/../scripts/proc.sh"
+LOG_PREFIX=bench-tcp
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin_dir="${1:-build/bin}"
@@ -37,21 +41,19 @@ N="${N:-10000}"
 MSG="${MSG:-64}"
 CONN_N="${CONN_N:-500}"
 ROUNDS="${ROUNDS:-1}"
+LATENCY="${LATENCY:-1}"
 NO_IPERF="${NO_IPERF:-0}"
 RESULTS_DIR="${RESULTS_DIR:-$here/results}"
 KEEP_WORK="${KEEP_WORK:-0}"
 
-log() { printf 'bench-tcp: %s\n' "$*" >&2; }
-die() {
-    log "$*"
-    exit 1
-}
-
 command -v python3 >/dev/null || die "python3 not found"
 [ -x "$bin_dir/piko-server" ] && [ -x "$bin_dir/piko-sidecar" ] ||
     die "piko-server / piko-sidecar not found in $bin_dir (build first)"
-"$bin_dir/piko-sidecar" --help 2>&1 | grep -q -- '--forward' ||
+# (--help is read whole first: grep -q would close the pipe early, and pipefail fail it)
+grep -q -- '--forward' <<<"$("$bin_dir/piko-sidecar" --help 2>&1 || true)" ||
     die "$bin_dir/piko-sidecar has no --forward (raw TCP not built)"
+workers_flag="$(piko_workers_flag "$bin_dir")"
+read -ra workers_args <<<"$workers_flag"
 use_iperf=0
 if [ "$NO_IPERF" != "1" ] && command -v iperf3 >/dev/null; then
     use_iperf=1
@@ -65,24 +67,8 @@ else
     log "socat not found: no relay rows (apt-get install socat)"
 fi
 
-work="$(mktemp -d "${TMPDIR:-/tmp}/piko-bench-tcp.XXXXXX")"
-pids=()
+bench_work piko-bench-tcp
 declare -A role_pid=()
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    [ "${#pids[@]}" -eq 0 ] || stop_pids "${pids[@]}"
-    if [ "$rc" -eq 0 ] && [ "$KEEP_WORK" != "1" ]; then
-        rm -rf "$work"
-    else
-        log "work dir kept: $work"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- the Python tool ------
 cat >"$work/tcp_tool.py" <<'EOF'
@@ -326,17 +312,17 @@ log "piko-server proxy :$proxy_port; exposer (iperf, echo, bulk); forwarder" \
     ":$fwd_iperf_port :$fwd_echo_port :$fwd_bulk_port"
 start piko-server "$bin_dir/piko-server" --proxy.bind-addr "127.0.0.1:$proxy_port" \
     --upstream.bind-addr "127.0.0.1:$upstream_port" --admin.bind-addr "127.0.0.1:$admin_port" \
-    --grace-period 1s --log.level warn
+    --grace-period 1s --log.level warn "${workers_args[@]}"
 wait_ready 10 "${role_pid[piko-server]}" "$admin_port" || die "piko-server did not start"
 start piko-sidecar-exposer "$bin_dir/piko-sidecar" \
     --connect.url "http://127.0.0.1:$upstream_port" --admin.bind-addr "127.0.0.1:$exp_admin_port" \
     --tcp-endpoint "iperf=127.0.0.1:$iperf_port" --tcp-endpoint "echo=127.0.0.1:$echo_port" \
-    --tcp-endpoint "bulk=127.0.0.1:$bulk_port" --grace-period 1s --log.level warn
+    --tcp-endpoint "bulk=127.0.0.1:$bulk_port" --grace-period 1s --log.level warn "${workers_args[@]}"
 start piko-sidecar-forwarder "$bin_dir/piko-sidecar" \
     --connect.url "http://127.0.0.1:$upstream_port" --admin.bind-addr "127.0.0.1:$fwd_admin_port" \
     --forward "127.0.0.1:$fwd_iperf_port=iperf" --forward "127.0.0.1:$fwd_echo_port=echo" \
     --forward "127.0.0.1:$fwd_bulk_port=bulk" --forward.url "http://127.0.0.1:$proxy_port" \
-    --grace-period 1s --log.level warn
+    --grace-period 1s --log.level warn "${workers_args[@]}"
 wait_ready 15 "${role_pid[piko-sidecar-exposer]}" "$exp_admin_port" || die "exposer not ready"
 for p in "$fwd_iperf_port" "$fwd_echo_port" "$fwd_bulk_port"; do
     wait_port 10 "${role_pid[piko-sidecar-forwarder]}" "$p" || die "forwarder not listening on :$p"
@@ -399,6 +385,7 @@ for round in $(seq "$ROUNDS"); do
         fi
         bulk_run "Piko, forward" "$dir" "$fwd_iperf_port" "$fwd_bulk_port" "$round" || failed=1
     done
+    [ "$LATENCY" = "1" ] || continue
     log "round $round/$ROUNDS: latency ($N x $MSG B ping-pong, $CONN_N connection set-ups)"
     lat_run "direct" "$echo_port" "$round" || failed=1
     if [ "$have_socat" -eq 1 ]; then
@@ -424,17 +411,10 @@ for role in piko-server piko-sidecar-exposer piko-sidecar-forwarder; do
 done
 
 # ---------------------------------------------------------------- report ---------------
-stamp="$(date -u +%Y%m%d-%H%M%S)"
-commit="$(git -C "$here/.." rev-parse --short HEAD 2>/dev/null || echo "uncommitted")"
-if [ -n "$(git -C "$here/.." status --porcelain 2>/dev/null | head -c 1)" ]; then
-    commit="$commit (with local changes)"
-fi
+stamp="${STAMP:-$(date -u +%Y%m%d-%H%M%S)}"
 meta="$work/meta.tsv"
 {
-    printf 'date\t%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
-    printf 'commit\t%s\n' "$commit"
-    printf 'machine\t%s cores, %s, Linux %s\n' "$(nproc)" \
-        "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)" "$(uname -r)"
+    meta_common
     if [ "$use_iperf" -eq 1 ]; then
         printf 'bulk\t%s each way, one stream: %s -n (upload), -n -R (download)\n' \
             "$BULK_BYTES" "$(iperf3 --version | head -n 1 | cut -d' ' -f1-2)"
@@ -447,15 +427,18 @@ meta="$work/meta.tsv"
         printf 'relay\t%s, fork per connection, nodelay\n' "$(socat -V | sed -n 2p | cut -d' ' -f1-3)"
     fi
     printf 'rounds\t%s (median round shown)\n' "$ROUNDS"
+    if [ "${#workers_args[@]}" -gt 0 ]; then
+        printf 'Piko workers\t%s\n' "${workers_args[*]}"
+    fi
     printf 'load average before / after\t%s / %s\n' "$load_start" "$(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$meta"
 
 mkdir -p "$RESULTS_DIR"
 result_file="$RESULTS_DIR/tcp-$stamp.md"
-python3 - "$raw" "$meta" "$rss" >"$result_file" <<'EOF'
+python3 - "$raw" "$meta" "$rss" "$RESULTS_DIR/tcp-$stamp.json" >"$result_file" <<'EOF'
 import json, statistics, sys
 
-raw_path, meta_path, rss_path = sys.argv[1:4]
+raw_path, meta_path, rss_path, json_path = sys.argv[1:5]
 rows = {}
 for line in open(raw_path):
     target, metric, rnd, js = line.rstrip("\n").split("\t", 3)
@@ -523,11 +506,30 @@ print()
 print("Peak memory after the run (VmHWM / VmRSS):\n")
 print("| process | VmHWM MiB | VmRSS MiB |")
 print("|---|---:|---:|")
-for line in open(rss_path):
-    name, hwm, cur = line.rstrip("\n").split("\t")
+rss_rows = [line.rstrip("\n").split("\t") for line in open(rss_path)]
+for name, hwm, cur in rss_rows:
     f = lambda x: "-" if x == "-" else "%.1f" % (int(x) / 1024.0)
     print("| %s | %s | %s |" % (name, f(hwm), f(cur)))
+
+# The summary for bench/suite.sh: every target's medians and Piko's ratios.
+METRICS = (("bulk-up", "gbit_s", "upload_gbit_s"), ("bulk-down", "gbit_s", "download_gbit_s"),
+           ("pingpong", "p50_us", "pingpong_p50_us"), ("pingpong", "p99_us", "pingpong_p99_us"),
+           ("connect", "p50_us", "connect_p50_us"), ("connect", "p99_us", "connect_p99_us"))
+summary = {
+    "scenario": "tcp",
+    "meta": dict(line.rstrip("\n").split("\t", 1) for line in open(meta_path)),
+    "targets": {t: {name: get(t, m, k) for m, k, name in METRICS} for t in present},
+    "ratios": {ref: {name: (None if get(PIKO, m, k) is None or not get(ref, m, k)
+                            else get(PIKO, m, k) / get(ref, m, k))
+                     for m, k, name in METRICS}
+               for ref in ("direct", "socat relay") if ref in present},
+    "rss_kb": {r[0]: {"hwm": None if r[1] == "-" else int(r[1]),
+                      "rss": None if r[2] == "-" else int(r[2])} for r in rss_rows},
+}
+with open(json_path, "w") as f:
+    json.dump(summary, f, indent=1)
+    f.write("\n")
 EOF
 cat "$result_file"
-log "written to $result_file"
+log "written to $result_file and tcp-$stamp.json"
 [ "$failed" -eq 0 ] || die "some measurements failed (logs: $work)"

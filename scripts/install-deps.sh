@@ -8,7 +8,9 @@ BUILD_PKGS=(build-essential cmake ninja-build pkg-config
     libjson-c-dev libcunit1-dev libhttp-parser-dev libyaml-dev libcjose-dev libjansson-dev)
 TEST_PKGS=(clang clang-format libclang-rt-14-dev curl nghttp2-client python3 python3-pytest procps dnsmasq-base openssl iproute2 iptables
     chromium fonts-dejavu-core debootstrap)
-BENCH_PKGS=(wrk nginx-light iperf3 socat)
+# gnuplot-nox draws the chart of bench/suite.sh (its pngcairo terminal; fonts-dejavu-core
+# above gives it a font).
+BENCH_PKGS=(wrk nginx-light iperf3 socat gnuplot-nox)
 
 case "${1:-test}" in
     build) want=("${BUILD_PKGS[@]}") ;;
