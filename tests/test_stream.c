@@ -410,6 +410,34 @@ static void test_pipe_move(void)
     pk_pipe_free(&p);
 }
 
+/* pk_pipe_chunk: whole chains from the front, up to max; the first chain cut when it
+ * alone holds more than max. */
+static void test_pipe_chunk(void)
+{
+    struct pk_pipe p;
+    pk_pipe_init(&p, 1 << 20);
+    CU_ASSERT_EQUAL(pk_pipe_chunk(&p, 100), 0);
+    char a[1000], b[500];
+    memset(a, 'a', sizeof(a));
+    memset(b, 'b', sizeof(b));
+    struct evbuffer *src = evbuffer_new();
+    evbuffer_add_reference(src, a, sizeof(a), NULL, NULL);
+    pk_pipe_write_from(&p, src, sizeof(a));
+    evbuffer_add_reference(src, b, sizeof(b), NULL, NULL);
+    pk_pipe_write_from(&p, src, sizeof(b));
+    CU_ASSERT_EQUAL(pk_pipe_len(&p), 1500);
+    CU_ASSERT_EQUAL(pk_pipe_chunk(&p, 1200), 1000);
+    CU_ASSERT_EQUAL(pk_pipe_chunk(&p, 1500), 1500);
+    CU_ASSERT_EQUAL(pk_pipe_chunk(&p, 5000), 1500);
+    CU_ASSERT_EQUAL(pk_pipe_chunk(&p, 800), 800);
+    struct evbuffer *dst = evbuffer_new();
+    CU_ASSERT_EQUAL(pk_pipe_move(&p, dst, pk_pipe_chunk(&p, 1200)), 1000);
+    CU_ASSERT_EQUAL(pk_pipe_chunk(&p, 1200), 500);
+    evbuffer_free(dst);
+    evbuffer_free(src);
+    pk_pipe_free(&p);
+}
+
 static void test_pipe_hwm(void)
 {
     struct pk_pipe p;
@@ -645,6 +673,7 @@ void pk_test_register_stream(void)
     CU_pSuite s = CU_add_suite("stream", NULL, NULL);
 
     CU_add_test(s, "hdrs_add_lowercases", test_hdrs_add_lowercases);
+    CU_add_test(s, "pipe_chunk", test_pipe_chunk);
     CU_add_test(s, "hdrs_grow", test_hdrs_grow);
     CU_add_test(s, "hdrs_get", test_hdrs_get);
     CU_add_test(s, "hdrs_del_first_and_count", test_hdrs_del_first_and_count);

@@ -135,7 +135,7 @@ static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
         return NGHTTP2_ERR_DEFERRED;
     }
     size_t avail = pk_pipe_len(p);
-    size_t n = PK_MIN(avail, length);
+    size_t n = pk_pipe_chunk(p, PK_MIN(avail, length)); /* no chain split: no copy */
     bool last = p->eof && n == avail;
     if (!last) {
         if (n == 0) {

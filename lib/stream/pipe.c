@@ -136,6 +136,19 @@ size_t pk_pipe_move(struct pk_pipe *p, struct evbuffer *dst, size_t max)
     return n;
 }
 
+size_t pk_pipe_chunk(const struct pk_pipe *p, size_t max)
+{
+    struct evbuffer_iovec v[16];
+    int n = evbuffer_peek(p->buf, (ev_ssize_t)max, NULL, v, 16);
+    size_t whole = 0;
+    for (int i = 0; i < n && i < 16; i++) {
+        if (whole + v[i].iov_len > max)
+            break;
+        whole += v[i].iov_len;
+    }
+    return whole ? whole : PK_MIN(max, evbuffer_get_length(p->buf));
+}
+
 bool pk_pipe_done(const struct pk_pipe *p)
 {
     return p->eof && evbuffer_get_length(p->buf) == 0;

@@ -75,6 +75,11 @@ size_t pk_pipe_len(const struct pk_pipe *p);
 size_t pk_pipe_read(struct pk_pipe *p, void *dst, size_t max);
 /* Moves up to max bytes to the end of dst. */
 size_t pk_pipe_move(struct pk_pipe *p, struct evbuffer *dst, size_t max);
+/* The most bytes up to max that can be moved without copying: whole chains of the pipe's
+ * buffer from the front (or max when the first chain alone holds more). A consumer that
+ * may choose its chunk size (an HTTP/2 DATA frame) takes this much, so that pk_pipe_move
+ * never splits a chain, which would copy its part. */
+size_t pk_pipe_chunk(const struct pk_pipe *p, size_t max);
 /* True when the end was reached and every byte was taken. */
 bool pk_pipe_done(const struct pk_pipe *p);
 
