@@ -459,12 +459,20 @@ static int start_tls(struct hs *h, struct bufferevent *bev)
         SSL_set_tlsext_host_name(ssl, host);
         SSL_set1_host(ssl, host);
     }
-    struct bufferevent *tb = bufferevent_openssl_filter_new(
-        sc->base, bev, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
+    /* On the socket itself, not as a filter over the plain bufferevent: OpenSSL reads whole
+     * records from the socket instead of 4 KiB pieces relayed through a second buffer. */
+    evutil_socket_t fd = bufferevent_getfd(bev);
+    struct bufferevent *tb =
+        fd < 0 ? NULL
+               : bufferevent_openssl_socket_new(sc->base, fd, ssl, BUFFEREVENT_SSL_CONNECTING,
+                                                BEV_OPT_CLOSE_ON_FREE);
     if (!tb) {
         SSL_free(ssl);
         return -1;
     }
+    /* The socket is the TLS bufferevent's now: the plain one goes without closing it. */
+    bufferevent_setfd(bev, -1);
+    bufferevent_free(bev);
     h->bev = tb;
     struct timeval tv = pk_ms_timeval(sc->cfg->connect_timeout_ms);
     bufferevent_set_timeouts(tb, &tv, NULL);
