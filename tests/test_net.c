@@ -1322,6 +1322,54 @@ static void test_bev_read_more(void)
     event_base_free(base);
 }
 
+/* pk_bev_write_direct: what the socket takes goes at once (the output stays empty); the
+ * rest moves to the output and the bufferevent writes it after, in order. */
+static void test_bev_write_direct(void)
+{
+    struct event_base *base = event_base_new();
+    int fds[2];
+    socket_pair(false, fds);
+    struct bufferevent *bev = bufferevent_socket_new(base, fds[0], BEV_OPT_CLOSE_ON_FREE);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(bev);
+    bufferevent_enable(bev, EV_WRITE);
+    struct evbuffer *buf = evbuffer_new();
+    evbuffer_add(buf, "hello", 5);
+    CU_ASSERT_EQUAL(pk_bev_write_direct(bev, buf), 5);
+    CU_ASSERT_EQUAL(evbuffer_get_length(buf), 0);
+    CU_ASSERT_EQUAL(evbuffer_get_length(bufferevent_get_output(bev)), 0);
+    char got[8];
+    CU_ASSERT_EQUAL(read(fds[1], got, sizeof(got)), 5);
+    CU_ASSERT_EQUAL(memcmp(got, "hello", 5), 0);
+
+    /* More than the socket holds: the rest is queued and flushed by the loop. */
+    const size_t total = 4 * MIB;
+    uint8_t *big = pk_xmalloc(total);
+    for (size_t i = 0; i < total; i++)
+        big[i] = (uint8_t)(i * 13);
+    evbuffer_add(buf, big, total);
+    size_t direct = pk_bev_write_direct(bev, buf);
+    CU_ASSERT(direct > 0 && direct < total);
+    CU_ASSERT_EQUAL(evbuffer_get_length(buf), 0);
+    CU_ASSERT_EQUAL(evbuffer_get_length(bufferevent_get_output(bev)), total - direct);
+    size_t rx = 0, bad = 0;
+    uint8_t chunk[65536];
+    while (rx < total) {
+        event_base_loop(base, EVLOOP_NONBLOCK);
+        ssize_t n = read(fds[1], chunk, sizeof(chunk));
+        for (ssize_t i = 0; i < n; i++)
+            bad += chunk[i] != (uint8_t)((rx + (size_t)i) * 13);
+        if (n > 0)
+            rx += (size_t)n;
+    }
+    CU_ASSERT_EQUAL(rx, total);
+    CU_ASSERT_EQUAL(bad, 0);
+    free(big);
+    evbuffer_free(buf);
+    bufferevent_free(bev);
+    close(fds[1]);
+    event_base_free(base);
+}
+
 static void test_tls_config_messages(void)
 {
     char err[512];
@@ -1364,6 +1412,7 @@ void pk_test_register_net(void)
 
     CU_add_test(s, "proxy_v1_ipv4", test_proxy_v1_ipv4);
     CU_add_test(s, "bev_read_more", test_bev_read_more);
+    CU_add_test(s, "bev_write_direct", test_bev_write_direct);
     CU_add_test(s, "proxy_v1_ipv6", test_proxy_v1_ipv6);
     CU_add_test(s, "proxy_v1_unknown", test_proxy_v1_unknown);
     CU_add_test(s, "proxy_v2_ipv4", test_proxy_v2_ipv4);

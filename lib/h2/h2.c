@@ -45,6 +45,8 @@ static void destroy(struct pk_h2conn *c)
         c->cbs->on_close(c, c->why ? c->why : "closed", c->ud);
     nghttp2_session_del(c->ng);
     bufferevent_free(c->bev);
+    if (c->direct)
+        evbuffer_free(c->direct);
     event_free(c->flush_ev);
     if (c->ping_ev)
         event_free(c->ping_ev);
@@ -67,7 +69,7 @@ static void submit_pending_goaway(struct pk_h2conn *c)
         ssize_t n = nghttp2_session_mem_send(c->ng, &data);
         if (n <= 0)
             break;
-        bufferevent_write(c->bev, data, (size_t)n);
+        evbuffer_add(c->wbuf, data, (size_t)n);
         bytes += (size_t)n;
     }
     nghttp2_submit_goaway(c->ng, NGHTTP2_FLAG_NONE, c->goaway_last_id, NGHTTP2_NO_ERROR, NULL, 0);
@@ -77,20 +79,30 @@ static void submit_pending_goaway(struct pk_h2conn *c)
 static void produce(struct pk_h2conn *c)
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
+    /* With nothing queued, frames go straight to the socket (no write event to add and
+     * delete again); with something queued, behind it. */
+    bool direct = c->plain && !c->closing && evbuffer_get_length(out) == 0;
+    if (direct && !c->direct)
+        c->direct = pk_xevbuffer_new();
+    c->wbuf = direct ? c->direct : out;
     if (c->goaway_pending && !c->closing)
         submit_pending_goaway(c);
-    while (!c->closing && evbuffer_get_length(out) < c->set.out_hwm) {
+    while (!c->closing && evbuffer_get_length(c->wbuf) < c->set.out_hwm) {
         const uint8_t *data;
         ssize_t n = nghttp2_session_mem_send(c->ng, &data);
         if (n < 0) {
             PK_WARN("h2", "conn=%s send failed: %s", c->name, nghttp2_strerror((int)n));
+            c->wbuf = NULL;
             pk_h2conn_close(c, "http2 send error");
             return;
         }
         if (n == 0)
             break;
-        bufferevent_write(c->bev, data, (size_t)n);
+        evbuffer_add(c->wbuf, data, (size_t)n);
     }
+    if (direct)
+        pk_bev_write_direct(c->bev, c->direct);
+    c->wbuf = NULL;
     if (!c->closing && !c->close_after_flush && !nghttp2_session_want_read(c->ng) &&
         !nghttp2_session_want_write(c->ng)) {
         c->close_after_flush = true;

@@ -48,7 +48,9 @@ struct pk_h2conn {
     struct bufferevent *bev;
     nghttp2_session *ng;
     bool server;
-    bool plain; /* a plain socket bufferevent: read in large reads */
+    bool plain;              /* a plain socket bufferevent: large reads, direct writes */
+    struct evbuffer *wbuf;   /* where frames go while produce() runs: output or direct */
+    struct evbuffer *direct; /* frames written straight to the socket (pk_bev_write_direct) */
     struct pk_h2_settings set;
     const struct pk_h2conn_cbs *cbs;
     void *ud;

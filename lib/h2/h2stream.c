@@ -182,7 +182,7 @@ static int send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t *f
     PK_UNUSED(frame);
     if (!s || !s->src || pk_pipe_len(s->src) < length)
         return NGHTTP2_ERR_CALLBACK_FAILURE; /* cannot happen: read_body saw the bytes */
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = c->wbuf ? c->wbuf : bufferevent_get_output(c->bev);
     evbuffer_add(out, framehd, 9);
     pk_pipe_move(s->src, out, length);
     if (s->src_last && s->src)

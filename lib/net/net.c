@@ -107,6 +107,21 @@ size_t pk_bev_read_more(struct bufferevent *bev, size_t max, enum pk_read_end *e
     return total;
 }
 
+size_t pk_bev_write_direct(struct bufferevent *bev, struct evbuffer *buf)
+{
+    evutil_socket_t fd = bufferevent_getfd(bev);
+    size_t done = 0;
+    while (fd >= 0 && evbuffer_get_length(buf) > 0) {
+        int n = evbuffer_write(buf, fd);
+        if (n <= 0)
+            break; /* full (EAGAIN) or failed: the bufferevent retries, and reports */
+        done += (size_t)n;
+    }
+    if (evbuffer_get_length(buf) > 0)
+        evbuffer_add_buffer(bufferevent_get_output(bev), buf);
+    return done;
+}
+
 struct pk_linger {
     struct pk_list link;
     struct bufferevent *bev;

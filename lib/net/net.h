@@ -11,6 +11,7 @@
 
 struct bufferevent;
 struct event_base;
+struct evbuffer;
 
 /* TCP_NODELAY and keepalive on a connected socket. */
 void pk_tune_socket(int fd);
@@ -36,6 +37,15 @@ enum pk_read_end {
  * socket are not the stream's). Returns the bytes added; *end says how it stopped (the
  * owner handles EOF and errors as its event callback would: libevent does not see them). */
 size_t pk_bev_read_more(struct bufferevent *bev, size_t max, enum pk_read_end *end);
+
+/* Writes buf straight to the socket of a plain socket bufferevent whose output is empty,
+ * as much as the socket takes now (nginx's optimistic write); what it does not take is
+ * moved to the output, which the bufferevent then writes as usual (and where a failed
+ * write is reported). Bytes put in a bufferevent's output make libevent add its write
+ * event and, once written, delete it: two epoll_ctl per response on a keep-alive
+ * connection; a direct write costs none. The caller makes sure the output is empty (or
+ * bytes would be reordered) and the bufferevent is not TLS. Returns the bytes written. */
+size_t pk_bev_write_direct(struct bufferevent *bev, struct evbuffer *buf);
 
 /* Splits a sockaddr into a printable IP (no brackets) and a port. */
 void pk_sockaddr_ip(const struct sockaddr *sa, char *ip, size_t iplen, uint16_t *port);
