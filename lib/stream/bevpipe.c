@@ -30,7 +30,8 @@ struct pk_bevpipe {
     struct pk_pipe *out;     /* NULL once detached */
     size_t out_hwm;
     bool shutdown_write;
-    bool plain; /* a plain socket: read in large reads (read_socket) */
+    bool plain;              /* a plain socket: large reads (read_socket), direct writes */
+    struct evbuffer *direct; /* bytes on their way straight to the socket (pump_out) */
     pk_bevpipe_done_cb on_done;
     void *arg;
 
@@ -64,6 +65,8 @@ static void destroy(struct pk_bevpipe *bp)
         bufferevent_free(bp->bev);
     event_free(bp->kick_ev);
     event_free(bp->idle_ev);
+    if (bp->direct)
+        evbuffer_free(bp->direct);
     free(bp);
 }
 
@@ -227,7 +230,14 @@ static void pump_out(struct pk_bevpipe *bp)
             return;
         }
         while (pk_pipe_len(bp->out) > 0 && evbuffer_get_length(output) < bp->out_hwm) {
-            size_t n = pk_pipe_move(bp->out, output, bp->out_hwm - evbuffer_get_length(output));
+            /* Nothing queued on a plain socket: straight to it (pk_bev_write_direct). */
+            bool direct = bp->plain && evbuffer_get_length(output) == 0;
+            if (direct && !bp->direct)
+                bp->direct = pk_xevbuffer_new();
+            size_t n = pk_pipe_move(bp->out, direct ? bp->direct : output,
+                                    bp->out_hwm - evbuffer_get_length(output));
+            if (direct && bp->bev)
+                pk_bev_write_direct(bp->bev, bp->direct);
             bp->bytes_out += n;
             active(bp);
             if (bp->freed || bp->failed || !bp->out) {
