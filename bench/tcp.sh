@@ -265,14 +265,7 @@ wait_port() {
 }
 
 wait_ready() { # SECONDS PID ADMIN_PORT
-    local tries=$(($1 * 10))
-    while [ "$tries" -gt 0 ]; do
-        curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$3/ready" 2>/dev/null && return 0
-        kill -0 "$2" 2>/dev/null || return 1
-        sleep 0.1
-        tries=$((tries - 1))
-    done
-    return 1
+    wait_ok "$1" "$2" "http://127.0.0.1:$3/ready"
 }
 
 start() { # ROLE CMD...: background, output to $work/ROLE.log
