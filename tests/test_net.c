@@ -1370,6 +1370,50 @@ static void test_bev_write_direct(void)
     event_base_free(base);
 }
 
+/* pk_wbatch: writes of one loop round leave in one direct write at the end of the round,
+ * in order with whatever was queued in the output before. */
+static void test_wbatch(void)
+{
+    struct event_base *base = event_base_new();
+    int fds[2];
+    socket_pair(false, fds);
+    struct bufferevent *bev = bufferevent_socket_new(base, fds[0], BEV_OPT_CLOSE_ON_FREE);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(bev);
+    bufferevent_enable(bev, EV_WRITE);
+    struct pk_wbatch w;
+    pk_wbatch_init(&w, base, bev);
+    struct evbuffer *out = bufferevent_get_output(bev);
+    evbuffer_add(pk_wbatch_out(&w), "head ", 5);
+    evbuffer_add(pk_wbatch_out(&w), "body", 4);
+    CU_ASSERT_EQUAL(evbuffer_get_length(out), 0); /* nothing queued in the output */
+    CU_ASSERT_EQUAL(pk_wbatch_pending(&w), 9);
+    event_base_loop(base, EVLOOP_NONBLOCK); /* the end of the round: one direct write */
+    CU_ASSERT_EQUAL(pk_wbatch_pending(&w), 0);
+    char got[32];
+    CU_ASSERT_EQUAL(read(fds[1], got, sizeof(got)), 9);
+    CU_ASSERT_EQUAL(memcmp(got, "head body", 9), 0);
+
+    /* Bytes already queued in the output: writes go behind them, in order. */
+    evbuffer_add(out, "A", 1);
+    CU_ASSERT_PTR_EQUAL(pk_wbatch_out(&w), out);
+    evbuffer_add(pk_wbatch_out(&w), "B", 1);
+    pk_wbatch_flush(&w);
+    for (int i = 0; i < 10 && evbuffer_get_length(out) > 0; i++)
+        event_base_loop(base, EVLOOP_NONBLOCK);
+    CU_ASSERT_EQUAL(read(fds[1], got, sizeof(got)), 2);
+    CU_ASSERT_EQUAL(memcmp(got, "AB", 2), 0);
+
+    /* Flushed by hand before the end of the round (before a close, say). */
+    evbuffer_add(pk_wbatch_out(&w), "C", 1);
+    pk_wbatch_free(&w);
+    CU_ASSERT_EQUAL(read(fds[1], got, sizeof(got)), 1);
+    CU_ASSERT_EQUAL(got[0], 'C');
+    event_base_loop(base, EVLOOP_NONBLOCK); /* the cancelled flush does not run */
+    bufferevent_free(bev);
+    close(fds[1]);
+    event_base_free(base);
+}
+
 static void test_tls_config_messages(void)
 {
     char err[512];
@@ -1413,6 +1457,7 @@ void pk_test_register_net(void)
     CU_add_test(s, "proxy_v1_ipv4", test_proxy_v1_ipv4);
     CU_add_test(s, "bev_read_more", test_bev_read_more);
     CU_add_test(s, "bev_write_direct", test_bev_write_direct);
+    CU_add_test(s, "wbatch", test_wbatch);
     CU_add_test(s, "proxy_v1_ipv6", test_proxy_v1_ipv6);
     CU_add_test(s, "proxy_v1_unknown", test_proxy_v1_unknown);
     CU_add_test(s, "proxy_v2_ipv4", test_proxy_v2_ipv4);

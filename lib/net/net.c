@@ -122,6 +122,65 @@ size_t pk_bev_write_direct(struct bufferevent *bev, struct evbuffer *buf)
     return done;
 }
 
+static void wbatch_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    PK_UNUSED(fd);
+    PK_UNUSED(what);
+    pk_wbatch_flush(arg);
+}
+
+void pk_wbatch_init(struct pk_wbatch *w, struct event_base *base, struct bufferevent *bev)
+{
+    w->bev = bev;
+    w->buf = NULL;
+    w->plain = !pk_bev_is_tls(bev) && !bufferevent_get_underlying(bev);
+    w->flush_ev = w->plain ? pk_xevent_new(base, -1, 0, wbatch_flush_cb, w) : NULL;
+}
+
+struct evbuffer *pk_wbatch_out(struct pk_wbatch *w)
+{
+    struct evbuffer *out = bufferevent_get_output(w->bev);
+    if (!w->plain)
+        return out;
+    if (w->buf && evbuffer_get_length(w->buf) > 0)
+        return w->buf; /* its flush is scheduled; it goes behind the output, in order */
+    if (evbuffer_get_length(out) > 0)
+        return out;
+    if (!w->buf)
+        w->buf = pk_xevbuffer_new();
+    event_active(w->flush_ev, EV_WRITE, 0); /* once per round however often it is asked */
+    return w->buf;
+}
+
+size_t pk_wbatch_pending(const struct pk_wbatch *w)
+{
+    return evbuffer_get_length(bufferevent_get_output(w->bev)) +
+           (w->buf ? evbuffer_get_length(w->buf) : 0);
+}
+
+void pk_wbatch_flush(struct pk_wbatch *w)
+{
+    if (w->flush_ev)
+        event_del(w->flush_ev);
+    if (!w->buf || evbuffer_get_length(w->buf) == 0)
+        return;
+    if (evbuffer_get_length(bufferevent_get_output(w->bev)) > 0)
+        evbuffer_add_buffer(bufferevent_get_output(w->bev), w->buf); /* behind what is queued */
+    else
+        pk_bev_write_direct(w->bev, w->buf);
+}
+
+void pk_wbatch_free(struct pk_wbatch *w)
+{
+    pk_wbatch_flush(w);
+    if (w->buf)
+        evbuffer_free(w->buf);
+    if (w->flush_ev)
+        event_free(w->flush_ev);
+    w->buf = NULL;
+    w->flush_ev = NULL;
+}
+
 struct pk_linger {
     struct pk_list link;
     struct bufferevent *bev;

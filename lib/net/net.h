@@ -47,6 +47,31 @@ size_t pk_bev_read_more(struct bufferevent *bev, size_t max, enum pk_read_end *e
  * bytes would be reordered) and the bufferevent is not TLS. Returns the bytes written. */
 size_t pk_bev_write_direct(struct bufferevent *bev, struct evbuffer *buf);
 
+/* Output batched for a direct write: what a connection writes during one round of the
+ * loop (a response head, then its body as it arrives) goes to the socket in one write at
+ * the end of the round (pk_bev_write_direct), or to the bufferevent's output when bytes
+ * are queued there already or the connection is TLS. For the HTTP/1.1 ends, whose writes
+ * would otherwise add and delete the write event for every response. */
+struct pk_wbatch {
+    struct bufferevent *bev;
+    struct evbuffer *buf; /* NULL until first needed */
+    struct event *flush_ev;
+    bool plain;
+};
+
+/* bev: a connected bufferevent (plain or TLS). */
+void pk_wbatch_init(struct pk_wbatch *w, struct event_base *base, struct bufferevent *bev);
+/* Where to write now: the batch (its flush scheduled for the end of the round) or, when
+ * the output holds bytes already or the connection is TLS, the output itself. */
+struct evbuffer *pk_wbatch_out(struct pk_wbatch *w);
+/* Bytes written and not yet taken by the socket (batch and output). */
+size_t pk_wbatch_pending(const struct pk_wbatch *w);
+/* Writes the batch now (before closing the connection or handing its bufferevent over:
+ * after this, everything written is in the socket or in the output). */
+void pk_wbatch_flush(struct pk_wbatch *w);
+/* Flushes, then frees the batch (not the bufferevent). */
+void pk_wbatch_free(struct pk_wbatch *w);
+
 /* Splits a sockaddr into a printable IP (no brackets) and a port. */
 void pk_sockaddr_ip(const struct sockaddr *sa, char *ip, size_t iplen, uint16_t *port);
 
