@@ -1370,6 +1370,11 @@ static void test_bev_write_direct(void)
     event_base_free(base);
 }
 
+static void count_flush(void *arg)
+{
+    (*(int *)arg)++;
+}
+
 /* pk_wbatch: writes of one loop round leave in one direct write at the end of the round,
  * in order with whatever was queued in the output before. */
 static void test_wbatch(void)
@@ -1381,7 +1386,8 @@ static void test_wbatch(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(bev);
     bufferevent_enable(bev, EV_WRITE);
     struct pk_wbatch w;
-    pk_wbatch_init(&w, base, bev);
+    int flushed = 0;
+    pk_wbatch_init(&w, base, bev, count_flush, &flushed);
     struct evbuffer *out = bufferevent_get_output(bev);
     evbuffer_add(pk_wbatch_out(&w), "head ", 5);
     evbuffer_add(pk_wbatch_out(&w), "body", 4);
@@ -1389,6 +1395,7 @@ static void test_wbatch(void)
     CU_ASSERT_EQUAL(pk_wbatch_pending(&w), 9);
     event_base_loop(base, EVLOOP_NONBLOCK); /* the end of the round: one direct write */
     CU_ASSERT_EQUAL(pk_wbatch_pending(&w), 0);
+    CU_ASSERT_EQUAL(flushed, 1);
     char got[32];
     CU_ASSERT_EQUAL(read(fds[1], got, sizeof(got)), 9);
     CU_ASSERT_EQUAL(memcmp(got, "head body", 9), 0);
@@ -1403,12 +1410,19 @@ static void test_wbatch(void)
     CU_ASSERT_EQUAL(read(fds[1], got, sizeof(got)), 2);
     CU_ASSERT_EQUAL(memcmp(got, "AB", 2), 0);
 
+    /* Dropped when the connection is cut short. */
+    evbuffer_add(pk_wbatch_out(&w), "D", 1);
+    struct pk_wbatch w2 = w;
+    pk_wbatch_init(&w, base, bev, count_flush, &flushed);
+    pk_wbatch_free(&w2, false);
     /* Flushed by hand before the end of the round (before a close, say). */
     evbuffer_add(pk_wbatch_out(&w), "C", 1);
-    pk_wbatch_free(&w);
+    flushed = 0;
+    pk_wbatch_free(&w, true);
     CU_ASSERT_EQUAL(read(fds[1], got, sizeof(got)), 1);
     CU_ASSERT_EQUAL(got[0], 'C');
     event_base_loop(base, EVLOOP_NONBLOCK); /* the cancelled flush does not run */
+    CU_ASSERT_EQUAL(flushed, 0);
     bufferevent_free(bev);
     close(fds[1]);
     event_base_free(base);

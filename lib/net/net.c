@@ -124,15 +124,22 @@ size_t pk_bev_write_direct(struct bufferevent *bev, struct evbuffer *buf)
 
 static void wbatch_flush_cb(evutil_socket_t fd, short what, void *arg)
 {
+    struct pk_wbatch *w = arg;
     PK_UNUSED(fd);
     PK_UNUSED(what);
-    pk_wbatch_flush(arg);
+    bool wrote = w->buf && evbuffer_get_length(w->buf) > 0;
+    pk_wbatch_flush(w);
+    if (wrote && w->on_flushed)
+        w->on_flushed(w->arg);
 }
 
-void pk_wbatch_init(struct pk_wbatch *w, struct event_base *base, struct bufferevent *bev)
+void pk_wbatch_init(struct pk_wbatch *w, struct event_base *base, struct bufferevent *bev,
+                    void (*on_flushed)(void *arg), void *arg)
 {
     w->bev = bev;
     w->buf = NULL;
+    w->on_flushed = on_flushed;
+    w->arg = arg;
     w->plain = !pk_bev_is_tls(bev) && !bufferevent_get_underlying(bev);
     w->flush_ev = w->plain ? pk_xevent_new(base, -1, 0, wbatch_flush_cb, w) : NULL;
 }
@@ -170,9 +177,10 @@ void pk_wbatch_flush(struct pk_wbatch *w)
         pk_bev_write_direct(w->bev, w->buf);
 }
 
-void pk_wbatch_free(struct pk_wbatch *w)
+void pk_wbatch_free(struct pk_wbatch *w, bool flush)
 {
-    pk_wbatch_flush(w);
+    if (flush)
+        pk_wbatch_flush(w);
     if (w->buf)
         evbuffer_free(w->buf);
     if (w->flush_ev)

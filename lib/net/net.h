@@ -57,10 +57,16 @@ struct pk_wbatch {
     struct evbuffer *buf; /* NULL until first needed */
     struct event *flush_ev;
     bool plain;
+    void (*on_flushed)(void *arg);
+    void *arg;
 };
 
-/* bev: a connected bufferevent (plain or TLS). */
-void pk_wbatch_init(struct pk_wbatch *w, struct event_base *base, struct bufferevent *bev);
+/* bev: a connected bufferevent (plain or TLS). on_flushed (may be NULL) runs after an
+ * end-of-round flush that wrote something: what the socket took never passes through the output, so
+ * the bufferevent's write callback, which a writer waits for to write more, does not come for it.
+ */
+void pk_wbatch_init(struct pk_wbatch *w, struct event_base *base, struct bufferevent *bev,
+                    void (*on_flushed)(void *arg), void *arg);
 /* Where to write now: the batch (its flush scheduled for the end of the round) or, when
  * the output holds bytes already or the connection is TLS, the output itself. */
 struct evbuffer *pk_wbatch_out(struct pk_wbatch *w);
@@ -69,8 +75,9 @@ size_t pk_wbatch_pending(const struct pk_wbatch *w);
 /* Writes the batch now (before closing the connection or handing its bufferevent over:
  * after this, everything written is in the socket or in the output). */
 void pk_wbatch_flush(struct pk_wbatch *w);
-/* Flushes, then frees the batch (not the bufferevent). */
-void pk_wbatch_free(struct pk_wbatch *w);
+/* Frees the batch (not the bufferevent), flushing it first unless flush is false (the
+ * connection is being cut short: what is not written yet is dropped). */
+void pk_wbatch_free(struct pk_wbatch *w, bool flush);
 
 /* Splits a sockaddr into a printable IP (no brackets) and a port. */
 void pk_sockaddr_ip(const struct sockaddr *sa, char *ip, size_t iplen, uint16_t *port);

@@ -23,6 +23,7 @@ struct h1conn {
     struct pk_end end; /* the downstream end of the current exchange */
     struct pk_server *srv;
     struct bufferevent *bev;
+    struct pk_wbatch wb; /* responses leave in one direct write per loop round */
     struct pk_h1parser parser;
     char ip[64];
     uint16_t port;
@@ -52,7 +53,6 @@ static void h1_pump_response(struct h1conn *hc)
     if (!ex || !ex->head_sent || hc->resp_done)
         return;
     struct pk_pipe *p = &ex->resp_body;
-    struct evbuffer *out = bufferevent_get_output(hc->bev);
     if (p->aborted) {
         PK_INFO("proxy", "response aborted mid-body endpoint=%s client=%s: closing", ex->endpoint,
                 ex->client);
@@ -64,7 +64,11 @@ static void h1_pump_response(struct h1conn *hc)
         pk_pipe_move(p, sink, pk_pipe_len(p)); /* bodies of HEAD/204/304 are dropped */
         evbuffer_free(sink);
     }
-    if (pk_h1_pump_body(out, p, hc->chunked_out, OUT_HWM)) {
+    /* Nothing to write, or at the mark in what is written and not yet taken by the
+     * socket. */
+    if ((pk_pipe_len(p) == 0 && !pk_pipe_done(p)) || pk_wbatch_pending(&hc->wb) >= OUT_HWM)
+        return;
+    if (pk_h1_pump_body(pk_wbatch_out(&hc->wb), p, hc->chunked_out, OUT_HWM)) {
         hc->resp_done = true;
         pk_pipe_set_consumer(p, NULL, NULL);
         h1_kick(hc);
@@ -106,7 +110,7 @@ static void h1_send_head(struct h1conn *hc, struct exchange *ex, struct pk_head 
         pk_hdrs_set(&resp->hdrs, "connection", "close");
     else if (hc->parser.http_minor == 0)
         pk_hdrs_set(&resp->hdrs, "connection", "keep-alive");
-    pk_h1_write_response_head(bufferevent_get_output(hc->bev), resp, hc->parser.http_minor);
+    pk_h1_write_response_head(pk_wbatch_out(&hc->wb), resp, hc->parser.http_minor);
     pk_pipe_set_consumer(&ex->resp_body, h1_resp_readable, hc);
     h1_pump_response(hc);
 }
@@ -129,6 +133,7 @@ static void h1_raw_done(struct pk_bevpipe *bp, int err, void *arg)
  * raw byte stream joined to the exchange's pipes. */
 static void h1_establish(struct h1conn *hc, struct exchange *ex, struct pk_head *resp)
 {
+    pk_wbatch_flush(&hc->wb); /* the socket is the bevpipe's from now on */
     struct evbuffer *out = bufferevent_get_output(hc->bev);
     resp->status = 101;
     pk_hdrs_set(&resp->hdrs, "connection", "Upgrade");
@@ -163,7 +168,7 @@ static void h1_end_early(struct pk_end *e)
 static void h1_end_continue(struct pk_end *e)
 {
     struct h1conn *hc = PK_CONTAINER_OF(e, struct h1conn, end);
-    evbuffer_add_printf(bufferevent_get_output(hc->bev), "HTTP/1.1 100 Continue\r\n\r\n");
+    evbuffer_add_printf(pk_wbatch_out(&hc->wb), "HTTP/1.1 100 Continue\r\n\r\n");
 }
 
 static const struct pk_end_ops h1_end_ops = {
@@ -202,6 +207,7 @@ static void h1_detach(struct h1conn *hc)
 static void h1_destroy(struct h1conn *hc)
 {
     struct pk_server *srv = hc->srv;
+    pk_wbatch_free(&hc->wb, !hc->abort); /* before the bevpipe may free the bufferevent */
     if (hc->bp) {
         /* Detach the bevpipe from the exchange's pipes before they can go away. Over TLS
          * a clean end keeps the socket for the close_notify of the lingering close. */
@@ -243,7 +249,7 @@ static void h1_reject(struct h1conn *hc, int status, const char *msg)
     size_t n;
     char *body = pk_json_error_body(msg, &n);
     evbuffer_add_printf(
-        bufferevent_get_output(hc->bev),
+        pk_wbatch_out(&hc->wb),
         "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %zu\r\n"
         "connection: close\r\n\r\n%s",
         status, pk_h1_reason(status), n, body);
@@ -489,6 +495,14 @@ static void h1_read(struct bufferevent *bev, void *arg)
     h1_process(arg);
 }
 
+/* The round's writes went straight to the socket: more of the response may follow. */
+static void h1_flushed(void *arg)
+{
+    struct h1conn *hc = arg;
+    if (!hc->closing && !hc->bp)
+        h1_pump_response(hc);
+}
+
 static void h1_write(struct bufferevent *bev, void *arg)
 {
     struct h1conn *hc = arg;
@@ -540,6 +554,7 @@ struct h1conn *pk_h1down_new(struct pk_server *srv, struct bufferevent *bev, con
     snprintf(hc->ip, sizeof(hc->ip), "%s", ip);
     hc->port = port;
     hc->kick_ev = pk_xevent_new(srv->loop.base, -1, 0, h1_kick_cb, hc);
+    pk_wbatch_init(&hc->wb, srv->loop.base, bev, h1_flushed, hc);
     hc->end.ops = &h1_end_ops;
     pk_h1parser_init(&hc->parser, HTTP_REQUEST, srv->node.cfg->proxy_max_header_bytes,
                      &h1_parser_cbs, hc);
