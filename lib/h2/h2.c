@@ -7,7 +7,9 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <malloc.h>
 #include <nghttp2/nghttp2.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -200,90 +202,87 @@ static void ping_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- session memory ------------------------------------------------------------------ */
 
-/* nghttp2 1.52 allocates a 16 KiB frame buffer per session when the session is made, and
- * writes every outgoing frame at its start: an idle session touches its first page only.
- * From the heap, that buffer usually lands on memory other connections touched and freed
- * (TLS record buffers, request buffers), so all of it stays resident, for every tunnel.
- * Allocations of at least H2_MAP_MIN bytes are therefore mapped on their own: the kernel
- * backs only the pages written. Smaller ones go to malloc. Each block starts with a header
- * that says which (nghttp2_mem's free has no size). docs/benchmarks.md "Memory per idle
- * tunnel" has the measurements. */
-#define H2_MAP_MIN (16 * 1024)
+/* nghttp2 1.52 makes two large blocks per session when the session is made: a 4 KiB
+ * stream map (calloc) and a 16 KiB frame buffer into which it writes every outgoing
+ * frame from the start. On an idle tunnel nothing writes the map and only the frame
+ * buffer's first page is written, but from the heap both usually land on memory touched
+ * before (freed TLS record buffers, request buffers, calloc's clearing), so all 20 KiB stay
+ * resident for every tunnel. Blocks of H2_MAP_MIN bytes or more are therefore mapped on
+ * their own, where the kernel backs only the pages written; the session's struct h2_maps
+ * remembers them (nghttp2_mem's free gives no size), and beyond H2_MAPS blocks, or if
+ * mmap fails, malloc serves. docs/benchmarks.md "Memory per idle tunnel" has the
+ * measurements. */
+#define H2_MAP_MIN 4096
 
-/* Two words: the caller's block stays aligned as malloc aligns (16 bytes on 64-bit). */
-struct h2_block {
-    size_t size;   /* bytes asked for */
-    size_t mapped; /* 1: its own mapping, 0: from malloc */
-};
-_Static_assert(sizeof(struct h2_block) == 16, "h2_block keeps malloc's alignment");
+static void *map_block(struct h2_maps *m, size_t size)
+{
+    for (size_t i = 0; i < H2_MAPS; i++) {
+        if (m->p[i])
+            continue;
+        void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+            return NULL;
+        m->p[i] = p;
+        m->len[i] = size;
+        return p;
+    }
+    return NULL;
+}
+
+/* The slot of a mapped block, or -1 for a block from malloc. */
+static int mapped_slot(const struct h2_maps *m, const void *ptr)
+{
+    for (int i = 0; i < H2_MAPS; i++)
+        if (m->p[i] == ptr)
+            return i;
+    return -1;
+}
 
 static void *h2_mem_malloc(size_t size, void *ud)
 {
-    PK_UNUSED(ud);
-    struct h2_block *b;
-    if (size > SIZE_MAX / 2)
-        return NULL;
-    if (size >= H2_MAP_MIN) {
-        void *p = mmap(NULL, sizeof(*b) + size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                       -1, 0);
-        if (p == MAP_FAILED)
-            return NULL;
-        b = p;
-        b->mapped = 1;
-    } else {
-        b = malloc(sizeof(*b) + size);
-        if (!b)
-            return NULL;
-        b->mapped = 0;
-    }
-    b->size = size;
-    return b + 1;
+    void *p = size >= H2_MAP_MIN ? map_block(ud, size) : NULL;
+    return p ? p : malloc(size);
 }
 
 static void h2_mem_free(void *ptr, void *ud)
 {
-    PK_UNUSED(ud);
-    if (!ptr)
+    struct h2_maps *m = ud;
+    int i = ptr ? mapped_slot(m, ptr) : -1;
+    if (i < 0) {
+        free(ptr);
         return;
-    struct h2_block *b = (struct h2_block *)ptr - 1;
-    if (b->mapped)
-        munmap(b, sizeof(*b) + b->size);
-    else
-        free(b);
+    }
+    munmap(ptr, m->len[i]);
+    m->p[i] = NULL;
 }
 
 static void *h2_mem_calloc(size_t nmemb, size_t size, void *ud)
 {
-    if (size && nmemb > SIZE_MAX / 2 / size)
+    if (size && nmemb > SIZE_MAX / size)
         return NULL;
-    void *p = h2_mem_malloc(nmemb * size, ud);
-    struct h2_block *b = p ? (struct h2_block *)p - 1 : NULL;
-    if (b && !b->mapped) /* fresh mappings are zero already */
-        memset(p, 0, nmemb * size);
-    return p;
+    /* A fresh mapping reads as zeros. */
+    void *p = nmemb * size >= H2_MAP_MIN ? map_block(ud, nmemb * size) : NULL;
+    return p ? p : calloc(nmemb, size);
 }
 
 static void *h2_mem_realloc(void *ptr, size_t size, void *ud)
 {
+    struct h2_maps *m = ud;
+    int i = ptr ? mapped_slot(m, ptr) : -1;
     if (!ptr)
         return h2_mem_malloc(size, ud);
-    struct h2_block *b = (struct h2_block *)ptr - 1;
-    if (!b->mapped && size < H2_MAP_MIN) {
-        struct h2_block *nb = realloc(b, sizeof(*b) + size);
-        if (!nb)
-            return NULL;
-        nb->size = size;
-        return nb + 1;
-    }
+    if (i < 0 && size < H2_MAP_MIN)
+        return realloc(ptr, size);
+    if (i >= 0 && size <= m->len[i])
+        return ptr;
+    size_t old = i >= 0 ? m->len[i] : malloc_usable_size(ptr);
     void *np = h2_mem_malloc(size, ud);
     if (!np)
         return NULL;
-    memcpy(np, ptr, b->size < size ? b->size : size);
+    memcpy(np, ptr, old < size ? old : size);
     h2_mem_free(ptr, ud);
     return np;
 }
-
-static nghttp2_mem h2_mem = {NULL, h2_mem_malloc, h2_mem_free, h2_mem_calloc, h2_mem_realloc};
 
 struct pk_h2conn *pk_h2conn_new(struct event_base *base, struct bufferevent *bev, bool server_role,
                                 const struct pk_h2_settings *settings,
@@ -312,8 +311,10 @@ struct pk_h2conn *pk_h2conn_new(struct event_base *base, struct bufferevent *bev
     nghttp2_option_set_stream_reset_rate_limit(opt, 1000, 33);
     nghttp2_option_set_max_continuations(opt, 8);
     nghttp2_option_set_max_settings(opt, 32);
-    int rv = server_role ? nghttp2_session_server_new3(&c->ng, cb, c, opt, &h2_mem)
-                         : nghttp2_session_client_new3(&c->ng, cb, c, opt, &h2_mem);
+    /* nghttp2 keeps its own copy of mem; its user data, c->maps, outlives the session. */
+    nghttp2_mem mem = {&c->maps, h2_mem_malloc, h2_mem_free, h2_mem_calloc, h2_mem_realloc};
+    int rv = server_role ? nghttp2_session_server_new3(&c->ng, cb, c, opt, &mem)
+                         : nghttp2_session_client_new3(&c->ng, cb, c, opt, &mem);
     nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cb);
     if (rv != 0) {

@@ -42,6 +42,14 @@ struct pk_h2stream {
     struct pk_h2stream *prev, *next;
 };
 
+/* The blocks of a connection's nghttp2 session that have a mapping of their own (h2.c,
+ * "session memory"). */
+#define H2_MAPS 4
+struct h2_maps {
+    void *p[H2_MAPS];
+    size_t len[H2_MAPS];
+};
+
 struct pk_h2conn {
     struct event_base *base;
     struct bufferevent *bev;
@@ -67,6 +75,7 @@ struct pk_h2conn {
     struct pk_h2stream *streams;
     size_t nstreams;
     uint64_t data_in, data_out; /* DATA payload bytes received / handed to nghttp2 */
+    struct h2_maps maps;        /* freed with the session, before the connection */
 };
 
 /* h2.c */
