@@ -42,12 +42,21 @@ struct pk_h2stream {
     struct pk_h2stream *prev, *next;
 };
 
-/* The blocks of a connection's nghttp2 session that have a mapping of their own (h2.c,
- * "session memory"). */
-#define H2_MAPS 4
-struct h2_maps {
-    void *p[H2_MAPS];
-    size_t len[H2_MAPS];
+/* The mapped blocks of a connection's nghttp2 session (h2.c, "session memory"). */
+#define H2_MEM_BLOCKS 8
+struct h2_block {
+    void *p; /* NULL: a free entry */
+    size_t len;
+    bool arena; /* in the arena, else a mapping of its own */
+};
+
+struct h2_mem {
+    unsigned char *arena; /* H2_ARENA bytes, or NULL */
+    size_t front, back;   /* the arena's unused space */
+    size_t arena_blocks;  /* arena blocks not freed yet */
+    bool arena_done;      /* made once per session, never again */
+    bool creating;        /* inside nghttp2_session_*_new3 */
+    struct h2_block b[H2_MEM_BLOCKS];
 };
 
 struct pk_h2conn {
@@ -75,7 +84,7 @@ struct pk_h2conn {
     struct pk_h2stream *streams;
     size_t nstreams;
     uint64_t data_in, data_out; /* DATA payload bytes received / handed to nghttp2 */
-    struct h2_maps maps;        /* freed with the session, before the connection */
+    struct h2_mem mem;          /* the session's mapped blocks; outlives the session */
 };
 
 /* h2.c */
