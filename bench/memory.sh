@@ -112,7 +112,7 @@ if [ "$TLS" = "1" ]; then
     )
 fi
 
-# measure MODE (plain|tls): sets srv_idle srv_full sc_base sc_full.
+# measure MODE (plain|tls): sets srv_idle srv_full srv_maps sc_base sc_full.
 measure() {
     local mode="$1" ports proxy up admin cluster sc_admin tls_flags=() scheme=http client_tls=()
     local sc_tls=()
@@ -144,6 +144,7 @@ measure() {
     sleep "$SETTLE"
     wait_tunnels "$admin" "$TUNNELS" 1
     srv_full="$(rss "$srv")"
+    srv_maps="$(wc -l <"/proc/$srv/maps")"
     stop_one "$cli"
     wait_tunnels "$admin" 0 60
 
@@ -170,7 +171,7 @@ measure() {
 }
 
 measure plain
-p_srv_idle=$srv_idle p_srv_full=$srv_full p_sc_base=$sc_base p_sc_full=$sc_full
+p_srv_idle=$srv_idle p_srv_full=$srv_full p_sc_base=$sc_base p_sc_full=$sc_full p_maps=$srv_maps
 if [ "$TLS" = "1" ]; then
     measure tls
     t_srv_idle=$srv_idle t_srv_full=$srv_full t_sc_base=$sc_base t_sc_full=$sc_full
@@ -182,10 +183,10 @@ md="$RESULTS_DIR/memory-$stamp.md"
 json="$RESULTS_DIR/memory-$stamp.json"
 commit="$(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 python3 - "$md" "$json" "$commit" "$TUNNELS" "$ENDPOINTS" "$SIDECAR_BASE" "$SIDECAR_TUNNELS" \
-    "$p_srv_idle" "$p_srv_full" "$p_sc_base" "$p_sc_full" \
+    "$p_srv_idle" "$p_srv_full" "$p_sc_base" "$p_sc_full" "$p_maps" \
     "${t_srv_idle:-}" "${t_srv_full:-}" "${t_sc_base:-}" "${t_sc_full:-}" <<'PY'
 import json, sys
-(md, js, commit, n, eps, sb, sn, psi, psf, pcb, pcf, tsi, tsf, tcb, tcf) = sys.argv[1:]
+(md, js, commit, n, eps, sb, sn, psi, psf, pcb, pcf, pmaps, tsi, tsf, tcb, tcf) = sys.argv[1:]
 n, eps, sb, sn = int(n), int(eps), int(sb), int(sn)
 
 
@@ -203,7 +204,8 @@ out = {"scenario": "memory", "tunnels": n,
        "sidecar_bytes_per_tunnel": plain["sidecar_bytes_per_tunnel"],
        "server_idle_rss": plain["server_idle_rss"],
        "sidecar_idle_rss": plain["sidecar_idle_rss"],
-       "endpoints": eps, "sidecar_tunnels": [sb, sn], "commit": commit}
+       "endpoints": eps, "sidecar_tunnels": [sb, sn], "server_mappings": int(pmaps),
+       "commit": commit}
 rows = [("cleartext", plain)]
 if tsi:
     tls = per("tls", tsi, tsf, tcb, tcf)
@@ -217,7 +219,8 @@ mib = lambda b: "%.1f MiB" % (b / 1048576)
 lines = ["# Memory per idle tunnel", "",
          "Commit %s. Server: %d idle tunnels from bench/tunnels.py over %d endpoint names, "
          "(VmRSS with them - VmRSS before) / %d. Sidecar: one piko-sidecar with %d, then %d "
-         "endpoints (one tunnel each), the slope between the two." % (commit, n, eps, n, sb, sn),
+         "endpoints (one tunnel each), the slope between the two. The loaded cleartext server "
+         "had %s memory mappings (/proc/PID/maps lines)." % (commit, n, eps, n, sb, sn, pmaps),
          "",
          "| transport | server per tunnel | server RSS idle -> loaded | sidecar per tunnel "
          "| sidecar RSS %d -> %d tunnels |" % (sb, sn),
