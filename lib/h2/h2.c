@@ -229,7 +229,7 @@ static size_t align16(size_t n)
     return (n + 15) & ~(size_t)15;
 }
 
-/* A free slot of m's table, or -1. */
+/* The entry of m's table that holds ptr (NULL: a free entry), or -1. */
 static int mem_slot(const struct h2_mem *m, const void *ptr)
 {
     for (int i = 0; i < H2_MEM_BLOCKS; i++)
@@ -268,7 +268,8 @@ static void *arena_block(struct h2_mem *m, size_t size, int slot)
     return p;
 }
 
-/* Every block returned reads as zeros except those from malloc. */
+/* *zero: the block reads as zeros (a block of the arena or a fresh mapping; the arena's
+ * freed space is never handed out again). */
 static void *mem_alloc(struct h2_mem *m, size_t size, bool *zero)
 {
     int slot = mem_slot(m, NULL);
