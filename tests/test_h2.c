@@ -1404,6 +1404,47 @@ static void test_header_block_limit(void)
     h2t_free(t);
 }
 
+/* h2.c "session memory": a header block bigger than the frame buffer made with the session
+ * takes blocks outside the session's arena (mappings of their own, malloc blocks grown past
+ * the mapping size, on both ends); both sessions keep working. */
+static void test_session_memory_past_the_arena(void)
+{
+    struct h2t *t = h2t_new();
+    t->mode = SRV_RESPOND;
+    t->resp_text = "ok";
+    wait_ready(t);
+
+    struct tstream *c = new_cs(t);
+    c->t = t;
+    struct pk_head h;
+    pk_head_init(&h);
+    pk_head_set(&h.method, "GET", 3);
+    pk_head_set(&h.scheme, "https", 5);
+    pk_head_set(&h.authority, "a", 1);
+    pk_head_set(&h.path, "/", 1);
+    static char big[40000];
+    memset(big, 'v', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    pk_hdrs_add_str(&h.hdrs, "x-big", big);
+    init_sink(c);
+    c->s = pk_h2conn_request(t->cli.c, &h, NULL, &ts_cbs, c);
+    pk_head_free(&h);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c->s);
+    pk_h2stream_set_sink(c->s, &c->sink);
+    WAIT(t, c->closes == 1);
+    CU_ASSERT_EQUAL(c->close_code, 0);
+    CU_ASSERT_EQUAL(c->head_status, 200);
+    CU_ASSERT_EQUAL_FATAL(t->nss, 1);
+    CU_ASSERT_FALSE(t->ss[0].head_too_large);
+
+    struct tstream *c2 = new_cs(t);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(client_request(c2, "/again", false));
+    WAIT(t, c2->closes == 1);
+    CU_ASSERT_EQUAL(c2->close_code, 0);
+    ASSERT_STR(c2->got_text, "ok");
+    h2t_free(t);
+}
+
 static void test_server_role_cannot_request(void)
 {
     struct h2t *t = h2t_new();
@@ -1536,6 +1577,7 @@ void pk_test_register_h2(void)
     CU_pSuite s = CU_add_suite("h2", NULL, NULL);
 
     CU_add_test(s, "ready", test_ready);
+    CU_add_test(s, "session_memory_past_the_arena", test_session_memory_past_the_arena);
     CU_add_test(s, "request_response", test_request_response);
     CU_add_test(s, "request_no_body_response_no_body", test_request_no_body_response_no_body);
     CU_add_test(s, "big_request_body", test_big_request_body);

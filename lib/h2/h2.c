@@ -9,9 +9,12 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <malloc.h>
 #include <nghttp2/nghttp2.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 void pk_h2_settings_default(struct pk_h2_settings *s)
 {
@@ -228,6 +231,145 @@ static void ping_cb(evutil_socket_t fd, short what, void *arg)
     h2_schedule_flush(c);
 }
 
+/* ---- session memory ------------------------------------------------------------------ */
+
+/* What an idle tunnel costs is mostly what nghttp2 1.52 allocates when a session is made:
+ * the session (2.9 KiB, written), two HPACK ring arrays (1 KiB each, written only when
+ * header fields are indexed), a stream map (4 KiB, calloc, written only when a stream
+ * opens) and a 16 KiB frame buffer into which every outgoing frame is written from the
+ * start. From the heap, each of them lands on pages of its own or on memory touched before
+ * (calloc's clearing, freed TLS and request buffers), and all 25 KiB tend to stay resident.
+ *
+ * So the blocks of 1 KiB and more that the session makes while it is created go to one
+ * mapping of H2_ARENA bytes of its own, the "arena": the session struct and the frame
+ * buffer next to each other at its front, so that the first page holds the session and the
+ * frame buffer's first bytes; the others at its back. The kernel backs only the pages
+ * written, so an idle session holds one page. Space freed in the arena is not reused; the
+ * arena is unmapped when its last block is freed (at the latest with the session). Later,
+ * blocks of H2_MAP_MIN bytes and more (a grown frame buffer or stream map) get a mapping of
+ * their own, and the rest comes from malloc. struct h2_mem records the mapped blocks, as
+ * nghttp2_mem's free gives no size. docs/benchmarks.md "Memory per idle tunnel" has the
+ * measurements. */
+#define H2_ARENA        (32 * 1024)
+#define H2_ARENA_MIN    1024
+#define H2_FRAMEBUF_MIN (16 * 1024)
+#define H2_MAP_MIN      4096
+
+static size_t align16(size_t n)
+{
+    return (n + 15) & ~(size_t)15;
+}
+
+/* The entry of m's table that holds ptr (NULL: a free entry), or -1. */
+static int mem_slot(const struct h2_mem *m, const void *ptr)
+{
+    for (int i = 0; i < H2_MEM_BLOCKS; i++)
+        if (m->b[i].p == ptr)
+            return i;
+    return -1;
+}
+
+/* A block from the arena, or NULL: only while the session is being created. */
+static void *arena_block(struct h2_mem *m, size_t size, int slot)
+{
+    if (!m->creating || size < H2_ARENA_MIN || size > H2_ARENA)
+        return NULL;
+    if (!m->arena && !m->arena_done) {
+        void *a = mmap(NULL, H2_ARENA, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        m->arena_done = true;
+        if (a == MAP_FAILED)
+            return NULL;
+        m->arena = a;
+        m->front = 0;
+        m->back = H2_ARENA;
+    }
+    if (!m->arena || align16(size) > m->back - m->front)
+        return NULL;
+    unsigned char *p;
+    /* The session (the first block) and frame buffers at the front, the rest at the back. */
+    if (m->arena_blocks == 0 || size >= H2_FRAMEBUF_MIN) {
+        p = m->arena + m->front;
+        m->front += align16(size);
+    } else {
+        m->back -= align16(size);
+        p = m->arena + m->back;
+    }
+    m->arena_blocks++;
+    m->b[slot] = (struct h2_block){p, size, true};
+    return p;
+}
+
+/* *zero: the block reads as zeros (a block of the arena or a fresh mapping; the arena's
+ * freed space is never handed out again). */
+static void *mem_alloc(struct h2_mem *m, size_t size, bool *zero)
+{
+    int slot = mem_slot(m, NULL);
+    void *p = slot >= 0 ? arena_block(m, size, slot) : NULL;
+    if (!p && slot >= 0 && size >= H2_MAP_MIN) {
+        p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+            p = NULL;
+        else
+            m->b[slot] = (struct h2_block){p, size, false};
+    }
+    *zero = p != NULL;
+    return p ? p : malloc(size);
+}
+
+static void *h2_mem_malloc(size_t size, void *ud)
+{
+    bool zero;
+    return mem_alloc(ud, size, &zero);
+}
+
+static void h2_mem_free(void *ptr, void *ud)
+{
+    struct h2_mem *m = ud;
+    int i = ptr ? mem_slot(m, ptr) : -1;
+    if (i < 0) {
+        free(ptr);
+        return;
+    }
+    struct h2_block b = m->b[i];
+    m->b[i] = (struct h2_block){NULL, 0, false};
+    if (!b.arena)
+        munmap(b.p, b.len);
+    else if (--m->arena_blocks == 0) {
+        munmap(m->arena, H2_ARENA);
+        m->arena = NULL;
+    }
+}
+
+static void *h2_mem_calloc(size_t nmemb, size_t size, void *ud)
+{
+    if (size && nmemb > SIZE_MAX / size)
+        return NULL;
+    bool zero;
+    void *p = mem_alloc(ud, nmemb * size, &zero);
+    if (p && !zero)
+        memset(p, 0, nmemb * size);
+    return p;
+}
+
+static void *h2_mem_realloc(void *ptr, size_t size, void *ud)
+{
+    struct h2_mem *m = ud;
+    int i = ptr ? mem_slot(m, ptr) : -1;
+    if (!ptr)
+        return h2_mem_malloc(size, ud);
+    if (i < 0 && size < H2_MAP_MIN)
+        return realloc(ptr, size);
+    if (i >= 0 && size <= m->b[i].len)
+        return ptr;
+    size_t old = i >= 0 ? m->b[i].len : malloc_usable_size(ptr);
+    void *np = h2_mem_malloc(size, ud);
+    if (!np)
+        return NULL;
+    memcpy(np, ptr, old < size ? old : size);
+    h2_mem_free(ptr, ud);
+    return np;
+}
+
 struct pk_h2conn *pk_h2conn_new(struct event_base *base, struct bufferevent *bev, bool server_role,
                                 const struct pk_h2_settings *settings,
                                 const struct pk_h2conn_cbs *cbs, void *ud, const char *name)
@@ -255,8 +397,12 @@ struct pk_h2conn *pk_h2conn_new(struct event_base *base, struct bufferevent *bev
     nghttp2_option_set_stream_reset_rate_limit(opt, 1000, 33);
     nghttp2_option_set_max_continuations(opt, 8);
     nghttp2_option_set_max_settings(opt, 32);
-    int rv = server_role ? nghttp2_session_server_new2(&c->ng, cb, c, opt)
-                         : nghttp2_session_client_new2(&c->ng, cb, c, opt);
+    /* nghttp2 keeps its own copy of mem; its user data, c->mem, outlives the session. */
+    nghttp2_mem mem = {&c->mem, h2_mem_malloc, h2_mem_free, h2_mem_calloc, h2_mem_realloc};
+    c->mem.creating = true;
+    int rv = server_role ? nghttp2_session_server_new3(&c->ng, cb, c, opt, &mem)
+                         : nghttp2_session_client_new3(&c->ng, cb, c, opt, &mem);
+    c->mem.creating = false;
     nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cb);
     if (rv != 0) {

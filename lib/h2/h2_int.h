@@ -43,6 +43,23 @@ struct pk_h2stream {
     struct pk_h2stream *prev, *next;
 };
 
+/* The mapped blocks of a connection's nghttp2 session (h2.c, "session memory"). */
+#define H2_MEM_BLOCKS 8
+struct h2_block {
+    void *p; /* NULL: a free entry */
+    size_t len;
+    bool arena; /* in the arena, else a mapping of its own */
+};
+
+struct h2_mem {
+    unsigned char *arena; /* H2_ARENA bytes, or NULL */
+    size_t front, back;   /* the arena's unused space */
+    size_t arena_blocks;  /* arena blocks not freed yet */
+    bool arena_done;      /* made once per session, never again */
+    bool creating;        /* inside nghttp2_session_*_new3 */
+    struct h2_block b[H2_MEM_BLOCKS];
+};
+
 struct pk_h2conn {
     struct event_base *base;
     struct bufferevent *bev;
@@ -71,6 +88,7 @@ struct pk_h2conn {
     struct pk_h2stream *streams;
     size_t nstreams;
     uint64_t data_in, data_out; /* DATA payload bytes received / handed to nghttp2 */
+    struct h2_mem mem;          /* the session's mapped blocks; outlives the session */
 };
 
 /* h2.c */

@@ -170,8 +170,12 @@ static void common_options(SSL_CTX *ctx)
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF |
                                  SSL_OP_NO_COMPRESSION);
     /* libevent retries a blocked write from a buffer that may have moved. No partial
-     * writes: libevent 2.1 would go on with the next chunk after a short one. */
-    SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+     * writes: libevent 2.1 would go on with the next chunk after a short one.
+     * RELEASE_BUFFERS: OpenSSL frees a connection's record read and write buffers (about
+     * 34 KiB together) whenever they are empty instead of keeping them for the connection's
+     * life; an idle tunnel or keep-alive connection then holds none (docs/benchmarks.md
+     * "Memory per idle tunnel"). */
+    SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
 }
 
 /* ALPN wire format: length-prefixed names. Returns the length written. */

@@ -3,6 +3,7 @@
 #include "admin/admin.h"
 #include "base/base.h"
 #include "base/log.h"
+#include "base/memtrim.h"
 #include "cluster/cluster.h"
 #include "cluster/state.h"
 #include "config/config.h"
@@ -445,6 +446,7 @@ static void node_init(struct pk_server *srv, struct event_base *base,
     pk_list_init(&srv->loop.tunnels);
     pk_list_init(&srv->loop.handshakes);
     pk_linger_list_init(&srv->loop.lingers, linger_done, srv);
+    srv->loop.memtrim = pk_memtrim_new(base);
 
     struct pk_h2_settings *t = &srv->node.tunnel_settings;
     pk_h2_settings_default(t);
@@ -600,5 +602,6 @@ void pk_server_del(struct pk_server *srv)
             free(e);
         }
     }
+    pk_memtrim_del(srv->loop.memtrim);
     free(srv);
 }

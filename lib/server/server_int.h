@@ -130,6 +130,7 @@ struct pk_loop {
     struct pk_linger_list lingers;     /* closed connections still flushing */
     struct pk_server_metrics *metrics; /* srvmetrics.c: this loop's Prometheus registry */
     struct pk_accesslog *access;       /* access.c: the access log and /status/requests */
+    struct pk_memtrim *memtrim;        /* freed memory back to the kernel after tunnel churn */
 };
 
 struct pk_server {

@@ -2,6 +2,7 @@
  * tunnels by endpoint. */
 #include "base/base.h"
 #include "base/log.h"
+#include "base/memtrim.h"
 #include "http1/http1.h"
 #include "net/net.h"
 #include "net/tls.h"
@@ -226,6 +227,7 @@ static void tunnel_closed(struct pk_h2conn *c, const char *why, void *ud)
     free(t->sidecar_id);
     free(t);
     srv->loop.ntunnels_open--;
+    pk_memtrim_poke(srv->loop.memtrim);
     pk_server_check_drained(srv);
 }
 
@@ -251,6 +253,7 @@ struct handshake {
 
 static void hs_free(struct handshake *hs)
 {
+    pk_memtrim_poke(hs->srv->loop.memtrim);
     pk_auth_cancel(hs->auth);
     event_free(hs->deadline);
     free(hs->endpoint);

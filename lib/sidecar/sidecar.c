@@ -4,6 +4,7 @@
 #include "admin/admin.h"
 #include "base/base.h"
 #include "base/log.h"
+#include "base/memtrim.h"
 #include "dns/dns.h"
 #include "net/net.h"
 #include "sidecar/sidecar_int.h"
@@ -322,6 +323,7 @@ struct pk_sidecar *pk_sidecar_new(struct event_base *base, const struct pk_sidec
     sc->base = base;
     sc->cfg = cfg;
     pk_linger_list_init(&sc->lingers, NULL, NULL);
+    sc->memtrim = pk_memtrim_new(base);
     sc->grace_ev = pk_xevent_new(base, -1, 0, grace_cb, sc);
     sc->check_ev = pk_xevent_new(base, -1, 0, check_cb, sc);
     char host[64];
@@ -458,5 +460,6 @@ void pk_sidecar_del(struct pk_sidecar *sc)
     event_free(sc->grace_ev);
     event_free(sc->check_ev);
     pk_servers_free(sc->servers, sc->nservers);
+    pk_memtrim_del(sc->memtrim);
     free(sc);
 }

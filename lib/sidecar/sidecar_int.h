@@ -78,6 +78,7 @@ struct pk_sidecar {
     struct sc_server *servers; /* connect.url, in order */
     size_t nservers;
     struct ssl_ctx_st *tls_ctx;    /* SSL_CTX, when a connect.url or forward.url is https */
+    struct pk_memtrim *memtrim;    /* freed memory back to the kernel after tunnel churn */
     struct pk_linger_list lingers; /* TLS forwards ending with a close_notify */
     char sidecar_id[64];
     struct pk_h2_settings tunnel_settings;

@@ -8,6 +8,7 @@
  * stream); the cluster covers that gap (docs/architecture/cluster.md, "moving"). */
 #include "base/base.h"
 #include "base/log.h"
+#include "base/memtrim.h"
 #include "dns/dns.h"
 #include "http1/http1.h"
 #include "net/dial.h"
@@ -266,6 +267,7 @@ static void t_on_close(struct pk_h2conn *c, const char *why, void *ud)
         schedule_redial(sl, next_backoff(sl, false));
     }
     free(t);
+    pk_memtrim_poke(sc->memtrim);
     pk_sidecar_check_done(sc);
 }
 
@@ -290,6 +292,7 @@ static const struct pk_h1parser_cbs hs_cbs = {.on_body = hs_body};
 
 static void hs_free(struct hs *h)
 {
+    pk_memtrim_poke(h->slot->ep->sc->memtrim);
     h->slot->hs = NULL;
     pk_dial_cancel(h->dial);
     if (h->bev)
