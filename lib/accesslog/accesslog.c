@@ -27,7 +27,7 @@ struct name_list {
 
 /* One ring slot: the record copied, long values cut. */
 struct slot {
-    char time[32];
+    int64_t start_ms; /* wall clock, written out as RFC 3339 only when shown */
     char kind[8];
     char endpoint[130];
     char client[80];
@@ -227,16 +227,7 @@ bool pk_accesslog_wants_response_headers(const struct pk_accesslog *l)
 
 /* ---- records --------------------------------------------------------------------------- */
 
-static void copy(char *dst, size_t len, const char *src)
-{
-    snprintf(dst, len, "%s", src ? src : "");
-}
-
-/* The wall-clock time the record started: now less its duration. */
-static void start_time(char *buf, size_t len, uint64_t duration_us)
-{
-    pk_rfc3339(buf, len, pk_unix_ms() - (int64_t)(duration_us / 1000));
-}
+#define copy(dst, src) pk_strcopy(dst, sizeof(dst), src)
 
 static void add_headers(struct json_object *o, const struct pk_accesslog *l, const char *key,
                         const struct pk_hdrs *h, bool response)
@@ -359,18 +350,19 @@ void pk_accesslog_add(struct pk_accesslog *l, const struct pk_access_rec *r)
     l->next = (l->next + 1) % PK_ACCESS_RING;
     if (l->count < PK_ACCESS_RING)
         l->count++;
-    start_time(s->time, sizeof(s->time), r->duration_us);
-    copy(s->kind, sizeof(s->kind), r->kind);
-    copy(s->endpoint, sizeof(s->endpoint), r->endpoint);
-    copy(s->client, sizeof(s->client), r->client);
-    copy(s->method, sizeof(s->method), r->method);
-    copy(s->host, sizeof(s->host), r->host);
-    copy(s->path, sizeof(s->path), r->path);
-    copy(s->route, sizeof(s->route), r->route);
-    copy(s->tunnel, sizeof(s->tunnel), r->tunnel);
-    copy(s->peer, sizeof(s->peer), r->peer);
-    copy(s->forwarded_by, sizeof(s->forwarded_by), r->forwarded_by);
-    copy(s->error, sizeof(s->error), r->error);
+    /* The wall-clock time the record started: now less its duration. */
+    s->start_ms = pk_unix_ms() - (int64_t)(r->duration_us / 1000);
+    copy(s->kind, r->kind);
+    copy(s->endpoint, r->endpoint);
+    copy(s->client, r->client);
+    copy(s->method, r->method);
+    copy(s->host, r->host);
+    copy(s->path, r->path);
+    copy(s->route, r->route);
+    copy(s->tunnel, r->tunnel);
+    copy(s->peer, r->peer);
+    copy(s->forwarded_by, r->forwarded_by);
+    copy(s->error, r->error);
     s->status = r->status;
     s->bytes_in = r->bytes_in;
     s->bytes_out = r->bytes_out;
@@ -381,7 +373,8 @@ void pk_accesslog_add(struct pk_accesslog *l, const struct pk_access_rec *r)
         return;
     /* The line's values are whole (the ring keeps them cut). */
     struct json_object *o = line_object(l);
-    line_str(o, "time", s->time);
+    char time[32];
+    line_str(o, "time", pk_rfc3339(time, sizeof(time), s->start_ms));
     line_str(o, "level", level == PK_LOG_WARN ? "warn" : "info");
     line_str(o, "msg", strcmp(s->kind, "http") == 0 ? "request" : "stream");
     set_fields(o, l->node, r);
@@ -425,7 +418,9 @@ struct json_object *pk_accesslog_recent_json(const struct pk_accesslog *l)
             .error = s->error,
         };
         struct json_object *o = json_object_new_object();
-        json_object_object_add(o, "time", json_object_new_string(s->time));
+        char time[32];
+        json_object_object_add(o, "time",
+                               json_object_new_string(pk_rfc3339(time, sizeof(time), s->start_ms)));
         set_fields(o, l->node, &r);
         json_object_array_add(a, o);
     }

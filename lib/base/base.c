@@ -130,6 +130,14 @@ char *pk_rfc3339(char *buf, size_t len, int64_t unix_ms)
     return buf;
 }
 
+char *pk_strcopy(char *dst, size_t len, const char *src)
+{
+    size_t n = src ? strnlen(src, len - 1) : 0;
+    memcpy(dst, src ? src : "", n);
+    dst[n] = '\0';
+    return dst;
+}
+
 static int lower(int c)
 {
     return (c >= 'A' && c <= 'Z') ? c + 32 : c;

@@ -65,6 +65,10 @@ struct event *pk_xevent_new(struct event_base *base, int fd, short what,
  * per proxied connection). Returns the soft limit now in force. */
 unsigned long pk_raise_nofile(void);
 
+/* Copies src (NULL: "") into dst of len bytes (len > 0), cut to len - 1 bytes and always
+ * terminated; snprintf's "%s" without the format parsing. Returns dst. */
+char *pk_strcopy(char *dst, size_t len, const char *src);
+
 /* ASCII case-insensitive comparisons for protocol tokens. */
 bool pk_strcaseeq(const char *a, const char *b);
 /* Calls fn on each item of a comma list (blanks around items trimmed, empty items

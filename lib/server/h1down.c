@@ -537,7 +537,7 @@ struct h1conn *pk_h1down_new(struct pk_server *srv, struct bufferevent *bev, con
     struct h1conn *hc = pk_xcalloc(1, sizeof(*hc));
     hc->srv = srv;
     hc->bev = bev;
-    snprintf(hc->ip, sizeof(hc->ip), "%s", ip);
+    pk_strcopy(hc->ip, sizeof(hc->ip), ip);
     hc->port = port;
     hc->kick_ev = pk_xevent_new(srv->loop.base, -1, 0, h1_kick_cb, hc);
     hc->end.ops = &h1_end_ops;

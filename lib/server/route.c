@@ -107,7 +107,9 @@ int pk_proxy_route(const struct pk_head *req, char *out, size_t outlen, const ch
         *msg = "invalid endpoint id";
         return 400;
     }
-    snprintf(out, outlen, "%.*s", (int)len, id);
+    len = PK_MIN(len, outlen - 1);
+    memcpy(out, id, len);
+    out[len] = '\0';
     return 0;
 }
 

@@ -162,7 +162,7 @@ static void lx_fail(struct lx *x, uint32_t code, const char *reason, const char 
         why += strlen(addr);
     PK_INFO("local", "endpoint=%s service %s:%u: %s", x->ep->name, x->ep->host, x->ep->port, why);
     if (!x->error[0])
-        snprintf(x->error, sizeof(x->error), "%s", why);
+        pk_strcopy(x->error, sizeof(x->error), why);
     if (x->lc) {
         struct lconn *lc = x->lc;
         x->lc = NULL;
@@ -628,12 +628,12 @@ void pk_local_serve(struct sc_endpoint *ep, struct pk_h2stream *s)
     x->ep = ep;
     x->s = s;
     x->is_head = h->method && strcmp(h->method, "HEAD") == 0;
-    snprintf(x->method, sizeof(x->method), "%s", h->method ? h->method : "");
+    pk_strcopy(x->method, sizeof(x->method), h->method ? h->method : "");
     x->start_us = pk_now_us();
     x->path = h->path ? pk_xstrdup(h->path) : NULL;
     x->host = h->authority ? pk_xstrdup(h->authority) : NULL;
     const char *ca = pk_hdrs_get(&h->hdrs, "piko-client-addr");
-    snprintf(x->client, sizeof(x->client), "%s", ca ? ca : "");
+    pk_strcopy(x->client, sizeof(x->client), ca ? ca : "");
     pk_hdrs_init(&x->req_hdrs);
     pk_hdrs_init(&x->resp_hdrs);
     if (pk_accesslog_wants_request_headers(ep->sc->access))
