@@ -25,9 +25,12 @@ static int count(struct pk_h1parser *p, size_t n)
     return 0;
 }
 
-static void append(char **s, size_t *len, const char *at, size_t n)
+static void append(char **s, size_t *len, size_t *cap, const char *at, size_t n)
 {
-    *s = pk_xrealloc(*s, *len + n + 1);
+    if (*len + n + 1 > *cap) {
+        *cap = PK_MAX(*len + n + 1, PK_MAX(*cap * 2, (size_t)64));
+        *s = pk_xrealloc(*s, *cap);
+    }
     memcpy(*s + *len, at, n);
     *len += n;
     (*s)[*len] = '\0';
@@ -35,19 +38,17 @@ static void append(char **s, size_t *len, const char *at, size_t n)
 
 static void flush_field(struct pk_h1parser *p)
 {
-    if (!p->field)
+    if (!p->has_field)
         return;
     struct pk_hdrs *dst = p->head_done ? &p->trailers : &p->head.hdrs;
     /* Optional whitespace around values is not part of the value (RFC 9110 5.5). */
-    const char *v = p->value ? p->value : "";
+    const char *v = p->value_len ? p->value : "";
     size_t vlen = p->value_len;
     while (vlen && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t'))
         vlen--;
     pk_hdrs_add(dst, p->field, p->field_len, v, vlen);
-    free(p->field);
-    free(p->value);
-    p->field = p->value = NULL;
     p->field_len = p->value_len = 0;
+    p->has_field = false;
     p->in_value = false;
 }
 
@@ -56,9 +57,9 @@ static int on_message_begin(http_parser *hp)
     struct pk_h1parser *p = P(hp);
     pk_head_free(&p->head);
     pk_hdrs_free(&p->trailers);
-    free(p->url);
-    p->url = NULL;
     p->url_len = 0;
+    if (p->url)
+        p->url[0] = '\0';
     p->head_bytes = 0;
     p->head_done = p->message_done = p->upgrade = false;
     return 0;
@@ -69,7 +70,7 @@ static int on_url(http_parser *hp, const char *at, size_t n)
     struct pk_h1parser *p = P(hp);
     if (count(p, n))
         return 1;
-    append(&p->url, &p->url_len, at, n);
+    append(&p->url, &p->url_len, &p->url_cap, at, n);
     return 0;
 }
 
@@ -90,7 +91,7 @@ static int on_header_field(http_parser *hp, const char *at, size_t n)
 {
     struct pk_h1parser *p = P(hp);
     /* ": " and CRLF are charged once per field, however the bytes arrive. */
-    bool new_field = p->in_value || !p->field;
+    bool new_field = p->in_value || !p->has_field;
     if (count(p, n + (new_field ? 4 : 0)))
         return 1;
     for (size_t i = 0; i < n; i++) {
@@ -102,7 +103,8 @@ static int on_header_field(http_parser *hp, const char *at, size_t n)
     }
     if (p->in_value)
         flush_field(p);
-    append(&p->field, &p->field_len, at, n);
+    append(&p->field, &p->field_len, &p->field_cap, at, n);
+    p->has_field = true;
     return 0;
 }
 
@@ -123,7 +125,7 @@ static int on_header_value(http_parser *hp, const char *at, size_t n)
     }
 
     p->in_value = true;
-    append(&p->value, &p->value_len, at, n);
+    append(&p->value, &p->value_len, &p->value_cap, at, n);
     return 0;
 }
 
@@ -131,7 +133,7 @@ static int on_header_value(http_parser *hp, const char *at, size_t n)
 static int set_target(struct pk_h1parser *p)
 {
     struct http_parser_url u;
-    const char *url = p->url ? p->url : "";
+    const char *url = p->url_len ? p->url : "";
     if (p->hp.method == HTTP_CONNECT) {
         pk_head_set(&p->head.authority, url, p->url_len);
         return 0;
@@ -274,6 +276,8 @@ void pk_h1parser_free(struct pk_h1parser *p)
     free(p->field);
     free(p->value);
     p->url = p->field = p->value = NULL;
+    p->url_len = p->url_cap = p->field_len = p->field_cap = p->value_len = p->value_cap = 0;
+    p->has_field = p->in_value = false;
 }
 
 /* http-parser (non-strict build) accepts any letters where "HTTP" belongs; the version
@@ -438,15 +442,27 @@ static char *put_fields(char *p, const struct pk_hdrs *h)
     return p;
 }
 
-static void add_head(struct evbuffer *out, const char *line, size_t linelen,
-                     const struct pk_hdrs *h)
+/* The head's first lines as pieces, joined in add_head (no format string on the request
+ * path: a head costs one copy). */
+struct piece {
+    const char *s;
+    size_t len;
+};
+
+static void add_head_pieces(struct evbuffer *out, const struct piece *pc, size_t npc,
+                            const struct pk_hdrs *h)
 {
-    size_t cap = linelen + fields_len(h) + 2;
+    size_t cap = fields_len(h) + 2;
+    for (size_t i = 0; i < npc; i++)
+        cap += pc[i].len;
     char stackbuf[4096];
     char *buf = cap <= sizeof(stackbuf) ? stackbuf : pk_xmalloc(cap);
     char *p = buf;
-    memcpy(p, line, linelen);
-    p = put_fields(p + linelen, h);
+    for (size_t i = 0; i < npc; i++) {
+        memcpy(p, pc[i].s, pc[i].len);
+        p += pc[i].len;
+    }
+    p = put_fields(p, h);
     *p++ = '\r';
     *p++ = '\n';
     evbuffer_add(out, buf, (size_t)(p - buf));
@@ -454,22 +470,50 @@ static void add_head(struct evbuffer *out, const char *line, size_t linelen,
         free(buf);
 }
 
+static void add_head(struct evbuffer *out, const char *line, size_t linelen,
+                     const struct pk_hdrs *h)
+{
+    struct piece pc = {line, linelen};
+    add_head_pieces(out, &pc, 1, h);
+}
+
+static struct piece piece(const char *s)
+{
+    return (struct piece){s, strlen(s)};
+}
+
 void pk_h1_write_request_head(struct evbuffer *out, const struct pk_head *h)
 {
-    char *line = h->authority
-                     ? pk_xasprintf("%s %s HTTP/1.1\r\nhost: %s\r\n", h->method,
-                                    h->path ? h->path : "/", h->authority)
-                     : pk_xasprintf("%s %s HTTP/1.1\r\n", h->method, h->path ? h->path : "/");
-    add_head(out, line, strlen(line), &h->hdrs);
-    free(line);
+    struct piece pc[] = {piece(h->method),       piece(" "),      piece(h->path ? h->path : "/"),
+                         piece(" HTTP/1.1\r\n"), piece("host: "), piece(""),
+                         piece("\r\n")};
+    size_t npc = 4;
+    if (h->authority) {
+        pc[5] = piece(h->authority);
+        npc = PK_ARRAY_LEN(pc);
+    }
+    add_head_pieces(out, pc, npc, &h->hdrs);
 }
 
 void pk_h1_write_response_head(struct evbuffer *out, const struct pk_head *h, int http_minor)
 {
-    char line[128];
-    int n = snprintf(line, sizeof(line), "HTTP/1.%d %d %s\r\n", http_minor ? 1 : 0, h->status,
-                     pk_h1_reason(h->status));
-    add_head(out, line, (size_t)n, &h->hdrs);
+    /* A status is three digits (RFC 9110 15): written without a format string. */
+    if (h->status < 100 || h->status > 999) {
+        char line[128];
+        int n = snprintf(line, sizeof(line), "HTTP/1.%d %d %s\r\n", http_minor ? 1 : 0, h->status,
+                         pk_h1_reason(h->status));
+        add_head(out, line, (size_t)n, &h->hdrs);
+        return;
+    }
+    unsigned st = (unsigned)h->status;
+    char line[] = "HTTP/1.1 200 ";
+    line[7] = http_minor ? '1' : '0';
+    line[9] = (char)('0' + st / 100);
+    line[10] = (char)('0' + st / 10 % 10);
+    line[11] = (char)('0' + st % 10);
+    const char *reason = pk_h1_reason(h->status);
+    struct piece pc[] = {{line, sizeof(line) - 1}, piece(reason), piece("\r\n")};
+    add_head_pieces(out, pc, PK_ARRAY_LEN(pc), &h->hdrs);
 }
 
 void pk_h1_write_chunk(struct evbuffer *out, struct evbuffer *data, size_t len)

@@ -134,6 +134,12 @@ bool pk_hdrs_has_token(const struct pk_hdrs *h, const char *name, const char *to
 
 void pk_hdrs_move(struct pk_hdrs *dst, struct pk_hdrs *src)
 {
+    if (dst->n == 0) { /* the common case: dst takes src's array as it is */
+        free(dst->v);
+        *dst = *src;
+        memset(src, 0, sizeof(*src));
+        return;
+    }
     for (size_t i = 0; i < src->n; i++) {
         if (dst->n == dst->cap) {
             dst->cap = dst->cap ? dst->cap * 2 : 16;
