@@ -138,6 +138,26 @@ char *pk_strcopy(char *dst, size_t len, const char *src)
     return dst;
 }
 
+char *pk_hostport(char *buf, size_t len, const char *host, unsigned port)
+{
+    char digits[12], *d = digits + sizeof(digits);
+    *--d = '\0';
+    do {
+        *--d = (char)('0' + port % 10);
+        port /= 10;
+    } while (port);
+    bool v6 = strchr(host, ':') != NULL;
+    const char *parts[] = {v6 ? "[" : "", host, v6 ? "]:" : ":", d};
+    size_t n = 0;
+    for (size_t i = 0; i < PK_ARRAY_LEN(parts) && n + 1 < len; i++) {
+        size_t k = strnlen(parts[i], len - 1 - n);
+        memcpy(buf + n, parts[i], k);
+        n += k;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
 static int lower(int c)
 {
     return (c >= 'A' && c <= 'Z') ? c + 32 : c;

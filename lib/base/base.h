@@ -69,6 +69,11 @@ unsigned long pk_raise_nofile(void);
  * terminated; snprintf's "%s" without the format parsing. Returns dst. */
 char *pk_strcopy(char *dst, size_t len, const char *src);
 
+/* Writes "host:port", or "[host]:port" when host holds a ':' (IPv6), into buf of len
+ * bytes, cut to fit like pk_strcopy; the same text as snprintf with "[%s]:%u" or "%s:%u",
+ * for the request path. Returns buf. */
+char *pk_hostport(char *buf, size_t len, const char *host, unsigned port);
+
 /* ASCII case-insensitive comparisons for protocol tokens. */
 bool pk_strcaseeq(const char *a, const char *b);
 /* Calls fn on each item of a comma list (blanks around items trimmed, empty items

@@ -662,8 +662,7 @@ void pk_h1_strip_hop_by_hop(struct pk_hdrs *h, bool keep_te_trailers)
         bool te = strcmp(f->name, "te") == 0;
         had_te = had_te || te;
         if (te || is_hop_by_hop(f->name)) {
-            h->bytes -= f->nlen + f->vlen;
-            free(f->name);
+            h->bytes -= f->nlen + f->vlen; /* its strings are freed with the list */
             continue;
         }
         h->v[out++] = *f;

@@ -28,7 +28,7 @@ struct exchange *pk_exchange_new(struct pk_server *srv, const char *ip, uint16_t
     pk_head_init(&ex->req);
     pk_pipe_init(&ex->req_body, PIPE_HWM);
     pk_pipe_init(&ex->resp_body, PIPE_HWM);
-    snprintf(ex->client, sizeof(ex->client), strchr(ip, ':') ? "[%s]:%u" : "%s:%u", ip, port);
+    pk_hostport(ex->client, sizeof(ex->client), ip, port);
     pk_strcopy(ex->ip, sizeof(ex->ip), ip);
     ex->port = port;
     pk_head_init(&ex->held);

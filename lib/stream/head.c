@@ -6,18 +6,51 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A block of field strings; blocks never move, so the fields' pointers stay valid. */
+struct pk_hdrs_block {
+    struct pk_hdrs_block *next;
+    size_t used, cap;
+    char data[];
+};
+
+#define BLOCK_MIN 512
+
 void pk_hdrs_init(struct pk_hdrs *h)
 {
     memset(h, 0, sizeof(*h));
 }
 
+static void free_blocks(struct pk_hdrs_block *b)
+{
+    while (b) {
+        struct pk_hdrs_block *next = b->next;
+        free(b);
+        b = next;
+    }
+}
+
 void pk_hdrs_free(struct pk_hdrs *h)
 {
-    for (size_t i = 0; i < h->n; i++) {
-        free(h->v[i].name); /* the value shares the allocation */
-    }
+    free_blocks(h->blocks);
     free(h->v);
     memset(h, 0, sizeof(*h));
+}
+
+/* n bytes for one field's strings, from the newest block or a new one. */
+static char *block_alloc(struct pk_hdrs *h, size_t n)
+{
+    struct pk_hdrs_block *b = h->blocks;
+    if (!b || b->cap - b->used < n) {
+        size_t cap = PK_MAX(n, b ? b->cap * 2 : (size_t)BLOCK_MIN);
+        b = pk_xmalloc(sizeof(*b) + cap);
+        b->used = 0;
+        b->cap = cap;
+        b->next = h->blocks;
+        h->blocks = b;
+    }
+    char *p = b->data + b->used;
+    b->used += n;
+    return p;
 }
 
 void pk_hdrs_add(struct pk_hdrs *h, const char *name, size_t nlen, const char *value, size_t vlen)
@@ -27,8 +60,8 @@ void pk_hdrs_add(struct pk_hdrs *h, const char *name, size_t nlen, const char *v
         h->v = pk_xrealloc(h->v, h->cap * sizeof(*h->v));
     }
     struct pk_hdr *f = &h->v[h->n++];
-    /* One allocation for both strings: "name\0value\0". */
-    f->name = pk_xmalloc(nlen + vlen + 2);
+    /* Both strings together: "name\0value\0". */
+    f->name = block_alloc(h, nlen + vlen + 2);
     for (size_t i = 0; i < nlen; i++) {
         char c = name[i];
         f->name[i] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
@@ -73,8 +106,7 @@ static size_t del_matching(struct pk_hdrs *h, const char *name, size_t cmp_len, 
         bool match =
             cmp_len ? strncmp(h->v[i].name, name, cmp_len) == 0 : strcmp(h->v[i].name, name) == 0;
         if (match && removed < max) {
-            h->bytes -= h->v[i].nlen + h->v[i].vlen;
-            free(h->v[i].name);
+            h->bytes -= h->v[i].nlen + h->v[i].vlen; /* its block is freed with the list */
             removed++;
             continue;
         }
@@ -134,9 +166,17 @@ bool pk_hdrs_has_token(const struct pk_hdrs *h, const char *name, const char *to
 
 void pk_hdrs_move(struct pk_hdrs *dst, struct pk_hdrs *src)
 {
-    if (dst->n == 0) { /* the common case: dst takes src's array as it is */
+    if (dst->n == 0) { /* the common case: dst takes src's array and blocks as they are */
         free(dst->v);
+        struct pk_hdrs_block *old = dst->blocks;
         *dst = *src;
+        if (old) { /* strings of fields deleted earlier: kept until dst is freed */
+            struct pk_hdrs_block *b = old;
+            while (b->next)
+                b = b->next;
+            b->next = dst->blocks;
+            dst->blocks = old;
+        }
         memset(src, 0, sizeof(*src));
         return;
     }
@@ -147,6 +187,19 @@ void pk_hdrs_move(struct pk_hdrs *dst, struct pk_hdrs *src)
         }
         dst->v[dst->n++] = src->v[i];
         dst->bytes += src->v[i].nlen + src->v[i].vlen;
+    }
+    /* src's strings now belong to dst: its blocks go after dst's newest one, which
+     * stays the one new fields are added to. */
+    if (src->blocks) {
+        struct pk_hdrs_block *b = src->blocks;
+        while (b->next)
+            b = b->next;
+        if (dst->blocks) {
+            b->next = dst->blocks->next;
+            dst->blocks->next = src->blocks;
+        } else {
+            dst->blocks = src->blocks;
+        }
     }
     free(src->v);
     memset(src, 0, sizeof(*src));
