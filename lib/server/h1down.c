@@ -459,7 +459,11 @@ static void h1_process(struct h1conn *hc)
         if (n == 0 && !hc->parser.message_done)
             break;
     }
-    bool want_read = !hc->closing && !hc->read_paused && !hc->parser.message_done;
+    /* Reading stays on while a request is in flight and nothing follows it (every turn
+     * off and on again is an epoll_ctl); bytes of a pipelined next request stop it until
+     * the response is done, as does a full request pipe. */
+    bool want_read = !hc->closing && !hc->read_paused &&
+                     (!hc->parser.message_done || evbuffer_get_length(in) == 0);
     if (want_read)
         bufferevent_enable(hc->bev, EV_READ);
     else if (!hc->closing)
