@@ -83,8 +83,28 @@ static int on_status(http_parser *hp, const char *at, size_t n)
 /* RFC 9110 5.6.2 token characters. */
 static bool is_tchar(unsigned char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+    unsigned char lc = c | 0x20; /* a letter's lower case; never a letter otherwise */
+    if ((lc >= 'a' && lc <= 'z') || (c >= '0' && c <= '9') || c == '-')
+        return true;
+    switch (c) {
+    case '!':
+    case '#':
+    case '$':
+    case '%':
+    case '&':
+    case '\'':
+    case '*':
+    case '+':
+    case '.':
+    case '^':
+    case '_':
+    case '`':
+    case '|':
+    case '~':
+        return true;
+    default:
+        return false;
+    }
 }
 
 static int on_header_field(http_parser *hp, const char *at, size_t n)
@@ -283,31 +303,47 @@ void pk_h1parser_free(struct pk_h1parser *p)
 /* http-parser (non-strict build) accepts any letters where "HTTP" belongs; the version
  * token of a request line is checked here: the line must end in " HTTP/1.0" or
  * " HTTP/1.1". Empty lines before a request are skipped (RFC 9112 2.2). */
+/* Keeps the last sizeof(p->line) bytes of the request line seen so far. */
+static void line_tail(struct pk_h1parser *p, const char *s, size_t n)
+{
+    const size_t cap = sizeof(p->line);
+    if (n >= cap) {
+        memcpy(p->line, s + n - cap, cap);
+        p->line_len = cap;
+        return;
+    }
+    if (p->line_len + n > cap) { /* longer than we keep: check the tail only */
+        size_t drop = p->line_len + n - cap;
+        memmove(p->line, p->line + drop, p->line_len - drop);
+        p->line_len -= drop;
+    }
+    memcpy(p->line + p->line_len, s, n);
+    p->line_len += n;
+}
+
 static int check_request_line(struct pk_h1parser *p, const char *data, size_t len)
 {
-    for (size_t i = 0; i < len && !p->line_checked; i++) {
-        char c = data[i];
-        if (c == '\n') {
-            size_t l = p->line_len;
-            if (l && p->line[l - 1] == '\r')
-                l--;
-            if (l == 0) {
-                p->line_len = 0;
-                continue;
-            }
-            p->line_checked = true;
-            if (l < 10 || memcmp(p->line + l - 9, " HTTP/1.", 8) != 0 ||
-                (p->line[l - 1] != '0' && p->line[l - 1] != '1')) {
-                p->error = PK_H1_MALFORMED;
-                p->error_detail = "bad request line";
-                return -1;
-            }
-        } else if (p->line_len < sizeof(p->line)) {
-            p->line[p->line_len++] = c;
-        } else {
-            /* Longer than we keep: check the tail only. */
-            memmove(p->line, p->line + 1, sizeof(p->line) - 1);
-            p->line[sizeof(p->line) - 1] = c;
+    size_t i = 0;
+    while (i < len && !p->line_checked) {
+        const char *nl = memchr(data + i, '\n', len - i);
+        size_t end = nl ? (size_t)(nl - data) : len;
+        line_tail(p, data + i, end - i);
+        if (!nl)
+            break;
+        i = end + 1;
+        size_t l = p->line_len;
+        if (l && p->line[l - 1] == '\r')
+            l--;
+        if (l == 0) {
+            p->line_len = 0;
+            continue;
+        }
+        p->line_checked = true;
+        if (l < 10 || memcmp(p->line + l - 9, " HTTP/1.", 8) != 0 ||
+            (p->line[l - 1] != '0' && p->line[l - 1] != '1')) {
+            p->error = PK_H1_MALFORMED;
+            p->error_detail = "bad request line";
+            return -1;
         }
     }
     return 0;
@@ -329,12 +365,21 @@ static int scan_head(struct pk_h1parser *p, const char *data, size_t len)
             if (c != '\r' && c != '\n')
                 p->scan_state = 1;
             break;
-        case 1:
-            if (c == '\n')
-                p->scan_state = 2;
-            else if (c == '\r')
-                p->scan_state = 4;
+        case 1: {
+            /* Inside a line only CR and LF matter: skip to the first of them. */
+            const char *nl = memchr(data + i, '\n', len - i);
+            size_t end = nl ? (size_t)(nl - data) : len;
+            const char *cr = memchr(data + i, '\r', end - i);
+            if (cr)
+                end = (size_t)(cr - data);
+            if (end == len) {
+                i = len;
+                continue;
+            }
+            i = end;
+            p->scan_state = data[i] == '\n' ? 2 : 4;
             break;
+        }
         case 4:
             if (c != '\n') {
                 p->error = PK_H1_MALFORMED;
@@ -635,16 +680,23 @@ void pk_h1_strip_hop_by_hop(struct pk_hdrs *h, bool keep_te_trailers)
 {
     /* Fields named by Connection are hop-by-hop too; collect the names first, since
      * deleting compacts the array. Most messages have no Connection field. */
-    char *names = NULL;
     bool te_trailers = keep_te_trailers && pk_hdrs_has_token(h, "te", "trailers");
-    for (size_t i = 0; i < h->n; i++) {
-        if (strcmp(h->v[i].name, "connection") == 0) {
-            char *joined = pk_xasprintf("%s,%s", names ? names : "", h->v[i].value);
-            free(names);
-            names = joined;
+    size_t total = 0;
+    for (size_t i = 0; i < h->n; i++)
+        if (strcmp(h->v[i].name, "connection") == 0)
+            total += h->v[i].vlen + 1;
+    if (total) { /* the values joined with commas, on the stack when they are short */
+        char stackbuf[256];
+        char *names = total + 1 <= sizeof(stackbuf) ? stackbuf : pk_xmalloc(total + 1);
+        size_t at = 0;
+        for (size_t i = 0; i < h->n; i++) {
+            if (strcmp(h->v[i].name, "connection") == 0) {
+                names[at++] = ',';
+                memcpy(names + at, h->v[i].value, h->v[i].vlen);
+                at += h->v[i].vlen;
+            }
         }
-    }
-    if (names) {
+        names[at] = '\0';
         char *save = NULL;
         for (char *tok = strtok_r(names, ", \t", &save); tok; tok = strtok_r(NULL, ", \t", &save)) {
             for (char *c = tok; *c; c++)
@@ -653,7 +705,8 @@ void pk_h1_strip_hop_by_hop(struct pk_hdrs *h, bool keep_te_trailers)
             if (strcmp(tok, "te") != 0)
                 pk_hdrs_del(h, tok);
         }
-        free(names);
+        if (names != stackbuf)
+            free(names);
     }
     size_t out = 0;
     bool had_te = false;
