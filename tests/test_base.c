@@ -71,6 +71,13 @@ static void test_strcopy_hostport(void)
     CU_ASSERT_STRING_EQUAL(pk_strcopy(buf, sizeof(buf), "abcdefghij"), "abcdefg");
     CU_ASSERT_STRING_EQUAL(pk_strcopy(buf, 1, "abc"), "");
 
+    unsigned long long nums[] = {0, 7, 10, 200, 65535, 18446744073709551615ull};
+    for (size_t i = 0; i < PK_ARRAY_LEN(nums); i++) {
+        char got[24], w[24];
+        snprintf(w, sizeof(w), "%llu", nums[i]);
+        CU_ASSERT_STRING_EQUAL(pk_utoa(got, sizeof(got), nums[i]), w);
+    }
+
     const char *hosts[] = {"127.0.0.1", "::1", "h", "fe80::1:2:3", ""};
     unsigned ports[] = {0, 7, 80, 65535};
     for (size_t i = 0; i < PK_ARRAY_LEN(hosts); i++) {

@@ -138,14 +138,21 @@ char *pk_strcopy(char *dst, size_t len, const char *src)
     return dst;
 }
 
-char *pk_hostport(char *buf, size_t len, const char *host, unsigned port)
+char *pk_utoa(char *buf, size_t len, unsigned long long v)
 {
-    char digits[12], *d = digits + sizeof(digits);
+    char digits[24], *d = digits + sizeof(digits);
     *--d = '\0';
     do {
-        *--d = (char)('0' + port % 10);
-        port /= 10;
-    } while (port);
+        *--d = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return pk_strcopy(buf, len, d);
+}
+
+char *pk_hostport(char *buf, size_t len, const char *host, unsigned port)
+{
+    char d[24];
+    pk_utoa(d, sizeof(d), port);
     bool v6 = strchr(host, ':') != NULL;
     const char *parts[] = {v6 ? "[" : "", host, v6 ? "]:" : ":", d};
     size_t n = 0;

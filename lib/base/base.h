@@ -69,6 +69,9 @@ unsigned long pk_raise_nofile(void);
  * terminated; snprintf's "%s" without the format parsing. Returns dst. */
 char *pk_strcopy(char *dst, size_t len, const char *src);
 
+/* Writes v in decimal into buf of len bytes (len >= 21 always fits); snprintf's "%llu"
+ * for the request path. Returns buf. */
+char *pk_utoa(char *buf, size_t len, unsigned long long v);
 /* Writes "host:port", or "[host]:port" when host holds a ':' (IPv6), into buf of len
  * bytes, cut to fit like pk_strcopy; the same text as snprintf with "[%s]:%u" or "%s:%u",
  * for the request path. Returns buf. */
