@@ -53,6 +53,28 @@ static char *block_alloc(struct pk_hdrs *h, size_t n)
     return p;
 }
 
+/* Copies n bytes, ASCII upper case to lower case, eight bytes at a time: a byte is upper
+ * case when adding (0x80 - 'A') to its low seven bits carries into bit 7 and adding
+ * (0x80 - 'Z' - 1) does not, and its own bit 7 is clear; such a byte gets 0x20. */
+static void lower_copy(char *dst, const char *src, size_t n)
+{
+    const uint64_t ones = 0x0101010101010101u, high = ones * 0x80;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x;
+        memcpy(&x, src + i, 8);
+        uint64_t low7 = x & ~high;
+        uint64_t upper =
+            ((low7 + ones * (0x80 - 'A')) ^ (low7 + ones * (0x80 - 'Z' - 1))) & ~x & high;
+        x |= upper >> 2;
+        memcpy(dst + i, &x, 8);
+    }
+    for (; i < n; i++) {
+        char c = src[i];
+        dst[i] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+    }
+}
+
 void pk_hdrs_add(struct pk_hdrs *h, const char *name, size_t nlen, const char *value, size_t vlen)
 {
     if (h->n == h->cap) {
@@ -62,10 +84,7 @@ void pk_hdrs_add(struct pk_hdrs *h, const char *name, size_t nlen, const char *v
     struct pk_hdr *f = &h->v[h->n++];
     /* Both strings together: "name\0value\0". */
     f->name = block_alloc(h, nlen + vlen + 2);
-    for (size_t i = 0; i < nlen; i++) {
-        char c = name[i];
-        f->name[i] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
-    }
+    lower_copy(f->name, name, nlen);
     f->name[nlen] = '\0';
     f->value = f->name + nlen + 1;
     memcpy(f->value, value, vlen);
