@@ -128,6 +128,28 @@ static int on_header_field(http_parser *hp, const char *at, size_t n)
     return 0;
 }
 
+/* False when no byte of s is below 0x20 or 0x7f (DEL), eight bytes at a time (the
+ * has-less-than and has-zero-byte tests on 64-bit words, exact as a yes/no); true means
+ * the bytes are checked one by one (HTAB, a legal value byte, also says true). */
+static bool maybe_ctl(const char *s, size_t n)
+{
+    const uint64_t ones = 0x0101010101010101u, high = ones * 0x80;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x;
+        memcpy(&x, s + i, 8);
+        uint64_t del = x ^ (ones * 0x7f);
+        if ((((x - ones * 0x20) & ~x) | ((del - ones) & ~del)) & high)
+            return true;
+    }
+    for (; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f)
+            return true;
+    }
+    return false;
+}
+
 static int on_header_value(http_parser *hp, const char *at, size_t n)
 {
     struct pk_h1parser *p = P(hp);
@@ -135,7 +157,8 @@ static int on_header_value(http_parser *hp, const char *at, size_t n)
         return 1;
     /* http-parser does not check a value's first byte: no control character but HTAB
      * (RFC 9110 5.5), so a NUL never truncates a value and nothing odd is passed on. */
-    for (size_t i = 0; i < n; i++) {
+    bool suspect = maybe_ctl(at, n);
+    for (size_t i = 0; suspect && i < n; i++) {
         unsigned char c = (unsigned char)at[i];
         if ((c < 0x20 && c != '\t') || c == 0x7f) {
             p->error = PK_H1_MALFORMED;
