@@ -51,6 +51,9 @@ struct pk_accesslog {
     size_t next; /* the slot the next record goes to */
     size_t count;
     struct json_object *line; /* the log line, reused (line_object) */
+    int64_t time_sec;         /* the second time_prefix was written for */
+    char time_prefix[32];     /* its RFC 3339 text up to the milliseconds */
+    size_t time_prefix_len;   /* 0: none yet */
     struct evbuffer *pending; /* lines not yet written */
     struct event *flush_ev;   /* deferred: writes them (NULL: no loop, written at once) */
 };
@@ -260,13 +263,55 @@ static void add_headers(struct json_object *o, const struct pk_accesslog *l, con
 /* ---- the log line ------------------------------------------------------------------------ */
 
 /* duration_ms with three decimals (json-c's default writes 17 significant digits). */
+/* The value is whole microseconds over 1000, so "%.3f" is its integer part, a dot and the
+ * microseconds' last three digits: written as such, without the float formatting. */
 static int ms_to_json(struct json_object *jso, struct printbuf *pb, int level, int flags)
 {
     PK_UNUSED(level);
     PK_UNUSED(flags);
+    double ms = json_object_get_double(jso);
     char buf[48];
-    int n = snprintf(buf, sizeof(buf), "%.3f", json_object_get_double(jso));
+    int n;
+    if (ms >= 0 && ms < 1e12) {
+        uint64_t us = (uint64_t)(ms * 1000.0 + 0.5);
+        pk_utoa(buf, sizeof(buf), us / 1000);
+        size_t len = strlen(buf);
+        unsigned frac = (unsigned)(us % 1000);
+        buf[len++] = '.';
+        buf[len++] = (char)('0' + frac / 100);
+        buf[len++] = (char)('0' + frac / 10 % 10);
+        buf[len++] = (char)('0' + frac % 10);
+        n = (int)len;
+    } else {
+        n = snprintf(buf, sizeof(buf), "%.3f", ms);
+    }
     return printbuf_memappend(pb, buf, n) < 0 ? -1 : 0;
+}
+
+/* pk_rfc3339 of unix_ms, the text up to the seconds kept from the last call in the same
+ * second (lines come many a second). */
+static const char *line_time(struct pk_accesslog *l, int64_t unix_ms, char *buf, size_t len)
+{
+    int64_t sec = unix_ms / 1000, ms = unix_ms % 1000;
+    if (ms < 0) { /* before 1970: floor, as pk_rfc3339 does */
+        sec--;
+        ms += 1000;
+    }
+    if (!l->time_prefix_len || sec != l->time_sec) {
+        pk_rfc3339(l->time_prefix, sizeof(l->time_prefix), sec * 1000);
+        l->time_prefix_len = strlen(l->time_prefix) - 4; /* less "000Z" */
+        l->time_sec = sec;
+    }
+    if (len < l->time_prefix_len + 5)
+        return pk_rfc3339(buf, len, unix_ms);
+    memcpy(buf, l->time_prefix, l->time_prefix_len);
+    char *p = buf + l->time_prefix_len;
+    *p++ = (char)('0' + ms / 100);
+    *p++ = (char)('0' + ms / 10 % 10);
+    *p++ = (char)('0' + ms % 10);
+    *p++ = 'Z';
+    *p = '\0';
+    return buf;
 }
 
 /* The line's object is kept from line to line and its values are set in place (set_fields),
@@ -374,7 +419,7 @@ void pk_accesslog_add(struct pk_accesslog *l, const struct pk_access_rec *r)
     /* The line's values are whole (the ring keeps them cut). */
     struct json_object *o = line_object(l);
     char time[32];
-    line_str(o, "time", pk_rfc3339(time, sizeof(time), s->start_ms));
+    line_str(o, "time", line_time(l, s->start_ms, time, sizeof(time)));
     line_str(o, "level", level == PK_LOG_WARN ? "warn" : "info");
     line_str(o, "msg", strcmp(s->kind, "http") == 0 ? "request" : "stream");
     set_fields(o, l->node, r);
