@@ -62,6 +62,36 @@ static void test_endpoint_id_chars(void)
     CU_ASSERT_FALSE(pk_endpoint_id_valid("abc/def", 4));
 }
 
+/* pk_strcopy and pk_hostport give what snprintf gave, cut the same way. */
+static void test_strcopy_hostport(void)
+{
+    char buf[8], want[8];
+    CU_ASSERT_STRING_EQUAL(pk_strcopy(buf, sizeof(buf), "abc"), "abc");
+    CU_ASSERT_STRING_EQUAL(pk_strcopy(buf, sizeof(buf), NULL), "");
+    CU_ASSERT_STRING_EQUAL(pk_strcopy(buf, sizeof(buf), "abcdefghij"), "abcdefg");
+    CU_ASSERT_STRING_EQUAL(pk_strcopy(buf, 1, "abc"), "");
+
+    unsigned long long nums[] = {0, 7, 10, 200, 65535, 18446744073709551615ull};
+    for (size_t i = 0; i < PK_ARRAY_LEN(nums); i++) {
+        char got[24], w[24];
+        snprintf(w, sizeof(w), "%llu", nums[i]);
+        CU_ASSERT_STRING_EQUAL(pk_utoa(got, sizeof(got), nums[i]), w);
+    }
+
+    const char *hosts[] = {"127.0.0.1", "::1", "h", "fe80::1:2:3", ""};
+    unsigned ports[] = {0, 7, 80, 65535};
+    for (size_t i = 0; i < PK_ARRAY_LEN(hosts); i++) {
+        for (size_t j = 0; j < PK_ARRAY_LEN(ports); j++) {
+            char big[64], wbig[64];
+            const char *fmt = strchr(hosts[i], ':') ? "[%s]:%u" : "%s:%u";
+            snprintf(wbig, sizeof(wbig), fmt, hosts[i], ports[j]);
+            CU_ASSERT_STRING_EQUAL(pk_hostport(big, sizeof(big), hosts[i], ports[j]), wbig);
+            snprintf(want, sizeof(want), fmt, hosts[i], ports[j]);
+            CU_ASSERT_STRING_EQUAL(pk_hostport(buf, sizeof(buf), hosts[i], ports[j]), want);
+        }
+    }
+}
+
 static void test_strcaseeq(void)
 {
     CU_ASSERT_TRUE(pk_strcaseeq("", ""));
@@ -327,6 +357,7 @@ void pk_test_register_base(void)
 
     CU_add_test(s, "endpoint_id_lengths", test_endpoint_id_lengths);
     CU_add_test(s, "endpoint_id_chars", test_endpoint_id_chars);
+    CU_add_test(s, "strcopy_hostport", test_strcopy_hostport);
     CU_add_test(s, "strcaseeq", test_strcaseeq);
     CU_add_test(s, "memcaseeq", test_memcaseeq);
     CU_add_test(s, "xasprintf", test_xasprintf);

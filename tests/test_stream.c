@@ -46,6 +46,11 @@ static void test_hdrs_add_lowercases(void)
     ASSERT_STR(h.v[2].value, "gzip");
     CU_ASSERT_EQUAL(h.bytes, 12 + 9 + 10 + 5 + 15 + 4);
 
+    /* Eight bytes at a time and the tail: only A-Z change, not their neighbours ('@',
+     * '[', '`', '{') nor bytes with the high bit set. */
+    pk_hdrs_add_str(&h, "ABCDEFGHIJKLMNOPQRSTUVWXYZ@[`{\xc1\xdA-z", "v");
+    ASSERT_STR(h.v[3].name, "abcdefghijklmnopqrstuvwxyz@[`{\xc1\xdA-z");
+
     /* Empty values are fine. */
     pk_hdrs_add_str(&h, "x-empty", "");
     ASSERT_STR(pk_hdrs_get(&h, "x-empty"), "");
@@ -257,6 +262,28 @@ static void test_hdrs_move(void)
     ASSERT_STR(pk_hdrs_get(&dst, "c"), "3");
     pk_hdrs_free(&src);
     pk_hdrs_free(&dst);
+
+    /* Strings stay where they are across moves, whatever blocks hold them: many long
+     * fields (several blocks) into an emptied list (its deleted fields' block kept). */
+    char big[300];
+    memset(big, 'v', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    pk_hdrs_add_str(&dst, "gone", "x");
+    CU_ASSERT_EQUAL(pk_hdrs_del(&dst, "gone"), 1);
+    for (int i = 0; i < 10; i++)
+        pk_hdrs_add_str(&src, "long", big);
+    pk_hdrs_move(&dst, &src);
+    pk_hdrs_add_str(&dst, "after", "1");
+    for (int i = 0; i < 10; i++)
+        pk_hdrs_add_str(&src, "more", big);
+    pk_hdrs_move(&dst, &src);
+    CU_ASSERT_EQUAL_FATAL(dst.n, 21);
+    for (size_t i = 0; i < dst.n; i++)
+        if (i != 10)
+            ASSERT_STR(dst.v[i].value, big);
+    ASSERT_STR(pk_hdrs_get(&dst, "after"), "1");
+    pk_hdrs_free(&dst);
+    pk_hdrs_free(&src);
 }
 
 static void test_head_set(void)

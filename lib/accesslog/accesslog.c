@@ -27,7 +27,7 @@ struct name_list {
 
 /* One ring slot: the record copied, long values cut. */
 struct slot {
-    char time[32];
+    int64_t start_ms; /* wall clock, written out as RFC 3339 only when shown */
     char kind[8];
     char endpoint[130];
     char client[80];
@@ -51,6 +51,9 @@ struct pk_accesslog {
     size_t next; /* the slot the next record goes to */
     size_t count;
     struct json_object *line; /* the log line, reused (line_object) */
+    int64_t time_sec;         /* the second time_prefix was written for */
+    char time_prefix[32];     /* its RFC 3339 text up to the milliseconds */
+    size_t time_prefix_len;   /* 0: none yet */
     struct evbuffer *pending; /* lines not yet written */
     struct event *flush_ev;   /* deferred: writes them (NULL: no loop, written at once) */
 };
@@ -227,16 +230,7 @@ bool pk_accesslog_wants_response_headers(const struct pk_accesslog *l)
 
 /* ---- records --------------------------------------------------------------------------- */
 
-static void copy(char *dst, size_t len, const char *src)
-{
-    snprintf(dst, len, "%s", src ? src : "");
-}
-
-/* The wall-clock time the record started: now less its duration. */
-static void start_time(char *buf, size_t len, uint64_t duration_us)
-{
-    pk_rfc3339(buf, len, pk_unix_ms() - (int64_t)(duration_us / 1000));
-}
+#define copy(dst, src) pk_strcopy(dst, sizeof(dst), src)
 
 static void add_headers(struct json_object *o, const struct pk_accesslog *l, const char *key,
                         const struct pk_hdrs *h, bool response)
@@ -269,13 +263,55 @@ static void add_headers(struct json_object *o, const struct pk_accesslog *l, con
 /* ---- the log line ------------------------------------------------------------------------ */
 
 /* duration_ms with three decimals (json-c's default writes 17 significant digits). */
+/* The value is whole microseconds over 1000, so "%.3f" is its integer part, a dot and the
+ * microseconds' last three digits: written as such, without the float formatting. */
 static int ms_to_json(struct json_object *jso, struct printbuf *pb, int level, int flags)
 {
     PK_UNUSED(level);
     PK_UNUSED(flags);
+    double ms = json_object_get_double(jso);
     char buf[48];
-    int n = snprintf(buf, sizeof(buf), "%.3f", json_object_get_double(jso));
+    int n;
+    if (ms >= 0 && ms < 1e12) {
+        uint64_t us = (uint64_t)(ms * 1000.0 + 0.5);
+        pk_utoa(buf, sizeof(buf), us / 1000);
+        size_t len = strlen(buf);
+        unsigned frac = (unsigned)(us % 1000);
+        buf[len++] = '.';
+        buf[len++] = (char)('0' + frac / 100);
+        buf[len++] = (char)('0' + frac / 10 % 10);
+        buf[len++] = (char)('0' + frac % 10);
+        n = (int)len;
+    } else {
+        n = snprintf(buf, sizeof(buf), "%.3f", ms);
+    }
     return printbuf_memappend(pb, buf, n) < 0 ? -1 : 0;
+}
+
+/* pk_rfc3339 of unix_ms, the text up to the seconds kept from the last call in the same
+ * second (lines come many a second). */
+static const char *line_time(struct pk_accesslog *l, int64_t unix_ms, char *buf, size_t len)
+{
+    int64_t sec = unix_ms / 1000, ms = unix_ms % 1000;
+    if (ms < 0) { /* before 1970: floor, as pk_rfc3339 does */
+        sec--;
+        ms += 1000;
+    }
+    if (!l->time_prefix_len || sec != l->time_sec) {
+        pk_rfc3339(l->time_prefix, sizeof(l->time_prefix), sec * 1000);
+        l->time_prefix_len = strlen(l->time_prefix) - 4; /* less "000Z" */
+        l->time_sec = sec;
+    }
+    if (len < l->time_prefix_len + 5)
+        return pk_rfc3339(buf, len, unix_ms);
+    memcpy(buf, l->time_prefix, l->time_prefix_len);
+    char *p = buf + l->time_prefix_len;
+    *p++ = (char)('0' + ms / 100);
+    *p++ = (char)('0' + ms / 10 % 10);
+    *p++ = (char)('0' + ms % 10);
+    *p++ = 'Z';
+    *p = '\0';
+    return buf;
 }
 
 /* The line's object is kept from line to line and its values are set in place (set_fields),
@@ -359,18 +395,19 @@ void pk_accesslog_add(struct pk_accesslog *l, const struct pk_access_rec *r)
     l->next = (l->next + 1) % PK_ACCESS_RING;
     if (l->count < PK_ACCESS_RING)
         l->count++;
-    start_time(s->time, sizeof(s->time), r->duration_us);
-    copy(s->kind, sizeof(s->kind), r->kind);
-    copy(s->endpoint, sizeof(s->endpoint), r->endpoint);
-    copy(s->client, sizeof(s->client), r->client);
-    copy(s->method, sizeof(s->method), r->method);
-    copy(s->host, sizeof(s->host), r->host);
-    copy(s->path, sizeof(s->path), r->path);
-    copy(s->route, sizeof(s->route), r->route);
-    copy(s->tunnel, sizeof(s->tunnel), r->tunnel);
-    copy(s->peer, sizeof(s->peer), r->peer);
-    copy(s->forwarded_by, sizeof(s->forwarded_by), r->forwarded_by);
-    copy(s->error, sizeof(s->error), r->error);
+    /* The wall-clock time the record started: now less its duration. */
+    s->start_ms = pk_unix_ms() - (int64_t)(r->duration_us / 1000);
+    copy(s->kind, r->kind);
+    copy(s->endpoint, r->endpoint);
+    copy(s->client, r->client);
+    copy(s->method, r->method);
+    copy(s->host, r->host);
+    copy(s->path, r->path);
+    copy(s->route, r->route);
+    copy(s->tunnel, r->tunnel);
+    copy(s->peer, r->peer);
+    copy(s->forwarded_by, r->forwarded_by);
+    copy(s->error, r->error);
     s->status = r->status;
     s->bytes_in = r->bytes_in;
     s->bytes_out = r->bytes_out;
@@ -381,7 +418,8 @@ void pk_accesslog_add(struct pk_accesslog *l, const struct pk_access_rec *r)
         return;
     /* The line's values are whole (the ring keeps them cut). */
     struct json_object *o = line_object(l);
-    line_str(o, "time", s->time);
+    char time[32];
+    line_str(o, "time", line_time(l, s->start_ms, time, sizeof(time)));
     line_str(o, "level", level == PK_LOG_WARN ? "warn" : "info");
     line_str(o, "msg", strcmp(s->kind, "http") == 0 ? "request" : "stream");
     set_fields(o, l->node, r);
@@ -425,7 +463,9 @@ struct json_object *pk_accesslog_recent_json(const struct pk_accesslog *l)
             .error = s->error,
         };
         struct json_object *o = json_object_new_object();
-        json_object_object_add(o, "time", json_object_new_string(s->time));
+        char time[32];
+        json_object_object_add(o, "time",
+                               json_object_new_string(pk_rfc3339(time, sizeof(time), s->start_ms)));
         set_fields(o, l->node, &r);
         json_object_array_add(a, o);
     }

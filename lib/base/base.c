@@ -131,6 +131,41 @@ char *pk_rfc3339(char *buf, size_t len, int64_t unix_ms)
     return buf;
 }
 
+char *pk_strcopy(char *dst, size_t len, const char *src)
+{
+    size_t n = src ? strnlen(src, len - 1) : 0;
+    memcpy(dst, src ? src : "", n);
+    dst[n] = '\0';
+    return dst;
+}
+
+char *pk_utoa(char *buf, size_t len, unsigned long long v)
+{
+    char digits[24], *d = digits + sizeof(digits);
+    *--d = '\0';
+    do {
+        *--d = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return pk_strcopy(buf, len, d);
+}
+
+char *pk_hostport(char *buf, size_t len, const char *host, unsigned port)
+{
+    char d[24];
+    pk_utoa(d, sizeof(d), port);
+    bool v6 = strchr(host, ':') != NULL;
+    const char *parts[] = {v6 ? "[" : "", host, v6 ? "]:" : ":", d};
+    size_t n = 0;
+    for (size_t i = 0; i < PK_ARRAY_LEN(parts) && n + 1 < len; i++) {
+        size_t k = strnlen(parts[i], len - 1 - n);
+        memcpy(buf + n, parts[i], k);
+        n += k;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
 static int lower(int c)
 {
     return (c >= 'A' && c <= 'Z') ? c + 32 : c;

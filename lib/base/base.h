@@ -71,6 +71,18 @@ void pk_malloc_tune(void);
  * per proxied connection). Returns the soft limit now in force. */
 unsigned long pk_raise_nofile(void);
 
+/* Copies src (NULL: "") into dst of len bytes (len > 0), cut to len - 1 bytes and always
+ * terminated; snprintf's "%s" without the format parsing. Returns dst. */
+char *pk_strcopy(char *dst, size_t len, const char *src);
+
+/* Writes v in decimal into buf of len bytes (len >= 21 always fits); snprintf's "%llu"
+ * for the request path. Returns buf. */
+char *pk_utoa(char *buf, size_t len, unsigned long long v);
+/* Writes "host:port", or "[host]:port" when host holds a ':' (IPv6), into buf of len
+ * bytes, cut to fit like pk_strcopy; the same text as snprintf with "[%s]:%u" or "%s:%u",
+ * for the request path. Returns buf. */
+char *pk_hostport(char *buf, size_t len, const char *host, unsigned port);
+
 /* ASCII case-insensitive comparisons for protocol tokens. */
 bool pk_strcaseeq(const char *a, const char *b);
 /* Calls fn on each item of a comma list (blanks around items trimmed, empty items

@@ -25,9 +25,12 @@ static int count(struct pk_h1parser *p, size_t n)
     return 0;
 }
 
-static void append(char **s, size_t *len, const char *at, size_t n)
+static void append(char **s, size_t *len, size_t *cap, const char *at, size_t n)
 {
-    *s = pk_xrealloc(*s, *len + n + 1);
+    if (*len + n + 1 > *cap) {
+        *cap = PK_MAX(*len + n + 1, PK_MAX(*cap * 2, (size_t)64));
+        *s = pk_xrealloc(*s, *cap);
+    }
     memcpy(*s + *len, at, n);
     *len += n;
     (*s)[*len] = '\0';
@@ -35,19 +38,17 @@ static void append(char **s, size_t *len, const char *at, size_t n)
 
 static void flush_field(struct pk_h1parser *p)
 {
-    if (!p->field)
+    if (!p->has_field)
         return;
     struct pk_hdrs *dst = p->head_done ? &p->trailers : &p->head.hdrs;
     /* Optional whitespace around values is not part of the value (RFC 9110 5.5). */
-    const char *v = p->value ? p->value : "";
+    const char *v = p->value_len ? p->value : "";
     size_t vlen = p->value_len;
     while (vlen && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t'))
         vlen--;
     pk_hdrs_add(dst, p->field, p->field_len, v, vlen);
-    free(p->field);
-    free(p->value);
-    p->field = p->value = NULL;
     p->field_len = p->value_len = 0;
+    p->has_field = false;
     p->in_value = false;
 }
 
@@ -56,9 +57,9 @@ static int on_message_begin(http_parser *hp)
     struct pk_h1parser *p = P(hp);
     pk_head_free(&p->head);
     pk_hdrs_free(&p->trailers);
-    free(p->url);
-    p->url = NULL;
     p->url_len = 0;
+    if (p->url)
+        p->url[0] = '\0';
     p->head_bytes = 0;
     p->head_done = p->message_done = p->upgrade = false;
     return 0;
@@ -69,7 +70,7 @@ static int on_url(http_parser *hp, const char *at, size_t n)
     struct pk_h1parser *p = P(hp);
     if (count(p, n))
         return 1;
-    append(&p->url, &p->url_len, at, n);
+    append(&p->url, &p->url_len, &p->url_cap, at, n);
     return 0;
 }
 
@@ -82,15 +83,35 @@ static int on_status(http_parser *hp, const char *at, size_t n)
 /* RFC 9110 5.6.2 token characters. */
 static bool is_tchar(unsigned char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+    unsigned char lc = c | 0x20; /* a letter's lower case; never a letter otherwise */
+    if ((lc >= 'a' && lc <= 'z') || (c >= '0' && c <= '9') || c == '-')
+        return true;
+    switch (c) {
+    case '!':
+    case '#':
+    case '$':
+    case '%':
+    case '&':
+    case '\'':
+    case '*':
+    case '+':
+    case '.':
+    case '^':
+    case '_':
+    case '`':
+    case '|':
+    case '~':
+        return true;
+    default:
+        return false;
+    }
 }
 
 static int on_header_field(http_parser *hp, const char *at, size_t n)
 {
     struct pk_h1parser *p = P(hp);
     /* ": " and CRLF are charged once per field, however the bytes arrive. */
-    bool new_field = p->in_value || !p->field;
+    bool new_field = p->in_value || !p->has_field;
     if (count(p, n + (new_field ? 4 : 0)))
         return 1;
     for (size_t i = 0; i < n; i++) {
@@ -102,8 +123,31 @@ static int on_header_field(http_parser *hp, const char *at, size_t n)
     }
     if (p->in_value)
         flush_field(p);
-    append(&p->field, &p->field_len, at, n);
+    append(&p->field, &p->field_len, &p->field_cap, at, n);
+    p->has_field = true;
     return 0;
+}
+
+/* False when no byte of s is below 0x20 or 0x7f (DEL), eight bytes at a time (the
+ * has-less-than and has-zero-byte tests on 64-bit words, exact as a yes/no); true means
+ * the bytes are checked one by one (HTAB, a legal value byte, also says true). */
+static bool maybe_ctl(const char *s, size_t n)
+{
+    const uint64_t ones = 0x0101010101010101u, high = ones * 0x80;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x;
+        memcpy(&x, s + i, 8);
+        uint64_t del = x ^ (ones * 0x7f);
+        if ((((x - ones * 0x20) & ~x) | ((del - ones) & ~del)) & high)
+            return true;
+    }
+    for (; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f)
+            return true;
+    }
+    return false;
 }
 
 static int on_header_value(http_parser *hp, const char *at, size_t n)
@@ -113,7 +157,8 @@ static int on_header_value(http_parser *hp, const char *at, size_t n)
         return 1;
     /* http-parser does not check a value's first byte: no control character but HTAB
      * (RFC 9110 5.5), so a NUL never truncates a value and nothing odd is passed on. */
-    for (size_t i = 0; i < n; i++) {
+    bool suspect = maybe_ctl(at, n);
+    for (size_t i = 0; suspect && i < n; i++) {
         unsigned char c = (unsigned char)at[i];
         if ((c < 0x20 && c != '\t') || c == 0x7f) {
             p->error = PK_H1_MALFORMED;
@@ -123,7 +168,7 @@ static int on_header_value(http_parser *hp, const char *at, size_t n)
     }
 
     p->in_value = true;
-    append(&p->value, &p->value_len, at, n);
+    append(&p->value, &p->value_len, &p->value_cap, at, n);
     return 0;
 }
 
@@ -131,7 +176,7 @@ static int on_header_value(http_parser *hp, const char *at, size_t n)
 static int set_target(struct pk_h1parser *p)
 {
     struct http_parser_url u;
-    const char *url = p->url ? p->url : "";
+    const char *url = p->url_len ? p->url : "";
     if (p->hp.method == HTTP_CONNECT) {
         pk_head_set(&p->head.authority, url, p->url_len);
         return 0;
@@ -274,36 +319,54 @@ void pk_h1parser_free(struct pk_h1parser *p)
     free(p->field);
     free(p->value);
     p->url = p->field = p->value = NULL;
+    p->url_len = p->url_cap = p->field_len = p->field_cap = p->value_len = p->value_cap = 0;
+    p->has_field = p->in_value = false;
 }
 
 /* http-parser (non-strict build) accepts any letters where "HTTP" belongs; the version
  * token of a request line is checked here: the line must end in " HTTP/1.0" or
  * " HTTP/1.1". Empty lines before a request are skipped (RFC 9112 2.2). */
+/* Keeps the last sizeof(p->line) bytes of the request line seen so far. */
+static void line_tail(struct pk_h1parser *p, const char *s, size_t n)
+{
+    const size_t cap = sizeof(p->line);
+    if (n >= cap) {
+        memcpy(p->line, s + n - cap, cap);
+        p->line_len = cap;
+        return;
+    }
+    if (p->line_len + n > cap) { /* longer than we keep: check the tail only */
+        size_t drop = p->line_len + n - cap;
+        memmove(p->line, p->line + drop, p->line_len - drop);
+        p->line_len -= drop;
+    }
+    memcpy(p->line + p->line_len, s, n);
+    p->line_len += n;
+}
+
 static int check_request_line(struct pk_h1parser *p, const char *data, size_t len)
 {
-    for (size_t i = 0; i < len && !p->line_checked; i++) {
-        char c = data[i];
-        if (c == '\n') {
-            size_t l = p->line_len;
-            if (l && p->line[l - 1] == '\r')
-                l--;
-            if (l == 0) {
-                p->line_len = 0;
-                continue;
-            }
-            p->line_checked = true;
-            if (l < 10 || memcmp(p->line + l - 9, " HTTP/1.", 8) != 0 ||
-                (p->line[l - 1] != '0' && p->line[l - 1] != '1')) {
-                p->error = PK_H1_MALFORMED;
-                p->error_detail = "bad request line";
-                return -1;
-            }
-        } else if (p->line_len < sizeof(p->line)) {
-            p->line[p->line_len++] = c;
-        } else {
-            /* Longer than we keep: check the tail only. */
-            memmove(p->line, p->line + 1, sizeof(p->line) - 1);
-            p->line[sizeof(p->line) - 1] = c;
+    size_t i = 0;
+    while (i < len && !p->line_checked) {
+        const char *nl = memchr(data + i, '\n', len - i);
+        size_t end = nl ? (size_t)(nl - data) : len;
+        line_tail(p, data + i, end - i);
+        if (!nl)
+            break;
+        i = end + 1;
+        size_t l = p->line_len;
+        if (l && p->line[l - 1] == '\r')
+            l--;
+        if (l == 0) {
+            p->line_len = 0;
+            continue;
+        }
+        p->line_checked = true;
+        if (l < 10 || memcmp(p->line + l - 9, " HTTP/1.", 8) != 0 ||
+            (p->line[l - 1] != '0' && p->line[l - 1] != '1')) {
+            p->error = PK_H1_MALFORMED;
+            p->error_detail = "bad request line";
+            return -1;
         }
     }
     return 0;
@@ -325,12 +388,21 @@ static int scan_head(struct pk_h1parser *p, const char *data, size_t len)
             if (c != '\r' && c != '\n')
                 p->scan_state = 1;
             break;
-        case 1:
-            if (c == '\n')
-                p->scan_state = 2;
-            else if (c == '\r')
-                p->scan_state = 4;
+        case 1: {
+            /* Inside a line only CR and LF matter: skip to the first of them. */
+            const char *nl = memchr(data + i, '\n', len - i);
+            size_t end = nl ? (size_t)(nl - data) : len;
+            const char *cr = memchr(data + i, '\r', end - i);
+            if (cr)
+                end = (size_t)(cr - data);
+            if (end == len) {
+                i = len;
+                continue;
+            }
+            i = end;
+            p->scan_state = data[i] == '\n' ? 2 : 4;
             break;
+        }
         case 4:
             if (c != '\n') {
                 p->error = PK_H1_MALFORMED;
@@ -438,15 +510,27 @@ static char *put_fields(char *p, const struct pk_hdrs *h)
     return p;
 }
 
-static void add_head(struct evbuffer *out, const char *line, size_t linelen,
-                     const struct pk_hdrs *h)
+/* The head's first lines as pieces, joined in add_head (no format string on the request
+ * path: a head costs one copy). */
+struct piece {
+    const char *s;
+    size_t len;
+};
+
+static void add_head_pieces(struct evbuffer *out, const struct piece *pc, size_t npc,
+                            const struct pk_hdrs *h)
 {
-    size_t cap = linelen + fields_len(h) + 2;
+    size_t cap = fields_len(h) + 2;
+    for (size_t i = 0; i < npc; i++)
+        cap += pc[i].len;
     char stackbuf[4096];
     char *buf = cap <= sizeof(stackbuf) ? stackbuf : pk_xmalloc(cap);
     char *p = buf;
-    memcpy(p, line, linelen);
-    p = put_fields(p + linelen, h);
+    for (size_t i = 0; i < npc; i++) {
+        memcpy(p, pc[i].s, pc[i].len);
+        p += pc[i].len;
+    }
+    p = put_fields(p, h);
     *p++ = '\r';
     *p++ = '\n';
     evbuffer_add(out, buf, (size_t)(p - buf));
@@ -454,22 +538,50 @@ static void add_head(struct evbuffer *out, const char *line, size_t linelen,
         free(buf);
 }
 
+static void add_head(struct evbuffer *out, const char *line, size_t linelen,
+                     const struct pk_hdrs *h)
+{
+    struct piece pc = {line, linelen};
+    add_head_pieces(out, &pc, 1, h);
+}
+
+static struct piece piece(const char *s)
+{
+    return (struct piece){s, strlen(s)};
+}
+
 void pk_h1_write_request_head(struct evbuffer *out, const struct pk_head *h)
 {
-    char *line = h->authority
-                     ? pk_xasprintf("%s %s HTTP/1.1\r\nhost: %s\r\n", h->method,
-                                    h->path ? h->path : "/", h->authority)
-                     : pk_xasprintf("%s %s HTTP/1.1\r\n", h->method, h->path ? h->path : "/");
-    add_head(out, line, strlen(line), &h->hdrs);
-    free(line);
+    struct piece pc[] = {piece(h->method),       piece(" "),      piece(h->path ? h->path : "/"),
+                         piece(" HTTP/1.1\r\n"), piece("host: "), piece(""),
+                         piece("\r\n")};
+    size_t npc = 4;
+    if (h->authority) {
+        pc[5] = piece(h->authority);
+        npc = PK_ARRAY_LEN(pc);
+    }
+    add_head_pieces(out, pc, npc, &h->hdrs);
 }
 
 void pk_h1_write_response_head(struct evbuffer *out, const struct pk_head *h, int http_minor)
 {
-    char line[128];
-    int n = snprintf(line, sizeof(line), "HTTP/1.%d %d %s\r\n", http_minor ? 1 : 0, h->status,
-                     pk_h1_reason(h->status));
-    add_head(out, line, (size_t)n, &h->hdrs);
+    /* A status is three digits (RFC 9110 15): written without a format string. */
+    if (h->status < 100 || h->status > 999) {
+        char line[128];
+        int n = snprintf(line, sizeof(line), "HTTP/1.%d %d %s\r\n", http_minor ? 1 : 0, h->status,
+                         pk_h1_reason(h->status));
+        add_head(out, line, (size_t)n, &h->hdrs);
+        return;
+    }
+    unsigned st = (unsigned)h->status;
+    char line[] = "HTTP/1.1 200 ";
+    line[7] = http_minor ? '1' : '0';
+    line[9] = (char)('0' + st / 100);
+    line[10] = (char)('0' + st / 10 % 10);
+    line[11] = (char)('0' + st % 10);
+    const char *reason = pk_h1_reason(h->status);
+    struct piece pc[] = {{line, sizeof(line) - 1}, piece(reason), piece("\r\n")};
+    add_head_pieces(out, pc, PK_ARRAY_LEN(pc), &h->hdrs);
 }
 
 void pk_h1_write_chunk(struct evbuffer *out, struct evbuffer *data, size_t len)
@@ -591,16 +703,23 @@ void pk_h1_strip_hop_by_hop(struct pk_hdrs *h, bool keep_te_trailers)
 {
     /* Fields named by Connection are hop-by-hop too; collect the names first, since
      * deleting compacts the array. Most messages have no Connection field. */
-    char *names = NULL;
     bool te_trailers = keep_te_trailers && pk_hdrs_has_token(h, "te", "trailers");
-    for (size_t i = 0; i < h->n; i++) {
-        if (strcmp(h->v[i].name, "connection") == 0) {
-            char *joined = pk_xasprintf("%s,%s", names ? names : "", h->v[i].value);
-            free(names);
-            names = joined;
+    size_t total = 0;
+    for (size_t i = 0; i < h->n; i++)
+        if (strcmp(h->v[i].name, "connection") == 0)
+            total += h->v[i].vlen + 1;
+    if (total) { /* the values joined with commas, on the stack when they are short */
+        char stackbuf[256];
+        char *names = total + 1 <= sizeof(stackbuf) ? stackbuf : pk_xmalloc(total + 1);
+        size_t at = 0;
+        for (size_t i = 0; i < h->n; i++) {
+            if (strcmp(h->v[i].name, "connection") == 0) {
+                names[at++] = ',';
+                memcpy(names + at, h->v[i].value, h->v[i].vlen);
+                at += h->v[i].vlen;
+            }
         }
-    }
-    if (names) {
+        names[at] = '\0';
         char *save = NULL;
         for (char *tok = strtok_r(names, ", \t", &save); tok; tok = strtok_r(NULL, ", \t", &save)) {
             for (char *c = tok; *c; c++)
@@ -609,7 +728,8 @@ void pk_h1_strip_hop_by_hop(struct pk_hdrs *h, bool keep_te_trailers)
             if (strcmp(tok, "te") != 0)
                 pk_hdrs_del(h, tok);
         }
-        free(names);
+        if (names != stackbuf)
+            free(names);
     }
     size_t out = 0;
     bool had_te = false;
@@ -618,8 +738,7 @@ void pk_h1_strip_hop_by_hop(struct pk_hdrs *h, bool keep_te_trailers)
         bool te = strcmp(f->name, "te") == 0;
         had_te = had_te || te;
         if (te || is_hop_by_hop(f->name)) {
-            h->bytes -= f->nlen + f->vlen;
-            free(f->name);
+            h->bytes -= f->nlen + f->vlen; /* its strings are freed with the list */
             continue;
         }
         h->v[out++] = *f;

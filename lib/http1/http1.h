@@ -45,12 +45,15 @@ struct pk_h1parser {
     size_t head_bytes;
     struct pk_head head;
     struct pk_hdrs trailers;
-    char *url; /* request target as received */
-    size_t url_len;
+    /* Accumulated across callbacks (a token may arrive in pieces); the buffers are kept
+     * from field to field and from message to message, and freed by pk_h1parser_free. */
+    char *url; /* request target as received, always terminated once allocated */
+    size_t url_len, url_cap;
     char *field; /* field name being accumulated */
-    size_t field_len;
+    size_t field_len, field_cap;
     char *value; /* field value being accumulated */
-    size_t value_len;
+    size_t value_len, value_cap;
+    bool has_field; /* a field name was started and not yet added */
     bool in_value;
     bool head_done;
     bool message_done;

@@ -28,8 +28,8 @@ struct exchange *pk_exchange_new(struct pk_server *srv, const char *ip, uint16_t
     pk_head_init(&ex->req);
     pk_pipe_init(&ex->req_body, PIPE_HWM);
     pk_pipe_init(&ex->resp_body, PIPE_HWM);
-    snprintf(ex->client, sizeof(ex->client), strchr(ip, ':') ? "[%s]:%u" : "%s:%u", ip, port);
-    snprintf(ex->ip, sizeof(ex->ip), "%s", ip);
+    pk_hostport(ex->client, sizeof(ex->client), ip, port);
+    pk_strcopy(ex->ip, sizeof(ex->ip), ip);
     ex->port = port;
     pk_head_init(&ex->held);
     pk_hdrs_init(&ex->resp_hdrs);
@@ -270,7 +270,7 @@ void pk_exchange_fail_hdr(struct exchange *ex, int status, const char *msg, cons
                           const char *value)
 {
     if (!ex->error[0])
-        snprintf(ex->error, sizeof(ex->error), "%s", msg);
+        pk_strcopy(ex->error, sizeof(ex->error), msg);
     size_t n;
     char *body = pk_json_error_body(msg, &n);
     pk_exchange_reply(ex, status, body, n, name, value);
@@ -482,11 +482,11 @@ void pk_exchange_dispatch(struct exchange *ex)
                                    &us_cbs, ex);
         if (ex->us)
             t->served++;
-        snprintf(ex->via, sizeof(ex->via), "%s", t->peer);
+        pk_strcopy(ex->via, sizeof(ex->via), t->peer);
         ex->via_peer = false;
     } else {
         ex->us = ex_forward(ex, peer);
-        snprintf(ex->via, sizeof(ex->via), "%s", pk_peer_node_id(peer));
+        pk_strcopy(ex->via, sizeof(ex->via), pk_peer_node_id(peer));
         ex->via_peer = true;
     }
     if (!ex->us) {
@@ -547,7 +547,7 @@ static void ex_route(struct exchange *ex, struct pk_head *in, const struct pk_cl
         status = pk_endpoint_id_valid(id, strlen(id)) ? 0 : 400;
         msg = "invalid endpoint id";
         if (!status)
-            snprintf(ex->endpoint, sizeof(ex->endpoint), "%s", id);
+            pk_strcopy(ex->endpoint, sizeof(ex->endpoint), id);
     } else {
         status = pk_proxy_route(in, ex->endpoint, sizeof(ex->endpoint), &msg);
     }
@@ -612,7 +612,7 @@ void pk_exchange_start(struct exchange *ex, struct pk_head *in)
         pk_cluster_port_start(ex, in);
         return;
     }
-    snprintf(ex->method, sizeof(ex->method), "%s", in->method ? in->method : "");
+    pk_strcopy(ex->method, sizeof(ex->method), in->method ? in->method : "");
     if (!ex->srv->node.proxy_auth) {
         ex_route(ex, in, NULL);
         return;

@@ -465,7 +465,11 @@ static void h1_process(struct h1conn *hc)
         if (n == 0 && !hc->parser.message_done)
             break;
     }
-    bool want_read = !hc->closing && !hc->read_paused && !hc->parser.message_done;
+    /* Reading stays on while a request is in flight and nothing follows it (every turn
+     * off and on again is an epoll_ctl); bytes of a pipelined next request stop it until
+     * the response is done, as does a full request pipe. */
+    bool want_read = !hc->closing && !hc->read_paused &&
+                     (!hc->parser.message_done || evbuffer_get_length(in) == 0);
     if (want_read)
         bufferevent_enable(hc->bev, EV_READ);
     else if (!hc->closing)
@@ -551,7 +555,7 @@ struct h1conn *pk_h1down_new(struct pk_server *srv, struct bufferevent *bev, con
     struct h1conn *hc = pk_xcalloc(1, sizeof(*hc));
     hc->srv = srv;
     hc->bev = bev;
-    snprintf(hc->ip, sizeof(hc->ip), "%s", ip);
+    pk_strcopy(hc->ip, sizeof(hc->ip), ip);
     hc->port = port;
     hc->kick_ev = pk_xevent_new(srv->loop.base, -1, 0, h1_kick_cb, hc);
     pk_wbatch_init(&hc->wb, srv->loop.base, bev, h1_flushed, hc);

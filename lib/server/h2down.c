@@ -119,7 +119,7 @@ static int h2_take_connect(struct exchange *ex, struct pk_head *in)
             pk_exchange_fail(ex, 400, "bad extended CONNECT");
             return -1;
         }
-        snprintf(ex->token, sizeof(ex->token), "%s", in->protocol);
+        pk_strcopy(ex->token, sizeof(ex->token), in->protocol);
         ex->tcp = strcmp(in->protocol, "piko-tcp") == 0;
         ex->raw = true;
         ex->req_has_body = true;
@@ -140,7 +140,7 @@ static int h2_take_connect(struct exchange *ex, struct pk_head *in)
             pk_exchange_fail(ex, 400, "bad upgrade token");
             return -1;
         }
-        snprintf(ex->token, sizeof(ex->token), "%s", in->protocol);
+        pk_strcopy(ex->token, sizeof(ex->token), in->protocol);
         ex->raw = true;
         ex->req_has_body = true;
     }
@@ -203,7 +203,7 @@ void pk_h2down_new(struct pk_server *srv, struct bufferevent *bev, const char *i
 {
     struct h2down *d = pk_xcalloc(1, sizeof(*d));
     d->srv = srv;
-    snprintf(d->ip, sizeof(d->ip), "%s", ip);
+    pk_strcopy(d->ip, sizeof(d->ip), ip);
     d->port = port;
     char name[128];
     snprintf(name, sizeof(name), "%s/%s:%u", cluster ? "peer-in" : "downstream", ip, port);

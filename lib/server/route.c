@@ -107,7 +107,9 @@ int pk_proxy_route(const struct pk_head *req, char *out, size_t outlen, const ch
         *msg = "invalid endpoint id";
         return 400;
     }
-    snprintf(out, outlen, "%.*s", (int)len, id);
+    len = PK_MIN(len, outlen - 1);
+    memcpy(out, id, len);
+    out[len] = '\0';
     return 0;
 }
 
@@ -129,14 +131,17 @@ bool pk_proxy_prepare_request(struct pk_head *out, struct pk_head *in, const cha
     pk_hdrs_del(&out->hdrs, "x-piko-authorization");
     pk_hdrs_del_prefix(&out->hdrs, "piko-");
     const char *xff = pk_hdrs_get(&out->hdrs, "x-forwarded-for");
-    char *v = xff ? pk_xasprintf("%s, %s", xff, ip) : pk_xstrdup(ip);
-    pk_hdrs_set(&out->hdrs, "x-forwarded-for", v);
-    free(v);
+    if (xff) {
+        char *v = pk_xasprintf("%s, %s", xff, ip);
+        pk_hdrs_set(&out->hdrs, "x-forwarded-for", v);
+        free(v);
+    } else {
+        pk_hdrs_add_str(&out->hdrs, "x-forwarded-for", ip);
+    }
     pk_hdrs_set(&out->hdrs, "x-forwarded-proto", https ? "https" : "http");
     pk_hdrs_set(&out->hdrs, "x-forwarded-host", out->authority);
     char addr[96];
-    snprintf(addr, sizeof(addr), strchr(ip, ':') ? "[%s]:%u" : "%s:%u", ip, port);
-    pk_hdrs_add_str(&out->hdrs, "piko-client-addr", addr);
+    pk_hdrs_add_str(&out->hdrs, "piko-client-addr", pk_hostport(addr, sizeof(addr), ip, port));
     return expect_continue;
 }
 

@@ -162,7 +162,7 @@ static void lx_fail(struct lx *x, uint32_t code, const char *reason, const char 
         why += strlen(addr);
     PK_INFO("local", "endpoint=%s service %s:%u: %s", x->ep->name, x->ep->host, x->ep->port, why);
     if (!x->error[0])
-        snprintf(x->error, sizeof(x->error), "%s", why);
+        pk_strcopy(x->error, sizeof(x->error), why);
     if (x->lc) {
         struct lconn *lc = x->lc;
         x->lc = NULL;
@@ -255,6 +255,20 @@ static void req_readable(struct pk_pipe *p, void *consumer)
     pump_request(consumer);
 }
 
+/* Appends a field to a head that only the HTTP/1.1 writer reads: the strings are
+ * borrowed (the stream's head, literals, the joined cookie), never copied or freed. */
+static void view_add(struct pk_hdrs *h, const char *name, size_t nlen, const char *value,
+                     size_t vlen)
+{
+    h->v[h->n++] = (struct pk_hdr){(char *)name, (char *)value, nlen, vlen};
+    h->bytes += nlen + vlen;
+}
+
+static void view_add_str(struct pk_hdrs *h, const char *name, const char *value)
+{
+    view_add(h, name, strlen(name), value, strlen(value));
+}
+
 static void write_request_head(struct lx *x, struct evbuffer *out)
 {
     struct pk_head *in = pk_h2stream_head(x->s);
@@ -263,6 +277,11 @@ static void write_request_head(struct lx *x, struct evbuffer *out)
     h.method = in->method;
     h.path = in->path;
     h.authority = in->authority;
+    /* At most the stream's fields and four more (cookie, te, connection, framing). */
+    struct pk_hdr stackv[32];
+    size_t cap = in->hdrs.n + 4;
+    h.hdrs.v = cap <= PK_ARRAY_LEN(stackv) ? stackv : pk_xmalloc(cap * sizeof(*h.hdrs.v));
+    h.hdrs.cap = cap;
     /* Cookies split across fields are joined before HTTP/1.1 (RFC 9113 8.2.3). */
     char *cookie = NULL;
     bool te_trailers = false;
@@ -280,29 +299,29 @@ static void write_request_head(struct lx *x, struct evbuffer *out)
             te_trailers = true;
             continue;
         }
-        pk_hdrs_add(&h.hdrs, f->name, f->nlen, f->value, f->vlen);
+        view_add(&h.hdrs, f->name, f->nlen, f->value, f->vlen);
     }
-    if (cookie) {
-        pk_hdrs_add_str(&h.hdrs, "cookie", cookie);
-        free(cookie);
-    }
+    if (cookie)
+        view_add_str(&h.hdrs, "cookie", cookie);
     if (te_trailers) {
-        pk_hdrs_add_str(&h.hdrs, "te", "trailers");
-        pk_hdrs_add_str(&h.hdrs, "connection", "te");
+        view_add_str(&h.hdrs, "te", "trailers");
+        view_add_str(&h.hdrs, "connection", "te");
     }
     x->req_chunked = false;
     if (!pk_hdrs_get(&h.hdrs, "content-length")) {
         if (pk_h2stream_remote_ended(x->s) && pk_pipe_len(&x->req_body) == 0) {
             const char *m = h.method ? h.method : "";
             if (!strcmp(m, "POST") || !strcmp(m, "PUT") || !strcmp(m, "PATCH"))
-                pk_hdrs_add_str(&h.hdrs, "content-length", "0");
+                view_add_str(&h.hdrs, "content-length", "0");
         } else {
-            pk_hdrs_add_str(&h.hdrs, "transfer-encoding", "chunked");
+            view_add_str(&h.hdrs, "transfer-encoding", "chunked");
             x->req_chunked = true;
         }
     }
     pk_h1_write_request_head(out, &h);
-    pk_hdrs_free(&h.hdrs);
+    free(cookie);
+    if (h.hdrs.v != stackv)
+        free(h.hdrs.v);
 }
 
 /* ---- response: service -> stream ---------------------------------------------------- */
@@ -628,12 +647,12 @@ void pk_local_serve(struct sc_endpoint *ep, struct pk_h2stream *s)
     x->ep = ep;
     x->s = s;
     x->is_head = h->method && strcmp(h->method, "HEAD") == 0;
-    snprintf(x->method, sizeof(x->method), "%s", h->method ? h->method : "");
+    pk_strcopy(x->method, sizeof(x->method), h->method ? h->method : "");
     x->start_us = pk_now_us();
     x->path = h->path ? pk_xstrdup(h->path) : NULL;
     x->host = h->authority ? pk_xstrdup(h->authority) : NULL;
     const char *ca = pk_hdrs_get(&h->hdrs, "piko-client-addr");
-    snprintf(x->client, sizeof(x->client), "%s", ca ? ca : "");
+    pk_strcopy(x->client, sizeof(x->client), ca ? ca : "");
     pk_hdrs_init(&x->req_hdrs);
     pk_hdrs_init(&x->resp_hdrs);
     if (pk_accesslog_wants_request_headers(ep->sc->access))

@@ -127,7 +127,7 @@ void pk_sidecar_metrics_request(struct pk_sidecar *sc, const char *endpoint, con
         return;
     const char *meth = pk_metrics_method_label(method);
     char code[8];
-    snprintf(code, sizeof(code), "%d", status >= 0 && status < 1000 ? status : 0);
+    pk_utoa(code, sizeof(code), status >= 0 && status < 1000 ? (unsigned)status : 0);
     const char *v[] = {endpoint, code, meth}, *e[] = {endpoint};
     pk_mseries_inc(pk_mfamily_series(m->requests, v), 1);
     pk_mseries_observe(pk_mfamily_series(m->latency, e), (double)us / 1e6);

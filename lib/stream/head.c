@@ -6,18 +6,73 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A block of field strings; blocks never move, so the fields' pointers stay valid. */
+struct pk_hdrs_block {
+    struct pk_hdrs_block *next;
+    size_t used, cap;
+    char data[];
+};
+
+#define BLOCK_MIN 512
+
 void pk_hdrs_init(struct pk_hdrs *h)
 {
     memset(h, 0, sizeof(*h));
 }
 
+static void free_blocks(struct pk_hdrs_block *b)
+{
+    while (b) {
+        struct pk_hdrs_block *next = b->next;
+        free(b);
+        b = next;
+    }
+}
+
 void pk_hdrs_free(struct pk_hdrs *h)
 {
-    for (size_t i = 0; i < h->n; i++) {
-        free(h->v[i].name); /* the value shares the allocation */
-    }
+    free_blocks(h->blocks);
     free(h->v);
     memset(h, 0, sizeof(*h));
+}
+
+/* n bytes for one field's strings, from the newest block or a new one. */
+static char *block_alloc(struct pk_hdrs *h, size_t n)
+{
+    struct pk_hdrs_block *b = h->blocks;
+    if (!b || b->cap - b->used < n) {
+        size_t cap = PK_MAX(n, b ? b->cap * 2 : (size_t)BLOCK_MIN);
+        b = pk_xmalloc(sizeof(*b) + cap);
+        b->used = 0;
+        b->cap = cap;
+        b->next = h->blocks;
+        h->blocks = b;
+    }
+    char *p = b->data + b->used;
+    b->used += n;
+    return p;
+}
+
+/* Copies n bytes, ASCII upper case to lower case, eight bytes at a time: a byte is upper
+ * case when adding (0x80 - 'A') to its low seven bits carries into bit 7 and adding
+ * (0x80 - 'Z' - 1) does not, and its own bit 7 is clear; such a byte gets 0x20. */
+static void lower_copy(char *dst, const char *src, size_t n)
+{
+    const uint64_t ones = 0x0101010101010101u, high = ones * 0x80;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x;
+        memcpy(&x, src + i, 8);
+        uint64_t low7 = x & ~high;
+        uint64_t upper =
+            ((low7 + ones * (0x80 - 'A')) ^ (low7 + ones * (0x80 - 'Z' - 1))) & ~x & high;
+        x |= upper >> 2;
+        memcpy(dst + i, &x, 8);
+    }
+    for (; i < n; i++) {
+        char c = src[i];
+        dst[i] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+    }
 }
 
 void pk_hdrs_add(struct pk_hdrs *h, const char *name, size_t nlen, const char *value, size_t vlen)
@@ -27,12 +82,9 @@ void pk_hdrs_add(struct pk_hdrs *h, const char *name, size_t nlen, const char *v
         h->v = pk_xrealloc(h->v, h->cap * sizeof(*h->v));
     }
     struct pk_hdr *f = &h->v[h->n++];
-    /* One allocation for both strings: "name\0value\0". */
-    f->name = pk_xmalloc(nlen + vlen + 2);
-    for (size_t i = 0; i < nlen; i++) {
-        char c = name[i];
-        f->name[i] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
-    }
+    /* Both strings together: "name\0value\0". */
+    f->name = block_alloc(h, nlen + vlen + 2);
+    lower_copy(f->name, name, nlen);
     f->name[nlen] = '\0';
     f->value = f->name + nlen + 1;
     memcpy(f->value, value, vlen);
@@ -73,8 +125,7 @@ static size_t del_matching(struct pk_hdrs *h, const char *name, size_t cmp_len, 
         bool match =
             cmp_len ? strncmp(h->v[i].name, name, cmp_len) == 0 : strcmp(h->v[i].name, name) == 0;
         if (match && removed < max) {
-            h->bytes -= h->v[i].nlen + h->v[i].vlen;
-            free(h->v[i].name);
+            h->bytes -= h->v[i].nlen + h->v[i].vlen; /* its block is freed with the list */
             removed++;
             continue;
         }
@@ -134,6 +185,20 @@ bool pk_hdrs_has_token(const struct pk_hdrs *h, const char *name, const char *to
 
 void pk_hdrs_move(struct pk_hdrs *dst, struct pk_hdrs *src)
 {
+    if (dst->n == 0) { /* the common case: dst takes src's array and blocks as they are */
+        free(dst->v);
+        struct pk_hdrs_block *old = dst->blocks;
+        *dst = *src;
+        if (old) { /* strings of fields deleted earlier: kept until dst is freed */
+            struct pk_hdrs_block *b = old;
+            while (b->next)
+                b = b->next;
+            b->next = dst->blocks;
+            dst->blocks = old;
+        }
+        memset(src, 0, sizeof(*src));
+        return;
+    }
     for (size_t i = 0; i < src->n; i++) {
         if (dst->n == dst->cap) {
             dst->cap = dst->cap ? dst->cap * 2 : 16;
@@ -141,6 +206,19 @@ void pk_hdrs_move(struct pk_hdrs *dst, struct pk_hdrs *src)
         }
         dst->v[dst->n++] = src->v[i];
         dst->bytes += src->v[i].nlen + src->v[i].vlen;
+    }
+    /* src's strings now belong to dst: its blocks go after dst's newest one, which
+     * stays the one new fields are added to. */
+    if (src->blocks) {
+        struct pk_hdrs_block *b = src->blocks;
+        while (b->next)
+            b = b->next;
+        if (dst->blocks) {
+            b->next = dst->blocks->next;
+            dst->blocks->next = src->blocks;
+        } else {
+            dst->blocks = src->blocks;
+        }
     }
     free(src->v);
     memset(src, 0, sizeof(*src));

@@ -1,7 +1,10 @@
 /* head: the header part of an HTTP message, independent of the wire version.
  *
  * Field names are stored lower-case (HTTP/2 form); HTTP/1.1 writers keep them so.
- * Every string is owned by the struct and freed by pk_head_free / pk_hdrs_free. */
+ * Every string is owned by the struct and freed by pk_head_free / pk_hdrs_free. A field
+ * list keeps its strings in a few blocks of its own (struct pk_hdrs_block): adding a
+ * field costs no allocation of its own, and a deleted field's bytes are given back only
+ * when the list is freed (lists live for one message). */
 #ifndef PK_HEAD_H
 #define PK_HEAD_H
 
@@ -15,11 +18,14 @@ struct pk_hdr {
     size_t vlen;
 };
 
+struct pk_hdrs_block;
+
 struct pk_hdrs {
     struct pk_hdr *v;
     size_t n;
     size_t cap;
-    size_t bytes; /* sum of name and value lengths, for limits */
+    size_t bytes;                 /* sum of name and value lengths, for limits */
+    struct pk_hdrs_block *blocks; /* where the strings are, newest first */
 };
 
 struct pk_head {
