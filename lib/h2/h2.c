@@ -158,10 +158,12 @@ static void read_cb(struct bufferevent *bev, void *arg)
     struct pk_h2conn *c = arg;
     if (c->closing)
         return;
+    /* libevent's read (4 KiB at most) came back full: more may wait on a plain socket,
+     * which is then drained in large reads (pk_bev_read_more). */
+    bool more = c->plain && evbuffer_get_length(bufferevent_get_input(bev)) >= 4096;
     consume_input(c);
-    /* A plain socket is drained in large reads (pk_bev_read_more): libevent reads 4 KiB. */
     size_t got = 0;
-    while (c->plain && !c->closing && got < READ_BURST) {
+    while (more && !c->closing && got < READ_BURST) {
         enum pk_read_end end;
         size_t n = pk_bev_read_more(bev, READ_BURST - got, &end);
         got += n;

@@ -55,6 +55,7 @@ struct lx {
 struct lconn {
     struct sc_endpoint *ep;
     struct bufferevent *bev;
+    struct pk_wbatch wb; /* requests leave in one direct write per loop round */
     struct pk_dial *dial;
     struct pk_h1parser parser;
     struct lx *lx;
@@ -119,6 +120,7 @@ static void lc_release(struct lconn *lc, bool reusable)
     }
     pk_h1parser_free(&lc->parser);
     memset(&lc->parser, 0, sizeof(lc->parser));
+    pk_wbatch_flush(&lc->wb);
     bufferevent_setcb(lc->bev, idle_read, NULL, idle_event, lc);
     bufferevent_enable(lc->bev, EV_READ);
     lc->next = ep->idle;
@@ -230,7 +232,6 @@ static void pump_request(struct lconn *lc)
     if (!x || x->req_sent)
         return;
     struct pk_pipe *p = &x->req_body;
-    struct evbuffer *out = bufferevent_get_output(lc->bev);
     if (p->aborted) {
         if (x->resp_complete) {
             /* The stream ended early after a complete response: nothing failed. */
@@ -243,7 +244,10 @@ static void pump_request(struct lconn *lc)
         lx_fail(x, NGHTTP2_CANCEL, NULL, "request aborted by the client");
         return;
     }
-    if (pk_h1_pump_body(out, p, x->req_chunked, OUT_HWM)) {
+    /* Nothing to write, or at the mark in what is written and not yet taken. */
+    if ((pk_pipe_len(p) == 0 && !pk_pipe_done(p)) || pk_wbatch_pending(&lc->wb) >= OUT_HWM)
+        return;
+    if (pk_h1_pump_body(pk_wbatch_out(&lc->wb), p, x->req_chunked, OUT_HWM)) {
         x->req_sent = true;
         pk_pipe_set_consumer(p, NULL, NULL);
     }
@@ -429,10 +433,42 @@ static void lc_process(struct lconn *lc)
         bufferevent_enable(lc->bev, EV_READ);
 }
 
+static void lc_event(struct bufferevent *bev, short what, void *arg);
+
+/* After libevent's read (4 KiB at most) came back full, a plain connection's socket is
+ * drained in large reads while the response pipe has room (pk_bev_read_more). An EOF is left for
+ * libevent to see again (it stays readable); an error is handled here, as the event callback would
+ * have. */
 static void lc_read(struct bufferevent *bev, void *arg)
 {
-    PK_UNUSED(bev);
-    lc_process(arg);
+    struct lconn *lc = arg;
+    /* libevent's read filled its 4 KiB only when more may be waiting. */
+    bool more = evbuffer_get_length(bufferevent_get_input(bev)) >= 4096;
+    lc_process(lc);
+    while (more && lc->wb.plain && lc->lx && !lc->closing && !lc->read_paused &&
+           evbuffer_get_length(bufferevent_get_input(bev)) == 0) {
+        struct pk_pipe *p = &lc->lx->resp_body;
+        size_t room = p->hwm > pk_pipe_len(p) ? p->hwm - pk_pipe_len(p) : 0;
+        enum pk_read_end end = PK_READ_AGAIN;
+        size_t n = room ? pk_bev_read_more(bev, room, &end) : 0;
+        if (end == PK_READ_ERROR) {
+            lc_event(bev, BEV_EVENT_READING | BEV_EVENT_ERROR, lc);
+            return;
+        }
+        if (n == 0)
+            return;
+        lc_process(lc);
+        if (n < room || end == PK_READ_EOF)
+            return;
+    }
+}
+
+/* The round's writes went straight to the socket: more of the request may follow. */
+static void lc_flushed(void *arg)
+{
+    struct lconn *lc = arg;
+    if (!lc->closing && lc->lx)
+        pump_request(lc);
 }
 
 static void lc_write(struct bufferevent *bev, void *arg)
@@ -483,8 +519,10 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
     if (lc->closing) {
         if (lc->dial)
             pk_dial_cancel(lc->dial);
-        if (lc->bev)
+        if (lc->bev) {
+            pk_wbatch_free(&lc->wb, false); /* closing: nothing more is owed */
             bufferevent_free(lc->bev);
+        }
         pk_h1parser_free(&lc->parser);
         event_free(lc->kick_ev);
         free(lc);
@@ -561,10 +599,17 @@ static void lx_attach(struct lx *x, struct lconn *lc)
     bufferevent_setcb(lc->bev, lc_read, lc_write, lc_event, lc);
     bufferevent_setwatermark(lc->bev, EV_WRITE, OUT_HWM / 2, 0);
     bufferevent_setwatermark(lc->bev, EV_READ, 0, 256 * 1024);
-    write_request_head(x, bufferevent_get_output(lc->bev));
+    write_request_head(x, pk_wbatch_out(&lc->wb));
     pk_pipe_set_consumer(&x->req_body, req_readable, lc);
     pk_pipe_set_producer(&x->resp_body, resp_drained, lc);
-    bufferevent_enable(lc->bev, EV_READ | EV_WRITE);
+    /* bufferevent_enable adds the events it is given even when they are enabled already:
+     * an enabled write event with nothing to write costs an epoll_ctl to add it and one
+     * to delete it again, so writing is enabled only where it is not (a pooled connection
+     * keeps it). */
+    short ev = EV_READ;
+    if (!(bufferevent_get_enabled(lc->bev) & EV_WRITE))
+        ev |= EV_WRITE;
+    bufferevent_enable(lc->bev, ev);
     pump_request(lc);
 }
 
@@ -584,6 +629,7 @@ static void dialed(int err, struct bufferevent *bev, const char *why, void *arg)
         return;
     }
     lc->bev = bev;
+    pk_wbatch_init(&lc->wb, lc->ep->sc->base, bev, lc_flushed, lc);
     if (!x) {
         lc_close(lc);
         return;

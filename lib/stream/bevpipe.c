@@ -317,10 +317,12 @@ static void read_socket(struct pk_bevpipe *bp)
 static void read_cb(struct bufferevent *bev, void *arg)
 {
     struct pk_bevpipe *bp = arg;
-    PK_UNUSED(bev);
+    /* libevent's read (4 KiB at most) came back full: more may wait. */
+    bool more = evbuffer_get_length(bufferevent_get_input(bev)) >= 4096;
     enter(bp);
     pump_in(bp);
-    read_socket(bp);
+    if (more)
+        read_socket(bp);
     leave(bp);
 }
 
