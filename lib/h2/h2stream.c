@@ -190,10 +190,15 @@ static int send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t *f
     return 0;
 }
 
-/* Builds the nghttp2 field array of a head: pseudo-fields first. */
-static nghttp2_nv *make_nv(const struct pk_head *h, size_t *n, char *status_buf)
+/* Fields of a head that fit the caller's array (nghttp2 copies them when the frame is
+ * submitted); larger heads get an array from the heap. */
+#define NV_STACK 48
+
+/* Builds the nghttp2 field array of a head, pseudo-fields first: in stack (NV_STACK
+ * entries) when it fits, else allocated (free it when it is not stack). */
+static nghttp2_nv *make_nv(const struct pk_head *h, size_t *n, char *status_buf, nghttp2_nv *stack)
 {
-    nghttp2_nv *nv = pk_xcalloc(h->hdrs.n + 6, sizeof(*nv));
+    nghttp2_nv *nv = h->hdrs.n + 6 <= NV_STACK ? stack : pk_xcalloc(h->hdrs.n + 6, sizeof(*nv));
     size_t i = 0;
 #define NV(k, v)                                                                                   \
     nv[i++] = (nghttp2_nv)                                                                         \
@@ -231,7 +236,8 @@ struct pk_h2stream *pk_h2conn_request(struct pk_h2conn *c, const struct pk_head 
         return NULL;
     char status[4];
     size_t n;
-    nghttp2_nv *nv = make_nv(head, &n, status);
+    nghttp2_nv stack[NV_STACK];
+    nghttp2_nv *nv = make_nv(head, &n, status, stack);
     struct pk_h2stream *s = stream_new(c, -1);
     s->cbs = cbs;
     s->ud = ud;
@@ -239,7 +245,8 @@ struct pk_h2stream *pk_h2conn_request(struct pk_h2conn *c, const struct pk_head 
     s->raw = head->method && strcmp(head->method, "CONNECT") == 0;
     nghttp2_data_provider prd = {.source.ptr = s, .read_callback = read_body};
     int32_t id = nghttp2_submit_request(c->ng, NULL, nv, n, body ? &prd : NULL, s);
-    free(nv);
+    if (nv != stack)
+        free(nv);
     if (id < 0) {
         PK_WARN("h2", "conn=%s submit request failed: %s", c->name, nghttp2_strerror(id));
         s->has_handler = false; /* no on_close for a stream that never existed */
@@ -278,10 +285,12 @@ int pk_h2stream_respond(struct pk_h2stream *s, const struct pk_head *head, struc
 {
     char status[4];
     size_t n;
-    nghttp2_nv *nv = make_nv(head, &n, status);
+    nghttp2_nv stack[NV_STACK];
+    nghttp2_nv *nv = make_nv(head, &n, status, stack);
     nghttp2_data_provider prd = {.source.ptr = s, .read_callback = read_body};
     int rv = nghttp2_submit_response(s->c->ng, s->id, nv, n, body ? &prd : NULL);
-    free(nv);
+    if (nv != stack)
+        free(nv);
     if (rv != 0)
         return PK_ERR_PROTOCOL;
     if (body) {
