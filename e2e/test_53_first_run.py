@@ -4,6 +4,7 @@ the admin port's responses written like the proxy port's (lower-case field names
 configuration errors in one form on both binaries, `PROG: config: [FILE:LINE: ]KEY: ...`
 with exit status 2, while a start-up failure is an error line of the log (exit status 1)."""
 
+import os
 import re
 import socket
 import subprocess
@@ -44,7 +45,9 @@ def test_forward_only_sidecar_logs_its_forwards_and_no_tunnel(piko):
     text2 = fwd2.log_text()
     assert "endpoint=nobody: closing the connection: proxy answered status 502" in text2, text2
     for t in (text, text2):
-        # Nothing about connect.url (never dialled) nor about tunnels (none is opened).
+        # Nothing about connect.url (never dialled) nor about tunnels (none is opened). The
+        # binaries' directory may appear in the log (and hold any word): left out.
+        t = t.replace(os.environ.get("PIKO_BIN_DIR", "\0"), "")
         assert "connect urls" not in t, t
         assert "tunnel" not in t.lower(), t
 
