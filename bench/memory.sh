@@ -25,8 +25,9 @@
 #   RESULTS_DIR [bench/results]   where memory-<date>.md and .json are written
 #   KEEP_WORK=1              keep the work dir (logs)
 set -euo pipefail
-# shellcheck source=scripts/proc.sh
-source "$(dirname "${BASH_SOURCE[0]}")/../scripts/proc.sh"
+LOG_PREFIX=bench-memory
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin_dir="${1:-build/bin}"
@@ -39,14 +40,7 @@ TLS="${TLS:-1}"
 RESULTS_DIR="${RESULTS_DIR:-$here/results}"
 KEEP_WORK="${KEEP_WORK:-0}"
 
-log() { printf 'bench-memory: %s\n' "$*" >&2; }
-die() {
-    log "$*"
-    exit 1
-}
-
-command -v python3 >/dev/null || die "python3 not found"
-command -v curl >/dev/null || die "curl not found"
+require_tools python3 curl
 [ -x "$bin_dir/piko-server" ] && [ -x "$bin_dir/piko-sidecar" ] ||
     die "piko-server / piko-sidecar not found in $bin_dir (build first)"
 [ "$SIDECAR_TUNNELS" -gt "$SIDECAR_BASE" ] || die "SIDECAR_TUNNELS must exceed SIDECAR_BASE"
@@ -60,23 +54,7 @@ need=$((need + 512))
 ulimit -n "$need" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 [ "$(ulimit -n)" -ge "$need" ] || die "ulimit -n $(ulimit -n) is below $need (raise the hard limit)"
 
-work="$(mktemp -d "${TMPDIR:-/tmp}/piko-bench-memory.XXXXXX")"
-pids=()
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    [ "${#pids[@]}" -eq 0 ] || stop_pids "${pids[@]}"
-    if [ "$rc" -eq 0 ] && [ "$KEEP_WORK" != "1" ]; then
-        rm -rf "$work"
-    else
-        log "work dir kept: $work"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_work piko-bench-memory
 
 rss() { awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$1/status"; }
 
