@@ -12,8 +12,9 @@
 #   BYTES [256M]               bytes per direction (iperf3 -n syntax)
 #   RESULTS_DIR [bench/results] where syscalls-<UTC date>-<time>.md is written
 set -euo pipefail
-# shellcheck source=scripts/proc.sh
-source "$(dirname "${BASH_SOURCE[0]}")/../scripts/proc.sh"
+LOG_PREFIX=bench-syscalls
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BYTES="${BYTES:-256M}"
@@ -21,27 +22,13 @@ RESULTS_DIR="${RESULTS_DIR:-$here/results}"
 builds=("${1:-build/bin}")
 [ -n "${2:-}" ] && builds+=("$2")
 
-log() { printf 'bench-syscalls: %s\n' "$*" >&2; }
-for tool in iperf3 strace python3; do
-    command -v "$tool" >/dev/null || {
-        log "$tool not found (scripts/install-deps.sh bench)"
-        exit 1
-    }
-done
+require_tools iperf3 strace python3
 for b in "${builds[@]}"; do
-    [ -x "$b/piko-server" ] && [ -x "$b/piko-sidecar" ] || {
-        log "no piko-server / piko-sidecar in $b"
-        exit 1
-    }
+    if ! [ -x "$b/piko-server" ] || ! [ -x "$b/piko-sidecar" ]; then
+        die "no piko-server / piko-sidecar in $b"
+    fi
 done
-
-work="$(mktemp -d "${TMPDIR:-/tmp}/piko-bench-syscalls.XXXXXX")"
-pids=()
-cleanup() {
-    [ "${#pids[@]}" -eq 0 ] || stop_pids "${pids[@]}"
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
+bench_work piko-bench-syscalls
 
 wait_port() { # PORT: up to 10 s
     for _ in $(seq 100); do
@@ -50,7 +37,6 @@ wait_port() { # PORT: up to 10 s
     done
     return 1
 }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # run BIN LABEL: one build's measurements, appended to $work/rows.tsv.
 run() {
@@ -92,14 +78,15 @@ run() {
                 done
                 sleep 0.5
             fi
-            local before="$(cpu_ticks "$server") $(cpu_ticks "$exposer") $(cpu_ticks "$forwarder")"
+            local before after
+            before="$(cpu_ticks "$server") $(cpu_ticks "$exposer") $(cpu_ticks "$forwarder")"
             iperf3 -c 127.0.0.1 -p "$fwd_port" -n "$BYTES" "${rflag[@]}" -J >"$work/iperf.json"
-            local after="$(cpu_ticks "$server") $(cpu_ticks "$exposer") $(cpu_ticks "$forwarder")"
+            after="$(cpu_ticks "$server") $(cpu_ticks "$exposer") $(cpu_ticks "$forwarder")"
             if [ "$mode" = strace ]; then
                 kill -INT "${tracers[@]}"
                 wait "${tracers[@]}" 2>/dev/null || true
             fi
-            python3 - "$work" "$label" "$dir" "$mode" "$before" "$after" "$(getconf CLK_TCK)" \
+            python3 - "$work" "$label" "$dir" "$mode" "$before" "$after" "$clk_tck" \
                 >>"$work/rows.tsv" <<'PY'
 import json, sys
 work, label, direction, mode, before, after, hz = sys.argv[1:]
