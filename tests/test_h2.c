@@ -500,6 +500,25 @@ static struct pk_h2stream *client_request(struct tstream *ts, const char *path, 
     return ts->s;
 }
 
+/* Opens a GET of "/" on the client with one extra field (name: value), no body. */
+static struct pk_h2stream *client_request_field(struct tstream *ts, const char *name,
+                                                const char *value)
+{
+    struct pk_head h;
+    pk_head_init(&h);
+    pk_head_set(&h.method, "GET", 3);
+    pk_head_set(&h.scheme, "https", 5);
+    pk_head_set(&h.authority, "a", 1);
+    pk_head_set(&h.path, "/", 1);
+    pk_hdrs_add_str(&h.hdrs, name, value);
+    init_sink(ts);
+    ts->s = pk_h2conn_request(ts->t->cli.c, &h, NULL, &ts_cbs, ts);
+    pk_head_free(&h);
+    if (ts->s)
+        pk_h2stream_set_sink(ts->s, &ts->sink);
+    return ts->s;
+}
+
 /* ---- tests ----------------------------------------------------------------------------- */
 
 static void test_ready(void)
@@ -1377,22 +1396,10 @@ static void test_header_block_limit(void)
     wait_ready(t);
 
     struct tstream *c = new_cs(t);
-    c->t = t;
-    struct pk_head h;
-    pk_head_init(&h);
-    pk_head_set(&h.method, "GET", 3);
-    pk_head_set(&h.scheme, "https", 5);
-    pk_head_set(&h.authority, "a", 1);
-    pk_head_set(&h.path, "/", 1);
     char big[400];
     memset(big, 'v', sizeof(big) - 1);
     big[sizeof(big) - 1] = '\0';
-    pk_hdrs_add_str(&h.hdrs, "x-big", big);
-    init_sink(c);
-    c->s = pk_h2conn_request(t->cli.c, &h, NULL, &ts_cbs, c);
-    pk_head_free(&h);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(c->s);
-    pk_h2stream_set_sink(c->s, &c->sink);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(client_request_field(c, "x-big", big));
     /* The request reaches its owner marked too large (so it answers 431 and never routes
      * the incomplete head); the connection and its HPACK state stay good. */
     WAIT(t, c->closes == 1);
@@ -1415,22 +1422,10 @@ static void test_session_memory_past_the_arena(void)
     wait_ready(t);
 
     struct tstream *c = new_cs(t);
-    c->t = t;
-    struct pk_head h;
-    pk_head_init(&h);
-    pk_head_set(&h.method, "GET", 3);
-    pk_head_set(&h.scheme, "https", 5);
-    pk_head_set(&h.authority, "a", 1);
-    pk_head_set(&h.path, "/", 1);
     static char big[40000];
     memset(big, 'v', sizeof(big) - 1);
     big[sizeof(big) - 1] = '\0';
-    pk_hdrs_add_str(&h.hdrs, "x-big", big);
-    init_sink(c);
-    c->s = pk_h2conn_request(t->cli.c, &h, NULL, &ts_cbs, c);
-    pk_head_free(&h);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(c->s);
-    pk_h2stream_set_sink(c->s, &c->sink);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(client_request_field(c, "x-big", big));
     WAIT(t, c->closes == 1);
     CU_ASSERT_EQUAL(c->close_code, 0);
     CU_ASSERT_EQUAL(c->head_status, 200);
