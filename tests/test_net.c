@@ -1258,15 +1258,22 @@ static void test_splice_reset_from_finished_sender(void)
 
 /* TLS settings: pairs are checked at config time and failures name the key (and the
  * file: unreadable files are reported before OpenSSL sees them). */
+/* A socket pair (see socket_pair) with a bufferevent on fds[0]. */
+static struct bufferevent *socket_bev(struct event_base *base, bool tcp, int fds[2])
+{
+    socket_pair(tcp, fds);
+    struct bufferevent *bev = bufferevent_socket_new(base, fds[0], BEV_OPT_CLOSE_ON_FREE);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(bev);
+    return bev;
+}
+
 /* pk_bev_read_more: large reads into a socket bufferevent's input, up to max, stopping at
  * an empty socket; EOF and a reset are reported; the input's end stays frozen after. */
 static void test_bev_read_more(void)
 {
     struct event_base *base = event_base_new();
     int fds[2];
-    socket_pair(false, fds);
-    struct bufferevent *bev = bufferevent_socket_new(base, fds[0], BEV_OPT_CLOSE_ON_FREE);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(bev);
+    struct bufferevent *bev = socket_bev(base, false, fds);
     struct evbuffer *in = bufferevent_get_input(bev);
     enum pk_read_end end;
 
@@ -1306,8 +1313,7 @@ static void test_bev_read_more(void)
     bufferevent_free(bev);
 
     /* A reset: an error with errno set. */
-    socket_pair(true, fds);
-    bev = bufferevent_socket_new(base, fds[0], BEV_OPT_CLOSE_ON_FREE);
+    bev = socket_bev(base, true, fds);
     CU_ASSERT_FATAL(write(fds[1], "abc", 3) == 3);
     usleep(20000);
     CU_ASSERT_EQUAL(pk_bev_read_more(bev, 1 << 20, &end), 3);
@@ -1328,9 +1334,7 @@ static void test_bev_write_direct(void)
 {
     struct event_base *base = event_base_new();
     int fds[2];
-    socket_pair(false, fds);
-    struct bufferevent *bev = bufferevent_socket_new(base, fds[0], BEV_OPT_CLOSE_ON_FREE);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(bev);
+    struct bufferevent *bev = socket_bev(base, false, fds);
     bufferevent_enable(bev, EV_WRITE);
     struct evbuffer *buf = evbuffer_new();
     evbuffer_add(buf, "hello", 5);
@@ -1381,9 +1385,7 @@ static void test_wbatch(void)
 {
     struct event_base *base = event_base_new();
     int fds[2];
-    socket_pair(false, fds);
-    struct bufferevent *bev = bufferevent_socket_new(base, fds[0], BEV_OPT_CLOSE_ON_FREE);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(bev);
+    struct bufferevent *bev = socket_bev(base, false, fds);
     bufferevent_enable(bev, EV_WRITE);
     struct pk_wbatch w;
     int flushed = 0;
