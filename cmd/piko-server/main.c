@@ -2,6 +2,7 @@
  * "piko-server status ...", ask a running node's admin port (lib/cli). */
 #include "base/base.h"
 #include "base/log.h"
+#include "base/memtrim.h"
 #include "cli/cli.h"
 #include "config/config.h"
 #include "dns/dns.h"

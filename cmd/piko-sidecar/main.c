@@ -1,6 +1,7 @@
 /* piko-sidecar: parse the configuration, start the tunnels, run the loop, tear down. */
 #include "base/base.h"
 #include "base/log.h"
+#include "base/memtrim.h"
 #include "config/config.h"
 #include "dns/dns.h"
 #include "sidecar/sidecar.h"

@@ -6,7 +6,6 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
-#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -198,13 +197,6 @@ bool pk_endpoint_id_valid(const char *s, size_t len)
             return false;
     }
     return true;
-}
-
-void pk_malloc_tune(void)
-{
-    /* Also fixes the mmap threshold at its default (128 KiB) instead of glibc's dynamic
-     * one, which would otherwise grow with the largest buffer ever freed. */
-    mallopt(M_TRIM_THRESHOLD, PK_MALLOC_TRIM_THRESHOLD);
 }
 
 unsigned long pk_raise_nofile(void)

@@ -61,12 +61,6 @@ struct evbuffer *pk_xevbuffer_new(void);
 /* event_new that aborts when it fails (only for want of memory: the pk_xmalloc policy). */
 struct event *pk_xevent_new(struct event_base *base, int fd, short what,
                             void (*cb)(int, short, void *), void *arg);
-/* The process's malloc policy for a proxy: freed memory at the top of the heap is given
- * back to the kernel only above PK_MALLOC_TRIM_THRESHOLD (glibc: 128 KiB), so a bulk
- * stream, which allocates and frees 64 KiB buffers all the time, stops paying a page fault
- * and a page clear for every buffer. Call once at start. */
-#define PK_MALLOC_TRIM_THRESHOLD (4 * 1024 * 1024)
-void pk_malloc_tune(void);
 /* Raises the soft limit of open files to the hard limit (a proxy holds two descriptors
  * per proxied connection). Returns the soft limit now in force. */
 unsigned long pk_raise_nofile(void);

@@ -6,6 +6,13 @@
 #include <malloc.h>
 #include <stdlib.h>
 
+void pk_malloc_tune(void)
+{
+    /* Also fixes the mmap threshold at its default (128 KiB) instead of glibc's dynamic
+     * one, which would otherwise grow with the largest buffer ever freed. */
+    mallopt(M_TRIM_THRESHOLD, PK_MALLOC_TRIM_THRESHOLD);
+}
+
 struct pk_memtrim {
     struct event *ev;
 };
