@@ -158,9 +158,8 @@ static void read_cb(struct bufferevent *bev, void *arg)
     struct pk_h2conn *c = arg;
     if (c->closing)
         return;
-    /* libevent's read (4 KiB at most) came back full: more may wait on a plain socket,
-     * which is then drained in large reads (pk_bev_read_more). */
-    bool more = c->plain && evbuffer_get_length(bufferevent_get_input(bev)) >= 4096;
+    /* More may wait on a plain socket: it is drained in large reads (pk_bev_read_more). */
+    bool more = c->plain && pk_bev_read_was_full(bev);
     consume_input(c);
     size_t got = 0;
     while (more && !c->closing && got < READ_BURST) {

@@ -44,6 +44,14 @@ void pk_tune_socket(int fd)
     setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
 }
 
+/* evbuffer_read's cap in libevent 2.1 (EVBUFFER_MAX_READ). */
+#define LIBEVENT_READ 4096
+
+bool pk_bev_read_was_full(struct bufferevent *bev)
+{
+    return evbuffer_get_length(bufferevent_get_input(bev)) >= LIBEVENT_READ;
+}
+
 void pk_bev_tune_bulk(struct bufferevent *bev)
 {
     bufferevent_set_max_single_write(bev, PK_BEV_BULK_WRITE);

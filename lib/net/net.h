@@ -38,6 +38,11 @@ enum pk_read_end {
  * owner handles EOF and errors as its event callback would: libevent does not see them). */
 size_t pk_bev_read_more(struct bufferevent *bev, size_t max, enum pk_read_end *end);
 
+/* At the start of a read callback: whether the input holds a full libevent read (4096
+ * bytes) or more, so that more may be waiting on the socket and pk_bev_read_more is worth
+ * a call; a shorter read means the socket was drained (and a call would only say EAGAIN). */
+bool pk_bev_read_was_full(struct bufferevent *bev);
+
 /* Writes buf straight to the socket of a plain socket bufferevent whose output is empty,
  * as much as the socket takes now (nginx's optimistic write); what it does not take is
  * moved to the output, which the bufferevent then writes as usual (and where a failed

@@ -442,8 +442,7 @@ static void lc_event(struct bufferevent *bev, short what, void *arg);
 static void lc_read(struct bufferevent *bev, void *arg)
 {
     struct lconn *lc = arg;
-    /* libevent's read filled its 4 KiB only when more may be waiting. */
-    bool more = evbuffer_get_length(bufferevent_get_input(bev)) >= 4096;
+    bool more = pk_bev_read_was_full(bev);
     lc_process(lc);
     while (more && lc->wb.plain && lc->lx && !lc->closing && !lc->read_paused &&
            evbuffer_get_length(bufferevent_get_input(bev)) == 0) {

@@ -317,8 +317,7 @@ static void read_socket(struct pk_bevpipe *bp)
 static void read_cb(struct bufferevent *bev, void *arg)
 {
     struct pk_bevpipe *bp = arg;
-    /* libevent's read (4 KiB at most) came back full: more may wait. */
-    bool more = evbuffer_get_length(bufferevent_get_input(bev)) >= 4096;
+    bool more = pk_bev_read_was_full(bev);
     enter(bp);
     pump_in(bp);
     if (more)
