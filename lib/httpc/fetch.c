@@ -3,6 +3,7 @@
  * limit checked while it arrives, http and https only, no redirects, no proxy from the
  * environment. */
 #include "httpc/httpc.h"
+#include "httpc/httpc_int.h"
 
 #include "base/base.h"
 
@@ -16,33 +17,8 @@
 #define PIKO_VERSION "dev"
 #endif
 
-struct sink {
-    char *body; /* cap + 1 bytes, NUL-terminated; NULL while empty */
-    size_t len, cap, max;
-    bool too_big;
-};
-
-static size_t sink_write(char *ptr, size_t size, size_t nmemb, void *userdata)
-{
-    struct sink *s = userdata;
-    size_t n = size * nmemb;
-    if (n > s->max - s->len) {
-        s->too_big = true;
-        return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
-    }
-    if (s->len + n > s->cap) {
-        size_t cap = PK_MIN(PK_MAX(2 * s->cap, PK_MAX(s->len + n, (size_t)4096)), s->max);
-        s->body = pk_xrealloc(s->body, cap + 1);
-        s->cap = cap;
-    }
-    memcpy(s->body + s->len, ptr, n);
-    s->len += n;
-    s->body[s->len] = '\0';
-    return n;
-}
-
 static CURLcode setup(CURL *e, const char *url, const struct pk_httpc_fetch_opts *o,
-                      struct curl_slist *headers, struct sink *s, char *errbuf)
+                      struct curl_slist *headers, struct httpc_body *s, char *errbuf)
 {
     CURLcode rc;
     if ((rc = curl_easy_setopt(e, CURLOPT_URL, url)) != CURLE_OK ||
@@ -52,7 +28,7 @@ static CURLcode setup(CURL *e, const char *url, const struct pk_httpc_fetch_opts
         (rc = curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L)) != CURLE_OK ||
         (rc = curl_easy_setopt(e, CURLOPT_PROXY, "")) != CURLE_OK ||
         (rc = curl_easy_setopt(e, CURLOPT_USERAGENT, "piko/" PIKO_VERSION)) != CURLE_OK ||
-        (rc = curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, sink_write)) != CURLE_OK ||
+        (rc = curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, httpc_body_write)) != CURLE_OK ||
         (rc = curl_easy_setopt(e, CURLOPT_WRITEDATA, s)) != CURLE_OK ||
         (rc = curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf)) != CURLE_OK ||
         (rc = curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)s->max)) != CURLE_OK)
@@ -79,7 +55,7 @@ int pk_httpc_fetch(const char *url, const struct pk_httpc_fetch_opts *opts,
 {
     static const struct pk_httpc_fetch_opts none;
     const struct pk_httpc_fetch_opts *o = opts ? opts : &none;
-    struct sink s = {.max = o->max_body ? o->max_body : PK_HTTPC_DEFAULT_MAX_BODY};
+    struct httpc_body s = {.max = o->max_body ? o->max_body : PK_HTTPC_DEFAULT_MAX_BODY};
     struct curl_slist *headers = NULL;
     char errbuf[CURL_ERROR_SIZE] = "";
     CURL *e = NULL;
@@ -118,13 +94,13 @@ int pk_httpc_fetch(const char *url, const struct pk_httpc_fetch_opts *opts,
         goto out;
     }
     res->status = (int)code;
-    res->body = s.body ? s.body : pk_xstrdup("");
+    res->body = s.data ? s.data : pk_xstrdup("");
     res->len = s.len;
     res->content_type = ctype ? pk_xstrdup(ctype) : NULL;
-    s.body = NULL;
+    s.data = NULL;
     rc = 0;
 out:
-    free(s.body);
+    free(s.data);
     curl_slist_free_all(headers);
     if (e)
         curl_easy_cleanup(e);

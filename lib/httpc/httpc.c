@@ -14,6 +14,7 @@
  * cancel others and free the client. The connections stay in the multi handle's pool
  * for the next request to the same host. */
 #include "httpc/httpc.h"
+#include "httpc/httpc_int.h"
 
 #include "base/base.h"
 #include "base/log.h"
@@ -52,10 +53,7 @@ struct pk_httpc_req {
     pk_httpc_cb cb;
     void *arg;
     struct event *deliver;
-    size_t max_body;
-    char *body; /* cap + 1 bytes, NUL-terminated; NULL while empty */
-    size_t len, cap;
-    bool too_big; /* the write callback refused bytes past max_body */
+    struct httpc_body body; /* body.max: the client's max_body */
     int status;
     const char *err; /* static (curl) or errmsg */
     char errmsg[64];
@@ -126,7 +124,7 @@ static void free_req(struct pk_httpc_req *r)
 {
     if (r->deliver)
         event_free(r->deliver);
-    free(r->body);
+    free(r->body.data);
     free(r->url);
     free(r);
 }
@@ -140,7 +138,7 @@ static void deliver_cb(evutil_socket_t fd, short what, void *arg)
     /* Unlinked first: the callback may free the client, which must not see r. */
     unlink_req(r);
     r->state = REQ_DELIVERING;
-    r->cb(r->status, r->body ? r->body : "", r->len, r->err, r->arg);
+    r->cb(r->status, r->body.data ? r->body.data : "", r->body.len, r->err, r->arg);
     free_req(r);
 }
 
@@ -152,8 +150,8 @@ static void finish_req(struct pk_httpc_req *r, CURLcode result)
 
     if (result == CURLE_OK)
         curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &code);
-    if (r->too_big || result == CURLE_FILESIZE_EXCEEDED) {
-        snprintf(r->errmsg, sizeof(r->errmsg), "response body over %zu bytes", r->max_body);
+    if (r->body.too_big || result == CURLE_FILESIZE_EXCEEDED) {
+        snprintf(r->errmsg, sizeof(r->errmsg), "response body over %zu bytes", r->body.max);
         r->err = r->errmsg;
     } else if (result != CURLE_OK) {
         r->err = curl_easy_strerror(result);
@@ -162,16 +160,16 @@ static void finish_req(struct pk_httpc_req *r, CURLcode result)
     }
     if (r->err) {
         r->status = 0;
-        r->len = 0;
-        if (r->body)
-            r->body[0] = '\0';
+        r->body.len = 0;
+        if (r->body.data)
+            r->body.data[0] = '\0';
         PK_DEBUG("httpc", "get failed url=%s after=%llums: %s%s%s%s", r->url,
                  (unsigned long long)(pk_now_ms() - r->start_ms), r->err, r->errbuf[0] ? " (" : "",
                  r->errbuf, r->errbuf[0] ? ")" : "");
     } else {
         r->status = (int)code;
         PK_DEBUG("httpc", "get done url=%s status=%d bytes=%zu after=%llums", r->url, r->status,
-                 r->len, (unsigned long long)(pk_now_ms() - r->start_ms));
+                 r->body.len, (unsigned long long)(pk_now_ms() - r->start_ms));
     }
     release_easy(r);
     r->state = REQ_DONE;
@@ -196,25 +194,24 @@ static void drain_done(struct pk_httpc *h)
 
 /* ---- curl callbacks: they only store and (re)arm events ---- */
 
-static size_t write_fn(char *ptr, size_t size, size_t nmemb, void *userdata)
+size_t httpc_body_write(char *ptr, size_t size, size_t nmemb, void *body)
 {
-    struct pk_httpc_req *r = userdata;
+    struct httpc_body *b = body;
     size_t n = size * nmemb;
-
-    if (n > r->max_body - r->len) {
-        r->too_big = true;
+    if (n > b->max - b->len) {
+        b->too_big = true;
         return 0; /* anything but n aborts the transfer with CURLE_WRITE_ERROR */
     }
-    if (r->len + n > r->cap) {
-        size_t need = r->len + n;
-        size_t cap = r->cap < r->max_body / 2 ? PK_MAX(2 * r->cap, (size_t)1024) : r->max_body;
-        cap = PK_MIN(PK_MAX(cap, need), r->max_body);
-        r->body = pk_xrealloc(r->body, cap + 1);
-        r->cap = cap;
+    if (b->len + n > b->cap) {
+        size_t need = b->len + n;
+        size_t cap = b->cap < b->max / 2 ? PK_MAX(2 * b->cap, (size_t)1024) : b->max;
+        cap = PK_MIN(PK_MAX(cap, need), b->max);
+        b->data = pk_xrealloc(b->data, cap + 1);
+        b->cap = cap;
     }
-    memcpy(r->body + r->len, ptr, n);
-    r->len += n;
-    r->body[r->len] = '\0';
+    memcpy(b->data + b->len, ptr, n);
+    b->len += n;
+    b->data[b->len] = '\0';
     return n;
 }
 
@@ -393,7 +390,7 @@ struct pk_httpc_req *pk_httpc_get(struct pk_httpc *h, const char *url, const cha
     r->cb = cb;
     r->arg = arg;
     r->url = pk_xstrdup(url);
-    r->max_body = h->max_body;
+    r->body.max = h->max_body;
     r->start_ms = pk_now_ms();
     for (size_t i = 0; headers && headers[i]; i++) {
         struct curl_slist *l = curl_slist_append(r->headers, headers[i]);
@@ -413,12 +410,12 @@ struct pk_httpc_req *pk_httpc_get(struct pk_httpc *h, const char *url, const cha
         curl_easy_setopt(e, CURLOPT_PROXY, "") != CURLE_OK ||
         curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L) != CURLE_OK ||
         curl_easy_setopt(e, CURLOPT_USERAGENT, "piko/" PIKO_VERSION) != CURLE_OK ||
-        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_fn) != CURLE_OK ||
-        curl_easy_setopt(e, CURLOPT_WRITEDATA, r) != CURLE_OK ||
+        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, httpc_body_write) != CURLE_OK ||
+        curl_easy_setopt(e, CURLOPT_WRITEDATA, &r->body) != CURLE_OK ||
         curl_easy_setopt(e, CURLOPT_PRIVATE, r) != CURLE_OK ||
         curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf) != CURLE_OK ||
         /* Refuses an announced Content-Length over the bound before reading the body. */
-        curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)r->max_body) != CURLE_OK ||
+        curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)r->body.max) != CURLE_OK ||
         (r->headers && curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers) != CURLE_OK) ||
         (timeout_ms && curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
                                         (long)PK_MIN(timeout_ms, (uint64_t)LONG_MAX)) != CURLE_OK))
