@@ -4,7 +4,6 @@
 #include "base/base.h"
 #include "base/log.h"
 #include "net/net.h"
-#include "net/tls.h"
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -445,7 +444,7 @@ struct pk_h2conn *pk_h2conn_new(struct event_base *base, struct bufferevent *bev
     bufferevent_setcb(bev, read_cb, write_cb, event_cb, c);
     bufferevent_setwatermark(bev, EV_WRITE, settings->out_hwm / 2, 0);
     pk_bev_tune_bulk(bev);
-    c->plain = !pk_bev_is_tls(bev) && !bufferevent_get_underlying(bev);
+    c->plain = pk_bev_is_plain(bev);
     bufferevent_enable(bev, EV_READ | EV_WRITE);
     /* Bytes that arrived together with the handshake are HTTP/2 already. */
     if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)

@@ -47,6 +47,11 @@ void pk_tune_socket(int fd)
 /* evbuffer_read's cap in libevent 2.1 (EVBUFFER_MAX_READ). */
 #define LIBEVENT_READ 4096
 
+bool pk_bev_is_plain(struct bufferevent *bev)
+{
+    return !pk_bev_is_tls(bev) && !bufferevent_get_underlying(bev);
+}
+
 bool pk_bev_read_was_full(struct bufferevent *bev)
 {
     return evbuffer_get_length(bufferevent_get_input(bev)) >= LIBEVENT_READ;
@@ -148,7 +153,7 @@ void pk_wbatch_init(struct pk_wbatch *w, struct event_base *base, struct buffere
     w->buf = NULL;
     w->on_flushed = on_flushed;
     w->arg = arg;
-    w->plain = !pk_bev_is_tls(bev) && !bufferevent_get_underlying(bev);
+    w->plain = pk_bev_is_plain(bev);
     w->flush_ev = w->plain ? pk_xevent_new(base, -1, 0, wbatch_flush_cb, w) : NULL;
 }
 

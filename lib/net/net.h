@@ -21,6 +21,10 @@ void pk_tune_socket(int fd);
 #define PK_BEV_BULK_WRITE (256 * 1024)
 void pk_bev_tune_bulk(struct bufferevent *bev);
 
+/* A bufferevent straight on a plain socket (not TLS, not a filter): the bytes on its
+ * socket are the stream's, so pk_bev_read_more and pk_bev_write_direct may be used. */
+bool pk_bev_is_plain(struct bufferevent *bev);
+
 /* How pk_bev_read_more stopped. */
 enum pk_read_end {
     PK_READ_AGAIN, /* the socket has nothing more for now, or max was reached */
