@@ -30,7 +30,7 @@ struct pk_bevpipe {
     struct pk_pipe *out;     /* NULL once detached */
     size_t out_hwm;
     bool shutdown_write;
-    bool plain;              /* a plain socket: large reads (read_socket), direct writes */
+    bool plain;              /* pk_bev_is_plain: large reads (read_socket), direct writes */
     struct evbuffer *direct; /* bytes on their way straight to the socket (pump_out) */
     pk_bevpipe_done_cb on_done;
     void *arg;
@@ -420,7 +420,7 @@ struct pk_bevpipe *pk_bevpipe_new(struct event_base *base, struct bufferevent *b
     bp->in = in;
     bp->out = out;
     bp->shutdown_write = shutdown_write;
-    bp->plain = shutdown_write;
+    bp->plain = pk_bev_is_plain(bev);
     bp->out_hwm = out_hwm ? out_hwm : DEFAULT_OUT_HWM;
     bp->on_done = on_done;
     bp->arg = arg;

@@ -6,7 +6,8 @@
  * connection are produced into `in`, bytes consumed from `out` are written to the
  * connection. Both directions keep the pipes' backpressure: reading stops while `in` is
  * full, and `out` is taken only while the connection's output is below out_hwm, so the
- * memory one connection pins is bounded by in's mark plus out_hwm.
+ * memory one connection pins is bounded by in's mark plus out_hwm. A plain socket is read
+ * in large reads and written directly when nothing is queued (lib/net).
  *
  * Directions end separately (TCP half-close; TLS: see shutdown_write): EOF from the connection
  * closes `in` while `out` keeps flowing; the end of `out` becomes a FIN (shutdown(SHUT_WR)) once
@@ -48,8 +49,7 @@ typedef void (*pk_bevpipe_done_cb)(struct pk_bevpipe *bp, int err, void *arg);
  * Takes ownership of bev, which must be connected and own its socket
  * (BEV_OPT_CLOSE_ON_FREE); its callbacks, watermarks and timeouts are replaced. Bytes
  * already in bev's input are delivered first. out_hwm bounds bev's output (0: 256 KiB).
- * shutdown_write: the end of `out` is a shutdown(fd, SHUT_WR): true for plain sockets only,
- * which the bevpipe also reads itself in large reads (pk_bev_read_more); false (TLS,
+ * shutdown_write: the end of `out` is a shutdown(fd, SHUT_WR) (plain sockets); false (TLS,
  * which cannot half-close) ends both directions once the output is flushed: input already
  * read is delivered, then `in` is closed as at EOF and on_done(0) follows, so the owner
  * takes the bev back (pk_bevpipe_take_bev) and ends it with a close_notify
